@@ -1,0 +1,340 @@
+//! The composition root: binds every listener, runs the accept loops, and drains on shutdown.
+//!
+//! ```text
+//! outbound accept ─ orig dst? ─┬─ opaque port ─────────────────────────► tcp::forward(orig dst)
+//!                              └─ detect ─┬─ HTTP/1, HTTP/2 ─► http::serve(Route::OrigDst | Proxy)
+//!                                         └─ opaque ─────────► tcp::forward(orig dst)
+//! inbound accept ─ target = 127.0.0.1:orig port (or MESH_PROXY_INBOUND_FORWARD_ADDR)
+//!                  └─ opaque port or detect ─► http::serve(Route::Fixed) | tcp::forward
+//! local listener ─ logical name ─► resolve ─► tcp::forward
+//! ```
+
+use crate::{
+    admin,
+    config::{Config, LocalListener},
+    detect::{self, Protocol},
+    drain::{self, Drain},
+    http::{self, HttpConn, Route, Shared},
+    io::CountingIo,
+    log::LogLevel,
+    metrics::{Direction, Metrics, Tls},
+    resolve::{Resolve, StaticResolve, endpoint_for},
+    tcp::{self, SrcConn},
+    transport::{self, Accepted},
+};
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+use tokio::{net::TcpListener, sync::watch};
+use tracing::{debug, info, warn};
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct Running {
+    pub inbound_addr: SocketAddr,
+    pub outbound_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub local_listeners: Vec<(String, SocketAddr)>,
+    shutdown: watch::Sender<bool>,
+    drain: drain::Controller,
+    grace: Duration,
+}
+
+/// What every connection handler needs.
+struct Ctx {
+    config: Config,
+    metrics: Arc<Metrics>,
+    shared: Shared,
+}
+
+/// Binds every listener and starts serving. Listener errors are returned before anything runs.
+pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
+    let inbound = bind(config.inbound.listen_addr, "inbound").await?;
+    let outbound = bind(config.outbound.listen_addr, "outbound").await?;
+    let admin = bind(config.admin.listen_addr, "admin").await?;
+    let mut locals = Vec::new();
+    for l in &config.outbound.local_listeners {
+        locals.push((l.clone(), bind(l.listen_addr, &l.name).await?));
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let resolve: Arc<dyn Resolve> = Arc::new(StaticResolve::new(&config.outbound.static_endpoints));
+    let shared = Shared {
+        client: http::Client::new(
+            config.outbound.connect_timeout,
+            config.outbound.max_idle_per_endpoint,
+        ),
+        metrics: metrics.clone(),
+        resolve,
+        response_timeout: config.outbound.response_timeout,
+        connect_timeout: config.outbound.connect_timeout,
+    };
+    let (drain_ctl, drain) = drain::channel();
+    let (shutdown, _) = watch::channel(false);
+
+    let running = Running {
+        inbound_addr: inbound.local_addr()?,
+        outbound_addr: outbound.local_addr()?,
+        admin_addr: admin.local_addr()?,
+        local_listeners: locals
+            .iter()
+            .map(|(l, s)| Ok((l.name.clone(), s.local_addr()?)))
+            .collect::<io::Result<_>>()?,
+        shutdown,
+        drain: drain_ctl,
+        grace: config.shutdown_grace_period,
+    };
+    let ctx = Arc::new(Ctx {
+        config,
+        metrics: metrics.clone(),
+        shared,
+    });
+
+    let admin_state = admin::State {
+        metrics,
+        log,
+        drain: drain.signal(),
+        shutdown: running.shutdown.clone(),
+        shutdown_enabled: ctx.config.admin.shutdown_endpoint_enabled,
+    };
+    tokio::spawn(admin::serve(admin, admin_state));
+
+    let (c, d) = (ctx.clone(), drain.clone());
+    tokio::spawn(accept_loop(outbound, drain.clone(), move |acc| {
+        outbound_conn(c.clone(), acc, d.clone())
+    }));
+    let (c, d) = (ctx.clone(), drain.clone());
+    tokio::spawn(accept_loop(inbound, drain.clone(), move |acc| {
+        inbound_conn(c.clone(), acc, d.clone())
+    }));
+    for (l, listener) in locals {
+        let (c, d, l) = (ctx.clone(), drain.clone(), Arc::new(l));
+        tokio::spawn(accept_loop(listener, drain.clone(), move |acc| {
+            local_conn(c.clone(), l.clone(), acc, d.clone())
+        }));
+    }
+    info!(
+        inbound = %running.inbound_addr,
+        outbound = %running.outbound_addr,
+        admin = %running.admin_addr,
+        "proxy started"
+    );
+    Ok(running)
+}
+
+impl Running {
+    /// A handle that starts shutdown when sent `true` (what `/shutdown` uses).
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+
+    /// Completes when shutdown has been requested through the admin server or the handle.
+    pub async fn shutdown_requested(&self) {
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Stops accepting, lets in-flight work finish within the grace period, and reports whether
+    /// everything finished in time.
+    pub async fn drain(self) -> bool {
+        info!(grace = ?self.grace, "draining");
+        let done = self.drain.drain(self.grace).await;
+        if done {
+            info!("drained");
+        } else {
+            warn!("grace period elapsed with connections still open");
+        }
+        done
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
+    transport::bind(addr).await.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot bind the {what} listener on {addr}: {e}"),
+        )
+    })
+}
+
+async fn accept_loop<F, Fut>(listener: TcpListener, drain: Drain, handle: F)
+where
+    F: Fn(Accepted) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            res = listener.accept() => res,
+            _ = drain.signaled() => return,
+        };
+        match accepted.and_then(|(s, client)| transport::accepted(s, client)) {
+            Ok(acc) => {
+                tokio::spawn(handle(acc));
+            }
+            Err(e) => {
+                // Usually EMFILE: back off briefly instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+const OUTBOUND_TLS: Tls = Tls::None("not_provided_by_service_discovery");
+const INBOUND_TLS: Tls = Tls::None("no_tls_from_remote");
+
+async fn outbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
+    let orig = acc.orig_dst.map(|o| o.0);
+    let src = SrcConn::open(
+        &ctx.metrics,
+        Direction::Outbound,
+        orig.unwrap_or(acc.local),
+        OUTBOUND_TLS,
+    );
+    let io = CountingIo::new(acc.stream, src.counters());
+    let cfg = &ctx.config.outbound;
+
+    if let Some(orig) = orig.filter(|o| cfg.opaque_ports.contains(&o.port())) {
+        ctx.metrics
+            .detected(Direction::Outbound, "opaque", "configured");
+        return forward(&ctx, io, orig, Direction::Outbound, drain).await;
+    }
+    let (proto, reason, io) = match detect::detect(io, cfg.detect_timeout).await {
+        Ok(d) => d,
+        Err(e) => {
+            debug!(error = %e, "outbound detection failed");
+            return;
+        }
+    };
+    ctx.metrics.detected(
+        Direction::Outbound,
+        protocol_label(proto),
+        reason_label(reason),
+    );
+    match (proto, orig) {
+        (Protocol::Http1 | Protocol::Http2, _) => {
+            let route = orig.map_or(Route::Proxy, Route::OrigDst);
+            let conn = HttpConn::new(
+                Direction::Outbound,
+                OUTBOUND_TLS,
+                route,
+                ctx.shared.clone(),
+                drain,
+            );
+            http::serve(io, proto, conn).await;
+        }
+        (Protocol::Opaque, Some(orig)) => forward(&ctx, io, orig, Direction::Outbound, drain).await,
+        (Protocol::Opaque, None) => {
+            debug!(client = %acc.client, "opaque connection with no original destination; closing");
+        }
+    }
+    drop(src);
+}
+
+async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
+    let cfg = &ctx.config.inbound;
+    let target = match acc.orig_dst {
+        // Redirected: deliver to the application on the port the client dialled.
+        Some(o) if o.0.port() != cfg.listen_addr.port() => {
+            SocketAddr::new(loopback(o.0.ip()), o.0.port())
+        }
+        Some(_) => {
+            debug!(client = %acc.client, "refusing a connection redirected to the proxy itself");
+            return;
+        }
+        None => match cfg.forward_addr {
+            Some(addr) => addr,
+            None => {
+                debug!(client = %acc.client, "direct inbound connection and no MESH_PROXY_INBOUND_FORWARD_ADDR; closing");
+                return;
+            }
+        },
+    };
+    let src = SrcConn::open(&ctx.metrics, Direction::Inbound, target, INBOUND_TLS);
+    let io = CountingIo::new(acc.stream, src.counters());
+    let port = acc.orig_dst.map_or(target.port(), |o| o.0.port());
+    if cfg.opaque_ports.contains(&port) {
+        ctx.metrics
+            .detected(Direction::Inbound, "opaque", "configured");
+        return forward(&ctx, io, target, Direction::Inbound, drain).await;
+    }
+    let (proto, reason, io) = match detect::detect(io, cfg.detect_timeout).await {
+        Ok(d) => d,
+        Err(e) => {
+            debug!(error = %e, "inbound detection failed");
+            return;
+        }
+    };
+    ctx.metrics.detected(
+        Direction::Inbound,
+        protocol_label(proto),
+        reason_label(reason),
+    );
+    match proto {
+        Protocol::Http1 | Protocol::Http2 => {
+            let mut shared = ctx.shared.clone();
+            shared.connect_timeout = cfg.connect_timeout;
+            let conn = HttpConn::new(
+                Direction::Inbound,
+                INBOUND_TLS,
+                Route::Fixed(target),
+                shared,
+                drain,
+            );
+            http::serve(io, proto, conn).await;
+        }
+        Protocol::Opaque => forward(&ctx, io, target, Direction::Inbound, drain).await,
+    }
+    drop(src);
+}
+
+async fn local_conn(ctx: Arc<Ctx>, listener: Arc<LocalListener>, acc: Accepted, drain: Drain) {
+    let ep = match endpoint_for(ctx.shared.resolve.as_ref(), &listener.target).await {
+        Ok(ep) => ep,
+        Err(e) => {
+            warn!(listener = %listener.name, error = %e, "cannot forward");
+            return;
+        }
+    };
+    let src = SrcConn::open(&ctx.metrics, Direction::Outbound, ep.addr, OUTBOUND_TLS);
+    let io = CountingIo::new(acc.stream, src.counters());
+    forward(&ctx, io, ep.addr, Direction::Outbound, drain).await;
+}
+
+async fn forward<I>(ctx: &Ctx, io: I, target: SocketAddr, direction: Direction, drain: Drain)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (tls, timeout) = match direction {
+        Direction::Inbound => (INBOUND_TLS, ctx.config.inbound.connect_timeout),
+        Direction::Outbound => (OUTBOUND_TLS, ctx.config.outbound.connect_timeout),
+    };
+    tcp::forward(io, target, direction, tls, timeout, &ctx.metrics, drain).await;
+}
+
+fn loopback(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    }
+}
+
+fn protocol_label(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Http1 => "http1",
+        Protocol::Http2 => "http2",
+        Protocol::Opaque => "opaque",
+    }
+}
+
+fn reason_label(r: detect::Reason) -> &'static str {
+    match r {
+        detect::Reason::Matched => "matched",
+        detect::Reason::NotHttp => "not_http",
+        detect::Reason::Timeout => "timeout",
+        detect::Reason::BufferFull => "buffer_full",
+    }
+}

@@ -1,0 +1,397 @@
+//! Configuration from the environment.
+//!
+//! Every variable is read and validated once, at startup, into a plain [`Config`] tree. Names
+//! follow linkerd2-proxy's (`LINKERD2_PROXY_*`) wherever Linkerd has an equivalent, so that a pod
+//! spec written for linkerd2-proxy works unchanged; settings Linkerd does not have use the
+//! `MESH_PROXY_*` prefix. Values are read through [`Strings`] so tests never touch the process
+//! environment. Every variable is documented in `linkerd-proxy/README.md`.
+
+use std::{collections::HashMap, net::SocketAddr, str::FromStr, time::Duration};
+
+pub const ENV_INBOUND_LISTEN_ADDR: &str = "LINKERD2_PROXY_INBOUND_LISTEN_ADDR";
+pub const ENV_OUTBOUND_LISTEN_ADDR: &str = "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR";
+pub const ENV_ADMIN_LISTEN_ADDR: &str = "LINKERD2_PROXY_ADMIN_LISTEN_ADDR";
+pub const ENV_INBOUND_DETECT_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT";
+pub const ENV_OUTBOUND_DETECT_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT";
+pub const ENV_INBOUND_CONNECT_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT";
+pub const ENV_OUTBOUND_CONNECT_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT";
+pub const ENV_INBOUND_OPAQUE_PORTS: &str =
+    "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION";
+pub const ENV_INBOUND_IPS: &str = "LINKERD2_PROXY_INBOUND_IPS";
+pub const ENV_SHUTDOWN_GRACE_PERIOD: &str = "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD";
+pub const ENV_SHUTDOWN_ENDPOINT_ENABLED: &str = "LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED";
+pub const ENV_LOG: &str = "LINKERD2_PROXY_LOG";
+pub const ENV_LOG_FORMAT: &str = "LINKERD2_PROXY_LOG_FORMAT";
+pub const ENV_CORES: &str = "LINKERD2_PROXY_CORES";
+
+pub const ENV_OUTBOUND_OPAQUE_PORTS: &str = "MESH_PROXY_OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION";
+pub const ENV_INBOUND_FORWARD_ADDR: &str = "MESH_PROXY_INBOUND_FORWARD_ADDR";
+pub const ENV_OUTBOUND_RESPONSE_TIMEOUT: &str = "MESH_PROXY_OUTBOUND_RESPONSE_TIMEOUT";
+pub const ENV_LOCAL_LISTENERS: &str = "MESH_PROXY_LOCAL_LISTENERS";
+pub const ENV_STATIC_ENDPOINTS: &str = "MESH_PROXY_STATIC_ENDPOINTS";
+pub const ENV_OUTBOUND_IDLE_CONNECTIONS: &str =
+    "MESH_PROXY_OUTBOUND_MAX_IDLE_CONNECTIONS_PER_ENDPOINT";
+
+/// Ports on which clients do not speak first (SMTP, MySQL, ...), so detection is skipped and
+/// the connection is forwarded as opaque TCP at once. The same list as Linkerd's default.
+pub const DEFAULT_OPAQUE_PORTS: &[u16] = &[25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
+
+/// The default protocol-detection timeout. Linkerd's is 10 s; ours is short so that a
+/// server-speaks-first protocol on a port nobody declared opaque stalls for at most this long
+/// before it is forwarded as opaque TCP.
+pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A source of configuration strings: the process environment, or a map in tests.
+pub trait Strings {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Env;
+
+/// Why a variable was rejected. Exits the process with status 64 (EX_USAGE).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {name}={value:?}: {reason}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+/// The whole proxy configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub inbound: InboundConfig,
+    pub outbound: OutboundConfig,
+    pub admin: AdminConfig,
+    /// How long in-flight requests and connections may take to finish after SIGTERM.
+    pub shutdown_grace_period: Duration,
+    /// Worker threads for the runtime; 1 runs everything on one thread.
+    pub cores: usize,
+    /// A `tracing` filter such as `warn,linkerd_proxy=info`.
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Debug)]
+pub struct InboundConfig {
+    pub listen_addr: SocketAddr,
+    pub detect_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Target ports whose traffic skips protocol detection.
+    pub opaque_ports: Vec<u16>,
+    /// Where connections made directly to the inbound listener (not redirected by iptables) go:
+    /// the local application, when running without iptables.
+    pub forward_addr: Option<SocketAddr>,
+    /// The pod's IPs; a redirected connection to one of these is forwarded to localhost.
+    pub ips: Vec<std::net::IpAddr>,
+}
+
+#[derive(Clone, Debug)]
+pub struct OutboundConfig {
+    pub listen_addr: SocketAddr,
+    pub detect_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Bound on the time from sending a request to receiving response headers; none by default.
+    pub response_timeout: Option<Duration>,
+    pub opaque_ports: Vec<u16>,
+    /// Extra listeners that forward every connection to a logical service as opaque TCP.
+    pub local_listeners: Vec<LocalListener>,
+    /// Logical names resolved without a discovery service (local mode).
+    pub static_endpoints: Vec<(String, Vec<SocketAddr>)>,
+    pub max_idle_per_endpoint: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    pub listen_addr: SocketAddr,
+    pub shutdown_endpoint_enabled: bool,
+}
+
+/// `name=listen_addr>target`: a local port forwarded to a logical service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalListener {
+    pub name: String,
+    pub listen_addr: SocketAddr,
+    /// A logical `host:port`, resolved through the proxy's resolver.
+    pub target: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+// === impl Strings ===
+
+impl Strings for Env {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Strings for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+impl<const N: usize> Strings for [(&str, &str); N] {
+    fn get(&self, key: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| (*v).to_string())
+    }
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_strings(&Env)
+    }
+
+    /// Reads and validates every setting; the first invalid one is returned as the error.
+    pub fn from_strings(s: &dyn Strings) -> Result<Self, ConfigError> {
+        let inbound = InboundConfig {
+            listen_addr: parse(s, ENV_INBOUND_LISTEN_ADDR, parse_addr)?
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 4143))),
+            detect_timeout: parse(s, ENV_INBOUND_DETECT_TIMEOUT, parse_duration)?
+                .unwrap_or(DEFAULT_DETECT_TIMEOUT),
+            connect_timeout: parse(s, ENV_INBOUND_CONNECT_TIMEOUT, parse_duration)?
+                .unwrap_or(Duration::from_millis(100)),
+            opaque_ports: parse(s, ENV_INBOUND_OPAQUE_PORTS, parse_ports)?
+                .unwrap_or_else(|| DEFAULT_OPAQUE_PORTS.to_vec()),
+            forward_addr: parse(s, ENV_INBOUND_FORWARD_ADDR, parse_addr)?,
+            ips: parse(s, ENV_INBOUND_IPS, |v| {
+                list(v)
+                    .map(|ip| ip.parse().map_err(|e| format!("{ip:?}: {e}")))
+                    .collect()
+            })?
+            .unwrap_or_default(),
+        };
+        let outbound = OutboundConfig {
+            listen_addr: parse(s, ENV_OUTBOUND_LISTEN_ADDR, parse_addr)?
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4140))),
+            detect_timeout: parse(s, ENV_OUTBOUND_DETECT_TIMEOUT, parse_duration)?
+                .unwrap_or(DEFAULT_DETECT_TIMEOUT),
+            connect_timeout: parse(s, ENV_OUTBOUND_CONNECT_TIMEOUT, parse_duration)?
+                .unwrap_or(Duration::from_secs(1)),
+            response_timeout: parse(s, ENV_OUTBOUND_RESPONSE_TIMEOUT, parse_duration)?,
+            opaque_ports: parse(s, ENV_OUTBOUND_OPAQUE_PORTS, parse_ports)?
+                .unwrap_or_else(|| DEFAULT_OPAQUE_PORTS.to_vec()),
+            local_listeners: parse(s, ENV_LOCAL_LISTENERS, parse_local_listeners)?
+                .unwrap_or_default(),
+            static_endpoints: parse(s, ENV_STATIC_ENDPOINTS, parse_static_endpoints)?
+                .unwrap_or_default(),
+            max_idle_per_endpoint: parse(s, ENV_OUTBOUND_IDLE_CONNECTIONS, |v| {
+                v.parse::<usize>().map_err(|e| e.to_string())
+            })?
+            .unwrap_or(64),
+        };
+        let admin = AdminConfig {
+            listen_addr: parse(s, ENV_ADMIN_LISTEN_ADDR, parse_addr)?
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4191))),
+            shutdown_endpoint_enabled: parse(s, ENV_SHUTDOWN_ENDPOINT_ENABLED, parse_bool)?
+                .unwrap_or(true),
+        };
+        let cores = parse(s, ENV_CORES, |v| match v.parse::<usize>() {
+            Ok(0) => Err("must be at least 1".to_string()),
+            Ok(n) => Ok(n),
+            Err(e) => Err(e.to_string()),
+        })?
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        let log_level = parse(s, ENV_LOG, |v| {
+            crate::log::parse_filter(v)
+                .map(|_| v.to_string())
+                .map_err(|e| e.to_string())
+        })?
+        .unwrap_or_else(|| "warn,linkerd_proxy=info".to_string());
+        let log_format = parse(s, ENV_LOG_FORMAT, |v| {
+            match v.to_ascii_lowercase().as_str() {
+                "plain" => Ok(LogFormat::Plain),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("expected `plain` or `json`".to_string()),
+            }
+        })?
+        .unwrap_or(LogFormat::Plain);
+
+        let config = Config {
+            inbound,
+            outbound,
+            admin,
+            shutdown_grace_period: parse(s, ENV_SHUTDOWN_GRACE_PERIOD, parse_duration)?
+                .unwrap_or(Duration::from_secs(120)),
+            cores,
+            log_level,
+            log_format,
+        };
+        config.check_listeners_distinct()?;
+        Ok(config)
+    }
+
+    fn check_listeners_distinct(&self) -> Result<(), ConfigError> {
+        let mut seen: Vec<(SocketAddr, &'static str)> = vec![
+            (self.inbound.listen_addr, ENV_INBOUND_LISTEN_ADDR),
+            (self.outbound.listen_addr, ENV_OUTBOUND_LISTEN_ADDR),
+            (self.admin.listen_addr, ENV_ADMIN_LISTEN_ADDR),
+        ];
+        for l in &self.outbound.local_listeners {
+            seen.push((l.listen_addr, ENV_LOCAL_LISTENERS));
+        }
+        for (i, (a, name)) in seen.iter().enumerate() {
+            if a.port() == 0 {
+                continue;
+            }
+            if let Some((_, other)) = seen[..i].iter().find(|(b, _)| b == a) {
+                return Err(ConfigError {
+                    name,
+                    value: a.to_string(),
+                    reason: format!("address is already used by {other}"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse<T>(
+    s: &dyn Strings,
+    name: &'static str,
+    f: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<Option<T>, ConfigError> {
+    match s.get(name) {
+        None => Ok(None),
+        Some(v) if v.trim().is_empty() => Ok(None),
+        Some(v) => f(v.trim()).map(Some).map_err(|reason| ConfigError {
+            name,
+            value: v,
+            reason,
+        }),
+    }
+}
+
+fn list(v: &str) -> impl Iterator<Item = &str> {
+    v.split(',').map(str::trim).filter(|p| !p.is_empty())
+}
+
+pub fn parse_addr(v: &str) -> Result<SocketAddr, String> {
+    SocketAddr::from_str(v).map_err(|_| "expected an IP:port address such as 127.0.0.1:4140".into())
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+/// Durations as Linkerd writes them: `100ms`, `10s`, `5m`, `1h`, `365d`; a bare number is
+/// milliseconds.
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    let split = v
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| "expected a duration such as 100ms, 10s, 5m or 1h".to_string())?;
+    let secs = match unit {
+        "" | "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return Err(format!("unknown unit {unit:?}; use ms, s, m, h or d")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err("duration must be finite and non-negative".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Ports and ranges: `25,587,4000-4010`.
+pub fn parse_ports(v: &str) -> Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for part in list(v) {
+        let port = |p: &str| -> Result<u16, String> {
+            match p.trim().parse::<u16>() {
+                Ok(0) | Err(_) => Err(format!("{p:?} is not a port (1-65535)")),
+                Ok(n) => Ok(n),
+            }
+        };
+        match part.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi) = (port(lo)?, port(hi)?);
+                if lo > hi {
+                    return Err(format!("range {part:?} is backwards"));
+                }
+                ports.extend(lo..=hi);
+            }
+            None => ports.push(port(part)?),
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    Ok(ports)
+}
+
+fn parse_local_listeners(v: &str) -> Result<Vec<LocalListener>, String> {
+    list(v)
+        .map(|entry| {
+            let bad = || format!("{entry:?}: expected name=listen_ip:port>target_host:port");
+            let (name, rest) = entry.split_once('=').ok_or_else(bad)?;
+            let (listen, target) = rest.split_once('>').ok_or_else(bad)?;
+            let listen_addr = parse_addr(listen.trim()).map_err(|e| format!("{entry:?}: {e}"))?;
+            let target = target.trim();
+            check_authority(target).map_err(|e| format!("{entry:?}: {e}"))?;
+            if name.trim().is_empty() {
+                return Err(bad());
+            }
+            Ok(LocalListener {
+                name: name.trim().to_string(),
+                listen_addr,
+                target: target.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// `host:port=ip:port|ip:port;host2:port=...`
+fn parse_static_endpoints(v: &str) -> Result<Vec<(String, Vec<SocketAddr>)>, String> {
+    v.split(';')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|entry| {
+            let (name, addrs) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("{entry:?}: expected host:port=ip:port|ip:port"))?;
+            check_authority(name.trim()).map_err(|e| format!("{entry:?}: {e}"))?;
+            let addrs = addrs
+                .split('|')
+                .map(|a| parse_addr(a.trim()).map_err(|e| format!("{entry:?}: {e}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((name.trim().to_ascii_lowercase(), addrs))
+        })
+        .collect()
+}
+
+fn check_authority(a: &str) -> Result<(), String> {
+    match a.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(())
+        }
+        _ => Err(format!("{a:?} is not host:port")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

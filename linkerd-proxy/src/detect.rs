@@ -1,0 +1,134 @@
+//! Protocol detection: a bounded read, then a decision.
+//!
+//! Detection favours availability: it reads at most [`MAX_PEEK`] bytes within the detect
+//! timeout and decides from what arrived. Bytes that look like HTTP/2's connection preface are
+//! HTTP/2 (prior knowledge, as gRPC clients speak); bytes that parse as the start of an HTTP/1
+//! request are HTTP/1; anything else, including silence until the timeout (a protocol where the
+//! server speaks first), is forwarded as opaque TCP. Nothing read is lost: the bytes are replayed
+//! by [`PrefixedIo`].
+
+use crate::io::PrefixedIo;
+use bytes::BytesMut;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// The most bytes detection reads before deciding.
+pub const MAX_PEEK: usize = 1024;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+    Opaque,
+}
+
+/// Why detection ended on opaque, for metrics and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Matched,
+    NotHttp,
+    Timeout,
+    BufferFull,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    /// The client closed the connection before sending anything.
+    #[error("connection closed before any data was received")]
+    Closed,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// What the bytes read so far say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Done(Protocol),
+    NeedMore,
+}
+
+/// Classifies a prefix of a connection's first bytes.
+pub fn classify(buf: &[u8]) -> Verdict {
+    if buf.is_empty() {
+        return Verdict::NeedMore;
+    }
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] == H2_PREFACE[..n] {
+        // `PRI * HTTP/2.0` is also a valid-looking HTTP/1 request line; wait for the full
+        // preface before calling it HTTP/2.
+        return if n == H2_PREFACE.len() {
+            Verdict::Done(Protocol::Http2)
+        } else {
+            Verdict::NeedMore
+        };
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 0];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => Verdict::Done(Protocol::Http1),
+        // Too many headers for our zero-length array means the request line parsed.
+        Err(httparse::Error::TooManyHeaders) => Verdict::Done(Protocol::Http1),
+        Ok(httparse::Status::Partial) => {
+            if req.version.is_some() {
+                // The request line is complete and valid.
+                Verdict::Done(Protocol::Http1)
+            } else {
+                Verdict::NeedMore
+            }
+        }
+        Err(_) => Verdict::Done(Protocol::Opaque),
+    }
+}
+
+/// Reads from `io` until the protocol is known, the buffer is full or `timeout` passes.
+pub async fn detect<I>(
+    mut io: I,
+    timeout: Duration,
+) -> Result<(Protocol, Reason, PrefixedIo<I>), DetectError>
+where
+    I: AsyncRead + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(MAX_PEEK);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let read = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await;
+        match read {
+            Err(_) => {
+                let io = PrefixedIo::new(buf.freeze(), io);
+                return Ok((Protocol::Opaque, Reason::Timeout, io));
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(0)) if buf.is_empty() => return Err(DetectError::Closed),
+            Ok(Ok(0)) => {
+                // Half-closed after a few bytes: whatever it is, it is not a complete HTTP
+                // request line. Forward it as-is.
+                let io = PrefixedIo::new(buf.freeze(), io);
+                return Ok((Protocol::Opaque, Reason::NotHttp, io));
+            }
+            Ok(Ok(_)) => {}
+        }
+        match classify(&buf) {
+            Verdict::Done(p) => {
+                let reason = if p == Protocol::Opaque {
+                    Reason::NotHttp
+                } else {
+                    Reason::Matched
+                };
+                return Ok((p, reason, PrefixedIo::new(buf.freeze(), io)));
+            }
+            Verdict::NeedMore if buf.len() >= MAX_PEEK => {
+                return Ok((
+                    Protocol::Opaque,
+                    Reason::BufferFull,
+                    PrefixedIo::new(buf.freeze(), io),
+                ));
+            }
+            Verdict::NeedMore => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,85 @@
+use super::*;
+use tokio::io::AsyncWriteExt;
+
+#[test]
+fn classifies_prefixes() {
+    assert_eq!(classify(b""), Verdict::NeedMore);
+    assert_eq!(classify(b"GE"), Verdict::NeedMore);
+    assert_eq!(
+        classify(b"GET / HTTP/1.1\r\n"),
+        Verdict::Done(Protocol::Http1)
+    );
+    assert_eq!(
+        classify(b"POST /x HTTP/1.1\r\nHost: a\r\n\r\n"),
+        Verdict::Done(Protocol::Http1)
+    );
+    assert_eq!(
+        classify(b"CONNECT db:5432 HTTP/1.1\r\n"),
+        Verdict::Done(Protocol::Http1)
+    );
+    assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), Verdict::NeedMore);
+    assert_eq!(classify(H2_PREFACE), Verdict::Done(Protocol::Http2));
+    // A TLS ClientHello, a Postgres startup and a Redis command are not HTTP.
+    assert_eq!(
+        classify(&[0x16, 0x03, 0x01, 0x02]),
+        Verdict::Done(Protocol::Opaque)
+    );
+    assert_eq!(
+        classify(&[0, 0, 0, 8, 4, 210, 22, 47]),
+        Verdict::Done(Protocol::Opaque)
+    );
+    assert_eq!(
+        classify(b"*1\r\n$4\r\nPING\r\n"),
+        Verdict::Done(Protocol::Opaque)
+    );
+    // HTTP/1 with a request line split across reads.
+    assert_eq!(classify(b"GET /long/path"), Verdict::NeedMore);
+}
+
+#[tokio::test]
+async fn detects_http1_across_reads_and_replays_bytes() {
+    let (mut client, server) = tokio::io::duplex(4096);
+    let task = tokio::spawn(async move { detect(server, Duration::from_secs(5)).await });
+    client.write_all(b"GET /a").await.unwrap();
+    tokio::task::yield_now().await;
+    client
+        .write_all(b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (proto, reason, mut io) = task.await.unwrap().unwrap();
+    assert_eq!((proto, reason), (Protocol::Http1, Reason::Matched));
+    drop(client);
+    let mut all = Vec::new();
+    io.read_to_end(&mut all).await.unwrap();
+    assert_eq!(all, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn silence_becomes_opaque_after_the_timeout() {
+    let (_client, server) = tokio::io::duplex(64);
+    let started = tokio::time::Instant::now();
+    let (proto, reason, _) = detect(server, Duration::from_secs(1)).await.unwrap();
+    assert_eq!((proto, reason), (Protocol::Opaque, Reason::Timeout));
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn closed_before_data_is_an_error() {
+    let (client, server) = tokio::io::duplex(64);
+    drop(client);
+    assert!(matches!(
+        detect(server, Duration::from_secs(1)).await,
+        Err(DetectError::Closed)
+    ));
+}
+
+#[tokio::test]
+async fn a_full_buffer_without_a_request_line_is_opaque() {
+    let (mut client, server) = tokio::io::duplex(4096);
+    // A valid method token but a path longer than the detection buffer.
+    let mut long = b"GET /".to_vec();
+    long.extend(std::iter::repeat_n(b'a', MAX_PEEK));
+    client.write_all(&long).await.unwrap();
+    let (proto, reason, _) = detect(server, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((proto, reason), (Protocol::Opaque, Reason::BufferFull));
+}

@@ -1,0 +1,109 @@
+//! Graceful shutdown: a signal every connection watches, and a count of those still open.
+//!
+//! Each connection task holds a [`Drain`]. When shutdown begins, listeners stop accepting, every
+//! holder sees [`Drain::signaled`] complete and winds down (HTTP servers stop taking new requests
+//! but finish those in flight), and [`Controller::drain`] waits until every holder is dropped or
+//! the grace period ends.
+
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Held by everything that must finish before the process exits.
+#[derive(Clone, Debug)]
+pub struct Drain {
+    signal: watch::Receiver<bool>,
+    _hold: mpsc::Sender<()>,
+}
+
+/// Observes the drain without holding it open (for the admin server's readiness).
+#[derive(Clone, Debug)]
+pub struct Signal(watch::Receiver<bool>);
+
+/// Starts the drain and waits for it.
+#[derive(Debug)]
+pub struct Controller {
+    signal: watch::Sender<bool>,
+    hold: Option<mpsc::Sender<()>>,
+    released: mpsc::Receiver<()>,
+}
+
+pub fn channel() -> (Controller, Drain) {
+    let (signal, rx) = watch::channel(false);
+    let (hold, released) = mpsc::channel(1);
+    let drain = Drain {
+        signal: rx,
+        _hold: hold.clone(),
+    };
+    let ctl = Controller {
+        signal,
+        hold: Some(hold),
+        released,
+    };
+    (ctl, drain)
+}
+
+impl Drain {
+    /// Completes once shutdown has begun.
+    pub async fn signaled(&self) {
+        let mut rx = self.signal.clone();
+        // An error means the controller is gone, which also means shutdown.
+        let _ = rx.wait_for(|draining| *draining).await;
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.signal.borrow()
+    }
+
+    /// A handle that sees the drain start but does not delay its end.
+    pub fn signal(&self) -> Signal {
+        Signal(self.signal.clone())
+    }
+}
+
+impl Signal {
+    pub fn is_draining(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+impl Controller {
+    /// Signals every holder, then waits for all of them to finish, for at most `grace`.
+    /// Returns false when the grace period ran out first.
+    pub async fn drain(mut self, grace: Duration) -> bool {
+        let _ = self.signal.send(true);
+        self.hold = None;
+        tokio::time::timeout(grace, self.released.recv())
+            .await
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn waits_for_holders_then_completes() {
+        let (ctl, drain) = channel();
+        let held = drain.clone();
+        drop(drain);
+        let task = tokio::spawn(async move {
+            held.signaled().await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            drop(held);
+        });
+        let started = tokio::time::Instant::now();
+        assert!(ctl.drain(Duration::from_secs(10)).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        task.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn gives_up_after_the_grace_period() {
+        let (ctl, drain) = channel();
+        let started = tokio::time::Instant::now();
+        assert!(!ctl.drain(Duration::from_secs(5)).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert!(drain.is_draining());
+    }
+}

@@ -1,0 +1,143 @@
+//! Turning proxy failures into responses: an HTTP status with an `l5d-proxy-error` header, or a
+//! gRPC status for gRPC requests. Classified in one place.
+
+use super::body::ProxyBody;
+use crate::{resolve::ResolveError, transport::ConnectError};
+use http::{HeaderValue, Response, StatusCode, header};
+use std::time::Duration;
+
+pub const L5D_PROXY_ERROR: &str = "l5d-proxy-error";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("upstream handshake failed: {0}")]
+    Handshake(#[source] hyper::Error),
+    #[error("upstream request failed: {0}")]
+    Upstream(#[source] hyper::Error),
+    #[error("response timed out after {0:?}")]
+    ResponseTimeout(Duration),
+}
+
+impl ProxyError {
+    /// The `error` metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::Resolve(ResolveError::NoEndpoints(_)) => "no_endpoints",
+            ProxyError::Resolve(ResolveError::Unresolvable(..)) => "unresolvable",
+            ProxyError::Connect(ConnectError::Timeout { .. }) => "connect_timeout",
+            ProxyError::Connect(_) => "connect",
+            ProxyError::Handshake(_) => "handshake",
+            ProxyError::Upstream(_) => "upstream",
+            ProxyError::ResponseTimeout(_) => "response_timeout",
+        }
+    }
+
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Resolve(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect(ConnectError::Timeout { .. }) | ProxyError::ResponseTimeout(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::Connect(_) | ProxyError::Handshake(_) | ProxyError::Upstream(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+        }
+    }
+
+    /// gRPC status codes: UNAVAILABLE for anything that may succeed on retry, DEADLINE_EXCEEDED
+    /// for timeouts, INTERNAL for a request the proxy cannot carry.
+    pub fn grpc_code(&self) -> u32 {
+        match self.http_status() {
+            StatusCode::GATEWAY_TIMEOUT => 4,
+            StatusCode::BAD_REQUEST => 13,
+            _ => 14,
+        }
+    }
+
+    pub fn into_response(&self, grpc: bool) -> Response<ProxyBody> {
+        let msg = self.to_string();
+        let msg_value = HeaderValue::from_str(&sanitize(&msg))
+            .unwrap_or_else(|_| HeaderValue::from_static("proxy error"));
+        let mut rsp = Response::new(if grpc {
+            ProxyBody::empty()
+        } else {
+            ProxyBody::full(format!("{msg}\n"))
+        });
+        if !grpc {
+            *rsp.status_mut() = self.http_status();
+        }
+        let h = rsp.headers_mut();
+        h.insert(L5D_PROXY_ERROR, msg_value.clone());
+        if grpc {
+            // A trailers-only gRPC response.
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            h.insert("grpc-status", HeaderValue::from(self.grpc_code()));
+            h.insert("grpc-message", msg_value);
+        } else {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+        }
+        rsp
+    }
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect()
+}
+
+pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        let refused = ProxyError::Connect(ConnectError::Io {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        });
+        assert_eq!(refused.http_status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(refused.grpc_code(), 14);
+        let timeout = ProxyError::ResponseTimeout(Duration::from_secs(1));
+        assert_eq!(timeout.http_status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(timeout.grpc_code(), 4);
+        assert_eq!(
+            ProxyError::Resolve(ResolveError::NoEndpoints("x:80".into())).http_status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+
+        let rsp = refused.into_response(false);
+        assert_eq!(rsp.status(), StatusCode::BAD_GATEWAY);
+        assert!(rsp.headers().contains_key(L5D_PROXY_ERROR));
+        let rsp = refused.into_response(true);
+        assert_eq!(rsp.status(), StatusCode::OK);
+        assert_eq!(rsp.headers()["grpc-status"], "14");
+    }
+}

@@ -1,0 +1,413 @@
+//! Serving one detected HTTP connection and proxying each of its requests.
+//!
+//! Per request: pick the target (the connection's fixed target inbound; the original
+//! destination, or the request's authority in HTTP-proxy mode, outbound), resolve it to an
+//! endpoint, strip hop-by-hop headers, send it over the pooled client, and stream the response
+//! back with a metrics recorder on its body. Failures become responses (see `errors.rs`).
+
+use super::{
+    body::{ProxyBody, Recorder, grpc_status},
+    client::{self, Client},
+    errors::{ProxyError, is_grpc},
+    headers::{strip_hop_by_hop, wants_upgrade},
+};
+use crate::{
+    detect,
+    drain::Drain,
+    metrics::{Direction, HttpKey, HttpStats, Metrics, ResponseClass, Tls},
+    resolve::{Resolve, endpoint_for},
+    transport,
+};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header, uri};
+use hyper::{body::Incoming, server::conn, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+/// What every HTTP connection of a proxy shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub resolve: Arc<dyn Resolve>,
+    pub response_timeout: Option<Duration>,
+    pub connect_timeout: Duration,
+}
+
+/// Where a connection's requests go.
+#[derive(Clone, Copy, Debug)]
+pub enum Route {
+    /// Always this address (inbound: the local application).
+    Fixed(SocketAddr),
+    /// Transparent outbound: the address the application dialled.
+    OrigDst(SocketAddr),
+    /// Not redirected: an HTTP proxy client; the request names its target.
+    Proxy,
+}
+
+/// One downstream HTTP connection.
+pub struct HttpConn {
+    pub direction: Direction,
+    pub tls: Tls,
+    pub route: Route,
+    pub shared: Shared,
+    pub drain: Drain,
+    /// The last label set used on this connection, so a connection reusing one authority
+    /// looks its counters up once.
+    last: Mutex<Option<(HeaderValue, SocketAddr, Arc<HttpStats>)>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("response_timeout", &self.response_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for HttpConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConn")
+            .field("direction", &self.direction)
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serves HTTP on `io` until the client closes it or the proxy drains.
+pub async fn serve<I>(io: I, proto: detect::Protocol, http: HttpConn)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let drain = http.drain.clone();
+    let http = Arc::new(http);
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let http = http.clone();
+        async move { Ok::<_, Infallible>(http.proxy(req).await) }
+    });
+    let io = TokioIo::new(io);
+    let res = match proto {
+        detect::Protocol::Http2 => {
+            let conn = conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(3))
+                .serve_connection(io, svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => res,
+                _ = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+        _ => {
+            let conn = conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .serve_connection(io, svc)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => res,
+                _ = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+    };
+    if let Err(e) = res {
+        debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+impl HttpConn {
+    pub fn new(direction: Direction, tls: Tls, route: Route, shared: Shared, drain: Drain) -> Self {
+        Self {
+            direction,
+            tls,
+            route,
+            shared,
+            drain,
+            last: Mutex::new(None),
+        }
+    }
+
+    async fn proxy(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let start = tokio::time::Instant::now();
+        let grpc = is_grpc(&req);
+        let authority = match authority_of(&req) {
+            Some(a) => a,
+            None if matches!(self.route, Route::Proxy) => {
+                return ProxyError::BadRequest("the request names no host").into_response(grpc);
+            }
+            None => HeaderValue::from_static(""),
+        };
+        let target = match self.target(&req, &authority).await {
+            Ok(t) => t,
+            Err(e) => return self.fail(e, grpc, &authority, None, start),
+        };
+        if req.method() == Method::CONNECT && matches!(self.route, Route::Proxy) {
+            return self.tunnel(req, target, &authority, start).await;
+        }
+
+        let stats = self.stats(&authority, target);
+        stats.request();
+        let upgrade = req.version() <= Version::HTTP_11
+            && (wants_upgrade(req.headers()) || req.method() == Method::CONNECT);
+        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let proto = if req.version() == Version::HTTP_2 {
+            client::Protocol::Http2
+        } else {
+            client::Protocol::Http1
+        };
+        let req = match prepare_request(req, &authority, proto, upgrade) {
+            Ok(r) => r,
+            Err(e) => return self.fail(e, grpc, &authority, Some(&stats), start),
+        };
+
+        let send = async {
+            if upgrade {
+                self.shared.client.send_upgrade(target, req).await
+            } else {
+                self.shared.client.send(target, proto, req).await
+            }
+        };
+        let rsp = match self.shared.response_timeout {
+            Some(t) => match tokio::time::timeout(t, send).await {
+                Ok(r) => r,
+                Err(_) => Err(ProxyError::ResponseTimeout(t)),
+            },
+            None => send.await,
+        };
+        let mut rsp = match rsp {
+            Ok(r) => r,
+            Err(e) => return self.fail(e, grpc, &authority, Some(&stats), start),
+        };
+
+        let switching = rsp.status() == StatusCode::SWITCHING_PROTOCOLS
+            || (upgrade && rsp.status().is_success());
+        if let (true, Some(down)) = (switching, downstream_upgrade) {
+            let up = hyper::upgrade::on(&mut rsp);
+            let drain = self.drain.clone();
+            tokio::spawn(async move {
+                let _drain = drain;
+                match tokio::try_join!(down, up) {
+                    Ok((d, u)) => {
+                        let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
+                        let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                    }
+                    Err(e) => debug!(error = %e, "upgrade failed"),
+                }
+            });
+        }
+        let status = rsp.status();
+        strip_hop_by_hop(rsp.headers_mut(), switching);
+        let recorder = Recorder {
+            stats,
+            status: status.as_u16(),
+            grpc_status: grpc_status(rsp.headers()),
+            start,
+        };
+        rsp.map(|body| ProxyBody::stream(body, Some(recorder)))
+    }
+
+    /// Resolves the request's target endpoint.
+    async fn target(
+        &self,
+        req: &Request<Incoming>,
+        authority: &HeaderValue,
+    ) -> Result<SocketAddr, ProxyError> {
+        match self.route {
+            Route::Fixed(addr) => Ok(addr),
+            Route::OrigDst(addr) => {
+                // A name the resolver knows is balanced over its endpoints; anything else goes
+                // where the application was sending it.
+                let name = authority
+                    .to_str()
+                    .ok()
+                    .and_then(|a| with_port(a, addr.port()));
+                if let Some(rx) = name.as_deref().and_then(|n| self.shared.resolve.resolve(n)) {
+                    let eps = rx.borrow().clone();
+                    if let Some(ep) = crate::resolve::pick(&eps) {
+                        return Ok(ep.addr);
+                    }
+                }
+                Ok(addr)
+            }
+            Route::Proxy => {
+                let default_port = if req.uri().scheme() == Some(&uri::Scheme::HTTPS) {
+                    443
+                } else {
+                    80
+                };
+                let name = authority
+                    .to_str()
+                    .ok()
+                    .and_then(|a| with_port(a, default_port))
+                    .ok_or(ProxyError::BadRequest("invalid host"))?;
+                Ok(endpoint_for(self.shared.resolve.as_ref(), &name)
+                    .await?
+                    .addr)
+            }
+        }
+    }
+
+    /// `CONNECT host:port` from an HTTP-proxy client: dial, answer 200, then relay bytes.
+    async fn tunnel(
+        &self,
+        mut req: Request<Incoming>,
+        target: SocketAddr,
+        authority: &HeaderValue,
+        start: tokio::time::Instant,
+    ) -> Response<ProxyBody> {
+        let stats = self.stats(authority, target);
+        stats.request();
+        let upstream = match transport::connect(target, self.shared.connect_timeout).await {
+            Ok(s) => s,
+            Err(e) => return self.fail(e.into(), false, authority, Some(&stats), start),
+        };
+        let down = hyper::upgrade::on(&mut req);
+        let drain = self.drain.clone();
+        tokio::spawn(async move {
+            let _drain = drain;
+            match down.await {
+                Ok(d) => {
+                    let (mut d, mut u) = (TokioIo::new(d), upstream);
+                    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                }
+                Err(e) => debug!(error = %e, "CONNECT upgrade failed"),
+            }
+        });
+        stats.response(
+            ResponseClass {
+                status: Some(200),
+                grpc_status: None,
+                error: None,
+            },
+            start.elapsed(),
+        );
+        Response::new(ProxyBody::empty())
+    }
+
+    fn stats(&self, authority: &HeaderValue, target: SocketAddr) -> Arc<HttpStats> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((a, t, s)) = last.as_ref() {
+            if a == authority && *t == target {
+                return s.clone();
+            }
+        }
+        let stats = self.shared.metrics.http(HttpKey {
+            direction: self.direction,
+            authority: Arc::from(authority.to_str().unwrap_or("")),
+            target_addr: target,
+            tls: self.tls.clone(),
+        });
+        *last = Some((authority.clone(), target, stats.clone()));
+        stats
+    }
+
+    fn fail(
+        &self,
+        error: ProxyError,
+        grpc: bool,
+        authority: &HeaderValue,
+        stats: Option<&Arc<HttpStats>>,
+        start: tokio::time::Instant,
+    ) -> Response<ProxyBody> {
+        debug!(%error, direction = self.direction.as_str(), "request failed");
+        let rsp = error.into_response(grpc);
+        let class = ResponseClass {
+            status: Some(rsp.status().as_u16()),
+            grpc_status: grpc.then(|| error.grpc_code()),
+            error: Some(error.label()),
+        };
+        match stats {
+            Some(s) => s.response(class, start.elapsed()),
+            None => {
+                // No endpoint was chosen; label the failure with an unspecified target.
+                let target = SocketAddr::from(([0, 0, 0, 0], 0));
+                let s = self.stats(authority, target);
+                s.request();
+                s.response(class, start.elapsed());
+            }
+        }
+        rsp
+    }
+}
+
+/// The request's authority: the URI's (absolute-form, HTTP/2) or the `Host` header.
+fn authority_of<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if let Some(a) = req.uri().authority() {
+        return HeaderValue::from_str(a.as_str()).ok();
+    }
+    req.headers()
+        .get(header::HOST)
+        .filter(|h| !h.is_empty())
+        .cloned()
+}
+
+/// `host` or `host:port` as `host:port`.
+fn with_port(authority: &str, default_port: u16) -> Option<String> {
+    let a: uri::Authority = authority.parse().ok()?;
+    Some(format!(
+        "{}:{}",
+        a.host().to_ascii_lowercase(),
+        a.port_u16().unwrap_or(default_port)
+    ))
+}
+
+/// Rewrites a downstream request for the upstream connection.
+fn prepare_request(
+    req: Request<Incoming>,
+    authority: &HeaderValue,
+    proto: client::Protocol,
+    upgrade: bool,
+) -> Result<Request<ProxyBody>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    match proto {
+        client::Protocol::Http1 => {
+            // Origin-form on the wire; the authority travels in `Host`.
+            if parts.uri.scheme().is_some() && parts.method != Method::CONNECT {
+                let pq = parts
+                    .uri
+                    .path_and_query()
+                    .map(|pq| pq.as_str())
+                    .unwrap_or("/");
+                parts.uri = pq
+                    .parse::<Uri>()
+                    .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+            }
+            if !authority.is_empty() && !parts.headers.contains_key(header::HOST) {
+                parts.headers.insert(header::HOST, authority.clone());
+            }
+            if parts.version == Version::HTTP_2 {
+                parts.version = Version::HTTP_11;
+            }
+        }
+        client::Protocol::Http2 => {
+            if parts.uri.scheme().is_none() {
+                let mut p = parts.uri.into_parts();
+                p.scheme = Some(uri::Scheme::HTTP);
+                if p.authority.is_none() {
+                    p.authority = authority.to_str().ok().and_then(|a| a.parse().ok());
+                }
+                if p.path_and_query.is_none() {
+                    p.path_and_query = Some(uri::PathAndQuery::from_static("/"));
+                }
+                parts.uri = Uri::from_parts(p)
+                    .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+            }
+            parts.version = Version::HTTP_2;
+        }
+    }
+    Ok(Request::from_parts(parts, ProxyBody::stream(body, None)))
+}

@@ -1,0 +1,97 @@
+//! `linkerd-proxy`: the sidecar data plane.
+//!
+//! Inbound and outbound listeners detect each connection's protocol (HTTP/1.1, HTTP/2 or opaque
+//! TCP) and forward it: HTTP per request over pooled upstream connections, opaque TCP as a byte
+//! relay. The admin server exports Linkerd-compatible metrics. See `ARCHITECTURE.md` for the
+//! request path and `README.md` in this crate for every configuration variable.
+//!
+//! Module tiers (a module may use only lower tiers):
+//!
+//! ```text
+//! tier 0  io, transport, drain, metrics, log             plumbing, no knowledge of the proxy
+//! tier 1  detect, resolve, tcp, http                     one concern each; no config, no app
+//! tier 2  config, admin, app                             the only place everything meets
+//! ```
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod detect;
+pub mod drain;
+pub mod http;
+pub mod io;
+pub mod log;
+pub mod metrics;
+pub mod resolve;
+pub mod tcp;
+pub mod transport;
+
+use std::process::ExitCode;
+
+/// Exit status for a configuration error (EX_USAGE), as linkerd2-proxy uses.
+pub const EX_USAGE: u8 = 64;
+
+/// The proxy's process entry point: configuration, runtime, serve, drain on SIGTERM.
+pub fn main() -> ExitCode {
+    let config = match config::Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("linkerd-proxy: configuration error: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let log = log::init(&config.log_level, config.log_format);
+    let rt = if config.cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.cores)
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("linkerd-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let running = match app::start(config, log).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("linkerd-proxy: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tokio::select! {
+            s = shutdown_signal() => tracing::info!(signal = s, "received signal"),
+            _ = running.shutdown_requested() => {}
+        }
+        if running.drain().await {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => {
+            // Without signal handlers only the admin endpoint can stop us.
+            std::future::pending::<()>().await;
+            "none"
+        }
+    }
+}

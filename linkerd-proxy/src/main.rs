@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    linkerd_proxy::main()
+}

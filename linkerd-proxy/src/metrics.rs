@@ -1,0 +1,615 @@
+//! Prometheus metrics with Linkerd's names and labels.
+//!
+//! A small registry of atomics, keyed by label set. The hot path resolves its label set's
+//! counters once (per connection for TCP, per request for HTTP) and then only touches atomics and
+//! a per-label-set lock that is held for a few instructions. Exported as Prometheus text by the
+//! admin server.
+
+use crate::io::ByteCounters;
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+/// Linkerd's `response_latency_ms` bucket bounds.
+pub const LATENCY_BUCKETS_MS: [u64; 25] = [
+    1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500, 1000, 2000, 3000, 4000, 5000,
+    10000, 20000, 30000, 40000, 50000,
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// The `tls` label and its companions. Only plaintext exists until mTLS lands.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Tls {
+    /// `tls="true"`, with the peer's identity when it is known.
+    Established { peer_id: Option<Arc<str>> },
+    /// `tls="no_identity"` with a `no_tls_reason`.
+    None(&'static str),
+}
+
+/// Which side of the proxy a TCP connection is on: `src` (accepted) or `dst` (dialled).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Peer {
+    Src,
+    Dst,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HttpKey {
+    pub direction: Direction,
+    pub authority: Arc<str>,
+    pub target_addr: SocketAddr,
+    pub tls: Tls,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TcpKey {
+    pub direction: Direction,
+    pub peer: Peer,
+    pub target_addr: SocketAddr,
+    pub tls: Tls,
+}
+
+/// The process-wide registry.
+#[derive(Debug)]
+pub struct Metrics {
+    http: Mutex<HashMap<HttpKey, Arc<HttpStats>>>,
+    tcp: Mutex<HashMap<TcpKey, Arc<TcpStats>>>,
+    detect: Mutex<HashMap<(Direction, &'static str, &'static str), u64>>,
+    start_time: f64,
+}
+
+/// Request and response counters for one HTTP label set.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    requests: AtomicU64,
+    responses: Mutex<Vec<ResponseStats>>,
+}
+
+#[derive(Debug)]
+struct ResponseStats {
+    class: ResponseClass,
+    count: u64,
+    buckets: [u64; LATENCY_BUCKETS_MS.len()],
+    sum_ms: f64,
+}
+
+/// How a response ended, which becomes its `status_code`, `grpc_status`, `classification` and
+/// `error` labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseClass {
+    pub status: Option<u16>,
+    pub grpc_status: Option<u32>,
+    /// Set when the proxy, not the upstream, produced the failure.
+    pub error: Option<&'static str>,
+}
+
+/// Counters for one TCP label set.
+#[derive(Debug, Default)]
+pub struct TcpStats {
+    pub open_total: AtomicU64,
+    pub close_total: AtomicU64,
+    pub bytes: Arc<ByteCounters>,
+}
+
+// === impl Metrics ===
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let start_time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        Self {
+            http: Mutex::default(),
+            tcp: Mutex::default(),
+            detect: Mutex::default(),
+            start_time,
+        }
+    }
+
+    pub fn http(&self, key: HttpKey) -> Arc<HttpStats> {
+        let mut map = lock(&self.http);
+        if let Some(s) = map.get(&key) {
+            return s.clone();
+        }
+        map.entry(key).or_default().clone()
+    }
+
+    pub fn tcp(&self, key: TcpKey) -> Arc<TcpStats> {
+        let mut map = lock(&self.tcp);
+        if let Some(s) = map.get(&key) {
+            return s.clone();
+        }
+        map.entry(key).or_default().clone()
+    }
+
+    /// Counts one detection result, e.g. (`outbound`, `http1`, `matched`).
+    pub fn detected(&self, direction: Direction, protocol: &'static str, reason: &'static str) {
+        *lock(&self.detect)
+            .entry((direction, protocol, reason))
+            .or_default() += 1;
+    }
+
+    /// Renders every family as Prometheus text.
+    pub fn encode(&self, out: &mut String) {
+        self.encode_http(out);
+        self.encode_tcp(out);
+        self.encode_detect(out);
+        encode_process(out, self.start_time);
+    }
+
+    fn encode_http(&self, out: &mut String) {
+        let http: Vec<(HttpKey, Arc<HttpStats>)> = lock(&self.http)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        family(
+            out,
+            "request_total",
+            "Total count of HTTP requests.",
+            "counter",
+        );
+        for (k, s) in &http {
+            let _ = writeln!(
+                out,
+                "request_total{{{}}} {}",
+                http_labels(k),
+                s.requests.load(Ordering::Relaxed)
+            );
+        }
+        family(
+            out,
+            "response_total",
+            "Total count of HTTP responses.",
+            "counter",
+        );
+        for (k, s) in &http {
+            for r in lock(&s.responses).iter() {
+                let _ = writeln!(
+                    out,
+                    "response_total{{{},{}}} {}",
+                    http_labels(k),
+                    response_labels(&r.class, true),
+                    r.count
+                );
+            }
+        }
+        family(
+            out,
+            "response_latency_ms",
+            "Elapsed times between a request's headers being received and its response stream completing.",
+            "histogram",
+        );
+        for (k, s) in &http {
+            for r in lock(&s.responses).iter() {
+                let labels = format!("{},{}", http_labels(k), response_labels(&r.class, false));
+                let mut cumulative = 0;
+                for (i, le) in LATENCY_BUCKETS_MS.iter().enumerate() {
+                    cumulative += r.buckets[i];
+                    let _ = writeln!(
+                        out,
+                        "response_latency_ms_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "response_latency_ms_bucket{{{labels},le=\"+Inf\"}} {}",
+                    r.count
+                );
+                let _ = writeln!(out, "response_latency_ms_count{{{labels}}} {}", r.count);
+                let _ = writeln!(out, "response_latency_ms_sum{{{labels}}} {}", r.sum_ms);
+            }
+        }
+    }
+
+    fn encode_tcp(&self, out: &mut String) {
+        let tcp: Vec<(TcpKey, Arc<TcpStats>)> = lock(&self.tcp)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let families: [(&str, &str, &str, fn(&TcpStats) -> u64); 5] = [
+            (
+                "tcp_open_total",
+                "Total count of opened connections.",
+                "counter",
+                |s| s.open_total.load(Ordering::Relaxed),
+            ),
+            (
+                "tcp_open_connections",
+                "Number of currently-open connections.",
+                "gauge",
+                |s| {
+                    s.open_total
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(s.close_total.load(Ordering::Relaxed))
+                },
+            ),
+            (
+                "tcp_close_total",
+                "Total count of closed connections.",
+                "counter",
+                |s| s.close_total.load(Ordering::Relaxed),
+            ),
+            (
+                "tcp_read_bytes_total",
+                "Total count of bytes read from peers.",
+                "counter",
+                |s| s.bytes.read.load(Ordering::Relaxed),
+            ),
+            (
+                "tcp_write_bytes_total",
+                "Total count of bytes written to peers.",
+                "counter",
+                |s| s.bytes.write.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, kind, value) in families {
+            family(out, name, help, kind);
+            for (k, s) in &tcp {
+                let _ = writeln!(out, "{name}{{{}}} {}", tcp_labels(k), value(s));
+            }
+        }
+    }
+
+    fn encode_detect(&self, out: &mut String) {
+        family(
+            out,
+            "protocol_detect_total",
+            "Protocol detection results, by protocol and why detection ended.",
+            "counter",
+        );
+        for ((dir, proto, reason), n) in lock(&self.detect).iter() {
+            let _ = writeln!(
+                out,
+                "protocol_detect_total{{direction=\"{}\",protocol=\"{proto}\",reason=\"{reason}\"}} {n}",
+                dir.as_str()
+            );
+        }
+    }
+}
+
+// === impl HttpStats ===
+
+impl HttpStats {
+    pub fn request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn response(&self, class: ResponseClass, latency: Duration) {
+        let ms = latency.as_secs_f64() * 1000.0;
+        let bucket = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|&le| ms <= le as f64)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        let mut rs = lock(&self.responses);
+        let i = match rs.iter().position(|r| r.class == class) {
+            Some(i) => i,
+            None => {
+                rs.push(ResponseStats {
+                    class,
+                    count: 0,
+                    buckets: [0; LATENCY_BUCKETS_MS.len()],
+                    sum_ms: 0.0,
+                });
+                rs.len() - 1
+            }
+        };
+        let r = &mut rs[i];
+        r.count += 1;
+        r.sum_ms += ms;
+        if let Some(b) = r.buckets.get_mut(bucket) {
+            *b += 1;
+        }
+    }
+}
+
+impl ResponseClass {
+    pub fn is_success(&self) -> bool {
+        self.error.is_none()
+            && self.status.is_some_and(|s| s < 500)
+            && self.grpc_status.is_none_or(|g| g == 0)
+    }
+}
+
+// === impl Direction, Tls ===
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+impl Tls {
+    fn labels(&self, direction: Direction, out: &mut String) {
+        match self {
+            Tls::Established { peer_id } => {
+                out.push_str("tls=\"true\"");
+                if let Some(id) = peer_id {
+                    let key = match direction {
+                        Direction::Inbound => "client_id",
+                        Direction::Outbound => "server_id",
+                    };
+                    let _ = write!(out, ",{key}=\"{}\"", escape(id));
+                }
+            }
+            Tls::None(reason) => {
+                let _ = write!(out, "tls=\"no_identity\",no_tls_reason=\"{reason}\"");
+            }
+        }
+    }
+}
+
+fn http_labels(k: &HttpKey) -> String {
+    let mut s = format!(
+        "direction=\"{}\",authority=\"{}\",target_addr=\"{}\",",
+        k.direction.as_str(),
+        escape(&k.authority),
+        k.target_addr
+    );
+    k.tls.labels(k.direction, &mut s);
+    s
+}
+
+fn tcp_labels(k: &TcpKey) -> String {
+    let peer = match k.peer {
+        Peer::Src => "src",
+        Peer::Dst => "dst",
+    };
+    let mut s = format!(
+        "direction=\"{}\",peer=\"{peer}\",target_addr=\"{}\",",
+        k.direction.as_str(),
+        k.target_addr
+    );
+    k.tls.labels(k.direction, &mut s);
+    s
+}
+
+fn response_labels(c: &ResponseClass, classification: bool) -> String {
+    let mut s = String::new();
+    match c.status {
+        Some(code) => {
+            let _ = write!(s, "status_code=\"{code}\"");
+        }
+        None => s.push_str("status_code=\"\""),
+    }
+    if let Some(g) = c.grpc_status {
+        let _ = write!(s, ",grpc_status=\"{g}\"");
+    }
+    if classification {
+        let class = if c.is_success() { "success" } else { "failure" };
+        let _ = write!(s, ",classification=\"{class}\"");
+    }
+    if let Some(e) = c.error {
+        let _ = write!(s, ",error=\"{e}\"");
+    }
+    s
+}
+
+fn family(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `process_*` from /proc, as the Prometheus client libraries export them.
+fn encode_process(out: &mut String, start_time: f64) {
+    const TICKS_PER_SEC: f64 = 100.0;
+    family(
+        out,
+        "process_start_time_seconds",
+        "Time that the process started (in seconds since the UNIX epoch)",
+        "gauge",
+    );
+    let _ = writeln!(out, "process_start_time_seconds {start_time}");
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let cpu = (ticks(11) + ticks(12)) / TICKS_PER_SEC;
+        family(
+            out,
+            "process_cpu_seconds_total",
+            "Total user and system CPU time spent in seconds.",
+            "counter",
+        );
+        let _ = writeln!(out, "process_cpu_seconds_total {cpu}");
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let kb = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        family(
+            out,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            "gauge",
+        );
+        let _ = writeln!(out, "process_resident_memory_bytes {}", kb("VmRSS:") * 1024);
+        family(
+            out,
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            "gauge",
+        );
+        let _ = writeln!(out, "process_virtual_memory_bytes {}", kb("VmSize:") * 1024);
+        family(
+            out,
+            "process_threads",
+            "Number of OS threads in the process.",
+            "gauge",
+        );
+        let _ = writeln!(out, "process_threads {}", kb("Threads:"));
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        family(
+            out,
+            "process_open_fds",
+            "Number of open file descriptors.",
+            "gauge",
+        );
+        let _ = writeln!(out, "process_open_fds {}", fds.count());
+    }
+    if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
+        let max = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(max) = max {
+            family(
+                out,
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                "gauge",
+            );
+            let _ = writeln!(out, "process_max_fds {max}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_linkerd_families() {
+        let m = Metrics::new();
+        let key = HttpKey {
+            direction: Direction::Outbound,
+            authority: "web.local:80".into(),
+            target_addr: "127.0.0.1:8080".parse().unwrap(),
+            tls: Tls::None("not_provided_by_service_discovery"),
+        };
+        let s = m.http(key.clone());
+        s.request();
+        s.request();
+        let ok = ResponseClass {
+            status: Some(200),
+            grpc_status: None,
+            error: None,
+        };
+        s.response(ok.clone(), Duration::from_micros(1500));
+        s.response(ok, Duration::from_millis(7));
+        let failed = ResponseClass {
+            status: Some(502),
+            grpc_status: None,
+            error: Some("connect"),
+        };
+        m.http(key).response(failed, Duration::from_millis(60_000));
+        let t = m.tcp(TcpKey {
+            direction: Direction::Inbound,
+            peer: Peer::Src,
+            target_addr: "127.0.0.1:8080".parse().unwrap(),
+            tls: Tls::None("no_tls_from_remote"),
+        });
+        t.open_total.fetch_add(3, Ordering::Relaxed);
+        t.close_total.fetch_add(1, Ordering::Relaxed);
+        t.bytes.read.fetch_add(10, Ordering::Relaxed);
+
+        let mut out = String::new();
+        m.encode(&mut out);
+        let labels = "direction=\"outbound\",authority=\"web.local:80\",target_addr=\"127.0.0.1:8080\",tls=\"no_identity\",no_tls_reason=\"not_provided_by_service_discovery\"";
+        assert!(
+            out.contains(&format!("request_total{{{labels}}} 2")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "response_total{{{labels},status_code=\"200\",classification=\"success\"}} 2"
+            )),
+            "{out}"
+        );
+        assert!(out.contains(&format!("response_total{{{labels},status_code=\"502\",classification=\"failure\",error=\"connect\"}} 1")), "{out}");
+        // 1.5 ms lands in le=2, 7 ms in le=10; cumulative.
+        assert!(
+            out.contains(&format!(
+                "response_latency_ms_bucket{{{labels},status_code=\"200\",le=\"1\"}} 0"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "response_latency_ms_bucket{{{labels},status_code=\"200\",le=\"2\"}} 1"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "response_latency_ms_bucket{{{labels},status_code=\"200\",le=\"10\"}} 2"
+            )),
+            "{out}"
+        );
+        // 60 s is past the last bound: only +Inf counts it.
+        assert!(out.contains(&format!("response_latency_ms_bucket{{{labels},status_code=\"502\",error=\"connect\",le=\"50000\"}} 0")), "{out}");
+        assert!(out.contains(&format!("response_latency_ms_bucket{{{labels},status_code=\"502\",error=\"connect\",le=\"+Inf\"}} 1")), "{out}");
+        assert!(out.contains("tcp_open_connections{direction=\"inbound\",peer=\"src\",target_addr=\"127.0.0.1:8080\",tls=\"no_identity\",no_tls_reason=\"no_tls_from_remote\"} 2"), "{out}");
+        assert!(
+            out.contains("tcp_read_bytes_total{direction=\"inbound\""),
+            "{out}"
+        );
+        assert!(out.contains("process_resident_memory_bytes "), "{out}");
+        assert!(out.contains("process_cpu_seconds_total "), "{out}");
+    }
+
+    #[test]
+    fn grpc_failures_are_failures() {
+        let c = ResponseClass {
+            status: Some(200),
+            grpc_status: Some(14),
+            error: None,
+        };
+        assert!(!c.is_success());
+        let c = ResponseClass {
+            status: Some(200),
+            grpc_status: Some(0),
+            error: None,
+        };
+        assert!(c.is_success());
+        let c = ResponseClass {
+            status: None,
+            grpc_status: None,
+            error: Some("stream"),
+        };
+        assert!(!c.is_success());
+    }
+}
