@@ -1,1 +1,61 @@
-fn main() {}
+//! `mesh`: the user CLI and the single control-plane binary.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod demo;
+mod stat;
+mod up;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mesh",
+    version,
+    about = "An ultralight Linkerd-style service mesh"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the mesh locally on loopback: demo workloads, each behind its own sidecar proxy,
+    /// plus a load generator and a live table of what the sidecars see.
+    Up(up::Args),
+    /// Run the sidecar proxy (configured by LINKERD2_PROXY_* / MESH_PROXY_* variables, as the
+    /// `linkerd-proxy` binary is; see linkerd-proxy/README.md).
+    Proxy,
+    /// A demo workload (used by `mesh up`).
+    #[command(hide = true)]
+    DemoApp(demo::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Proxy => linkerd_proxy::main(),
+        Command::DemoApp(args) => run(demo::run(args)),
+        Command::Up(args) => run(up::run(args)),
+    }
+}
+
+fn run(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mesh: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mesh: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,15 @@
-//! placeholder
+//! The wire contract between our data plane and control plane.
+//!
+//! We speak Linkerd's proxy API as published in the `linkerd2-proxy-api` crate (pinned exactly in
+//! the workspace; its minor releases are breaking), re-exported here as [`api`] so every crate
+//! uses one version. Two hand-written pieces sit beside it because both sides need them:
+//!
+//! * [`id`]: the workload identity name,
+//!   `<sa>.<ns>.serviceaccount.identity.<control-plane-ns>.<trust-domain>`;
+//! * [`net`]: conversions between the API's address messages and `std::net`, and the
+//!   `host:port` authority form used by discovery lookups.
+
+pub use linkerd2_proxy_api as api;
+
+pub mod id;
+pub mod net;

@@ -1,0 +1,512 @@
+//! `mesh up`: the mesh on one machine.
+//!
+//! Starts each demo workload as its own process on its own loopback address, each behind its
+//! own sidecar (`mesh proxy`, a separate process), drives load at the front door, and shows
+//! what the sidecars measure. Workloads reach each other only through their sidecars: the app
+//! uses its sidecar's outbound listener as an HTTP proxy, and the sidecar forwards to the
+//! peer's inbound proxy, which delivers to the peer app.
+
+use crate::stat::{self, Snapshot, Window};
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use std::{
+    io::IsTerminal,
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::{ExitCode, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+use tokio::process::{Child, Command};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Print one JSON summary at the end instead of the live table. Exits 0 only if every
+    /// request succeeded.
+    #[arg(long)]
+    json: bool,
+    /// Requests per second sent to the demo's front door.
+    #[arg(long, default_value_t = 20)]
+    rps: u32,
+    /// The first loopback address to use; workloads take consecutive addresses from it.
+    #[arg(long, default_value = "127.0.0.10")]
+    base_ip: Ipv4Addr,
+}
+
+const APP_PORT: u16 = 8080;
+const INBOUND_PORT: u16 = 4143;
+const OUTBOUND_PORT: u16 = 4140;
+const ADMIN_PORT: u16 = 4191;
+
+/// One demo workload: an app and its sidecar.
+#[derive(Debug)]
+struct Workload {
+    name: &'static str,
+    /// The logical service the workload serves.
+    service: &'static str,
+    ip: Ipv4Addr,
+    /// URLs the app calls for every request it serves.
+    calls: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Running {
+    workload: Workload,
+    app: Child,
+    proxy: Child,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let workloads = demo_workloads(args.base_ip);
+    let exe = std::env::current_exe().context("cannot find the mesh binary")?;
+    let logs = std::env::temp_dir().join(format!("mesh-up-{}", std::process::id()));
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let endpoints = static_endpoints(&workloads);
+
+    let mut running = Vec::new();
+    for w in workloads {
+        let proxy = spawn_proxy(&exe, &w, &endpoints, &logs)?;
+        let app = spawn_app(&exe, &w, &logs)?;
+        running.push(Running {
+            workload: w,
+            app,
+            proxy,
+        });
+    }
+    let outcome = serve(&args, &mut running, &logs).await;
+    shutdown(&mut running).await;
+    outcome
+}
+
+async fn serve(
+    args: &Args,
+    running: &mut [Running],
+    logs: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    wait_ready(running, logs).await?;
+    if !args.json {
+        println!(
+            "mesh up: {} workloads on loopback; logs in {}",
+            running.len(),
+            logs.display()
+        );
+        println!(
+            "Try: curl -H 'Host: frontend.demo' http://{}/",
+            inbound(running[0].workload.ip)
+        );
+    }
+
+    let front = inbound(running[0].workload.ip);
+    let sent = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let load = tokio::spawn(generate_load(front, args.rps, sent.clone(), failed.clone()));
+
+    let first = scrape_all(running).await;
+    let mut prev = first.clone();
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let deadline = args.seconds.map(|s| started + Duration::from_secs(s));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        if let Some(w) = running.iter_mut().find_map(|r| exited(r)) {
+            bail!("{w}; see the logs in {}", logs.display());
+        }
+        let now = scrape_all(running).await;
+        if !args.json {
+            print_table(
+                running,
+                &prev,
+                &now,
+                sent.load(Ordering::Relaxed),
+                failed.load(Ordering::Relaxed),
+            );
+        }
+        prev = now;
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            break;
+        }
+    }
+    load.abort();
+    let secs = started.elapsed().as_secs_f64();
+    let last = scrape_all(running).await;
+    summarize(
+        args,
+        running,
+        &first,
+        &last,
+        secs,
+        sent.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+    )
+}
+
+fn demo_workloads(base: Ipv4Addr) -> Vec<Workload> {
+    let ip = |i: u8| {
+        let [a, b, c, d] = base.octets();
+        Ipv4Addr::new(a, b, c, d.saturating_add(i))
+    };
+    vec![
+        Workload {
+            name: "frontend",
+            service: "frontend.demo",
+            ip: ip(0),
+            calls: vec![
+                format!("http://backend.demo:{APP_PORT}/api"),
+                format!("http://quotes.demo:{APP_PORT}/quote"),
+            ],
+        },
+        Workload {
+            name: "backend-v1",
+            service: "backend.demo",
+            ip: ip(1),
+            calls: vec![],
+        },
+        Workload {
+            name: "backend-v2",
+            service: "backend.demo",
+            ip: ip(2),
+            calls: vec![],
+        },
+        Workload {
+            name: "quotes",
+            service: "quotes.demo",
+            ip: ip(3),
+            calls: vec![],
+        },
+    ]
+}
+
+/// Every logical service, resolved to its workloads' inbound proxies.
+fn static_endpoints(workloads: &[Workload]) -> String {
+    let mut services: Vec<&str> = workloads.iter().map(|w| w.service).collect();
+    services.dedup();
+    services
+        .iter()
+        .map(|svc| {
+            let addrs: Vec<String> = workloads
+                .iter()
+                .filter(|w| w.service == *svc)
+                .map(|w| inbound(w.ip).to_string())
+                .collect();
+            format!("{svc}:{APP_PORT}={}", addrs.join("|"))
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+fn inbound(ip: Ipv4Addr) -> SocketAddr {
+    SocketAddr::from((ip, INBOUND_PORT))
+}
+
+fn admin(ip: Ipv4Addr) -> SocketAddr {
+    SocketAddr::from((ip, ADMIN_PORT))
+}
+
+fn log_file(logs: &std::path::Path, name: &str) -> anyhow::Result<Stdio> {
+    let path: PathBuf = logs.join(format!("{name}.log"));
+    let f = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    Ok(Stdio::from(f))
+}
+
+fn spawn_proxy(
+    exe: &std::path::Path,
+    w: &Workload,
+    endpoints: &str,
+    logs: &std::path::Path,
+) -> anyhow::Result<Child> {
+    Command::new(exe)
+        .arg("proxy")
+        .env(
+            "LINKERD2_PROXY_INBOUND_LISTEN_ADDR",
+            inbound(w.ip).to_string(),
+        )
+        .env(
+            "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR",
+            SocketAddr::from((w.ip, OUTBOUND_PORT)).to_string(),
+        )
+        .env("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", admin(w.ip).to_string())
+        .env(
+            "MESH_PROXY_INBOUND_FORWARD_ADDR",
+            SocketAddr::from((w.ip, APP_PORT)).to_string(),
+        )
+        .env("MESH_PROXY_STATIC_ENDPOINTS", endpoints)
+        .env("LINKERD2_PROXY_CORES", "1")
+        .env("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "5s")
+        .env("LINKERD2_PROXY_LOG", "warn,linkerd_proxy=info")
+        .stdin(Stdio::null())
+        .stdout(log_file(logs, &format!("{}-proxy", w.name))?)
+        .stderr(log_file(logs, &format!("{}-proxy.err", w.name))?)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start the sidecar of {}", w.name))
+}
+
+fn spawn_app(exe: &std::path::Path, w: &Workload, logs: &std::path::Path) -> anyhow::Result<Child> {
+    let mut cmd = Command::new(exe);
+    cmd.arg("demo-app")
+        .args(["--name", w.name])
+        .args(["--listen", &SocketAddr::from((w.ip, APP_PORT)).to_string()])
+        .args([
+            "--via",
+            &SocketAddr::from((w.ip, OUTBOUND_PORT)).to_string(),
+        ]);
+    for c in &w.calls {
+        cmd.args(["--call", c]);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log_file(logs, w.name)?)
+        .stderr(log_file(logs, &format!("{}.err", w.name))?)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", w.name))
+}
+
+fn exited(r: &mut Running) -> Option<String> {
+    for (what, child) in [("app", &mut r.app), ("sidecar", &mut r.proxy)] {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(format!(
+                "the {what} of {} exited ({status})",
+                r.workload.name
+            ));
+        }
+    }
+    None
+}
+
+async fn wait_ready(running: &mut [Running], logs: &std::path::Path) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    for i in 0..running.len() {
+        loop {
+            if let Some(e) = exited(&mut running[i]) {
+                let err = std::fs::read_to_string(
+                    logs.join(format!("{}-proxy.err", running[i].workload.name)),
+                )
+                .unwrap_or_default();
+                bail!("{e}: {}", err.trim());
+            }
+            let w = &running[i].workload;
+            let ready = get(admin(w.ip), "/ready").await.is_ok_and(|s| s == 200)
+                && tokio::net::TcpStream::connect((w.ip, APP_PORT))
+                    .await
+                    .is_ok();
+            if ready {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "{} did not become ready within 15 s; see {}",
+                    w.name,
+                    logs.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Sends `rps` requests per second to the front door over one keep-alive connection,
+/// reconnecting after failures.
+async fn generate_load(front: SocketAddr, rps: u32, sent: Arc<AtomicU64>, failed: Arc<AtomicU64>) {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rps.max(1))));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sender: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> = None;
+    loop {
+        tick.tick().await;
+        if sender.as_ref().is_none_or(|s| s.is_closed()) {
+            sender = match tokio::net::TcpStream::connect(front).await {
+                Ok(s) => match hyper::client::conn::http1::handshake(TokioIo::new(s)).await {
+                    Ok((tx, conn)) => {
+                        tokio::spawn(conn);
+                        Some(tx)
+                    }
+                    Err(_) => None,
+                },
+                Err(_) => None,
+            };
+        }
+        sent.fetch_add(1, Ordering::Relaxed);
+        let ok = match sender.as_mut() {
+            Some(tx) => {
+                let req = http::Request::get("/")
+                    .header(http::header::HOST, "frontend.demo")
+                    .body(Empty::new());
+                match req {
+                    Ok(req) => match tx.send_request(req).await {
+                        Ok(rsp) => {
+                            let status = rsp.status();
+                            rsp.into_body().collect().await.is_ok() && status.is_success()
+                        }
+                        Err(_) => false,
+                    },
+                    Err(_) => false,
+                }
+            }
+            None => false,
+        };
+        if !ok {
+            failed.fetch_add(1, Ordering::Relaxed);
+            sender = None;
+        }
+    }
+}
+
+async fn scrape_all(running: &[Running]) -> Vec<Snapshot> {
+    let mut out = Vec::with_capacity(running.len());
+    for r in running {
+        let text = stat::scrape(admin(r.workload.ip)).await.unwrap_or_default();
+        out.push(stat::parse(&text, "inbound"));
+    }
+    out
+}
+
+async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    let stream = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await??;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header(http::header::HOST, addr.to_string())
+        .body(Empty::<Bytes>::new())?;
+    let rsp = tokio::time::timeout(Duration::from_secs(1), tx.send_request(req)).await??;
+    Ok(rsp.status().as_u16())
+}
+
+fn fmt_ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |ms| format!("{ms:.1}ms"))
+}
+
+fn fmt_pct(v: Option<f64>) -> String {
+    v.map_or("-".into(), |r| format!("{:.2}%", r * 100.0))
+}
+
+fn print_table(running: &[Running], prev: &[Snapshot], now: &[Snapshot], sent: u64, failed: u64) {
+    if std::io::stdout().is_terminal() {
+        print!("\x1b[2J\x1b[H");
+    }
+    println!(
+        "{:<12} {:<15} {:>8} {:>9} {:>8} {:>8} {:>6} {:>8}",
+        "WORKLOAD", "SERVICE", "RPS", "SUCCESS", "P50", "P99", "MTLS", "RSS"
+    );
+    for (i, r) in running.iter().enumerate() {
+        let w = Window::between(&prev[i], &now[i], 1.0);
+        println!(
+            "{:<12} {:<15} {:>8.1} {:>9} {:>8} {:>8} {:>6} {:>7.1}M",
+            r.workload.name,
+            r.workload.service,
+            w.rps,
+            fmt_pct(w.success_rate),
+            fmt_ms(w.p50_ms),
+            fmt_ms(w.p99_ms),
+            fmt_pct(w.tls_fraction),
+            now[i].rss_bytes / 1e6,
+        );
+    }
+    println!("\nload generator: {sent} sent, {failed} failed. Ctrl-C to stop.");
+    println!(
+        "Traffic is plaintext until the identity service (mTLS) lands; MTLS shows the share of mTLS responses."
+    );
+}
+
+fn summarize(
+    args: &Args,
+    running: &[Running],
+    first: &[Snapshot],
+    last: &[Snapshot],
+    secs: f64,
+    sent: u64,
+    failed: u64,
+) -> anyhow::Result<ExitCode> {
+    let mut all_ok = sent > 0 && failed == 0;
+    let mut workloads = serde_json::Map::new();
+    for (i, r) in running.iter().enumerate() {
+        let w = Window::between(&first[i], &last[i], secs);
+        all_ok &= w.requests > 0.0 && w.success_rate == Some(1.0);
+        workloads.insert(
+            r.workload.name.to_string(),
+            serde_json::json!({
+                "service": r.workload.service,
+                "requests": w.requests,
+                "rps": w.rps,
+                "success_rate": w.success_rate,
+                "p50_ms": w.p50_ms,
+                "p99_ms": w.p99_ms,
+                "mtls_fraction": w.tls_fraction,
+                "sidecar_rss_kb": (last[i].rss_bytes / 1024.0).round(),
+            }),
+        );
+    }
+    let summary = serde_json::json!({
+        "seconds": secs,
+        "load": {"sent": sent, "failed": failed},
+        "workloads": workloads,
+        "ok": all_ok,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "\n{}",
+            if all_ok {
+                "every request succeeded"
+            } else {
+                "some requests failed"
+            }
+        );
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Asks every sidecar to drain, stops the apps, and makes sure nothing is left running.
+async fn shutdown(running: &mut [Running]) {
+    for r in running.iter_mut() {
+        let _ = r.app.start_kill();
+        let addr = admin(r.workload.ip);
+        let _ = post_shutdown(addr).await;
+    }
+    for r in running.iter_mut() {
+        let _ = r.app.wait().await;
+        if tokio::time::timeout(Duration::from_secs(6), r.proxy.wait())
+            .await
+            .is_err()
+        {
+            let _ = r.proxy.start_kill();
+            let _ = r.proxy.wait().await;
+        }
+    }
+}
+
+async fn post_shutdown(addr: SocketAddr) -> anyhow::Result<()> {
+    let stream = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await??;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::post("/shutdown")
+        .header(http::header::HOST, addr.to_string())
+        .body(Empty::<Bytes>::new())?;
+    tokio::time::timeout(Duration::from_secs(1), tx.send_request(req)).await??;
+    Ok(())
+}
