@@ -292,7 +292,7 @@ async fn wait_ready(running: &mut [Running], logs: &std::path::Path) -> anyhow::
         loop {
             if let Some(e) = exited(&mut running[i]) {
                 let err = std::fs::read_to_string(
-                    logs.join(format!("{}-proxy.err", running[i].workload.name)),
+                    logs.join(format!("{}-proxy.err.log", running[i].workload.name)),
                 )
                 .unwrap_or_default();
                 bail!("{e}: {}", err.trim());

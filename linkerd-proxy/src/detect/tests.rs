@@ -83,3 +83,22 @@ async fn a_full_buffer_without_a_request_line_is_opaque() {
     let (proto, reason, _) = detect(server, Duration::from_secs(5)).await.unwrap();
     assert_eq!((proto, reason), (Protocol::Opaque, Reason::BufferFull));
 }
+
+#[test]
+fn arbitrary_bytes_never_panic_and_decide_by_the_buffer_limit() {
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..20_000 {
+        let len = rng.usize(0..=MAX_PEEK);
+        let mut buf: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+        // Bias half the cases towards almost-HTTP input.
+        if rng.bool() && !buf.is_empty() {
+            let prefix = b"GET / HTTP/1.1\r\n";
+            let n = prefix.len().min(buf.len()).min(rng.usize(0..=prefix.len()));
+            buf[..n].copy_from_slice(&prefix[..n]);
+        }
+        let verdict = classify(&buf);
+        if buf.len() >= H2_PREFACE.len() && buf.starts_with(H2_PREFACE) {
+            assert_eq!(verdict, Verdict::Done(Protocol::Http2));
+        }
+    }
+}
