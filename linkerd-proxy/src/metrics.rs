@@ -225,7 +225,8 @@ impl Metrics {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let families: [(&str, &str, &str, fn(&TcpStats) -> u64); 5] = [
+        type Family = (&'static str, &'static str, &'static str, fn(&TcpStats) -> u64);
+        let families: [Family; 5] = [
             (
                 "tcp_open_total",
                 "Total count of opened connections.",

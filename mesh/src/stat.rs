@@ -78,15 +78,15 @@ pub fn parse(text: &str, direction: &str) -> Snapshot {
             if series.contains("tls=\"true\"") {
                 s.tls_responses += v;
             }
-        } else if series.starts_with("response_latency_ms_bucket{") {
-            if let Some(le) = label(series, "le") {
-                let bound = if le == "+Inf" {
-                    INF
-                } else {
-                    le.parse().unwrap_or(INF)
-                };
-                *s.buckets.entry(bound).or_default() += v;
-            }
+        } else if series.starts_with("response_latency_ms_bucket{")
+            && let Some(le) = label(series, "le")
+        {
+            let bound = if le == "+Inf" {
+                INF
+            } else {
+                le.parse().unwrap_or(INF)
+            };
+            *s.buckets.entry(bound).or_default() += v;
         }
     }
     s

@@ -120,7 +120,7 @@ async fn serve(
             _ = tick.tick() => {}
             _ = tokio::signal::ctrl_c() => break,
         }
-        if let Some(w) = running.iter_mut().find_map(|r| exited(r)) {
+        if let Some(w) = running.iter_mut().find_map(exited) {
             bail!("{w}; see the logs in {}", logs.display());
         }
         let now = scrape_all(running).await;
@@ -288,16 +288,16 @@ fn exited(r: &mut Running) -> Option<String> {
 
 async fn wait_ready(running: &mut [Running], logs: &std::path::Path) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    for i in 0..running.len() {
+    for r in running.iter_mut() {
         loop {
-            if let Some(e) = exited(&mut running[i]) {
+            if let Some(e) = exited(r) {
                 let err = std::fs::read_to_string(
-                    logs.join(format!("{}-proxy.err.log", running[i].workload.name)),
+                    logs.join(format!("{}-proxy.err.log", r.workload.name)),
                 )
                 .unwrap_or_default();
                 bail!("{e}: {}", err.trim());
             }
-            let w = &running[i].workload;
+            let w = &r.workload;
             let ready = get(admin(w.ip), "/ready").await.is_ok_and(|s| s == 200)
                 && tokio::net::TcpStream::connect((w.ip, APP_PORT))
                     .await

@@ -17,8 +17,7 @@ pub enum InvalidAddr {
 pub fn to_socket_addr(a: &TcpAddress) -> Result<SocketAddr, InvalidAddr> {
     let port = u16::try_from(a.port).map_err(|_| InvalidAddr::BadPort(a.port))?;
     let ip =
-        a.ip.clone()
-            .and_then(|ip| std::net::IpAddr::try_from(ip).ok())
+        a.ip.and_then(|ip| std::net::IpAddr::try_from(ip).ok())
             .ok_or(InvalidAddr::MissingIp)?;
     Ok(SocketAddr::new(ip, port))
 }

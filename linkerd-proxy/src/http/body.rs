@@ -62,10 +62,10 @@ impl Body for ProxyBody {
                 let res = Pin::new(body).poll_frame(cx);
                 match &res {
                     Poll::Ready(Some(Ok(frame))) => {
-                        if let (Some(t), Some(r)) = (frame.trailers_ref(), recorder.as_mut()) {
-                            if let Some(g) = grpc_status(t) {
-                                r.grpc_status = Some(g);
-                            }
+                        if let (Some(t), Some(r)) = (frame.trailers_ref(), recorder.as_mut())
+                            && let Some(g) = grpc_status(t)
+                        {
+                            r.grpc_status = Some(g);
                         }
                     }
                     Poll::Ready(None) => {
@@ -102,12 +102,12 @@ impl Body for ProxyBody {
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        if let ProxyBody::Stream { body, recorder } = self {
-            if let Some(r) = recorder.take() {
-                // Dropped with data still to come: the client went away mid-stream.
-                let error = (!body.is_end_stream()).then_some("stream_cancelled");
-                r.record(error);
-            }
+        if let ProxyBody::Stream { body, recorder } = self
+            && let Some(r) = recorder.take()
+        {
+            // Dropped with data still to come: the client went away mid-stream.
+            let error = (!body.is_end_stream()).then_some("stream_cancelled");
+            r.record(error);
         }
     }
 }

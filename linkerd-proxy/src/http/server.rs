@@ -299,10 +299,11 @@ impl HttpConn {
 
     fn stats(&self, authority: &HeaderValue, target: SocketAddr) -> Arc<HttpStats> {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((a, t, s)) = last.as_ref() {
-            if a == authority && *t == target {
-                return s.clone();
-            }
+        if let Some((a, t, s)) = last.as_ref()
+            && a == authority
+            && *t == target
+        {
+            return s.clone();
         }
         let stats = self.shared.metrics.http(HttpKey {
             direction: self.direction,
