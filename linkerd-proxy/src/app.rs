@@ -39,6 +39,9 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub local_listeners: Vec<(String, SocketAddr)>,
     shutdown: watch::Sender<bool>,
+    /// Keeps the shutdown channel open: `watch::Sender::send` discards the value when no
+    /// receiver exists, which would lose a `/shutdown` that arrives before anyone waits for it.
+    _shutdown_rx: watch::Receiver<bool>,
     drain: drain::Controller,
     grace: Duration,
 }
@@ -73,7 +76,7 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         connect_timeout: config.outbound.connect_timeout,
     };
     let (drain_ctl, drain) = drain::channel();
-    let (shutdown, _) = watch::channel(false);
+    let (shutdown, shutdown_rx) = watch::channel(false);
 
     let running = Running {
         inbound_addr: inbound.local_addr()?,
@@ -84,6 +87,7 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
             .map(|(l, s)| Ok((l.name.clone(), s.local_addr()?)))
             .collect::<io::Result<_>>()?,
         shutdown,
+        _shutdown_rx: shutdown_rx,
         drain: drain_ctl,
         grace: config.shutdown_grace_period,
     };

@@ -82,6 +82,14 @@ pub fn classify(buf: &[u8]) -> Verdict {
     }
 }
 
+/// For a full buffer that is still an incomplete request line: a valid method followed by a
+/// request target whose bytes are all valid so far (a long URL) is HTTP/1.
+pub fn starts_like_http1(buf: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 0];
+    let mut req = httparse::Request::new(&mut headers);
+    matches!(req.parse(buf), Ok(httparse::Status::Partial)) && req.method.is_some()
+}
+
 /// Reads from `io` until the protocol is known, the buffer is full or `timeout` passes.
 pub async fn detect<I>(
     mut io: I,
@@ -119,11 +127,12 @@ where
                 return Ok((p, reason, PrefixedIo::new(buf.freeze(), io)));
             }
             Verdict::NeedMore if buf.len() >= MAX_PEEK => {
-                return Ok((
-                    Protocol::Opaque,
-                    Reason::BufferFull,
-                    PrefixedIo::new(buf.freeze(), io),
-                ));
+                let (proto, reason) = if starts_like_http1(&buf) {
+                    (Protocol::Http1, Reason::Matched)
+                } else {
+                    (Protocol::Opaque, Reason::BufferFull)
+                };
+                return Ok((proto, reason, PrefixedIo::new(buf.freeze(), io)));
             }
             Verdict::NeedMore => {}
         }

@@ -225,7 +225,12 @@ impl Metrics {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        type Family = (&'static str, &'static str, &'static str, fn(&TcpStats) -> u64);
+        type Family = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&TcpStats) -> u64,
+        );
         let families: [Family; 5] = [
             (
                 "tcp_open_total",

@@ -1,1 +1,72 @@
-//! placeholder
+//! Support code for the end-to-end tests in `e2e/`: the pieces a proxy meets over real loopback
+//! sockets.
+//!
+//! - [`server::TestServer`]: an HTTP/1.1 + HTTP/2 server (one port) that records what it
+//!   received and has routes for echo, streaming, upgrades, delays, statuses and trailers.
+//! - [`tcp::TcpServer`]: a TCP echo server and a server-speaks-first (banner) server.
+//! - [`grpc`]: a fake `io.linkerd.proxy.destination.Destination` gRPC server.
+//! - [`client`]: HTTP/1 and HTTP/2 clients on single connections, and raw TCP helpers.
+//! - [`proxy`]: the proxy in-process ([`proxy::TestProxy`]) or as a process
+//!   ([`proxy::ProxyProcess`]).
+//! - [`metrics`]: scraping and parsing the admin server's `/metrics`.
+//!
+//! Every listener binds `127.0.0.1:0`, so tests can run in parallel.
+
+pub mod client;
+pub mod grpc;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod tcp;
+
+use std::{future::Future, time::Duration};
+
+/// The longest any one test may run: a hang fails the test instead of blocking CI.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long [`assert_eventually!`] polls before failing.
+pub const EVENTUALLY: Duration = Duration::from_secs(10);
+
+/// Runs a test body, failing it if it takes longer than [`TEST_TIMEOUT`].
+pub async fn run<F: Future>(test: F) -> F::Output {
+    within(TEST_TIMEOUT, "the test", test).await
+}
+
+/// Awaits `fut`, panicking with `what` if it takes longer than `limit`.
+pub async fn within<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not complete within {limit:?}"),
+    }
+}
+
+/// `len` bytes of a pattern whose period (251) divides no power of two, so that lost, repeated
+/// or reordered chunks of a body show up as a mismatch.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// Polls a condition (which may `.await`) every 20 ms until it holds, failing the test if it
+/// still does not after [`EVENTUALLY`].
+#[macro_export]
+macro_rules! assert_eventually {
+    ($cond:expr $(,)?) => {
+        $crate::assert_eventually!($cond, "{}", stringify!($cond))
+    };
+    ($cond:expr, $($arg:tt)+) => {{
+        let deadline = ::tokio::time::Instant::now() + $crate::EVENTUALLY;
+        loop {
+            if $cond {
+                break;
+            }
+            if ::tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "condition not met within {:?}: {}",
+                    $crate::EVENTUALLY,
+                    format_args!($($arg)+)
+                );
+            }
+            ::tokio::time::sleep(::std::time::Duration::from_millis(20)).await;
+        }
+    }};
+}

@@ -76,12 +76,23 @@ async fn closed_before_data_is_an_error() {
 #[tokio::test]
 async fn a_full_buffer_without_a_request_line_is_opaque() {
     let (mut client, server) = tokio::io::duplex(4096);
-    // A valid method token but a path longer than the detection buffer.
+    // Token characters with no space: not even a method yet.
+    client.write_all(&[b'A'; MAX_PEEK + 10]).await.unwrap();
+    let (proto, reason, _) = detect(server, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((proto, reason), (Protocol::Opaque, Reason::BufferFull));
+}
+
+#[tokio::test]
+async fn a_request_target_longer_than_the_buffer_is_http1() {
+    let (mut client, server) = tokio::io::duplex(4096);
     let mut long = b"GET /".to_vec();
     long.extend(std::iter::repeat_n(b'a', MAX_PEEK));
     client.write_all(&long).await.unwrap();
-    let (proto, reason, _) = detect(server, Duration::from_secs(5)).await.unwrap();
-    assert_eq!((proto, reason), (Protocol::Opaque, Reason::BufferFull));
+    let (proto, reason, io) = detect(server, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((proto, reason), (Protocol::Http1, Reason::Matched));
+    assert_eq!(io.prefix().len(), MAX_PEEK);
+    // A long run of bytes that are not valid in a request target stays opaque.
+    assert!(!starts_like_http1(b"GET /abc\x00\x01"));
 }
 
 #[test]

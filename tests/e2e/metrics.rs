@@ -1,0 +1,258 @@
+//! The admin server: `/metrics` after real traffic, and `/ready`, `/live`, `/proxy-log-level`,
+//! `/shutdown`.
+
+use http::Method;
+use linkerd_tests::{
+    assert_eventually, client, grpc, metrics::Metrics, proxy::TestProxy, run, server::TestServer,
+    within,
+};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_and_tcp_metrics_count_real_traffic() {
+    run(async {
+        const OK: usize = 5;
+        const FAILED: usize = 3;
+        const OUTBOUND: usize = 2;
+        let server = TestServer::start().await;
+        let proxy = TestProxy::inbound_to(server.addr()).await;
+        let target = server.addr().to_string();
+
+        let mut c = client::http1(proxy.inbound).await;
+        for _ in 0..OK {
+            let rsp = client::send1(&mut c, client::get_request("/echo")).await;
+            assert_eq!(rsp.status, 200);
+        }
+        for _ in 0..FAILED {
+            let rsp = client::send1(&mut c, client::get_request("/status/500")).await;
+            assert_eq!(rsp.status, 500);
+        }
+        let mut out = client::http1(proxy.outbound).await;
+        for _ in 0..OUTBOUND {
+            let uri = format!("http://{target}/echo");
+            let rsp = client::send1(&mut out, client::get_request(&uri)).await;
+            assert_eq!(rsp.status, 200);
+        }
+
+        let inbound = [("direction", "inbound"), ("target_addr", target.as_str())];
+        let ok = [
+            ("direction", "inbound"),
+            ("target_addr", target.as_str()),
+            ("status_code", "200"),
+            ("classification", "success"),
+        ];
+        let failed = [
+            ("direction", "inbound"),
+            ("target_addr", target.as_str()),
+            ("status_code", "500"),
+            ("classification", "failure"),
+        ];
+        // Responses are recorded when their bodies end, just after the client has read them.
+        let mut m: Metrics;
+        assert_eventually!(
+            {
+                m = proxy.metrics().await;
+                m.sum("response_total", &ok) == OK as f64
+                    && m.sum("response_total", &failed) == FAILED as f64
+            },
+            "inbound responses in:\n{}",
+            m.text
+        );
+        assert_eq!(m.sum("request_total", &inbound), (OK + FAILED) as f64);
+        assert_eq!(
+            m.sum("response_total", &[("direction", "inbound")]),
+            (OK + FAILED) as f64,
+            "no other inbound responses:\n{}",
+            m.text
+        );
+        let inbound_authority = [
+            ("direction", "inbound"),
+            ("authority", client::DEFAULT_HOST),
+        ];
+        assert_eq!(
+            m.sum("request_total", &inbound_authority),
+            (OK + FAILED) as f64
+        );
+
+        // The latency histogram: +Inf (and the count) equals the responses; buckets are
+        // cumulative.
+        let ok_latency = [
+            ("direction", "inbound"),
+            ("target_addr", target.as_str()),
+            ("status_code", "200"),
+        ];
+        let inf: Vec<(&str, &str)> = ok_latency.iter().copied().chain([("le", "+Inf")]).collect();
+        assert_eq!(
+            m.sum("response_latency_ms_bucket", &inf),
+            OK as f64,
+            "{}",
+            m.text
+        );
+        assert_eq!(m.sum("response_latency_ms_count", &ok_latency), OK as f64);
+        let buckets: Vec<f64> = m
+            .find("response_latency_ms_bucket", &ok_latency)
+            .map(|s| s.value)
+            .collect();
+        assert_eq!(buckets.len(), 26, "25 bounds and +Inf");
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+
+        // Outbound (proxy mode) traffic is labelled as such, by the authority it named.
+        let outbound = [("direction", "outbound"), ("authority", target.as_str())];
+        assert_eq!(
+            m.sum("request_total", &outbound),
+            OUTBOUND as f64,
+            "{}",
+            m.text
+        );
+        let outbound_ok = [
+            ("direction", "outbound"),
+            ("status_code", "200"),
+            ("classification", "success"),
+        ];
+        assert_eventually!(
+            proxy.metrics().await.sum("response_total", &outbound_ok) == OUTBOUND as f64
+        );
+
+        // TCP: one accepted connection per direction, with bytes both ways.
+        for dir in ["inbound", "outbound"] {
+            let src = [("direction", dir), ("peer", "src")];
+            assert_eq!(m.sum("tcp_open_total", &src), 1.0, "{dir}:\n{}", m.text);
+            assert!(
+                m.sum("tcp_read_bytes_total", &src) > 0.0,
+                "{dir}:\n{}",
+                m.text
+            );
+            assert!(
+                m.sum("tcp_write_bytes_total", &src) > 0.0,
+                "{dir}:\n{}",
+                m.text
+            );
+            assert_eq!(m.sum("tcp_close_total", &src), 0.0, "{dir}: still open");
+        }
+        let http1 = [
+            ("direction", "inbound"),
+            ("protocol", "http1"),
+            ("reason", "matched"),
+        ];
+        assert_eq!(m.sum("protocol_detect_total", &http1), 1.0);
+        for family in [
+            "request_total",
+            "response_total",
+            "response_latency_ms",
+            "tcp_open_total",
+            "tcp_close_total",
+            "tcp_read_bytes_total",
+            "tcp_write_bytes_total",
+        ] {
+            assert!(m.declares(family), "no # TYPE for {family}");
+        }
+
+        // Closing the client connections is counted.
+        drop(c);
+        drop(out);
+        for dir in ["inbound", "outbound"] {
+            let src = [("direction", dir), ("peer", "src")];
+            assert_eventually!(
+                proxy.metrics().await.sum("tcp_close_total", &src) == 1.0,
+                "{dir} close"
+            );
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_responses_carry_grpc_status() {
+    run(async {
+        let (server, _task) = grpc::serve().await;
+        let proxy = TestProxy::inbound_to(server).await;
+        let mut dst = grpc::client(proxy.inbound).await;
+        let mut stream = dst
+            .get(grpc::get_destination("web:80"))
+            .await
+            .expect("Get")
+            .into_inner();
+        while stream.message().await.expect("update").is_some() {}
+        let err = dst
+            .get_profile(grpc::get_destination("web:80"))
+            .await
+            .expect_err("GetProfile fails");
+        assert_eq!(err.code(), tonic::Code::NotFound);
+
+        let ok = [
+            ("direction", "inbound"),
+            ("grpc_status", "0"),
+            ("classification", "success"),
+        ];
+        let not_found = [
+            ("direction", "inbound"),
+            ("status_code", "200"),
+            ("grpc_status", "5"),
+            ("classification", "failure"),
+        ];
+        let mut m: Metrics;
+        assert_eventually!(
+            {
+                m = proxy.metrics().await;
+                m.sum("response_total", &ok) == 1.0 && m.sum("response_total", &not_found) == 1.0
+            },
+            "gRPC responses in:\n{}",
+            m.text
+        );
+        assert_eq!(m.sum("request_total", &[("direction", "inbound")]), 2.0);
+        let http2 = [("direction", "inbound"), ("protocol", "http2")];
+        assert_eq!(m.sum("protocol_detect_total", &http2), 1.0);
+    })
+    .await
+}
+
+async fn admin(proxy: &TestProxy, method: Method, path: &str, body: &str) -> client::Reply {
+    let mut c = client::http1(proxy.admin).await;
+    let req = client::request(method, path, client::full(body.to_string()));
+    client::send1(&mut c, req).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints() {
+    run(async {
+        let proxy = TestProxy::start(&[]).await;
+
+        let rsp = client::get(proxy.admin, "/ready").await;
+        assert_eq!(rsp.status, 200, "{}", rsp.text());
+        let rsp = client::get(proxy.admin, "/live").await;
+        assert_eq!(rsp.status, 200, "{}", rsp.text());
+        let rsp = client::get(proxy.admin, "/no-such-page").await;
+        assert_eq!(rsp.status, 404);
+
+        let rsp = client::get(proxy.admin, "/proxy-log-level").await;
+        assert_eq!(rsp.status, 200);
+        assert_eq!(rsp.text().trim(), "warn");
+        let rsp = admin(
+            &proxy,
+            Method::PUT,
+            "/proxy-log-level",
+            "info,linkerd_proxy=debug",
+        )
+        .await;
+        assert!(rsp.status.is_success(), "{}: {}", rsp.status, rsp.text());
+        let rsp = client::get(proxy.admin, "/proxy-log-level").await;
+        assert_eq!(rsp.text().trim(), "info,linkerd_proxy=debug");
+        let rsp = admin(&proxy, Method::PUT, "/proxy-log-level", "linkerd=loudest!").await;
+        assert_eq!(rsp.status, 400, "{}", rsp.text());
+        let rsp = client::get(proxy.admin, "/proxy-log-level").await;
+        assert_eq!(rsp.text().trim(), "info,linkerd_proxy=debug", "unchanged");
+
+        let rsp = client::get(proxy.admin, "/shutdown").await;
+        assert_eq!(rsp.status, 405, "GET /shutdown");
+        let rsp = admin(&proxy, Method::POST, "/shutdown", "").await;
+        assert_eq!(rsp.status, 200, "{}", rsp.text());
+        within(
+            Duration::from_secs(5),
+            "the shutdown request",
+            proxy.shutdown_requested(),
+        )
+        .await;
+        assert!(proxy.shutdown().await, "drained within the grace period");
+    })
+    .await
+}
