@@ -50,7 +50,8 @@ pub struct Running {
 struct Ctx {
     config: Config,
     metrics: Arc<Metrics>,
-    shared: Shared,
+    outbound: Shared,
+    inbound: Shared,
 }
 
 /// Binds every listener and starts serving. Listener errors are returned before anything runs.
@@ -65,15 +66,29 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
 
     let metrics = Arc::new(Metrics::new());
     let resolve: Arc<dyn Resolve> = Arc::new(StaticResolve::new(&config.outbound.static_endpoints));
-    let shared = Shared {
+    let outbound_shared = Shared {
         client: http::Client::new(
             config.outbound.connect_timeout,
             config.outbound.max_idle_per_endpoint,
+            metrics.clone(),
+            Direction::Outbound,
+            OUTBOUND_TLS,
+        ),
+        metrics: metrics.clone(),
+        resolve: resolve.clone(),
+        response_timeout: config.outbound.response_timeout,
+    };
+    let inbound_shared = Shared {
+        client: http::Client::new(
+            config.inbound.connect_timeout,
+            config.outbound.max_idle_per_endpoint,
+            metrics.clone(),
+            Direction::Inbound,
+            INBOUND_TLS,
         ),
         metrics: metrics.clone(),
         resolve,
-        response_timeout: config.outbound.response_timeout,
-        connect_timeout: config.outbound.connect_timeout,
+        response_timeout: None,
     };
     let (drain_ctl, drain) = drain::channel();
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -94,7 +109,8 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
     let ctx = Arc::new(Ctx {
         config,
         metrics: metrics.clone(),
-        shared,
+        outbound: outbound_shared,
+        inbound: inbound_shared,
     });
 
     let admin_state = admin::State {
@@ -225,7 +241,7 @@ async fn outbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
                 Direction::Outbound,
                 OUTBOUND_TLS,
                 route,
-                ctx.shared.clone(),
+                ctx.outbound.clone(),
                 drain,
             );
             http::serve(io, proto, conn).await;
@@ -279,13 +295,11 @@ async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
     );
     match proto {
         Protocol::Http1 | Protocol::Http2 => {
-            let mut shared = ctx.shared.clone();
-            shared.connect_timeout = cfg.connect_timeout;
             let conn = HttpConn::new(
                 Direction::Inbound,
                 INBOUND_TLS,
                 Route::Fixed(target),
-                shared,
+                ctx.inbound.clone(),
                 drain,
             );
             http::serve(io, proto, conn).await;
@@ -296,7 +310,7 @@ async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
 }
 
 async fn local_conn(ctx: Arc<Ctx>, listener: Arc<LocalListener>, acc: Accepted, drain: Drain) {
-    let ep = match endpoint_for(ctx.shared.resolve.as_ref(), &listener.target).await {
+    let ep = match endpoint_for(ctx.outbound.resolve.as_ref(), &listener.target).await {
         Ok(ep) => ep,
         Err(e) => {
             warn!(listener = %listener.name, error = %e, "cannot forward");

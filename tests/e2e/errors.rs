@@ -60,8 +60,9 @@ async fn slow_upstream_is_gateway_timeout() {
             (ENV_OUTBOUND_RESPONSE_TIMEOUT, "200ms"),
         ])
         .await;
-        let rsp = client::get(proxy.inbound, "/delay?ms=10000").await;
-        assert_proxy_error("inbound", &rsp, 504);
+        // The timeout is the outbound side's: inbound, the application may take its time.
+        let rsp = client::get(proxy.inbound, "/delay?ms=500").await;
+        assert_eq!(rsp.status, 200, "inbound: {}", rsp.text());
         let uri = format!("http://{}/delay?ms=10000", server.addr());
         let rsp = client::get(proxy.outbound, &uri).await;
         assert_proxy_error("outbound", &rsp, 504);

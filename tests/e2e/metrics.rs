@@ -128,6 +128,30 @@ async fn http_and_tcp_metrics_count_real_traffic() {
                 m.text
             );
             assert_eq!(m.sum("tcp_close_total", &src), 0.0, "{dir}: still open");
+            // Upstream connections are counted on the other side (`peer="dst"`); the pool
+            // reuses them, so there are at least one and at most one per request.
+            let dst = [("direction", dir), ("peer", "dst")];
+            let requests = if dir == "inbound" {
+                OK + FAILED
+            } else {
+                OUTBOUND
+            };
+            let opened = m.sum("tcp_open_total", &dst);
+            assert!(
+                (1.0..=requests as f64).contains(&opened),
+                "{dir}:\n{}",
+                m.text
+            );
+            assert!(
+                m.sum("tcp_write_bytes_total", &dst) > 0.0,
+                "{dir}:\n{}",
+                m.text
+            );
+            assert!(
+                m.sum("tcp_read_bytes_total", &dst) > 0.0,
+                "{dir}:\n{}",
+                m.text
+            );
         }
         let http1 = [
             ("direction", "inbound"),

@@ -6,7 +6,11 @@
 //! has been read; HTTP/2 connections are shared by every request to the endpoint.
 
 use super::{body::ProxyBody, errors::ProxyError};
-use crate::transport;
+use crate::{
+    io::CountingIo,
+    metrics::{Direction, Metrics, Peer, TcpKey, TcpStats, Tls},
+    transport,
+};
 use http::{Request, Response};
 use hyper::{
     body::Incoming,
@@ -16,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 use tracing::debug;
@@ -32,6 +36,9 @@ struct Inner {
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<ProxyBody>>>,
     connect_timeout: Duration,
     max_idle_per_endpoint: usize,
+    metrics: Arc<Metrics>,
+    direction: Direction,
+    tls: Tls,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,15 +48,30 @@ pub enum Protocol {
 }
 
 impl Client {
-    pub fn new(connect_timeout: Duration, max_idle_per_endpoint: usize) -> Self {
+    /// A client whose upstream connections are counted in the `peer="dst"` TCP metrics of
+    /// `direction`.
+    pub fn new(
+        connect_timeout: Duration,
+        max_idle_per_endpoint: usize,
+        metrics: Arc<Metrics>,
+        direction: Direction,
+        tls: Tls,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 h1_idle: Mutex::default(),
                 h2: Mutex::default(),
                 connect_timeout,
                 max_idle_per_endpoint,
+                metrics,
+                direction,
+                tls,
             }),
         }
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        self.inner.connect_timeout
     }
 
     pub async fn send(
@@ -114,7 +136,7 @@ impl Client {
         &self,
         addr: SocketAddr,
     ) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
-        let stream = transport::connect(addr, self.inner.connect_timeout).await?;
+        let (stream, stats) = self.inner.connect(addr).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -123,6 +145,7 @@ impl Client {
             if let Err(e) = conn.with_upgrades().await {
                 debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
             }
+            stats.close_total.fetch_add(1, Ordering::Relaxed);
         });
         Ok(sender)
     }
@@ -149,7 +172,7 @@ impl Client {
         &self,
         addr: SocketAddr,
     ) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
-        let stream = transport::connect(addr, self.inner.connect_timeout).await?;
+        let (stream, stats) = self.inner.connect(addr).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(10))
@@ -162,6 +185,7 @@ impl Client {
             if let Err(e) = conn.await {
                 debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
             }
+            stats.close_total.fetch_add(1, Ordering::Relaxed);
             let mut h2 = lock(&inner.h2);
             if h2.get(&addr).is_some_and(|s| s.is_closed()) {
                 h2.remove(&addr);
@@ -172,6 +196,21 @@ impl Client {
 }
 
 impl Inner {
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(CountingIo<tokio::net::TcpStream>, Arc<TcpStats>), ProxyError> {
+        let stream = transport::connect(addr, self.connect_timeout).await?;
+        let stats = self.metrics.tcp(TcpKey {
+            direction: self.direction,
+            peer: Peer::Dst,
+            target_addr: addr,
+            tls: self.tls.clone(),
+        });
+        stats.open_total.fetch_add(1, Ordering::Relaxed);
+        Ok((CountingIo::new(stream, stats.bytes.clone()), stats))
+    }
+
     fn checkin_h1(&self, addr: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
         let mut idle = lock(&self.h1_idle);
         let conns = idle.entry(addr).or_default();

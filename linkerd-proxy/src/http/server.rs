@@ -37,7 +37,6 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub resolve: Arc<dyn Resolve>,
     pub response_timeout: Option<Duration>,
-    pub connect_timeout: Duration,
 }
 
 /// Where a connection's requests go.
@@ -270,7 +269,8 @@ impl HttpConn {
     ) -> Response<ProxyBody> {
         let stats = self.stats(authority, target);
         stats.request();
-        let upstream = match transport::connect(target, self.shared.connect_timeout).await {
+        let upstream = match transport::connect(target, self.shared.client.connect_timeout()).await
+        {
             Ok(s) => s,
             Err(e) => return self.fail(e.into(), false, authority, Some(&stats), start),
         };
