@@ -17,6 +17,8 @@ pub struct State {
     pub drain: Signal,
     pub shutdown: watch::Sender<bool>,
     pub shutdown_enabled: bool,
+    /// With an identity, the proxy is ready only once it holds a certificate.
+    pub creds: Option<crate::tls::CredsRx>,
 }
 
 pub async fn serve(listener: TcpListener, state: State) {
@@ -59,6 +61,11 @@ async fn handle(
         (&Method::GET, "/ready") => {
             if state.drain.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if state.creds.as_ref().is_some_and(|c| c.borrow().is_none()) {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "waiting for an identity certificate\n",
+                )
             } else {
                 text(StatusCode::OK, "ready\n")
             }

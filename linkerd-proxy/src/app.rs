@@ -15,11 +15,13 @@ use crate::{
     detect::{self, Protocol},
     drain::{self, Drain},
     http::{self, HttpConn, Route, Shared},
+    identity,
     io::CountingIo,
     log::LogLevel,
     metrics::{Direction, Metrics, Tls},
-    resolve::{Resolve, StaticResolve, endpoint_for},
+    resolve::{Endpoint, Resolve, StaticResolve, endpoint_for},
     tcp::{self, SrcConn},
+    tls::{CredsRx, TrustRoots, client_hello, identity_of},
     transport::{self, Accepted},
 };
 use std::{
@@ -52,6 +54,8 @@ struct Ctx {
     metrics: Arc<Metrics>,
     outbound: Shared,
     inbound: Shared,
+    /// Set when the proxy has an identity; holds `None` until the first certificate.
+    creds: Option<CredsRx>,
 }
 
 /// Binds every listener and starts serving. Listener errors are returned before anything runs.
@@ -65,6 +69,17 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
     }
 
     let metrics = Arc::new(Metrics::new());
+    // Identity first: the proxy is not ready until it holds a certificate.
+    let creds = match &config.identity {
+        Some(id) => {
+            let roots = TrustRoots::from_pem(&id.trust_anchors_pem)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+            let (tx, rx) = watch::channel(None);
+            tokio::spawn(identity::run(id.clone(), roots, tx, metrics.clone()));
+            Some(rx)
+        }
+        None => None,
+    };
     let resolve: Arc<dyn Resolve> = Arc::new(StaticResolve::new(&config.outbound.static_endpoints));
     let outbound_shared = Shared {
         client: http::Client::new(
@@ -73,10 +88,12 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
             metrics.clone(),
             Direction::Outbound,
             OUTBOUND_TLS,
+            creds.clone(),
         ),
         metrics: metrics.clone(),
         resolve: resolve.clone(),
         response_timeout: config.outbound.response_timeout,
+        creds: creds.clone(),
     };
     let inbound_shared = Shared {
         client: http::Client::new(
@@ -85,10 +102,12 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
             metrics.clone(),
             Direction::Inbound,
             INBOUND_TLS,
+            None,
         ),
         metrics: metrics.clone(),
         resolve,
         response_timeout: None,
+        creds: None,
     };
     let (drain_ctl, drain) = drain::channel();
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -111,6 +130,7 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         metrics: metrics.clone(),
         outbound: outbound_shared,
         inbound: inbound_shared,
+        creds: creds.clone(),
     });
 
     let admin_state = admin::State {
@@ -119,6 +139,7 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         drain: drain.signal(),
         shutdown: running.shutdown.clone(),
         shutdown_enabled: ctx.config.admin.shutdown_endpoint_enabled,
+        creds,
     };
     tokio::spawn(admin::serve(admin, admin_state));
 
@@ -220,7 +241,11 @@ async fn outbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
     if let Some(orig) = orig.filter(|o| cfg.opaque_ports.contains(&o.port())) {
         ctx.metrics
             .detected(Direction::Outbound, "opaque", "configured");
-        return forward(&ctx, io, orig, Direction::Outbound, drain).await;
+        let ep = Endpoint {
+            addr: orig,
+            identity: None,
+        };
+        return forward(&ctx, io, &ep, Direction::Outbound, drain).await;
     }
     let (proto, reason, io) = match detect::detect(io, cfg.detect_timeout).await {
         Ok(d) => d,
@@ -246,7 +271,13 @@ async fn outbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
             );
             http::serve(io, proto, conn).await;
         }
-        (Protocol::Opaque, Some(orig)) => forward(&ctx, io, orig, Direction::Outbound, drain).await,
+        (Protocol::Opaque, Some(orig)) => {
+            let ep = Endpoint {
+                addr: orig,
+                identity: None,
+            };
+            forward(&ctx, io, &ep, Direction::Outbound, drain).await
+        }
         (Protocol::Opaque, None) => {
             debug!(client = %acc.client, "opaque connection with no original destination; closing");
         }
@@ -273,20 +304,83 @@ async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
             }
         },
     };
-    let src = SrcConn::open(&ctx.metrics, Direction::Inbound, target, INBOUND_TLS);
-    let io = CountingIo::new(acc.stream, src.counters());
     let port = acc.orig_dst.map_or(target.port(), |o| o.0.port());
+    // Bytes are counted from the first one; the label set is known once TLS is settled.
+    let io = CountingIo::new(acc.stream, Default::default());
+    let creds = ctx.creds.as_ref().and_then(|c| c.borrow().clone());
+    if let Some(creds) = creds {
+        let (peek, mut io) = match client_hello::peek(io, cfg.detect_timeout).await {
+            Ok(p) => p,
+            Err(e) => return debug!(error = %e, "inbound TLS detection failed"),
+        };
+        match peek {
+            client_hello::Peek::ClientHello(Some(sni)) if *sni == *creds.local_id => {
+                let accept = tokio_rustls::TlsAcceptor::from(creds.server.clone()).accept(io);
+                let mut tls = match tokio::time::timeout(
+                    cfg.detect_timeout.max(Duration::from_secs(1)),
+                    accept,
+                )
+                .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        return debug!(client = %acc.client, error = %e, "inbound TLS handshake failed");
+                    }
+                    Err(_) => {
+                        return debug!(client = %acc.client, "inbound TLS handshake timed out");
+                    }
+                };
+                let client_id = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(identity_of);
+                let label = Tls::Established { peer_id: client_id };
+                let src = SrcConn::open(&ctx.metrics, Direction::Inbound, target, label.clone());
+                tls.get_mut().0.get_mut().rebind(src.counters());
+                serve_inbound(&ctx, tls, target, port, label, drain).await;
+                drop(src);
+            }
+            // TLS for someone else (the application's own, end to end) or plaintext.
+            peek => {
+                let label = match peek {
+                    client_hello::Peek::ClientHello(_) => Tls::None("passthru"),
+                    _ => INBOUND_TLS,
+                };
+                let src = SrcConn::open(&ctx.metrics, Direction::Inbound, target, label.clone());
+                io.get_mut().rebind(src.counters());
+                serve_inbound(&ctx, io, target, port, label, drain).await;
+                drop(src);
+            }
+        }
+    } else {
+        let mut io = io;
+        let src = SrcConn::open(&ctx.metrics, Direction::Inbound, target, INBOUND_TLS);
+        io.rebind(src.counters());
+        serve_inbound(&ctx, io, target, port, INBOUND_TLS, drain).await;
+        drop(src);
+    }
+}
+
+/// Detects the protocol of an inbound stream (plaintext or the inside of mTLS) and serves it.
+async fn serve_inbound<I>(ctx: &Ctx, io: I, target: SocketAddr, port: u16, tls: Tls, drain: Drain)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = &ctx.config.inbound;
+    let ep = Endpoint {
+        addr: target,
+        identity: None,
+    };
     if cfg.opaque_ports.contains(&port) {
         ctx.metrics
             .detected(Direction::Inbound, "opaque", "configured");
-        return forward(&ctx, io, target, Direction::Inbound, drain).await;
+        return forward(ctx, io, &ep, Direction::Inbound, drain).await;
     }
     let (proto, reason, io) = match detect::detect(io, cfg.detect_timeout).await {
         Ok(d) => d,
-        Err(e) => {
-            debug!(error = %e, "inbound detection failed");
-            return;
-        }
+        Err(e) => return debug!(error = %e, "inbound detection failed"),
     };
     ctx.metrics.detected(
         Direction::Inbound,
@@ -297,16 +391,15 @@ async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
         Protocol::Http1 | Protocol::Http2 => {
             let conn = HttpConn::new(
                 Direction::Inbound,
-                INBOUND_TLS,
+                tls,
                 Route::Fixed(target),
                 ctx.inbound.clone(),
                 drain,
             );
             http::serve(io, proto, conn).await;
         }
-        Protocol::Opaque => forward(&ctx, io, target, Direction::Inbound, drain).await,
+        Protocol::Opaque => forward(ctx, io, &ep, Direction::Inbound, drain).await,
     }
-    drop(src);
 }
 
 async fn local_conn(ctx: Arc<Ctx>, listener: Arc<LocalListener>, acc: Accepted, drain: Drain) {
@@ -319,18 +412,29 @@ async fn local_conn(ctx: Arc<Ctx>, listener: Arc<LocalListener>, acc: Accepted, 
     };
     let src = SrcConn::open(&ctx.metrics, Direction::Outbound, ep.addr, OUTBOUND_TLS);
     let io = CountingIo::new(acc.stream, src.counters());
-    forward(&ctx, io, ep.addr, Direction::Outbound, drain).await;
+    forward(&ctx, io, &ep, Direction::Outbound, drain).await;
 }
 
-async fn forward<I>(ctx: &Ctx, io: I, target: SocketAddr, direction: Direction, drain: Drain)
+async fn forward<I>(ctx: &Ctx, io: I, ep: &Endpoint, direction: Direction, drain: Drain)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let (tls, timeout) = match direction {
-        Direction::Inbound => (INBOUND_TLS, ctx.config.inbound.connect_timeout),
-        Direction::Outbound => (OUTBOUND_TLS, ctx.config.outbound.connect_timeout),
+    let (plaintext, connect_timeout, creds) = match direction {
+        Direction::Inbound => (INBOUND_TLS, ctx.config.inbound.connect_timeout, None),
+        Direction::Outbound => (
+            OUTBOUND_TLS,
+            ctx.config.outbound.connect_timeout,
+            ctx.creds.as_ref(),
+        ),
     };
-    tcp::forward(io, target, direction, tls, timeout, &ctx.metrics, drain).await;
+    let f = tcp::Forward {
+        direction,
+        plaintext,
+        connect_timeout,
+        creds,
+        metrics: &ctx.metrics,
+    };
+    tcp::forward(io, ep, f, drain).await;
 }
 
 fn loopback(ip: IpAddr) -> IpAddr {

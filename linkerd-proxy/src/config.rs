@@ -24,6 +24,15 @@ pub const ENV_LOG: &str = "LINKERD2_PROXY_LOG";
 pub const ENV_LOG_FORMAT: &str = "LINKERD2_PROXY_LOG_FORMAT";
 pub const ENV_CORES: &str = "LINKERD2_PROXY_CORES";
 
+pub const ENV_IDENTITY_DIR: &str = "LINKERD2_PROXY_IDENTITY_DIR";
+pub const ENV_IDENTITY_TRUST_ANCHORS: &str = "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS";
+pub const ENV_IDENTITY_TOKEN_FILE: &str = "LINKERD2_PROXY_IDENTITY_TOKEN_FILE";
+pub const ENV_IDENTITY_SVC_ADDR: &str = "LINKERD2_PROXY_IDENTITY_SVC_ADDR";
+pub const ENV_IDENTITY_SVC_NAME: &str = "LINKERD2_PROXY_IDENTITY_SVC_NAME";
+pub const ENV_IDENTITY_LOCAL_NAME: &str = "LINKERD2_PROXY_IDENTITY_LOCAL_NAME";
+pub const ENV_IDENTITY_MIN_REFRESH: &str = "LINKERD2_PROXY_IDENTITY_MIN_REFRESH";
+pub const ENV_IDENTITY_MAX_REFRESH: &str = "LINKERD2_PROXY_IDENTITY_MAX_REFRESH";
+
 pub const ENV_OUTBOUND_OPAQUE_PORTS: &str = "MESH_PROXY_OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION";
 pub const ENV_INBOUND_FORWARD_ADDR: &str = "MESH_PROXY_INBOUND_FORWARD_ADDR";
 pub const ENV_OUTBOUND_RESPONSE_TIMEOUT: &str = "MESH_PROXY_OUTBOUND_RESPONSE_TIMEOUT";
@@ -72,6 +81,8 @@ pub struct Config {
     /// A `tracing` filter such as `warn,linkerd_proxy=info`.
     pub log_level: String,
     pub log_format: LogFormat,
+    /// mTLS identity; `None` runs without identity (plaintext between proxies, ready at once).
+    pub identity: Option<crate::identity::IdentityConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -98,8 +109,9 @@ pub struct OutboundConfig {
     pub opaque_ports: Vec<u16>,
     /// Extra listeners that forward every connection to a logical service as opaque TCP.
     pub local_listeners: Vec<LocalListener>,
-    /// Logical names resolved without a discovery service (local mode).
-    pub static_endpoints: Vec<(String, Vec<SocketAddr>)>,
+    /// Logical names resolved without a discovery service (local mode), each endpoint with the
+    /// TLS identity of its proxy when it is meshed.
+    pub static_endpoints: Vec<(String, Vec<(SocketAddr, Option<String>)>)>,
     pub max_idle_per_endpoint: usize,
 }
 
@@ -223,7 +235,9 @@ impl Config {
         })?
         .unwrap_or(LogFormat::Plain);
 
+        let identity = parse_identity(s)?;
         let config = Config {
+            identity,
             inbound,
             outbound,
             admin,
@@ -365,8 +379,74 @@ fn parse_local_listeners(v: &str) -> Result<Vec<LocalListener>, String> {
         .collect()
 }
 
-/// `host:port=ip:port|ip:port;host2:port=...`
-fn parse_static_endpoints(v: &str) -> Result<Vec<(String, Vec<SocketAddr>)>, String> {
+/// Identity is enabled when any of its variables is set; then the trust anchors, the local
+/// name, the service address and the token file are all required.
+fn parse_identity(s: &dyn Strings) -> Result<Option<crate::identity::IdentityConfig>, ConfigError> {
+    let get = |name| s.get(name).filter(|v| !v.trim().is_empty());
+    let anchors = get(ENV_IDENTITY_TRUST_ANCHORS);
+    let local_name = get(ENV_IDENTITY_LOCAL_NAME);
+    let svc_addr = get(ENV_IDENTITY_SVC_ADDR);
+    if anchors.is_none() && local_name.is_none() && svc_addr.is_none() {
+        return Ok(None);
+    }
+    let required = |name: &'static str, v: Option<String>| {
+        v.ok_or_else(|| ConfigError {
+            name,
+            value: String::new(),
+            reason: "required when identity is configured".into(),
+        })
+    };
+    let anchors = required(ENV_IDENTITY_TRUST_ANCHORS, anchors)?;
+    if let Err(e) = crate::tls::TrustRoots::from_pem(&anchors) {
+        return Err(ConfigError {
+            name: ENV_IDENTITY_TRUST_ANCHORS,
+            value: "<PEM>".into(),
+            reason: e.to_string(),
+        });
+    }
+    let local_name = required(ENV_IDENTITY_LOCAL_NAME, local_name)?;
+    if let Err(e) = local_name.parse::<proto::id::IdentityName>() {
+        return Err(ConfigError {
+            name: ENV_IDENTITY_LOCAL_NAME,
+            value: local_name,
+            reason: e.to_string(),
+        });
+    }
+    let svc_addr = required(ENV_IDENTITY_SVC_ADDR, svc_addr)?;
+    check_authority(svc_addr.trim()).map_err(|reason| ConfigError {
+        name: ENV_IDENTITY_SVC_ADDR,
+        value: svc_addr.clone(),
+        reason,
+    })?;
+    let token_file = required(ENV_IDENTITY_TOKEN_FILE, get(ENV_IDENTITY_TOKEN_FILE))?;
+    let min_refresh =
+        parse(s, ENV_IDENTITY_MIN_REFRESH, parse_duration)?.unwrap_or(Duration::from_secs(10));
+    let max_refresh = parse(s, ENV_IDENTITY_MAX_REFRESH, parse_duration)?
+        .unwrap_or(Duration::from_secs(24 * 3600));
+    if min_refresh > max_refresh || min_refresh.is_zero() {
+        return Err(ConfigError {
+            name: ENV_IDENTITY_MIN_REFRESH,
+            value: format!("{min_refresh:?}"),
+            reason: format!("must be non-zero and at most {ENV_IDENTITY_MAX_REFRESH}"),
+        });
+    }
+    Ok(Some(crate::identity::IdentityConfig {
+        local_name: local_name.trim().trim_end_matches('.').to_string(),
+        trust_anchors_pem: anchors,
+        token_file: token_file.trim().into(),
+        svc_addr: svc_addr.trim().trim_end_matches('.').to_string(),
+        svc_name: get(ENV_IDENTITY_SVC_NAME).map(|n| n.trim().to_string()),
+        dir: get(ENV_IDENTITY_DIR).map(|d| d.trim().into()),
+        min_refresh,
+        max_refresh,
+    }))
+}
+
+/// `host:port=ip:port[#identity]|ip:port;host2:port=...`
+#[allow(clippy::type_complexity)]
+fn parse_static_endpoints(
+    v: &str,
+) -> Result<Vec<(String, Vec<(SocketAddr, Option<String>)>)>, String> {
     v.split(';')
         .map(str::trim)
         .filter(|e| !e.is_empty())
@@ -377,8 +457,19 @@ fn parse_static_endpoints(v: &str) -> Result<Vec<(String, Vec<SocketAddr>)>, Str
             check_authority(name.trim()).map_err(|e| format!("{entry:?}: {e}"))?;
             let addrs = addrs
                 .split('|')
-                .map(|a| parse_addr(a.trim()).map_err(|e| format!("{entry:?}: {e}")))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|a| {
+                    let (addr, id) = match a.split_once('#') {
+                        Some((addr, id)) => (addr, Some(id.trim())),
+                        None => (a, None),
+                    };
+                    let addr = parse_addr(addr.trim()).map_err(|e| format!("{entry:?}: {e}"))?;
+                    if let Some(id) = id {
+                        id.parse::<proto::id::IdentityName>()
+                            .map_err(|e| format!("{entry:?}: identity {id:?}: {e}"))?;
+                    }
+                    Ok((addr, id.map(str::to_string)))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
             Ok((name.trim().to_ascii_lowercase(), addrs))
         })
         .collect()

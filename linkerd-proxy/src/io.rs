@@ -47,6 +47,10 @@ impl<I> PrefixedIo<I> {
     pub fn get_ref(&self) -> &I {
         &self.io
     }
+
+    pub fn get_mut(&mut self) -> &mut I {
+        &mut self.io
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for PrefixedIo<I> {
@@ -97,6 +101,20 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<I> {
 impl<I> CountingIo<I> {
     pub fn new(io: I, counters: Arc<ByteCounters>) -> Self {
         Self { io, counters }
+    }
+
+    /// Moves what was counted so far into `counters` and counts there from now on: for a
+    /// connection whose metric labels are only known after its first bytes (the inbound TLS
+    /// handshake reveals the client's identity).
+    pub fn rebind(&mut self, counters: Arc<ByteCounters>) {
+        if Arc::ptr_eq(&self.counters, &counters) {
+            return;
+        }
+        let read = self.counters.read.swap(0, Ordering::Relaxed);
+        let write = self.counters.write.swap(0, Ordering::Relaxed);
+        counters.read.fetch_add(read, Ordering::Relaxed);
+        counters.write.fetch_add(write, Ordering::Relaxed);
+        self.counters = counters;
     }
 }
 

@@ -9,8 +9,9 @@
 //!
 //! ```text
 //! tier 0  io, transport, drain, metrics, log             plumbing, no knowledge of the proxy
-//! tier 1  detect, resolve, tcp, http                     one concern each; no config, no app
-//! tier 2  config, admin, app                             the only place everything meets
+//! tier 1  detect, resolve, tls, tcp, http               one concern each; no config, no app
+//! tier 2  identity                                       the certify client (uses tls, proto)
+//! tier 3  config, admin, app                             the only place everything meets
 //! ```
 
 pub mod admin;
@@ -19,11 +20,13 @@ pub mod config;
 pub mod detect;
 pub mod drain;
 pub mod http;
+pub mod identity;
 pub mod io;
 pub mod log;
 pub mod metrics;
 pub mod resolve;
 pub mod tcp;
+pub mod tls;
 pub mod transport;
 
 use std::process::ExitCode;

@@ -67,6 +67,8 @@ pub struct Metrics {
     http: Mutex<HashMap<HttpKey, Arc<HttpStats>>>,
     tcp: Mutex<HashMap<TcpKey, Arc<TcpStats>>>,
     detect: Mutex<HashMap<(Direction, &'static str, &'static str), u64>>,
+    /// (certificate expiry, next refresh), as unix seconds, once certified.
+    identity: Mutex<Option<(f64, f64)>>,
     start_time: f64,
 }
 
@@ -121,6 +123,7 @@ impl Metrics {
             http: Mutex::default(),
             tcp: Mutex::default(),
             detect: Mutex::default(),
+            identity: Mutex::default(),
             start_time,
         }
     }
@@ -148,11 +151,32 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// Records the current certificate's expiry and when it will be renewed.
+    pub fn set_identity_times(&self, expiry: f64, refresh: f64) {
+        *lock(&self.identity) = Some((expiry, refresh));
+    }
+
     /// Renders every family as Prometheus text.
     pub fn encode(&self, out: &mut String) {
         self.encode_http(out);
         self.encode_tcp(out);
         self.encode_detect(out);
+        if let Some((expiry, refresh)) = *lock(&self.identity) {
+            family(
+                out,
+                "identity_cert_expiration_timestamp_seconds",
+                "Time when this proxy's current mTLS identity certificate will expire (in seconds since the UNIX epoch).",
+                "gauge",
+            );
+            let _ = writeln!(out, "identity_cert_expiration_timestamp_seconds {expiry}");
+            family(
+                out,
+                "identity_cert_refresh_timestamp_seconds",
+                "Time when this proxy's current mTLS identity certificate will be refreshed (in seconds since the UNIX epoch).",
+                "gauge",
+            );
+            let _ = writeln!(out, "identity_cert_refresh_timestamp_seconds {refresh}");
+        }
         encode_process(out, self.start_time);
     }
 

@@ -31,15 +31,15 @@ pub struct StaticResolve {
 }
 
 impl StaticResolve {
-    pub fn new(entries: &[(String, Vec<SocketAddr>)]) -> Self {
+    pub fn new(entries: &[(String, Vec<(SocketAddr, Option<String>)>)]) -> Self {
         let names = entries
             .iter()
             .map(|(name, addrs)| {
                 let eps: Endpoints = addrs
                     .iter()
-                    .map(|&addr| Endpoint {
-                        addr,
-                        identity: None,
+                    .map(|(addr, id)| Endpoint {
+                        addr: *addr,
+                        identity: id.as_deref().map(Arc::from),
                     })
                     .collect();
                 (name.clone(), watch::Sender::new(eps))
@@ -112,13 +112,14 @@ mod tests {
     fn static_names_resolve_case_insensitively() {
         let r = StaticResolve::new(&[(
             "web.local:80".into(),
-            vec!["127.0.0.2:8080".parse().unwrap()],
+            vec![("127.0.0.2:8080".parse().unwrap(), Some("web.ns".into()))],
         )]);
         let rx = r.resolve("WEB.local.:80").map(|rx| rx.borrow().clone());
         // A trailing dot on the host is not a trailing dot on the authority; only exact names.
         assert!(rx.is_none());
         let eps = r.resolve("Web.Local:80").unwrap().borrow().clone();
         assert_eq!(eps[0].addr, "127.0.0.2:8080".parse().unwrap());
+        assert_eq!(eps[0].identity.as_deref(), Some("web.ns"));
         assert!(r.resolve("other:80").is_none());
     }
 

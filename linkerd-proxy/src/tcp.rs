@@ -1,47 +1,103 @@
-//! Opaque TCP forwarding: bidirectional copy with half-close and byte counts.
+//! Opaque TCP forwarding: bidirectional copy with half-close and byte counts, over mTLS when
+//! the endpoint is a meshed proxy.
 
 use crate::{
     drain::Drain,
     io::CountingIo,
-    metrics::{Direction, Metrics, Peer, TcpKey, Tls},
-    transport,
+    metrics::{Direction, Metrics, Peer, TcpKey, TcpStats, Tls},
+    resolve::Endpoint,
+    tls::{self, CredsRx, TlsError},
+    transport::{self, ConnectError},
 };
-use std::{net::SocketAddr, sync::Arc, sync::atomic::Ordering, time::Duration};
+use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
-/// Dials `target` and relays bytes both ways until both sides have closed. When one side
-/// finishes sending, its write-half is shut down on the other side (half-close), so
-/// request/response protocols that signal the end of a request by closing keep working.
-pub async fn forward<I>(
-    mut io: I,
-    target: SocketAddr,
-    direction: Direction,
-    tls: Tls,
-    connect_timeout: Duration,
-    metrics: &Metrics,
-    _drain: Drain,
-) where
+/// Any byte stream the proxy dials.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+pub type BoxIo = Box<dyn Io>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+impl From<DialError> for crate::http::ProxyError {
+    fn from(e: DialError) -> Self {
+        match e {
+            DialError::Connect(e) => e.into(),
+            DialError::Tls(e) => e.into(),
+        }
+    }
+}
+
+/// Connects to an endpoint: TCP, then mTLS when the endpoint names an identity.
+pub async fn dial(
+    ep: &Endpoint,
+    timeout: Duration,
+    creds: Option<&CredsRx>,
+) -> Result<BoxIo, DialError> {
+    let stream = transport::connect(ep.addr, timeout).await?;
+    dial_io(ep, stream, creds).await
+}
+
+async fn dial_io<I: Io>(ep: &Endpoint, io: I, creds: Option<&CredsRx>) -> Result<BoxIo, DialError> {
+    match (&ep.identity, creds) {
+        (None, _) => Ok(Box::new(io)),
+        (Some(id), Some(creds)) => Ok(Box::new(tls::connect(creds, id, io).await?)),
+        (Some(_), None) => Err(TlsError::NoCredentials.into()),
+    }
+}
+
+/// What a forward needs to know about its side of the proxy.
+#[derive(Clone, Debug)]
+pub struct Forward<'a> {
+    pub direction: Direction,
+    /// The TLS label for a plaintext upstream connection.
+    pub plaintext: Tls,
+    pub connect_timeout: Duration,
+    pub creds: Option<&'a CredsRx>,
+    pub metrics: &'a Metrics,
+}
+
+/// Dials `ep` and relays bytes both ways until both sides have closed. When one side finishes
+/// sending, its write-half is shut down on the other side (half-close), so protocols that end
+/// a request by closing keep working.
+pub async fn forward<I>(mut io: I, ep: &Endpoint, f: Forward<'_>, _drain: Drain)
+where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let upstream = match transport::connect(target, connect_timeout).await {
+    let stream = match transport::connect(ep.addr, f.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
             debug!(error = %e, "opaque forward failed");
             return;
         }
     };
-    let stats = metrics.tcp(TcpKey {
-        direction,
+    let tls = match &ep.identity {
+        Some(id) => Tls::Established {
+            peer_id: Some(id.clone()),
+        },
+        None => f.plaintext.clone(),
+    };
+    let stats = f.metrics.tcp(TcpKey {
+        direction: f.direction,
         peer: Peer::Dst,
-        target_addr: target,
+        target_addr: ep.addr,
         tls,
     });
     stats.open_total.fetch_add(1, Ordering::Relaxed);
-    let mut upstream = CountingIo::new(upstream, stats.bytes.clone());
-    match tokio::io::copy_bidirectional(&mut io, &mut upstream).await {
-        Ok((to, from)) => debug!(%target, to, from, "opaque connection closed"),
-        Err(e) => debug!(%target, error = %e, "opaque connection failed"),
+    let counted = CountingIo::new(stream, stats.bytes.clone());
+    match dial_io(ep, counted, f.creds).await {
+        Ok(mut upstream) => match tokio::io::copy_bidirectional(&mut io, &mut upstream).await {
+            Ok((to, from)) => debug!(target = %ep.addr, to, from, "opaque connection closed"),
+            Err(e) => debug!(target = %ep.addr, error = %e, "opaque connection failed"),
+        },
+        Err(e) => debug!(error = %e, "opaque forward failed"),
     }
     stats.close_total.fetch_add(1, Ordering::Relaxed);
 }
@@ -49,14 +105,14 @@ pub async fn forward<I>(
 /// Tracks an accepted connection in the `peer="src"` TCP metrics for its lifetime.
 #[derive(Debug)]
 pub struct SrcConn {
-    stats: Arc<crate::metrics::TcpStats>,
+    stats: Arc<TcpStats>,
 }
 
 impl SrcConn {
     pub fn open(
         metrics: &Metrics,
         direction: Direction,
-        target_addr: SocketAddr,
+        target_addr: std::net::SocketAddr,
         tls: Tls,
     ) -> Self {
         let stats = metrics.tcp(TcpKey {

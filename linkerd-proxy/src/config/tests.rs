@@ -57,6 +57,7 @@ fn parses_every_setting() {
     );
     assert_eq!(c.outbound.static_endpoints[0].0, "db.local:5432");
     assert_eq!(c.outbound.static_endpoints[0].1.len(), 2);
+    assert!(c.identity.is_none());
 }
 
 #[test]
@@ -72,6 +73,12 @@ fn invalid_values_name_the_variable() {
         (ENV_SHUTDOWN_ENDPOINT_ENABLED, "maybe"),
         (ENV_LOCAL_LISTENERS, "db=127.0.0.1:1"),
         (ENV_STATIC_ENDPOINTS, "svc=127.0.0.1:80"),
+        (ENV_STATIC_ENDPOINTS, "svc:80=127.0.0.1:80#Not_A_Name"),
+        (
+            ENV_IDENTITY_LOCAL_NAME,
+            "web.ns.serviceaccount.identity.linkerd.cluster.local",
+        ),
+        (ENV_IDENTITY_TRUST_ANCHORS, "not pem"),
     ];
     for (name, value) in cases {
         let mut env = HashMap::new();
@@ -101,4 +108,39 @@ fn durations() {
     assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
     assert!(parse_duration("-1s").is_err());
     assert!(parse_duration("").is_err());
+}
+
+#[test]
+fn identity_settings() {
+    let anchors = rcgen::CertificateParams::new(vec!["root".to_string()])
+        .unwrap()
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap()
+        .pem();
+    let name = "web.ns.serviceaccount.identity.linkerd.cluster.local";
+    let env = [
+        (ENV_IDENTITY_TRUST_ANCHORS, anchors.as_str()),
+        (ENV_IDENTITY_LOCAL_NAME, name),
+        (ENV_IDENTITY_SVC_ADDR, "127.0.0.1:8080"),
+        (ENV_IDENTITY_TOKEN_FILE, "/var/run/token"),
+        (ENV_IDENTITY_MIN_REFRESH, "5s"),
+        (
+            ENV_STATIC_ENDPOINTS,
+            "web.local:80=127.0.0.2:4143#web.ns.serviceaccount.identity.linkerd.cluster.local",
+        ),
+    ];
+    let c = Config::from_strings(&env).unwrap();
+    let id = c.identity.unwrap();
+    assert_eq!(id.local_name, name);
+    assert_eq!(id.min_refresh, Duration::from_secs(5));
+    assert_eq!(id.max_refresh, Duration::from_secs(86400));
+    assert_eq!(c.outbound.static_endpoints[0].1[0].1.as_deref(), Some(name));
+
+    // A partial identity configuration names what is missing.
+    let env = [
+        (ENV_IDENTITY_LOCAL_NAME, name),
+        (ENV_IDENTITY_TRUST_ANCHORS, anchors.as_str()),
+    ];
+    let err = Config::from_strings(&env).unwrap_err();
+    assert_eq!(err.name, ENV_IDENTITY_SVC_ADDR);
 }

@@ -1,14 +1,17 @@
-//! Upstream HTTP connections, pooled per endpoint address.
+//! Upstream HTTP connections, pooled per endpoint.
 //!
-//! The pool is keyed by endpoint, not by the request's authority, so requests keep their
-//! original `Host`/`:authority` whatever endpoint the balancer chose. HTTP/1 connections are
-//! reused one request at a time (keep-alive) and returned to the pool once the previous response
-//! has been read; HTTP/2 connections are shared by every request to the endpoint.
+//! The pool is keyed by endpoint (address and expected TLS identity), not by the request's
+//! authority, so requests keep their original `Host`/`:authority` whatever endpoint the
+//! balancer chose. HTTP/1 connections are reused one request at a time (keep-alive) and
+//! returned to the pool once the previous response has been read; HTTP/2 connections are shared
+//! by every request to the endpoint. An endpoint with an identity is dialled with mTLS.
 
 use super::{body::ProxyBody, errors::ProxyError};
 use crate::{
     io::CountingIo,
     metrics::{Direction, Metrics, Peer, TcpKey, TcpStats, Tls},
+    resolve::Endpoint,
+    tls::{self, CredsRx},
     transport,
 };
 use http::{Request, Response};
@@ -23,7 +26,11 @@ use std::{
     sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
+
+/// Endpoint address and the identity its proxy must present.
+type Key = (SocketAddr, Option<Arc<str>>);
 
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -32,13 +39,14 @@ pub struct Client {
 
 #[derive(Debug)]
 struct Inner {
-    h1_idle: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<ProxyBody>>>>,
-    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<ProxyBody>>>,
+    h1_idle: Mutex<HashMap<Key, Vec<http1::SendRequest<ProxyBody>>>>,
+    h2: Mutex<HashMap<Key, http2::SendRequest<ProxyBody>>>,
     connect_timeout: Duration,
     max_idle_per_endpoint: usize,
     metrics: Arc<Metrics>,
     direction: Direction,
     tls: Tls,
+    creds: Option<CredsRx>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,15 +55,19 @@ pub enum Protocol {
     Http2,
 }
 
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
 impl Client {
     /// A client whose upstream connections are counted in the `peer="dst"` TCP metrics of
-    /// `direction`.
+    /// `direction`, and which dials meshed endpoints with the credentials in `creds`.
     pub fn new(
         connect_timeout: Duration,
         max_idle_per_endpoint: usize,
         metrics: Arc<Metrics>,
         direction: Direction,
         tls: Tls,
+        creds: Option<CredsRx>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -66,6 +78,7 @@ impl Client {
                 metrics,
                 direction,
                 tls,
+                creds,
             }),
         }
     }
@@ -76,34 +89,35 @@ impl Client {
 
     pub async fn send(
         &self,
-        addr: SocketAddr,
+        ep: &Endpoint,
         proto: Protocol,
         req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let key = (ep.addr, ep.identity.clone());
         match proto {
-            Protocol::Http1 => self.send_h1(addr, req).await,
-            Protocol::Http2 => self.send_h2(addr, req).await,
+            Protocol::Http1 => self.send_h1(key, req).await,
+            Protocol::Http2 => self.send_h2(key, req).await,
         }
     }
 
     /// Sends an HTTP/1 request on a new, unpooled connection that supports upgrades.
     pub async fn send_upgrade(
         &self,
-        addr: SocketAddr,
+        ep: &Endpoint,
         req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let mut sender = self.connect_h1(addr).await?;
+        let mut sender = self.connect_h1(&(ep.addr, ep.identity.clone())).await?;
         sender.send_request(req).await.map_err(ProxyError::Upstream)
     }
 
     async fn send_h1(
         &self,
-        addr: SocketAddr,
+        key: Key,
         req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let mut sender = match self.checkout_h1(addr) {
+        let mut sender = match self.checkout_h1(&key) {
             Some(s) => s,
-            None => self.connect_h1(addr).await?,
+            None => self.connect_h1(&key).await?,
         };
         let rsp = sender
             .send_request(req)
@@ -114,33 +128,31 @@ impl Client {
         let inner = self.inner.clone();
         tokio::spawn(async move {
             if sender.ready().await.is_ok() {
-                inner.checkin_h1(addr, sender);
+                inner.checkin_h1(key, sender);
             }
         });
         Ok(rsp)
     }
 
-    fn checkout_h1(&self, addr: SocketAddr) -> Option<http1::SendRequest<ProxyBody>> {
+    fn checkout_h1(&self, key: &Key) -> Option<http1::SendRequest<ProxyBody>> {
         let mut idle = lock(&self.inner.h1_idle);
-        let conns = idle.get_mut(&addr)?;
+        let conns = idle.get_mut(key)?;
         while let Some(s) = conns.pop() {
             if s.is_ready() {
                 return Some(s);
             }
         }
-        idle.remove(&addr);
+        idle.remove(key);
         None
     }
 
-    async fn connect_h1(
-        &self,
-        addr: SocketAddr,
-    ) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
-        let (stream, stats) = self.inner.connect(addr).await?;
+    async fn connect_h1(&self, key: &Key) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
+        let (io, stats) = self.inner.connect(key).await?;
         let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(ProxyError::Handshake)?;
+        let addr = key.0;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
@@ -152,15 +164,15 @@ impl Client {
 
     async fn send_h2(
         &self,
-        addr: SocketAddr,
+        key: Key,
         req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let existing = lock(&self.inner.h2).get(&addr).cloned();
+        let existing = lock(&self.inner.h2).get(&key).cloned();
         let mut sender = match existing {
             Some(s) if !s.is_closed() => s,
             _ => {
-                let s = self.connect_h2(addr).await?;
-                lock(&self.inner.h2).insert(addr, s.clone());
+                let s = self.connect_h2(&key).await?;
+                lock(&self.inner.h2).insert(key, s.clone());
                 s
             }
         };
@@ -168,27 +180,25 @@ impl Client {
         sender.send_request(req).await.map_err(ProxyError::Upstream)
     }
 
-    async fn connect_h2(
-        &self,
-        addr: SocketAddr,
-    ) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
-        let (stream, stats) = self.inner.connect(addr).await?;
+    async fn connect_h2(&self, key: &Key) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
+        let (io, stats) = self.inner.connect(key).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(3))
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(ProxyError::Handshake)?;
         let inner = self.inner.clone();
+        let key = key.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+                debug!(addr = %key.0, error = %e, "upstream HTTP/2 connection ended");
             }
             stats.close_total.fetch_add(1, Ordering::Relaxed);
             let mut h2 = lock(&inner.h2);
-            if h2.get(&addr).is_some_and(|s| s.is_closed()) {
-                h2.remove(&addr);
+            if h2.get(&key).is_some_and(|s| s.is_closed()) {
+                h2.remove(&key);
             }
         });
         Ok(sender)
@@ -196,24 +206,46 @@ impl Client {
 }
 
 impl Inner {
+    /// Dials the endpoint (with mTLS when it has an identity) and counts the connection.
     async fn connect(
         &self,
-        addr: SocketAddr,
-    ) -> Result<(CountingIo<tokio::net::TcpStream>, Arc<TcpStats>), ProxyError> {
-        let stream = transport::connect(addr, self.connect_timeout).await?;
+        (addr, identity): &Key,
+    ) -> Result<(Box<dyn Io>, Arc<TcpStats>), ProxyError> {
+        let stream = transport::connect(*addr, self.connect_timeout).await?;
+        let tls = match identity {
+            Some(id) => Tls::Established {
+                peer_id: Some(id.clone()),
+            },
+            None => self.tls.clone(),
+        };
         let stats = self.metrics.tcp(TcpKey {
             direction: self.direction,
             peer: Peer::Dst,
-            target_addr: addr,
-            tls: self.tls.clone(),
+            target_addr: *addr,
+            tls,
         });
         stats.open_total.fetch_add(1, Ordering::Relaxed);
-        Ok((CountingIo::new(stream, stats.bytes.clone()), stats))
+        let io = CountingIo::new(stream, stats.bytes.clone());
+        let io: Box<dyn Io> = match (identity, &self.creds) {
+            (None, _) => Box::new(io),
+            (Some(id), Some(creds)) => match tls::connect(creds, id, io).await {
+                Ok(tls) => Box::new(tls),
+                Err(e) => {
+                    stats.close_total.fetch_add(1, Ordering::Relaxed);
+                    return Err(e.into());
+                }
+            },
+            (Some(_), None) => {
+                stats.close_total.fetch_add(1, Ordering::Relaxed);
+                return Err(tls::TlsError::NoCredentials.into());
+            }
+        };
+        Ok((io, stats))
     }
 
-    fn checkin_h1(&self, addr: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
+    fn checkin_h1(&self, key: Key, sender: http1::SendRequest<ProxyBody>) {
         let mut idle = lock(&self.h1_idle);
-        let conns = idle.entry(addr).or_default();
+        let conns = idle.entry(key).or_default();
         conns.retain(|s| !s.is_closed());
         if conns.len() < self.max_idle_per_endpoint {
             conns.push(sender);

@@ -2,7 +2,7 @@
 //! gRPC status for gRPC requests. Classified in one place.
 
 use super::body::ProxyBody;
-use crate::{resolve::ResolveError, transport::ConnectError};
+use crate::{resolve::ResolveError, tls::TlsError, transport::ConnectError};
 use http::{HeaderValue, Response, StatusCode, header};
 use std::time::Duration;
 
@@ -16,6 +16,8 @@ pub enum ProxyError {
     Resolve(#[from] ResolveError),
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("upstream handshake failed: {0}")]
     Handshake(#[source] hyper::Error),
     #[error("upstream request failed: {0}")]
@@ -33,6 +35,8 @@ impl ProxyError {
             ProxyError::Resolve(ResolveError::Unresolvable(..)) => "unresolvable",
             ProxyError::Connect(ConnectError::Timeout { .. }) => "connect_timeout",
             ProxyError::Connect(_) => "connect",
+            ProxyError::Tls(TlsError::NoCredentials) => "no_credentials",
+            ProxyError::Tls(_) => "tls",
             ProxyError::Handshake(_) => "handshake",
             ProxyError::Upstream(_) => "upstream",
             ProxyError::ResponseTimeout(_) => "response_timeout",
@@ -42,7 +46,10 @@ impl ProxyError {
     pub fn http_status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::Resolve(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Resolve(_) | ProxyError::Tls(TlsError::NoCredentials) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Tls(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Connect(ConnectError::Timeout { .. }) | ProxyError::ResponseTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
             }

@@ -15,9 +15,15 @@ use crate::{
     detect,
     drain::Drain,
     metrics::{Direction, HttpKey, HttpStats, Metrics, ResponseClass, Tls},
-    resolve::{Resolve, endpoint_for},
-    transport,
+    resolve::{Endpoint, Resolve, endpoint_for},
+    tcp,
+    tls::CredsRx,
 };
+
+/// Marks an HTTP/1 request carried over HTTP/2 between proxies, with its original version.
+pub const L5D_ORIG_PROTO: &str = "l5d-orig-proto";
+/// The verified identity of the calling proxy, set on inbound requests for the application.
+pub const L5D_CLIENT_ID: &str = "l5d-client-id";
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header, uri};
 use hyper::{body::Incoming, server::conn, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -37,6 +43,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub resolve: Arc<dyn Resolve>,
     pub response_timeout: Option<Duration>,
+    /// The proxy's TLS credentials, when it has an identity.
+    pub creds: Option<CredsRx>,
 }
 
 /// Where a connection's requests go.
@@ -57,6 +65,8 @@ pub struct HttpConn {
     pub route: Route,
     pub shared: Shared,
     pub drain: Drain,
+    /// Inbound over mTLS: the verified client identity, set as `l5d-client-id`.
+    client_id: Option<HeaderValue>,
     /// The last label set used on this connection, so a connection reusing one authority
     /// looks its counters up once.
     last: Mutex<Option<(HeaderValue, SocketAddr, Arc<HttpStats>)>>,
@@ -129,7 +139,14 @@ where
 
 impl HttpConn {
     pub fn new(direction: Direction, tls: Tls, route: Route, shared: Shared, drain: Drain) -> Self {
+        let client_id = match (&tls, direction) {
+            (Tls::Established { peer_id: Some(id) }, Direction::Inbound) => {
+                HeaderValue::from_str(id).ok()
+            }
+            _ => None,
+        };
         Self {
+            client_id,
             direction,
             tls,
             route,
@@ -157,16 +174,44 @@ impl HttpConn {
             return self.tunnel(req, target, &authority, start).await;
         }
 
-        let stats = self.stats(&authority, target);
+        let stats = self.stats(&authority, &target);
         stats.request();
         let upgrade = req.version() <= Version::HTTP_11
             && (wants_upgrade(req.headers()) || req.method() == Method::CONNECT);
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let proto = if req.version() == Version::HTTP_2 {
+        let mut proto = if req.version() == Version::HTTP_2 {
             client::Protocol::Http2
         } else {
             client::Protocol::Http1
         };
+        // Between meshed proxies, HTTP/1 travels as HTTP/2 so that one mTLS connection
+        // multiplexes every request; the receiving proxy restores HTTP/1 for its application.
+        let orig_proto = req.headers_mut().remove(L5D_ORIG_PROTO);
+        if self.direction == Direction::Inbound {
+            // Only the proxy may vouch for the caller's identity.
+            let h = req.headers_mut();
+            h.remove(L5D_CLIENT_ID);
+            if let Some(id) = &self.client_id {
+                h.insert(L5D_CLIENT_ID, id.clone());
+            }
+        }
+        if self.direction == Direction::Inbound && orig_proto.is_some() {
+            proto = client::Protocol::Http1;
+        }
+        let to_h2 = self.direction == Direction::Outbound
+            && target.identity.is_some()
+            && proto == client::Protocol::Http1
+            && !upgrade;
+        if to_h2 {
+            let v = if req.version() == Version::HTTP_10 {
+                "HTTP/1.0"
+            } else {
+                "HTTP/1.1"
+            };
+            req.headers_mut()
+                .insert(L5D_ORIG_PROTO, HeaderValue::from_static(v));
+            proto = client::Protocol::Http2;
+        }
         let req = match prepare_request(req, &authority, proto, upgrade) {
             Ok(r) => r,
             Err(e) => return self.fail(e, grpc, &authority, Some(&stats), start),
@@ -174,9 +219,9 @@ impl HttpConn {
 
         let send = async {
             if upgrade {
-                self.shared.client.send_upgrade(target, req).await
+                self.shared.client.send_upgrade(&target, req).await
             } else {
-                self.shared.client.send(target, proto, req).await
+                self.shared.client.send(&target, proto, req).await
             }
         };
         let rsp = match self.shared.response_timeout {
@@ -209,6 +254,10 @@ impl HttpConn {
         }
         let status = rsp.status();
         strip_hop_by_hop(rsp.headers_mut(), switching);
+        if to_h2 {
+            rsp.headers_mut().remove(L5D_ORIG_PROTO);
+            *rsp.version_mut() = Version::HTTP_11;
+        }
         let recorder = Recorder {
             stats,
             status: status.as_u16(),
@@ -223,9 +272,13 @@ impl HttpConn {
         &self,
         req: &Request<Incoming>,
         authority: &HeaderValue,
-    ) -> Result<SocketAddr, ProxyError> {
+    ) -> Result<Endpoint, ProxyError> {
+        let plain = |addr| Endpoint {
+            addr,
+            identity: None,
+        };
         match self.route {
-            Route::Fixed(addr) => Ok(addr),
+            Route::Fixed(addr) => Ok(plain(addr)),
             Route::OrigDst(addr) => {
                 // A name the resolver knows is balanced over its endpoints; anything else goes
                 // where the application was sending it.
@@ -236,10 +289,10 @@ impl HttpConn {
                 if let Some(rx) = name.as_deref().and_then(|n| self.shared.resolve.resolve(n)) {
                     let eps = rx.borrow().clone();
                     if let Some(ep) = crate::resolve::pick(&eps) {
-                        return Ok(ep.addr);
+                        return Ok(ep.clone());
                     }
                 }
-                Ok(addr)
+                Ok(plain(addr))
             }
             Route::Proxy => {
                 let default_port = if req.uri().scheme() == Some(&uri::Scheme::HTTPS) {
@@ -252,9 +305,7 @@ impl HttpConn {
                     .ok()
                     .and_then(|a| with_port(a, default_port))
                     .ok_or(ProxyError::BadRequest("invalid host"))?;
-                Ok(endpoint_for(self.shared.resolve.as_ref(), &name)
-                    .await?
-                    .addr)
+                Ok(endpoint_for(self.shared.resolve.as_ref(), &name).await?)
             }
         }
     }
@@ -263,14 +314,14 @@ impl HttpConn {
     async fn tunnel(
         &self,
         mut req: Request<Incoming>,
-        target: SocketAddr,
+        target: Endpoint,
         authority: &HeaderValue,
         start: tokio::time::Instant,
     ) -> Response<ProxyBody> {
-        let stats = self.stats(authority, target);
+        let stats = self.stats(authority, &target);
         stats.request();
-        let upstream = match transport::connect(target, self.shared.client.connect_timeout()).await
-        {
+        let timeout = self.shared.client.connect_timeout();
+        let mut upstream = match tcp::dial(&target, timeout, self.shared.creds.as_ref()).await {
             Ok(s) => s,
             Err(e) => return self.fail(e.into(), false, authority, Some(&stats), start),
         };
@@ -280,8 +331,8 @@ impl HttpConn {
             let _drain = drain;
             match down.await {
                 Ok(d) => {
-                    let (mut d, mut u) = (TokioIo::new(d), upstream);
-                    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                    let mut d = TokioIo::new(d);
+                    let _ = tokio::io::copy_bidirectional(&mut d, &mut upstream).await;
                 }
                 Err(e) => debug!(error = %e, "CONNECT upgrade failed"),
             }
@@ -297,21 +348,29 @@ impl HttpConn {
         Response::new(ProxyBody::empty())
     }
 
-    fn stats(&self, authority: &HeaderValue, target: SocketAddr) -> Arc<HttpStats> {
+    fn stats(&self, authority: &HeaderValue, target: &Endpoint) -> Arc<HttpStats> {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((a, t, s)) = last.as_ref()
             && a == authority
-            && *t == target
+            && *t == target.addr
         {
             return s.clone();
         }
+        // Outbound, the TLS label describes the connection to the endpoint; inbound, the
+        // connection from the client.
+        let tls = match (&target.identity, self.direction) {
+            (Some(id), Direction::Outbound) => Tls::Established {
+                peer_id: Some(id.clone()),
+            },
+            _ => self.tls.clone(),
+        };
         let stats = self.shared.metrics.http(HttpKey {
             direction: self.direction,
             authority: Arc::from(authority.to_str().unwrap_or("")),
-            target_addr: target,
-            tls: self.tls.clone(),
+            target_addr: target.addr,
+            tls,
         });
-        *last = Some((authority.clone(), target, stats.clone()));
+        *last = Some((authority.clone(), target.addr, stats.clone()));
         stats
     }
 
@@ -334,8 +393,11 @@ impl HttpConn {
             Some(s) => s.response(class, start.elapsed()),
             None => {
                 // No endpoint was chosen; label the failure with an unspecified target.
-                let target = SocketAddr::from(([0, 0, 0, 0], 0));
-                let s = self.stats(authority, target);
+                let target = Endpoint {
+                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    identity: None,
+                };
+                let s = self.stats(authority, &target);
                 s.request();
                 s.response(class, start.elapsed());
             }
