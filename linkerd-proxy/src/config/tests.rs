@@ -74,10 +74,6 @@ fn invalid_values_name_the_variable() {
         (ENV_LOCAL_LISTENERS, "db=127.0.0.1:1"),
         (ENV_STATIC_ENDPOINTS, "svc=127.0.0.1:80"),
         (ENV_STATIC_ENDPOINTS, "svc:80=127.0.0.1:80#Not_A_Name"),
-        (
-            ENV_IDENTITY_LOCAL_NAME,
-            "web.ns.serviceaccount.identity.linkerd.cluster.local",
-        ),
         (ENV_IDENTITY_TRUST_ANCHORS, "not pem"),
     ];
     for (name, value) in cases {
