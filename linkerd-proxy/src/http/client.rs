@@ -30,7 +30,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 /// Endpoint address and the identity its proxy must present.
-type Key = (SocketAddr, Option<Arc<str>>);
+pub type Key = (SocketAddr, Option<Arc<str>>);
+
+/// An upstream HTTP/1 connection held by one downstream connection between its requests.
+pub type Affine = Option<(Key, http1::SendRequest<ProxyBody>)>;
 
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -97,6 +100,65 @@ impl Client {
         match proto {
             Protocol::Http1 => self.send_h1(key, req).await,
             Protocol::Http2 => self.send_h2(key, req).await,
+        }
+    }
+
+    /// Sends an HTTP/1 request, preferring the upstream connection the caller's downstream
+    /// connection used last (`slot`). A downstream HTTP/1 connection carries one request at a
+    /// time, so keeping "its" upstream connection between requests needs no pool lock and no
+    /// background task per request; the connection is returned to the shared pool when the
+    /// downstream connection ends (see [`Client::release`]).
+    pub async fn send_h1_affine(
+        &self,
+        ep: &Endpoint,
+        req: Request<ProxyBody>,
+        slot: &mut Affine,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let key = (ep.addr, ep.identity.clone());
+        let mut sender = match slot.take() {
+            Some((k, mut s)) if k == key => {
+                if s.ready().await.is_ok() {
+                    s
+                } else {
+                    self.checkout_or_connect(&key).await?
+                }
+            }
+            Some((k, s)) => {
+                self.release(k, s);
+                self.checkout_or_connect(&key).await?
+            }
+            None => self.checkout_or_connect(&key).await?,
+        };
+        let rsp = sender
+            .send_request(req)
+            .await
+            .map_err(ProxyError::Upstream)?;
+        *slot = Some((key, sender));
+        Ok(rsp)
+    }
+
+    /// Offers an upstream HTTP/1 connection back to the shared pool once it is idle.
+    pub fn release(&self, key: Key, mut sender: http1::SendRequest<ProxyBody>) {
+        if sender.is_ready() {
+            self.inner.checkin_h1(key, sender);
+        } else if let (false, Ok(rt)) = (sender.is_closed(), tokio::runtime::Handle::try_current())
+        {
+            let inner = self.inner.clone();
+            rt.spawn(async move {
+                if sender.ready().await.is_ok() {
+                    inner.checkin_h1(key, sender);
+                }
+            });
+        }
+    }
+
+    async fn checkout_or_connect(
+        &self,
+        key: &Key,
+    ) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
+        match self.checkout_h1(key) {
+            Some(s) => Ok(s),
+            None => self.connect_h1(key).await,
         }
     }
 

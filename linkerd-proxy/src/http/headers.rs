@@ -15,6 +15,15 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// `Connection: upgrade` and `Upgrade` headers, which the next hop needs. `TE: trailers` is kept
 /// (gRPC requires it); other `TE` values are dropped.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Fast path: most messages carry none of these, and one pass over the (few) names present
+    // is much cheaper than hashing every hop-by-hop name for a lookup.
+    if !upgrade
+        && !headers
+            .keys()
+            .any(|k| HOP_BY_HOP.contains(k) || k == header::TE)
+    {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

@@ -21,10 +21,12 @@ use crate::{
 };
 
 /// Marks an HTTP/1 request carried over HTTP/2 between proxies, with its original version.
-pub const L5D_ORIG_PROTO: &str = "l5d-orig-proto";
+pub static L5D_ORIG_PROTO: HeaderName = HeaderName::from_static("l5d-orig-proto");
 /// The verified identity of the calling proxy, set on inbound requests for the application.
-pub const L5D_CLIENT_ID: &str = "l5d-client-id";
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header, uri};
+pub static L5D_CLIENT_ID: HeaderName = HeaderName::from_static("l5d-client-id");
+use http::{
+    HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header, uri,
+};
 use hyper::{body::Incoming, server::conn, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::{
@@ -65,6 +67,8 @@ pub struct HttpConn {
     pub route: Route,
     pub shared: Shared,
     pub drain: Drain,
+    /// The upstream HTTP/1 connection this (HTTP/1) connection used last.
+    affine: Mutex<client::Affine>,
     /// Inbound over mTLS: the verified client identity, set as `l5d-client-id`.
     client_id: Option<HeaderValue>,
     /// The last label set used on this connection, so a connection reusing one authority
@@ -146,6 +150,7 @@ impl HttpConn {
             _ => None,
         };
         Self {
+            affine: Mutex::new(None),
             client_id,
             direction,
             tls,
@@ -186,13 +191,13 @@ impl HttpConn {
         };
         // Between meshed proxies, HTTP/1 travels as HTTP/2 so that one mTLS connection
         // multiplexes every request; the receiving proxy restores HTTP/1 for its application.
-        let orig_proto = req.headers_mut().remove(L5D_ORIG_PROTO);
+        let orig_proto = req.headers_mut().remove(&L5D_ORIG_PROTO);
         if self.direction == Direction::Inbound {
             // Only the proxy may vouch for the caller's identity.
             let h = req.headers_mut();
-            h.remove(L5D_CLIENT_ID);
+            h.remove(&L5D_CLIENT_ID);
             if let Some(id) = &self.client_id {
-                h.insert(L5D_CLIENT_ID, id.clone());
+                h.insert(L5D_CLIENT_ID.clone(), id.clone());
             }
         }
         if self.direction == Direction::Inbound && orig_proto.is_some() {
@@ -209,7 +214,7 @@ impl HttpConn {
                 "HTTP/1.1"
             };
             req.headers_mut()
-                .insert(L5D_ORIG_PROTO, HeaderValue::from_static(v));
+                .insert(L5D_ORIG_PROTO.clone(), HeaderValue::from_static(v));
             proto = client::Protocol::Http2;
         }
         let req = match prepare_request(req, &authority, proto, upgrade) {
@@ -217,9 +222,19 @@ impl HttpConn {
             Err(e) => return self.fail(e, grpc, &authority, Some(&stats), start),
         };
 
+        let affine = proto == client::Protocol::Http1 && !upgrade;
         let send = async {
             if upgrade {
                 self.shared.client.send_upgrade(&target, req).await
+            } else if affine {
+                let mut slot = lock(&self.affine).take();
+                let rsp = self
+                    .shared
+                    .client
+                    .send_h1_affine(&target, req, &mut slot)
+                    .await;
+                *lock(&self.affine) = slot;
+                rsp
             } else {
                 self.shared.client.send(&target, proto, req).await
             }
@@ -255,7 +270,7 @@ impl HttpConn {
         let status = rsp.status();
         strip_hop_by_hop(rsp.headers_mut(), switching);
         if to_h2 {
-            rsp.headers_mut().remove(L5D_ORIG_PROTO);
+            rsp.headers_mut().remove(&L5D_ORIG_PROTO);
             *rsp.version_mut() = Version::HTTP_11;
         }
         let recorder = Recorder {
@@ -349,7 +364,7 @@ impl HttpConn {
     }
 
     fn stats(&self, authority: &HeaderValue, target: &Endpoint) -> Arc<HttpStats> {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = lock(&self.last);
         if let Some((a, t, s)) = last.as_ref()
             && a == authority
             && *t == target.addr
@@ -404,6 +419,18 @@ impl HttpConn {
         }
         rsp
     }
+}
+
+impl Drop for HttpConn {
+    fn drop(&mut self) {
+        if let Some((key, sender)) = lock(&self.affine).take() {
+            self.shared.client.release(key, sender);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The request's authority: the URI's (absolute-form, HTTP/2) or the `Host` header.
