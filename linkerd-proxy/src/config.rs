@@ -111,7 +111,7 @@ pub struct OutboundConfig {
     pub local_listeners: Vec<LocalListener>,
     /// Logical names resolved without a discovery service (local mode), each endpoint with the
     /// TLS identity of its proxy when it is meshed.
-    pub static_endpoints: Vec<(String, Vec<(SocketAddr, Option<String>)>)>,
+    pub static_endpoints: Vec<crate::resolve::StaticName>,
     pub max_idle_per_endpoint: usize,
 }
 
@@ -443,10 +443,7 @@ fn parse_identity(s: &dyn Strings) -> Result<Option<crate::identity::IdentityCon
 }
 
 /// `host:port=ip:port[#identity]|ip:port;host2:port=...`
-#[allow(clippy::type_complexity)]
-fn parse_static_endpoints(
-    v: &str,
-) -> Result<Vec<(String, Vec<(SocketAddr, Option<String>)>)>, String> {
+fn parse_static_endpoints(v: &str) -> Result<Vec<crate::resolve::StaticName>, String> {
     v.split(';')
         .map(str::trim)
         .filter(|e| !e.is_empty())

@@ -19,6 +19,9 @@ pub struct Endpoint {
 /// The current endpoints of a destination; empty when it exists but has none.
 pub type Endpoints = Arc<[Endpoint]>;
 
+/// A statically configured name: `host:port` and its endpoints' addresses and identities.
+pub type StaticName = (String, Vec<(SocketAddr, Option<String>)>);
+
 pub trait Resolve: Send + Sync + 'static {
     /// `None` when the name is unknown to this resolver (the caller may fall back, e.g. to DNS).
     fn resolve(&self, authority: &str) -> Option<watch::Receiver<Endpoints>>;
@@ -31,7 +34,7 @@ pub struct StaticResolve {
 }
 
 impl StaticResolve {
-    pub fn new(entries: &[(String, Vec<(SocketAddr, Option<String>)>)]) -> Self {
+    pub fn new(entries: &[StaticName]) -> Self {
         let names = entries
             .iter()
             .map(|(name, addrs)| {

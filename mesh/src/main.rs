@@ -26,6 +26,8 @@ enum Command {
     /// Run the sidecar proxy (configured by LINKERD2_PROXY_* / MESH_PROXY_* variables, as the
     /// `linkerd-proxy` binary is; see linkerd-proxy/README.md).
     Proxy,
+    /// The identity service (certificate authority) and its tools: init, serve, token, bench.
+    Identity(linkerd_identity::args::Args),
     /// A demo workload (used by `mesh up`).
     #[command(hide = true)]
     DemoApp(demo::Args),
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         Command::Proxy => linkerd_proxy::main(),
         Command::DemoApp(args) => run(demo::run(args)),
         Command::Up(args) => run(up::run(args)),
+        Command::Identity(args) => run(async { Ok(linkerd_identity::args::run(args).await?) }),
     }
 }
 

@@ -1,0 +1,387 @@
+//! `mesh identity …`: the command line (clap, with `MESH_IDENTITY_*` environment fallbacks).
+
+use crate::{
+    Error,
+    bench::{BenchOptions, bench},
+    ca::LeafPolicy,
+    kube::TokenReviewConfig,
+    server::{AuthConfig, Config},
+    token::{self, LocalTokens},
+    trust::{self, TrustOptions},
+};
+use clap::{ArgGroup, Parser, Subcommand};
+use proto::id::IdentityName;
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+pub use crate::duration::parse as parse_duration;
+
+#[derive(Debug, Parser)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate a trust anchor (ca.crt), an issuer (issuer.crt, issuer.key) and a local
+    /// token key (token.key) in a directory.
+    Init(InitArgs),
+    /// Replace the issuer in a directory made by `init` with a new one signed by its anchor
+    /// (ca.crt + ca.key); a running `serve` picks it up.
+    Rotate(RotateArgs),
+    /// Run the identity service (Certify on --addr, metrics and probes on --admin-addr).
+    Serve(Box<ServeArgs>),
+    /// Mint a local token (for `serve --token-key`).
+    Token(TokenArgs),
+    /// Measure Certify throughput and latency on one core, in-process over loopback; prints JSON.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    #[arg(long, env = "MESH_IDENTITY_DIR")]
+    pub dir: PathBuf,
+    #[arg(
+        long,
+        env = "MESH_IDENTITY_TRUST_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub trust_domain: String,
+    #[arg(long, default_value = "365d", value_parser = parse_duration)]
+    pub anchor_lifetime: Duration,
+    #[arg(long, default_value = "90d", value_parser = parse_duration)]
+    pub issuer_lifetime: Duration,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RotateArgs {
+    #[arg(long, env = "MESH_IDENTITY_DIR")]
+    pub dir: PathBuf,
+    #[arg(
+        long,
+        env = "MESH_IDENTITY_TRUST_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub trust_domain: String,
+    #[arg(long, default_value = "90d", value_parser = parse_duration)]
+    pub issuer_lifetime: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(ArgGroup::new("auth").required(true).args(["token_key", "kubernetes"])))]
+pub struct ServeArgs {
+    #[arg(long, env = "MESH_IDENTITY_ADDR", default_value = "0.0.0.0:8080")]
+    pub addr: SocketAddr,
+    #[arg(
+        long,
+        env = "MESH_IDENTITY_ADMIN_ADDR",
+        default_value = "127.0.0.1:9990"
+    )]
+    pub admin_addr: SocketAddr,
+    /// PEM bundle of trust anchors.
+    #[arg(long, env = "MESH_IDENTITY_TRUST_ANCHORS")]
+    pub trust_anchors: PathBuf,
+    /// PEM issuer certificate (watched; may be followed by intermediates).
+    #[arg(long, env = "MESH_IDENTITY_ISSUER_CERT")]
+    pub issuer_cert: PathBuf,
+    /// PEM issuer key, PKCS#8 or SEC1, P-256 (watched).
+    #[arg(long, env = "MESH_IDENTITY_ISSUER_KEY")]
+    pub issuer_key: PathBuf,
+    /// Accept local HMAC tokens signed with this key file (see `mesh identity token`).
+    #[arg(long, env = "MESH_IDENTITY_TOKEN_KEY")]
+    pub token_key: Option<PathBuf>,
+    /// Check Kubernetes service-account tokens with TokenReview (in-cluster config).
+    #[arg(long, env = "MESH_IDENTITY_KUBERNETES")]
+    pub kubernetes: bool,
+    /// API server URL instead of KUBERNETES_SERVICE_HOST/PORT (e.g. http://127.0.0.1:8001).
+    #[arg(long, env = "MESH_IDENTITY_KUBE_API_URL", requires = "kubernetes")]
+    pub kube_api_url: Option<String>,
+    /// CA bundle for the API server (default: the pod's service-account ca.crt).
+    #[arg(long, env = "MESH_IDENTITY_KUBE_CA", requires = "kubernetes")]
+    pub kube_ca: Option<PathBuf>,
+    /// Bearer token file for the API server (default: the pod's service-account token).
+    #[arg(long, env = "MESH_IDENTITY_KUBE_TOKEN_FILE", requires = "kubernetes")]
+    pub kube_token_file: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "MESH_IDENTITY_TRUST_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub trust_domain: String,
+    #[arg(
+        long,
+        env = "MESH_IDENTITY_CONTROL_PLANE_NS",
+        default_value = "linkerd"
+    )]
+    pub control_plane_ns: String,
+    /// Leaf lifetime.
+    #[arg(long, env = "MESH_IDENTITY_LIFETIME", default_value = "24h", value_parser = parse_duration)]
+    pub lifetime: Duration,
+    /// Clock-skew allowance (NotBefore = now - skew; NotAfter gains it too).
+    #[arg(long, env = "MESH_IDENTITY_SKEW", default_value = "20s", value_parser = parse_duration)]
+    pub skew: Duration,
+    /// How often the issuer files are checked for changes.
+    #[arg(long, env = "MESH_IDENTITY_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+    /// error, warn, info, debug or trace.
+    #[arg(long, env = "MESH_IDENTITY_LOG", default_value = "info")]
+    pub log_level: tracing::Level,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    #[arg(long, env = "MESH_IDENTITY_TOKEN_KEY")]
+    pub key: PathBuf,
+    #[arg(long)]
+    pub identity: String,
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub ttl: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Requests in flight. Latency grows with it (Little's law): 4 keeps the core busy.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Distinct keys/CSRs cycled through.
+    #[arg(long, default_value_t = 256)]
+    pub csrs: usize,
+}
+
+/// Runs a `mesh identity` subcommand.
+pub async fn run(args: Args) -> Result<ExitCode, Error> {
+    match args.command {
+        Command::Init(a) => init(a).await,
+        Command::Rotate(a) => rotate(a).await,
+        Command::Serve(a) => serve(*a).await,
+        Command::Token(a) => {
+            let tokens = LocalTokens::read_key_file(&a.key).await?;
+            let id: IdentityName = a
+                .identity
+                .parse()
+                .map_err(|e| Error::Usage(format!("--identity: {e}")))?;
+            println!("{}", tokens.mint(&id, a.ttl, std::time::SystemTime::now()));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(a) => {
+            let report = bench(BenchOptions {
+                duration: Duration::from_secs(a.seconds),
+                concurrency: a.concurrency,
+                csrs: a.csrs,
+            })
+            .await?;
+            let json =
+                serde_json::to_string_pretty(&report).map_err(|e| Error::Bench(e.to_string()))?;
+            println!("{json}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn init(a: InitArgs) -> Result<ExitCode, Error> {
+    let opts = TrustOptions {
+        trust_domain: a.trust_domain,
+        anchor_lifetime: a.anchor_lifetime,
+        issuer_lifetime: a.issuer_lifetime,
+    };
+    let dir = a.dir;
+    let force = a.force;
+    let written = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+        for f in [
+            trust::ANCHOR_FILE,
+            trust::ANCHOR_KEY_FILE,
+            trust::ISSUER_CERT_FILE,
+            trust::ISSUER_KEY_FILE,
+            "token.key",
+        ] {
+            if !force && dir.join(f).exists() {
+                return Err(Error::Usage(format!(
+                    "{} exists (use --force to overwrite)",
+                    dir.join(f).display()
+                )));
+            }
+        }
+        let paths = trust::generate_trust(&opts)?
+            .write(&dir)
+            .map_err(Error::Write)?;
+        let key = dir.join("token.key");
+        token::write_key_file(&key)?;
+        Ok((paths, key))
+    })
+    .await
+    .map_err(|e| Error::Usage(e.to_string()))??;
+    let (paths, key) = written;
+    for p in [
+        &paths.anchor,
+        &paths.anchor_key,
+        &paths.issuer_cert,
+        &paths.issuer_key,
+        &key,
+    ] {
+        println!("wrote {}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rotate(a: RotateArgs) -> Result<ExitCode, Error> {
+    let dir = a.dir;
+    let read = |f: &str| {
+        let path = dir.join(f);
+        async move {
+            tokio::fs::read_to_string(&path)
+                .await
+                .map_err(|source| Error::Read {
+                    path: path.display().to_string(),
+                    source,
+                })
+        }
+    };
+    let anchor = read(trust::ANCHOR_FILE).await?;
+    let anchor_key = read(trust::ANCHOR_KEY_FILE).await?;
+    let opts = TrustOptions {
+        trust_domain: a.trust_domain,
+        issuer_lifetime: a.issuer_lifetime,
+        ..TrustOptions::default()
+    };
+    tokio::task::spawn_blocking(move || -> Result<(), Error> {
+        let (cert, key) = trust::generate_issuer(&anchor, &anchor_key, &opts)?;
+        // Key first: a watcher that sees only one half waits for the other.
+        trust::write_file(&dir.join(trust::ISSUER_KEY_FILE), key.as_bytes(), 0o600)
+            .map_err(Error::Write)?;
+        trust::write_file(&dir.join(trust::ISSUER_CERT_FILE), cert.as_bytes(), 0o644)
+            .map_err(Error::Write)?;
+        println!("wrote {}", dir.join(trust::ISSUER_CERT_FILE).display());
+        println!("wrote {}", dir.join(trust::ISSUER_KEY_FILE).display());
+        Ok(())
+    })
+    .await
+    .map_err(|e| Error::Usage(e.to_string()))??;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(a.log_level)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let auth = match &a.token_key {
+        Some(key_file) => AuthConfig::Local {
+            key_file: key_file.clone(),
+        },
+        None => AuthConfig::Kubernetes(kube_config(&a)?),
+    };
+    let config = Config {
+        addr: a.addr,
+        admin_addr: a.admin_addr,
+        trust_anchors: a.trust_anchors,
+        issuer_cert: a.issuer_cert,
+        issuer_key: a.issuer_key,
+        auth,
+        policy: LeafPolicy {
+            lifetime: a.lifetime,
+            skew: a.skew,
+        },
+        reload_interval: a.reload_interval,
+    };
+    crate::serve(config, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// In-cluster by default; with `--kube-api-url`, only what the flags say.
+fn kube_config(a: &ServeArgs) -> Result<TokenReviewConfig, Error> {
+    let mut c = match &a.kube_api_url {
+        None => TokenReviewConfig::in_cluster(&a.control_plane_ns, &a.trust_domain)?,
+        Some(url) => {
+            let url = url
+                .parse()
+                .map_err(|_| Error::Usage(format!("--kube-api-url {url:?} is not a URL")))?;
+            TokenReviewConfig::new(url, &a.control_plane_ns, &a.trust_domain)
+        }
+    };
+    if let Some(ca) = &a.kube_ca {
+        c.ca_file = Some(ca.clone());
+    }
+    if let Some(t) = &a.kube_token_file {
+        c.token_file = Some(t.clone());
+    }
+    Ok(c)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_parses() {
+        let a = Args::try_parse_from([
+            "identity",
+            "serve",
+            "--trust-anchors",
+            "ca.crt",
+            "--issuer-cert",
+            "i.crt",
+            "--issuer-key",
+            "i.key",
+            "--token-key",
+            "t.key",
+        ])
+        .unwrap();
+        let Command::Serve(s) = a.command else {
+            panic!()
+        };
+        assert_eq!(s.addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(s.lifetime, Duration::from_secs(86400));
+        assert_eq!(s.skew, Duration::from_secs(20));
+        // Exactly one of --token-key / --kubernetes.
+        assert!(
+            Args::try_parse_from([
+                "identity",
+                "serve",
+                "--trust-anchors",
+                "a",
+                "--issuer-cert",
+                "b",
+                "--issuer-key",
+                "c",
+            ])
+            .is_err()
+        );
+        assert!(
+            Args::try_parse_from([
+                "identity",
+                "serve",
+                "--trust-anchors",
+                "a",
+                "--issuer-cert",
+                "b",
+                "--issuer-key",
+                "c",
+                "--token-key",
+                "k",
+                "--kubernetes",
+            ])
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! Shared test helpers: temporary trust material, a running identity server, a client.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use linkerd_identity::{
+    AuthConfig, Config,
+    api::{CertifyRequest, CertifyResponse, identity_client::IdentityClient},
+    ca::LeafPolicy,
+    metrics::Metrics,
+    token::LocalTokens,
+    trust::{TrustFiles, TrustOptions, TrustPaths, generate_trust},
+};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const ID: &str = "web.emojivoto.serviceaccount.identity.linkerd.cluster.local";
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!(
+            "identity-test-{tag}-{}-{n}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Trust material and a token key written to a temporary directory.
+pub struct Trust {
+    pub dir: TempDir,
+    pub files: TrustFiles,
+    pub paths: TrustPaths,
+    pub key_file: PathBuf,
+    pub tokens: LocalTokens,
+}
+
+impl Trust {
+    pub fn new() -> Self {
+        Self::with(TrustOptions::default())
+    }
+
+    pub fn with(opts: TrustOptions) -> Self {
+        let dir = TempDir::new("trust");
+        let files = generate_trust(&opts).unwrap();
+        let paths = files.write(dir.path()).unwrap();
+        let key_file = dir.path().join("token.key");
+        linkerd_identity::token::write_key_file(&key_file).unwrap();
+        let tokens =
+            LocalTokens::from_key_file_contents(&std::fs::read(&key_file).unwrap()).unwrap();
+        Self {
+            dir,
+            files,
+            paths,
+            key_file,
+            tokens,
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        Config {
+            addr: ([127, 0, 0, 1], 0).into(),
+            admin_addr: ([127, 0, 0, 1], 0).into(),
+            trust_anchors: self.paths.anchor.clone(),
+            issuer_cert: self.paths.issuer_cert.clone(),
+            issuer_key: self.paths.issuer_key.clone(),
+            auth: AuthConfig::Local {
+                key_file: self.key_file.clone(),
+            },
+            policy: LeafPolicy::default(),
+            reload_interval: Duration::from_millis(50),
+        }
+    }
+
+    pub fn token(&self, id: &str) -> Vec<u8> {
+        self.tokens
+            .mint(
+                &id.parse().unwrap(),
+                Duration::from_secs(3600),
+                SystemTime::now(),
+            )
+            .into_bytes()
+    }
+
+    /// A good request for `id`.
+    pub fn request(&self, id: &str) -> CertifyRequest {
+        CertifyRequest {
+            identity: id.to_string(),
+            token: self.token(id),
+            certificate_signing_request: linkerd_identity::bench::csr_for(id).unwrap(),
+        }
+    }
+}
+
+/// A running server; stopped on drop.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), linkerd_identity::Error>>>,
+}
+
+impl Running {
+    pub async fn start(config: Config) -> Self {
+        let bound = linkerd_identity::bind(config).await.unwrap();
+        let addr = bound.grpc_addr().unwrap();
+        let admin = bound.admin_addr().unwrap();
+        let metrics = bound.metrics().clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(bound.run(async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            admin,
+            metrics,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn client(&self) -> IdentityClient<tonic::transport::Channel> {
+        IdentityClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+
+    pub async fn certify(&self, req: CertifyRequest) -> Result<CertifyResponse, tonic::Status> {
+        self.client()
+            .await
+            .certify(req)
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// GETs an admin path; returns (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let mut s = tokio::net::TcpStream::connect(self.admin).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut rsp = String::new();
+        s.read_to_string(&mut rsp).await.unwrap();
+        let status = rsp[9..12].parse().unwrap();
+        let body = rsp.split_once("\r\n\r\n").unwrap().1.to_string();
+        (status, body)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Polls `f` every 20ms until it returns true, for at most 10s.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Parses a DER certificate, asserting there is nothing after it.
+pub fn parse(der: &[u8]) -> x509_parser::certificate::X509Certificate<'_> {
+    use x509_parser::prelude::FromDer;
+    let (rest, c) = x509_parser::certificate::X509Certificate::from_der(der).unwrap();
+    assert!(rest.is_empty());
+    c
+}
+
+pub fn pem_to_der(pem: &str) -> Vec<u8> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
