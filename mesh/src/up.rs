@@ -1,10 +1,12 @@
 //! `mesh up`: the mesh on one machine.
 //!
-//! Starts each demo workload as its own process on its own loopback address, each behind its
-//! own sidecar (`mesh proxy`, a separate process), drives load at the front door, and shows
-//! what the sidecars measure. Workloads reach each other only through their sidecars: the app
-//! uses its sidecar's outbound listener as an HTTP proxy, and the sidecar forwards to the
-//! peer's inbound proxy, which delivers to the peer app.
+//! Generates a fresh trust anchor and issuer, starts the control plane (`mesh identity serve`)
+//! and each demo workload as its own process on its own loopback address, each behind its own
+//! sidecar (`mesh proxy`, a separate process) with its own identity, drives load at the front
+//! door, and shows what the sidecars measure. Workloads reach each other only through their
+//! sidecars: the app uses its sidecar's outbound listener as an HTTP proxy, and the sidecar
+//! dials the peer's inbound proxy over mTLS (verifying the peer's identity), which delivers to
+//! the peer app.
 
 use crate::stat::{self, Snapshot, Window};
 use anyhow::{Context, bail};
@@ -45,6 +47,8 @@ const APP_PORT: u16 = 8080;
 const INBOUND_PORT: u16 = 4143;
 const OUTBOUND_PORT: u16 = 4140;
 const ADMIN_PORT: u16 = 4191;
+const IDENTITY_PORT: u16 = 8080;
+const IDENTITY_ADMIN_PORT: u16 = 9990;
 
 /// One demo workload: an app and its sidecar.
 #[derive(Debug)]
@@ -55,6 +59,26 @@ struct Workload {
     ip: Ipv4Addr,
     /// URLs the app calls for every request it serves.
     calls: Vec<String>,
+    /// Called from outside the mesh (the load generator), so its inbound traffic is plaintext.
+    ingress: bool,
+}
+
+impl Workload {
+    /// The workload's mTLS identity, as Linkerd names a service account's.
+    fn identity(&self) -> String {
+        format!(
+            "{}.demo.serviceaccount.identity.linkerd.cluster.local",
+            self.name
+        )
+    }
+}
+
+/// The control plane: its process and what sidecars need to reach it.
+#[derive(Debug)]
+struct ControlPlane {
+    process: Child,
+    ip: Ipv4Addr,
+    trust_anchor_pem: String,
 }
 
 #[derive(Debug)]
@@ -71,9 +95,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let endpoints = static_endpoints(&workloads);
 
+    let cp_ip = offset(args.base_ip, -1);
+    let mut cp = start_control_plane(&exe, cp_ip, &workloads, &logs).await?;
     let mut running = Vec::new();
     for w in workloads {
-        let proxy = spawn_proxy(&exe, &w, &endpoints, &logs)?;
+        let proxy = spawn_proxy(&exe, &w, &endpoints, &cp, &logs)?;
         let app = spawn_app(&exe, &w, &logs)?;
         running.push(Running {
             workload: w,
@@ -81,16 +107,79 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             proxy,
         });
     }
-    let outcome = serve(&args, &mut running, &logs).await;
+    let outcome = serve(&args, &mut running, &mut cp, &logs).await;
     shutdown(&mut running).await;
+    let _ = cp.process.start_kill();
+    let _ = cp.process.wait().await;
     outcome
+}
+
+fn offset(ip: Ipv4Addr, by: i16) -> Ipv4Addr {
+    let [a, b, c, d] = ip.octets();
+    let d = u8::try_from((i16::from(d) + by).clamp(1, 254)).unwrap_or(1);
+    Ipv4Addr::new(a, b, c, d)
+}
+
+/// Writes fresh trust material and a token per workload, and starts the identity service.
+async fn start_control_plane(
+    exe: &std::path::Path,
+    ip: Ipv4Addr,
+    workloads: &[Workload],
+    logs: &std::path::Path,
+) -> anyhow::Result<ControlPlane> {
+    use linkerd_identity::{token, trust};
+    let dir = logs.join("identity");
+    let files = trust::generate_trust(&trust::TrustOptions::default())
+        .context("cannot generate a trust anchor")?;
+    let paths = files.write(&dir).context("cannot write the trust files")?;
+    let key_file = dir.join("token.key");
+    token::write_key_file(&key_file).context("cannot write the token key")?;
+    let tokens = token::LocalTokens::from_key_file_contents(&std::fs::read(&key_file)?)
+        .context("cannot read the token key")?;
+    for w in workloads {
+        let id = w.identity().parse().context("invalid workload identity")?;
+        let t = tokens.mint(
+            &id,
+            Duration::from_secs(24 * 3600),
+            std::time::SystemTime::now(),
+        );
+        std::fs::write(dir.join(format!("{}.token", w.name)), t)?;
+    }
+    let process = Command::new(exe)
+        .args(["identity", "serve"])
+        .args(["--addr", &SocketAddr::from((ip, IDENTITY_PORT)).to_string()])
+        .args([
+            "--admin-addr",
+            &SocketAddr::from((ip, IDENTITY_ADMIN_PORT)).to_string(),
+        ])
+        .arg("--trust-anchors")
+        .arg(&paths.anchor)
+        .arg("--issuer-cert")
+        .arg(&paths.issuer_cert)
+        .arg("--issuer-key")
+        .arg(&paths.issuer_key)
+        .arg("--token-key")
+        .arg(&key_file)
+        .stdin(Stdio::null())
+        .stdout(log_file(logs, "identity")?)
+        .stderr(log_file(logs, "identity.err")?)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the identity service")?;
+    Ok(ControlPlane {
+        process,
+        ip,
+        trust_anchor_pem: files.anchor_pem,
+    })
 }
 
 async fn serve(
     args: &Args,
     running: &mut [Running],
+    cp: &mut ControlPlane,
     logs: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
+    wait_control_plane(cp, logs).await?;
     wait_ready(running, logs).await?;
     if !args.json {
         println!(
@@ -123,6 +212,12 @@ async fn serve(
         if let Some(w) = running.iter_mut().find_map(exited) {
             bail!("{w}; see the logs in {}", logs.display());
         }
+        if let Ok(Some(status)) = cp.process.try_wait() {
+            bail!(
+                "the identity service exited ({status}); see the logs in {}",
+                logs.display()
+            );
+        }
         let now = scrape_all(running).await;
         if !args.json {
             print_table(
@@ -141,7 +236,9 @@ async fn serve(
     load.abort();
     let secs = started.elapsed().as_secs_f64();
     let last = scrape_all(running).await;
+    let cp_rss_kb = cp.process.id().and_then(rss_kb);
     summarize(
+        cp_rss_kb,
         args,
         running,
         &first,
@@ -166,24 +263,28 @@ fn demo_workloads(base: Ipv4Addr) -> Vec<Workload> {
                 format!("http://backend.demo:{APP_PORT}/api"),
                 format!("http://quotes.demo:{APP_PORT}/quote"),
             ],
+            ingress: true,
         },
         Workload {
             name: "backend-v1",
             service: "backend.demo",
             ip: ip(1),
             calls: vec![],
+            ingress: false,
         },
         Workload {
             name: "backend-v2",
             service: "backend.demo",
             ip: ip(2),
             calls: vec![],
+            ingress: false,
         },
         Workload {
             name: "quotes",
             service: "quotes.demo",
             ip: ip(3),
             calls: vec![],
+            ingress: false,
         },
     ]
 }
@@ -198,7 +299,7 @@ fn static_endpoints(workloads: &[Workload]) -> String {
             let addrs: Vec<String> = workloads
                 .iter()
                 .filter(|w| w.service == *svc)
-                .map(|w| inbound(w.ip).to_string())
+                .map(|w| format!("{}#{}", inbound(w.ip), w.identity()))
                 .collect();
             format!("{svc}:{APP_PORT}={}", addrs.join("|"))
         })
@@ -225,10 +326,22 @@ fn spawn_proxy(
     exe: &std::path::Path,
     w: &Workload,
     endpoints: &str,
+    cp: &ControlPlane,
     logs: &std::path::Path,
 ) -> anyhow::Result<Child> {
+    let token = logs.join("identity").join(format!("{}.token", w.name));
     Command::new(exe)
         .arg("proxy")
+        .env(
+            "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS",
+            &cp.trust_anchor_pem,
+        )
+        .env("LINKERD2_PROXY_IDENTITY_LOCAL_NAME", w.identity())
+        .env(
+            "LINKERD2_PROXY_IDENTITY_SVC_ADDR",
+            SocketAddr::from((cp.ip, IDENTITY_PORT)).to_string(),
+        )
+        .env("LINKERD2_PROXY_IDENTITY_TOKEN_FILE", token)
         .env(
             "LINKERD2_PROXY_INBOUND_LISTEN_ADDR",
             inbound(w.ip).to_string(),
@@ -284,6 +397,27 @@ fn exited(r: &mut Running) -> Option<String> {
         }
     }
     None
+}
+
+async fn wait_control_plane(cp: &mut ControlPlane, logs: &std::path::Path) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let admin = SocketAddr::from((cp.ip, IDENTITY_ADMIN_PORT));
+    loop {
+        if let Ok(Some(status)) = cp.process.try_wait() {
+            let err = std::fs::read_to_string(logs.join("identity.err.log")).unwrap_or_default();
+            bail!("the identity service exited ({status}): {}", err.trim());
+        }
+        if get(admin, "/ready").await.is_ok_and(|s| s == 200) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "the identity service did not become ready within 15 s; see {}",
+                logs.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn wait_ready(running: &mut [Running], logs: &std::path::Path) -> anyhow::Result<()> {
@@ -420,11 +554,23 @@ fn print_table(running: &[Running], prev: &[Snapshot], now: &[Snapshot], sent: u
     }
     println!("\nload generator: {sent} sent, {failed} failed. Ctrl-C to stop.");
     println!(
-        "Traffic is plaintext until the identity service (mTLS) lands; MTLS shows the share of mTLS responses."
+        "MTLS: share of inbound requests that arrived over mTLS from another sidecar (the frontend is called from outside the mesh)."
     );
 }
 
+/// Resident memory of a process, from /proc.
+fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+#[allow(clippy::too_many_arguments)]
 fn summarize(
+    cp_rss_kb: Option<u64>,
     args: &Args,
     running: &[Running],
     first: &[Snapshot],
@@ -438,6 +584,10 @@ fn summarize(
     for (i, r) in running.iter().enumerate() {
         let w = Window::between(&first[i], &last[i], secs);
         all_ok &= w.requests > 0.0 && w.success_rate == Some(1.0);
+        // Traffic between workloads must all be mTLS; the front door is called from outside.
+        if !r.workload.ingress {
+            all_ok &= w.tls_fraction == Some(1.0);
+        }
         workloads.insert(
             r.workload.name.to_string(),
             serde_json::json!({
@@ -448,12 +598,15 @@ fn summarize(
                 "p50_ms": w.p50_ms,
                 "p99_ms": w.p99_ms,
                 "mtls_fraction": w.tls_fraction,
+                "identity": r.workload.identity(),
+                "ingress": r.workload.ingress,
                 "sidecar_rss_kb": (last[i].rss_bytes / 1024.0).round(),
             }),
         );
     }
     let summary = serde_json::json!({
         "seconds": secs,
+        "control_plane_rss_kb": cp_rss_kb,
         "load": {"sent": sent, "failed": failed},
         "workloads": workloads,
         "ok": all_ok,

@@ -38,6 +38,15 @@ fn mesh_up_demo_serves_traffic_through_every_sidecar() {
             "{name}: {summary}"
         );
     }
+    // Sidecar-to-sidecar traffic is all mTLS; the front door is called from outside the mesh.
+    for name in ["backend-v1", "backend-v2", "quotes"] {
+        assert_eq!(w[name]["mtls_fraction"], 1.0, "{name}: {summary}");
+    }
+    assert_eq!(w["frontend"]["mtls_fraction"], 0.0, "{summary}");
+    assert!(
+        summary["control_plane_rss_kb"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
     // Every frontend request calls one backend and the quotes service once each: the inbound
     // sidecars of the backends together see what the frontend saw.
     let front = w["frontend"]["requests"].as_f64().unwrap();
