@@ -1,1 +1,206 @@
-fn main() {}
+//! `bench`: direct vs proxied HTTP on loopback, closed loop (wrk, h2load) and open loop (a
+//! fixed request rate, latency measured from each request's due time). See `bench/README.md`.
+//!
+//! Subcommands: `all` runs everything; `server` is the upstream; `load` is the open-loop
+//! generator on its own.
+
+mod all;
+mod load;
+mod procfs;
+mod server;
+mod stats;
+mod tools;
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bench",
+    about = "Direct vs proxied HTTP benchmarks on loopback"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run every scenario, direct and through the proxy; one JSON object per line.
+    All {
+        /// Seconds per scenario.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// The proxy binary [default: linkerd-proxy next to this binary].
+        #[arg(long)]
+        proxy_bin: Option<PathBuf>,
+        /// LINKERD2_PROXY_CORES for the proxy.
+        #[arg(long, default_value_t = 1)]
+        proxy_cores: usize,
+        /// Runtime worker threads of the upstream server.
+        #[arg(long, default_value_t = 1)]
+        server_threads: usize,
+        /// Response body size in bytes.
+        #[arg(long, default_value_t = 64)]
+        body_size: usize,
+        /// Connections for the saturation runs (wrk -c, h2load -c).
+        #[arg(long, default_value_t = 10)]
+        connections: usize,
+        /// Concurrent streams per connection for the HTTP/2 saturation run (h2load -m).
+        #[arg(long, default_value_t = 10)]
+        h2_streams: usize,
+        /// Connections of the open-loop generator.
+        #[arg(long, default_value_t = 16)]
+        load_connections: usize,
+        /// Request rates for the open-loop runs.
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+        rates: Vec<u64>,
+        /// Only scenarios whose name starts with one of these, e.g. `http1_rate,http2_saturation`.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Where to write the proxy's stderr [default: a temporary file].
+        #[arg(long)]
+        proxy_log: Option<PathBuf>,
+        /// Append the pid of every child process to this file (for cleanup by `bench/run`).
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+    },
+    /// The upstream server: 200 with a fixed body; HTTP/1.1 and HTTP/2 prior knowledge.
+    Server {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 64)]
+        body_size: usize,
+    },
+    /// Open-loop load at a fixed rate; prints one JSON object.
+    Load {
+        #[arg(long)]
+        url: String,
+        /// Requests per second.
+        #[arg(long)]
+        rate: u64,
+        /// Seconds.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// HTTP/2 prior knowledge instead of HTTP/1.1.
+        #[arg(long)]
+        http2: bool,
+        /// Seconds after its due time at which a request counts as timed out.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
+}
+
+fn seconds(s: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("--{flag} must be a positive number of seconds"))
+}
+
+fn current_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::All {
+            duration,
+            proxy_bin,
+            proxy_cores,
+            server_threads,
+            body_size,
+            connections,
+            h2_streams,
+            load_connections,
+            rates,
+            only,
+            proxy_log,
+            pid_file,
+        } => {
+            let opts = all::AllOpts {
+                duration: seconds(duration, "duration")?,
+                proxy_bin,
+                proxy_cores,
+                server_threads,
+                body_size,
+                connections,
+                h2_streams,
+                load_connections,
+                rates,
+                only,
+                proxy_log,
+                pid_file,
+            };
+            current_thread_runtime()?.block_on(all::run(opts))
+        }
+        Cmd::Server {
+            addr,
+            threads,
+            body_size,
+        } => server::run(&server::ServerOpts {
+            addr,
+            threads,
+            body_size,
+        }),
+        Cmd::Load {
+            url,
+            rate,
+            duration,
+            connections,
+            http2,
+            timeout,
+        } => {
+            let opts = load::LoadOpts {
+                url,
+                rate,
+                duration: seconds(duration, "duration")?,
+                connections,
+                http2,
+                timeout: seconds(timeout, "timeout")?,
+            };
+            let r = current_thread_runtime()?.block_on(load::run(&opts))?;
+            let lat = r.latency.unwrap_or_default();
+            println!(
+                "{}",
+                json!({
+                    "url": opts.url,
+                    "http2": opts.http2,
+                    "target_rps": opts.rate,
+                    "rps": (r.rps * 10.0).round() / 10.0,
+                    "p50_us": lat.p50,
+                    "p99_us": lat.p99,
+                    "p999_us": lat.p999,
+                    "max_us": lat.max,
+                    "scheduled": r.scheduled,
+                    "ok": r.ok,
+                    "errors": r.errors,
+                    "timeouts": r.timeouts,
+                    "first_error": r.first_error,
+                    "dispatch_lag_p99_us": r.dispatch_lag.map(|l| l.p99),
+                })
+            );
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The open-loop load generator.
+//!
+//! Request `i` is due at `start + i / rate`, whatever happened to earlier requests. A dispatcher
+//! thread sleeps until each due time and hands the due time to the connections; latency is
+//! measured from the *due* time, not from when a connection got round to sending, so a stall
+//! anywhere (generator, proxy, server) shows up in the latency of every request it delayed and
+//! coordinated omission is avoided.
+//!
+//! HTTP/1.1: `connections` workers share one queue of due requests; an idle worker takes the
+//! next one, so one slow connection does not hold up the timetable. HTTP/2: requests are spread
+//! round-robin over `connections` multiplexed connections, each request its own task.
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{
+    net::TcpStream,
+    sync::{Mutex, mpsc},
+    task::JoinSet,
+};
+
+use crate::stats::{Summary, micros_u32};
+
+#[derive(Clone, Debug)]
+pub struct LoadOpts {
+    pub url: String,
+    pub rate: u64,
+    pub duration: Duration,
+    pub connections: usize,
+    pub http2: bool,
+    /// A request not answered this long after its due time counts as a timeout.
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadReport {
+    /// Requests on the timetable.
+    pub scheduled: u64,
+    /// 2xx responses received in full.
+    pub ok: u64,
+    /// Connection or protocol errors and non-2xx responses.
+    pub errors: u64,
+    pub timeouts: u64,
+    pub first_error: Option<String>,
+    /// `ok` divided by the time from the first due time to the last completion.
+    pub rps: f64,
+    /// Latency of the 2xx responses, from due time to the end of the body.
+    pub latency: Option<Summary>,
+    /// How late the dispatcher thread woke for each due time (a floor on measured latency).
+    pub dispatch_lag: Option<Summary>,
+}
+
+/// Where to send requests, parsed from an `http://host:port/path` URL.
+#[derive(Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    authority: http::uri::Authority,
+    path: http::uri::PathAndQuery,
+}
+
+impl Target {
+    pub async fn parse(url: &str) -> anyhow::Result<Self> {
+        let uri: Uri = url
+            .parse()
+            .with_context(|| format!("invalid URL {url:?}"))?;
+        if uri.scheme_str() != Some("http") {
+            bail!("only http:// URLs are supported, not {url:?}");
+        }
+        let Some(authority) = uri.authority().cloned() else {
+            bail!("URL {url:?} has no host");
+        };
+        let port = authority.port_u16().unwrap_or(80);
+        let addr = tokio::net::lookup_host((authority.host(), port))
+            .await
+            .with_context(|| format!("resolving {authority}"))?
+            .next()
+            .with_context(|| format!("{authority} resolves to no address"))?;
+        let path = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        Ok(Self {
+            addr,
+            authority,
+            path,
+        })
+    }
+
+    /// A GET in the form each protocol wants: origin-form with `Host` for HTTP/1.1, an absolute
+    /// URI (`:scheme` and `:authority`) for HTTP/2.
+    pub fn request(&self, http2: bool) -> anyhow::Result<Request<Empty<Bytes>>> {
+        let req = if http2 {
+            let uri = Uri::builder()
+                .scheme("http")
+                .authority(self.authority.clone())
+                .path_and_query(self.path.clone())
+                .build()?;
+            Request::get(uri).body(Empty::new())?
+        } else {
+            Request::get(self.path.as_str())
+                .header(header::HOST, self.authority.as_str())
+                .body(Empty::new())?
+        };
+        Ok(req)
+    }
+}
+
+async fn tcp(addr: SocketAddr) -> anyhow::Result<TokioIo<TcpStream>> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true)?;
+    Ok(TokioIo::new(stream))
+}
+
+pub async fn connect_h1(addr: SocketAddr) -> anyhow::Result<http1::SendRequest<Empty<Bytes>>> {
+    let (sender, conn) = http1::handshake(tcp(addr).await?).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+pub async fn connect_h2(addr: SocketAddr) -> anyhow::Result<http2::SendRequest<Empty<Bytes>>> {
+    let (sender, conn) = http2::handshake(TokioExecutor::new(), tcp(addr).await?).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// One request over HTTP/1.1, (re)connecting first if needed; returns the status once the whole
+/// body has arrived.
+async fn h1_once(
+    sender: &mut Option<http1::SendRequest<Empty<Bytes>>>,
+    target: &Target,
+) -> anyhow::Result<StatusCode> {
+    let s = match sender {
+        Some(s) if !s.is_closed() => s,
+        _ => sender.insert(connect_h1(target.addr).await?),
+    };
+    s.ready().await?;
+    let rsp = s.send_request(target.request(false)?).await?;
+    let status = rsp.status();
+    rsp.into_body().collect().await?;
+    Ok(status)
+}
+
+async fn h2_once(
+    mut sender: http2::SendRequest<Empty<Bytes>>,
+    target: &Target,
+) -> anyhow::Result<StatusCode> {
+    sender.ready().await?;
+    let rsp = sender.send_request(target.request(true)?).await?;
+    let status = rsp.status();
+    rsp.into_body().collect().await?;
+    Ok(status)
+}
+
+/// What happened to the requests one worker handled.
+#[derive(Debug, Default)]
+struct Tally {
+    latencies: Vec<u32>,
+    errors: u64,
+    timeouts: u64,
+    first_error: Option<String>,
+    last_done: Option<Instant>,
+}
+
+impl Tally {
+    fn record(&mut self, due: Instant, outcome: Result<anyhow::Result<StatusCode>, ()>) {
+        let now = Instant::now();
+        self.last_done = Some(self.last_done.map_or(now, |l| l.max(now)));
+        match outcome {
+            Ok(Ok(s)) if s.is_success() => self.latencies.push(micros_u32(now - due)),
+            Ok(Ok(s)) => self.error(format!("status {s}")),
+            Ok(Err(e)) => self.error(format!("{e:#}")),
+            Err(()) => self.timeouts += 1,
+        }
+    }
+
+    fn error(&mut self, e: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(e);
+    }
+
+    fn merge(&mut self, mut other: Tally) {
+        self.latencies.append(&mut other.latencies);
+        self.errors += other.errors;
+        self.timeouts += other.timeouts;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.last_done = match (self.last_done, other.last_done) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+type Jobs = Arc<Mutex<mpsc::UnboundedReceiver<Instant>>>;
+
+async fn h1_worker(
+    target: Arc<Target>,
+    jobs: Jobs,
+    mut sender: Option<http1::SendRequest<Empty<Bytes>>>,
+    timeout: Duration,
+) -> Tally {
+    let mut tally = Tally::default();
+    loop {
+        // Hold the queue only while waiting for the next due request.
+        let due = jobs.lock().await.recv().await;
+        let Some(due) = due else { break };
+        let deadline = tokio::time::Instant::from_std(due + timeout);
+        let outcome = tokio::time::timeout_at(deadline, h1_once(&mut sender, &target))
+            .await
+            .map_err(|_| ());
+        if !matches!(outcome, Ok(Ok(_))) {
+            // A failed or abandoned exchange leaves the connection unusable.
+            sender = None;
+        }
+        tally.record(due, outcome);
+    }
+    tally
+}
+
+async fn h2_dispatch(
+    target: Arc<Target>,
+    mut jobs: mpsc::UnboundedReceiver<Instant>,
+    mut senders: Vec<Option<http2::SendRequest<Empty<Bytes>>>>,
+    timeout: Duration,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut tasks = JoinSet::new();
+    let mut next = 0;
+    while let Some(due) = jobs.recv().await {
+        let i = next % senders.len();
+        next += 1;
+        if senders[i].as_ref().is_none_or(|s| s.is_closed()) {
+            senders[i] = match connect_h2(target.addr).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tally.record(due, Ok(Err(e)));
+                    continue;
+                }
+            };
+        }
+        if let Some(sender) = senders[i].clone() {
+            let target = target.clone();
+            tasks.spawn(async move {
+                let deadline = tokio::time::Instant::from_std(due + timeout);
+                let outcome = tokio::time::timeout_at(deadline, h2_once(sender, &target))
+                    .await
+                    .map_err(|_| ());
+                let mut t = Tally::default();
+                t.record(due, outcome);
+                t
+            });
+        }
+        while let Some(done) = tasks.try_join_next() {
+            merge_joined(&mut tally, done);
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        merge_joined(&mut tally, done);
+    }
+    tally
+}
+
+fn merge_joined(tally: &mut Tally, joined: Result<Tally, tokio::task::JoinError>) {
+    match joined {
+        Ok(t) => tally.merge(t),
+        Err(e) => tally.error(format!("request task failed: {e}")),
+    }
+}
+
+/// Runs one open-loop measurement. Connections are opened and used once before the clock
+/// starts, so connection setup is not part of the measurement.
+pub async fn run(opts: &LoadOpts) -> anyhow::Result<LoadReport> {
+    if opts.rate == 0 || opts.connections == 0 {
+        bail!("--rate and --connections must be at least 1");
+    }
+    let target = Arc::new(Target::parse(&opts.url).await?);
+    let total = (opts.rate as f64 * opts.duration.as_secs_f64()).round() as u64;
+    let (tx, rx) = mpsc::unbounded_channel::<Instant>();
+
+    let mut workers = JoinSet::new();
+    if opts.http2 {
+        let mut senders = Vec::with_capacity(opts.connections);
+        for _ in 0..opts.connections {
+            let s = connect_h2(target.addr).await?;
+            warm(h2_once(s.clone(), &target).await)?;
+            senders.push(Some(s));
+        }
+        workers.spawn(h2_dispatch(target.clone(), rx, senders, opts.timeout));
+    } else {
+        let jobs: Jobs = Arc::new(Mutex::new(rx));
+        for _ in 0..opts.connections {
+            let mut s = Some(connect_h1(target.addr).await?);
+            warm(h1_once(&mut s, &target).await)?;
+            workers.spawn(h1_worker(target.clone(), jobs.clone(), s, opts.timeout));
+        }
+    }
+
+    let start = Instant::now() + Duration::from_millis(5);
+    let rate = u128::from(opts.rate);
+    let dispatcher = std::thread::Builder::new()
+        .name("bench-dispatch".into())
+        .spawn(move || {
+            let mut lags = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+            for i in 0..total {
+                let offset_ns = u128::from(i) * 1_000_000_000 / rate;
+                let due = start + Duration::from_nanos(u64::try_from(offset_ns).unwrap_or(0));
+                let now = Instant::now();
+                if due > now {
+                    // A dedicated thread: tokio's timer has millisecond granularity, which
+                    // would send requests in bursts; a plain sleep is accurate to tens of µs.
+                    #[expect(clippy::disallowed_methods, reason = "not on a runtime thread")]
+                    std::thread::sleep(due - now);
+                }
+                lags.push(micros_u32(Instant::now().saturating_duration_since(due)));
+                if tx.send(due).is_err() {
+                    break;
+                }
+            }
+            lags
+        })
+        .context("starting the dispatcher thread")?;
+
+    let mut tally = Tally::default();
+    while let Some(done) = workers.join_next().await {
+        merge_joined(&mut tally, done);
+    }
+    let mut lags = dispatcher
+        .join()
+        .map_err(|_| anyhow::anyhow!("the dispatcher thread panicked"))?;
+
+    let ok = tally.latencies.len() as u64;
+    let elapsed = tally
+        .last_done
+        .map_or(opts.duration, |l| l.saturating_duration_since(start))
+        .max(Duration::from_millis(1));
+    Ok(LoadReport {
+        scheduled: total,
+        ok,
+        errors: tally.errors,
+        timeouts: tally.timeouts,
+        first_error: tally.first_error,
+        rps: ok as f64 / elapsed.as_secs_f64(),
+        latency: Summary::from_samples(&mut tally.latencies),
+        dispatch_lag: Summary::from_samples(&mut lags),
+    })
+}
+
+fn warm(r: anyhow::Result<StatusCode>) -> anyhow::Result<()> {
+    match r.context("warm-up request")? {
+        s if s.is_success() => Ok(()),
+        s => bail!("warm-up request: status {s}"),
+    }
+}
