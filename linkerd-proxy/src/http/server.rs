@@ -122,8 +122,13 @@ where
             }
         }
         _ => {
+            // No header-read timer: hyper would arm a 30 s timer for every request, and each
+            // registration wakes tokio's driver through its eventfd (one `write` and one
+            // `epoll_wait` more per request). Idle keep-alive connections are bounded by the
+            // client and TCP keepalive, as in linkerd2-proxy.
             let conn = conn::http1::Builder::new()
                 .timer(TokioTimer::new())
+                .header_read_timeout(None)
                 .serve_connection(io, svc)
                 .with_upgrades();
             tokio::pin!(conn);
