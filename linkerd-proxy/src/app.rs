@@ -11,6 +11,7 @@
 
 use crate::{
     admin,
+    balance::{Balancers, Target, target_for},
     config::{Config, LocalListener},
     detect::{self, Protocol},
     drain::{self, Drain},
@@ -19,7 +20,7 @@ use crate::{
     io::CountingIo,
     log::LogLevel,
     metrics::{Direction, Metrics, Tls},
-    resolve::{Endpoint, Resolve, StaticResolve, endpoint_for},
+    resolve::{Resolve, StaticResolve},
     tcp::{self, SrcConn},
     tls::{CredsRx, TrustRoots, client_hello, identity_of},
     transport::{self, Accepted},
@@ -81,6 +82,12 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         None => None,
     };
     let resolve: Arc<dyn Resolve> = Arc::new(StaticResolve::new(&config.outbound.static_endpoints));
+    let balancers = Arc::new(Balancers::new(resolve, config.outbound.balance));
+    tokio::spawn(
+        balancers
+            .clone()
+            .evict_idle(config.outbound.discovery_idle_timeout),
+    );
     let outbound_shared = Shared {
         client: http::Client::new(
             config.outbound.connect_timeout,
@@ -91,7 +98,7 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
             creds.clone(),
         ),
         metrics: metrics.clone(),
-        resolve: resolve.clone(),
+        balancers: balancers.clone(),
         response_timeout: config.outbound.response_timeout,
         creds: creds.clone(),
     };
@@ -105,7 +112,7 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
             None,
         ),
         metrics: metrics.clone(),
-        resolve,
+        balancers,
         response_timeout: None,
         creds: None,
     };
@@ -241,11 +248,8 @@ async fn outbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
     if let Some(orig) = orig.filter(|o| cfg.opaque_ports.contains(&o.port())) {
         ctx.metrics
             .detected(Direction::Outbound, "opaque", "configured");
-        let ep = Endpoint {
-            addr: orig,
-            identity: None,
-        };
-        return forward(&ctx, io, &ep, Direction::Outbound, drain).await;
+        let target = Target::direct(orig);
+        return forward(&ctx, io, &target, Direction::Outbound, drain).await;
     }
     let (proto, reason, io) = match detect::detect(io, cfg.detect_timeout).await {
         Ok(d) => d,
@@ -272,11 +276,8 @@ async fn outbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
             http::serve(io, proto, conn).await;
         }
         (Protocol::Opaque, Some(orig)) => {
-            let ep = Endpoint {
-                addr: orig,
-                identity: None,
-            };
-            forward(&ctx, io, &ep, Direction::Outbound, drain).await
+            let target = Target::direct(orig);
+            forward(&ctx, io, &target, Direction::Outbound, drain).await
         }
         (Protocol::Opaque, None) => {
             debug!(client = %acc.client, "opaque connection with no original destination; closing");
@@ -369,10 +370,7 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = &ctx.config.inbound;
-    let ep = Endpoint {
-        addr: target,
-        identity: None,
-    };
+    let ep = Target::direct(target);
     if cfg.opaque_ports.contains(&port) {
         ctx.metrics
             .detected(Direction::Inbound, "opaque", "configured");
@@ -403,19 +401,22 @@ where
 }
 
 async fn local_conn(ctx: Arc<Ctx>, listener: Arc<LocalListener>, acc: Accepted, drain: Drain) {
-    let ep = match endpoint_for(ctx.outbound.resolve.as_ref(), &listener.target).await {
-        Ok(ep) => ep,
+    // Balanced per connection: the pick is held (in flight on its endpoint) while it lasts.
+    let balancer = ctx.outbound.balancers.get(&listener.target);
+    let target = match target_for(balancer.as_deref(), &listener.target, None).await {
+        Ok(t) => t,
         Err(e) => {
             warn!(listener = %listener.name, error = %e, "cannot forward");
             return;
         }
     };
-    let src = SrcConn::open(&ctx.metrics, Direction::Outbound, ep.addr, OUTBOUND_TLS);
+    let addr = target.endpoint().addr;
+    let src = SrcConn::open(&ctx.metrics, Direction::Outbound, addr, OUTBOUND_TLS);
     let io = CountingIo::new(acc.stream, src.counters());
-    forward(&ctx, io, &ep, Direction::Outbound, drain).await;
+    forward(&ctx, io, &target, Direction::Outbound, drain).await;
 }
 
-async fn forward<I>(ctx: &Ctx, io: I, ep: &Endpoint, direction: Direction, drain: Drain)
+async fn forward<I>(ctx: &Ctx, io: I, target: &Target, direction: Direction, drain: Drain)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -434,7 +435,7 @@ where
         creds,
         metrics: &ctx.metrics,
     };
-    tcp::forward(io, ep, f, drain).await;
+    tcp::forward(io, target, f, drain).await;
 }
 
 fn loopback(ip: IpAddr) -> IpAddr {

@@ -38,6 +38,11 @@ pub const ENV_INBOUND_FORWARD_ADDR: &str = "MESH_PROXY_INBOUND_FORWARD_ADDR";
 pub const ENV_OUTBOUND_RESPONSE_TIMEOUT: &str = "MESH_PROXY_OUTBOUND_RESPONSE_TIMEOUT";
 pub const ENV_LOCAL_LISTENERS: &str = "MESH_PROXY_LOCAL_LISTENERS";
 pub const ENV_STATIC_ENDPOINTS: &str = "MESH_PROXY_STATIC_ENDPOINTS";
+pub const ENV_OUTBOUND_FAILFAST_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_HTTP_FAILFAST_TIMEOUT";
+pub const ENV_OUTBOUND_DISCOVERY_IDLE_TIMEOUT: &str =
+    "LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT";
+pub const ENV_BALANCE_DEFAULT_RTT: &str = "MESH_PROXY_BALANCE_DEFAULT_RTT";
+pub const ENV_BALANCE_DECAY: &str = "MESH_PROXY_BALANCE_DECAY";
 pub const ENV_OUTBOUND_IDLE_CONNECTIONS: &str =
     "MESH_PROXY_OUTBOUND_MAX_IDLE_CONNECTIONS_PER_ENDPOINT";
 
@@ -113,6 +118,10 @@ pub struct OutboundConfig {
     /// TLS identity of its proxy when it is meshed.
     pub static_endpoints: Vec<crate::resolve::StaticName>,
     pub max_idle_per_endpoint: usize,
+    /// Peak-EWMA parameters and the fail-fast timeout of every balancer.
+    pub balance: crate::balance::BalanceConfig,
+    /// A destination nobody used for this long loses its balancer and discovery watch.
+    pub discovery_idle_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -203,6 +212,23 @@ impl Config {
                 v.parse::<usize>().map_err(|e| e.to_string())
             })?
             .unwrap_or(64),
+            balance: {
+                let d = crate::balance::BalanceConfig::default();
+                crate::balance::BalanceConfig {
+                    default_rtt: parse(s, ENV_BALANCE_DEFAULT_RTT, parse_nonzero_duration)?
+                        .unwrap_or(d.default_rtt),
+                    decay: parse(s, ENV_BALANCE_DECAY, parse_nonzero_duration)?.unwrap_or(d.decay),
+                    failfast: parse(s, ENV_OUTBOUND_FAILFAST_TIMEOUT, parse_duration)?
+                        .unwrap_or(d.failfast),
+                    ..d
+                }
+            },
+            discovery_idle_timeout: parse(
+                s,
+                ENV_OUTBOUND_DISCOVERY_IDLE_TIMEOUT,
+                parse_nonzero_duration,
+            )?
+            .unwrap_or(Duration::from_secs(5)),
         };
         let admin = AdminConfig {
             listen_addr: parse(s, ENV_ADMIN_LISTEN_ADDR, parse_addr)?
@@ -310,6 +336,13 @@ fn parse_bool(v: &str) -> Result<bool, String> {
 
 /// Durations as Linkerd writes them: `100ms`, `10s`, `5m`, `1h`, `365d`; a bare number is
 /// milliseconds.
+fn parse_nonzero_duration(v: &str) -> Result<Duration, String> {
+    match parse_duration(v)? {
+        d if d.is_zero() => Err("must be more than zero".into()),
+        d => Ok(d),
+    }
+}
+
 pub fn parse_duration(v: &str) -> Result<Duration, String> {
     let split = v
         .find(|c: char| !c.is_ascii_digit() && c != '.')

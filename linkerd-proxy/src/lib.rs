@@ -9,13 +9,14 @@
 //!
 //! ```text
 //! tier 0  io, transport, drain, metrics, log             plumbing, no knowledge of the proxy
-//! tier 1  detect, resolve, tls, tcp, http               one concern each; no config, no app
+//! tier 1  detect, resolve, balance, tls, tcp, http      one concern each; no config, no app
 //! tier 2  identity                                       the certify client (uses tls, proto)
 //! tier 3  config, admin, app                             the only place everything meets
 //! ```
 
 pub mod admin;
 pub mod app;
+pub mod balance;
 pub mod config;
 pub mod detect;
 pub mod drain;

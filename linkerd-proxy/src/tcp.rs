@@ -2,6 +2,7 @@
 //! the endpoint is a meshed proxy.
 
 use crate::{
+    balance::Target,
     drain::Drain,
     io::CountingIo,
     metrics::{Direction, Metrics, Peer, TcpKey, TcpStats, Tls},
@@ -64,16 +65,19 @@ pub struct Forward<'a> {
     pub metrics: &'a Metrics,
 }
 
-/// Dials `ep` and relays bytes both ways until both sides have closed. When one side finishes
-/// sending, its write-half is shut down on the other side (half-close), so protocols that end
-/// a request by closing keep working.
-pub async fn forward<I>(mut io: I, ep: &Endpoint, f: Forward<'_>, _drain: Drain)
+/// Dials the target and relays bytes both ways until both sides have closed. When one side
+/// finishes sending, its write-half is shut down on the other side (half-close), so protocols
+/// that end a request by closing keep working. A balanced target counts as in flight on its
+/// endpoint for as long as the connection lasts, and is backed off if it cannot be reached.
+pub async fn forward<I>(mut io: I, target: &Target, f: Forward<'_>, _drain: Drain)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
+    let ep = target.endpoint();
     let stream = match transport::connect(ep.addr, f.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
+            target.connect_failed();
             debug!(error = %e, "opaque forward failed");
             return;
         }
@@ -93,11 +97,19 @@ where
     stats.open_total.fetch_add(1, Ordering::Relaxed);
     let counted = CountingIo::new(stream, stats.bytes.clone());
     match dial_io(ep, counted, f.creds).await {
-        Ok(mut upstream) => match tokio::io::copy_bidirectional(&mut io, &mut upstream).await {
-            Ok((to, from)) => debug!(target = %ep.addr, to, from, "opaque connection closed"),
-            Err(e) => debug!(target = %ep.addr, error = %e, "opaque connection failed"),
-        },
-        Err(e) => debug!(error = %e, "opaque forward failed"),
+        Ok(mut upstream) => {
+            target.connected();
+            match tokio::io::copy_bidirectional(&mut io, &mut upstream).await {
+                Ok((to, from)) => debug!(target = %ep.addr, to, from, "opaque connection closed"),
+                Err(e) => debug!(target = %ep.addr, error = %e, "opaque connection failed"),
+            }
+        }
+        Err(e) => {
+            if matches!(e, DialError::Tls(TlsError::Handshake { .. })) {
+                target.connect_failed();
+            }
+            debug!(error = %e, "opaque forward failed");
+        }
     }
     stats.close_total.fetch_add(1, Ordering::Relaxed);
 }

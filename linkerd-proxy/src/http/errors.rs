@@ -27,6 +27,16 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// The endpoint could not be reached (TCP, TLS or HTTP handshake): the balancer backs it off.
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect(_)
+                | ProxyError::Tls(TlsError::Handshake { .. })
+                | ProxyError::Handshake(_)
+        )
+    }
+
     /// The `error` metric label.
     pub fn label(&self) -> &'static str {
         match self {

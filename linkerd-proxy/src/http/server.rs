@@ -12,10 +12,11 @@ use super::{
     headers::{strip_hop_by_hop, wants_upgrade},
 };
 use crate::{
+    balance::{Balancer, Balancers, Target, target_for},
     detect,
     drain::Drain,
     metrics::{Direction, HttpKey, HttpStats, Metrics, ResponseClass, Tls},
-    resolve::{Endpoint, Resolve, endpoint_for},
+    resolve::Endpoint,
     tcp,
     tls::CredsRx,
 };
@@ -43,7 +44,8 @@ use tracing::debug;
 pub struct Shared {
     pub client: Client,
     pub metrics: Arc<Metrics>,
-    pub resolve: Arc<dyn Resolve>,
+    /// Balancers of logical destinations (static names and service discovery).
+    pub balancers: Arc<Balancers>,
     pub response_timeout: Option<Duration>,
     /// The proxy's TLS credentials, when it has an identity.
     pub creds: Option<CredsRx>,
@@ -74,6 +76,14 @@ pub struct HttpConn {
     /// The last label set used on this connection, so a connection reusing one authority
     /// looks its counters up once.
     last: Mutex<Option<(HeaderValue, SocketAddr, Arc<HttpStats>)>>,
+    /// The balancer (if any) of the last authority seen on this connection, and its name.
+    dst: Mutex<Option<LastDst>>,
+}
+
+struct LastDst {
+    authority: HeaderValue,
+    name: Option<Arc<str>>,
+    balancer: Option<Arc<Balancer>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -163,6 +173,7 @@ impl HttpConn {
             shared,
             drain,
             last: Mutex::new(None),
+            dst: Mutex::new(None),
         }
     }
 
@@ -184,7 +195,7 @@ impl HttpConn {
             return self.tunnel(req, target, &authority, start).await;
         }
 
-        let stats = self.stats(&authority, &target);
+        let stats = self.stats(&authority, target.endpoint());
         stats.request();
         let upgrade = req.version() <= Version::HTTP_11
             && (wants_upgrade(req.headers()) || req.method() == Method::CONNECT);
@@ -209,7 +220,7 @@ impl HttpConn {
             proto = client::Protocol::Http1;
         }
         let to_h2 = self.direction == Direction::Outbound
-            && target.identity.is_some()
+            && target.endpoint().identity.is_some()
             && proto == client::Protocol::Http1
             && !upgrade;
         if to_h2 {
@@ -228,20 +239,17 @@ impl HttpConn {
         };
 
         let affine = proto == client::Protocol::Http1 && !upgrade;
+        let ep = target.endpoint();
         let send = async {
             if upgrade {
-                self.shared.client.send_upgrade(&target, req).await
+                self.shared.client.send_upgrade(ep, req).await
             } else if affine {
                 let mut slot = lock(&self.affine).take();
-                let rsp = self
-                    .shared
-                    .client
-                    .send_h1_affine(&target, req, &mut slot)
-                    .await;
+                let rsp = self.shared.client.send_h1_affine(ep, req, &mut slot).await;
                 *lock(&self.affine) = slot;
                 rsp
             } else {
-                self.shared.client.send(&target, proto, req).await
+                self.shared.client.send(ep, proto, req).await
             }
         };
         let rsp = match self.shared.response_timeout {
@@ -252,9 +260,19 @@ impl HttpConn {
             None => send.await,
         };
         let mut rsp = match rsp {
-            Ok(r) => r,
-            Err(e) => return self.fail(e, grpc, &authority, Some(&stats), start),
+            Ok(r) => {
+                target.complete();
+                r
+            }
+            Err(e) => {
+                if e.is_connect() {
+                    target.connect_failed();
+                }
+                return self.fail(e, grpc, &authority, Some(&stats), start);
+            }
         };
+        // The endpoint's load counts requests until their response headers.
+        drop(target);
 
         let switching = rsp.status() == StatusCode::SWITCHING_PROTOCOLS
             || (upgrade && rsp.status().is_success());
@@ -287,68 +305,90 @@ impl HttpConn {
         rsp.map(|body| ProxyBody::stream(body, Some(recorder)))
     }
 
-    /// Resolves the request's target endpoint.
+    /// Resolves the request's target: an endpoint of a logical destination when one is known
+    /// for the authority, otherwise the original destination (transparent) or the authority
+    /// itself (HTTP-proxy mode).
     async fn target(
         &self,
         req: &Request<Incoming>,
         authority: &HeaderValue,
-    ) -> Result<Endpoint, ProxyError> {
-        let plain = |addr| Endpoint {
-            addr,
-            identity: None,
+    ) -> Result<Target, ProxyError> {
+        let default_port = match self.route {
+            Route::Fixed(addr) => return Ok(Target::direct(addr)),
+            Route::OrigDst(addr) => addr.port(),
+            Route::Proxy if req.uri().scheme() == Some(&uri::Scheme::HTTPS) => 443,
+            Route::Proxy => 80,
         };
+        let (name, balancer) = self.destination(authority, default_port);
         match self.route {
-            Route::Fixed(addr) => Ok(plain(addr)),
             Route::OrigDst(addr) => {
-                // A name the resolver knows is balanced over its endpoints; anything else goes
+                // A name discovery knows is balanced over its endpoints; anything else goes
                 // where the application was sending it.
-                let name = authority
-                    .to_str()
-                    .ok()
-                    .and_then(|a| with_port(a, addr.port()));
-                if let Some(rx) = name.as_deref().and_then(|n| self.shared.resolve.resolve(n)) {
-                    let eps = rx.borrow().clone();
-                    if let Some(ep) = crate::resolve::pick(&eps) {
-                        return Ok(ep.clone());
-                    }
-                }
-                Ok(plain(addr))
+                let name = name.as_deref().unwrap_or("");
+                Ok(target_for(balancer.as_deref(), name, Some(addr)).await?)
             }
-            Route::Proxy => {
-                let default_port = if req.uri().scheme() == Some(&uri::Scheme::HTTPS) {
-                    443
-                } else {
-                    80
-                };
-                let name = authority
-                    .to_str()
-                    .ok()
-                    .and_then(|a| with_port(a, default_port))
-                    .ok_or(ProxyError::BadRequest("invalid host"))?;
-                Ok(endpoint_for(self.shared.resolve.as_ref(), &name).await?)
+            _ => {
+                let name = name.ok_or(ProxyError::BadRequest("invalid host"))?;
+                Ok(target_for(balancer.as_deref(), &name, None).await?)
             }
         }
+    }
+
+    /// The logical name (`host:port`) for an authority and its balancer, cached for the
+    /// connection's last authority so keep-alive requests do no lookups.
+    fn destination(
+        &self,
+        authority: &HeaderValue,
+        default_port: u16,
+    ) -> (Option<Arc<str>>, Option<Arc<Balancer>>) {
+        let mut last = lock(&self.dst);
+        if let Some(d) = last.as_ref()
+            && d.authority == *authority
+        {
+            return (d.name.clone(), d.balancer.clone());
+        }
+        let name: Option<Arc<str>> = authority
+            .to_str()
+            .ok()
+            .and_then(|a| with_port(a, default_port))
+            .map(Arc::from);
+        let balancer = name.as_deref().and_then(|n| self.shared.balancers.get(n));
+        *last = Some(LastDst {
+            authority: authority.clone(),
+            name: name.clone(),
+            balancer: balancer.clone(),
+        });
+        (name, balancer)
     }
 
     /// `CONNECT host:port` from an HTTP-proxy client: dial, answer 200, then relay bytes.
     async fn tunnel(
         &self,
         mut req: Request<Incoming>,
-        target: Endpoint,
+        target: Target,
         authority: &HeaderValue,
         start: tokio::time::Instant,
     ) -> Response<ProxyBody> {
-        let stats = self.stats(authority, &target);
+        let stats = self.stats(authority, target.endpoint());
         stats.request();
         let timeout = self.shared.client.connect_timeout();
-        let mut upstream = match tcp::dial(&target, timeout, self.shared.creds.as_ref()).await {
-            Ok(s) => s,
-            Err(e) => return self.fail(e.into(), false, authority, Some(&stats), start),
+        let dialed = tcp::dial(target.endpoint(), timeout, self.shared.creds.as_ref()).await;
+        let mut upstream = match dialed {
+            Ok(s) => {
+                target.connected();
+                s
+            }
+            Err(e) => {
+                target.connect_failed();
+                return self.fail(e.into(), false, authority, Some(&stats), start);
+            }
         };
         let down = hyper::upgrade::on(&mut req);
         let drain = self.drain.clone();
         tokio::spawn(async move {
             let _drain = drain;
+            // The tunnel counts as in flight on its endpoint while it lasts.
+            let _target = target;
             match down.await {
                 Ok(d) => {
                     let mut d = TokioIo::new(d);

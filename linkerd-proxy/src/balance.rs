@@ -1,0 +1,512 @@
+//! Load balancing over a logical destination's endpoints: power of two choices over a
+//! peak-EWMA cost, with connect-failure backoff and a bounded wait (fail-fast) when nothing is
+//! available.
+//!
+//! Each endpoint keeps a [`Load`]: the requests (or connections) in flight on it and a
+//! round-trip estimate. The estimate jumps to any sample above it (peak) and otherwise moves
+//! towards new samples with a weight that grows with the time since the last one; with no
+//! samples it decays towards zero, so an endpoint that was slow once is tried again later.
+//! A pick draws two distinct available endpoints at random and takes the one with the lower
+//! `rtt × (in flight + 1)`. An endpoint that fails to connect is left out for an exponential,
+//! jittered backoff.
+//!
+//! A [`Balancer`] follows one destination's [`Resolution`] watch, keeping the loads of endpoints
+//! that stay across updates. [`Balancers`] caches one balancer per name and evicts those that
+//! nobody used for the idle timeout.
+
+use crate::resolve::{Endpoint, Resolution, Resolve, ResolveError};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+use tokio::{sync::watch, time::Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BalanceConfig {
+    /// The round-trip estimate of an endpoint with no samples yet.
+    pub default_rtt: Duration,
+    /// How fast old samples lose weight (the EWMA time constant).
+    pub decay: Duration,
+    /// How long a request waits for an available endpoint before failing.
+    pub failfast: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for BalanceConfig {
+    fn default() -> Self {
+        // Linkerd's peak-EWMA defaults (30 ms, 10 s).
+        Self {
+            default_rtt: Duration::from_millis(30),
+            decay: Duration::from_secs(10),
+            failfast: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BalanceError {
+    /// Discovery says the name does not exist, or never answered: the caller may fall back
+    /// (to the original destination, an IP literal or DNS).
+    #[error("{0} is not known to service discovery")]
+    Unknown(String),
+    #[error("no available endpoints for {0} within {1:?}")]
+    Unavailable(String, Duration),
+}
+
+/// Load and health of one endpoint.
+#[derive(Debug)]
+pub struct Load {
+    state: Mutex<LoadState>,
+}
+
+#[derive(Debug)]
+struct LoadState {
+    pending: u32,
+    rtt_ns: f64,
+    stamp: Instant,
+    failures: u32,
+    down_until: Option<Instant>,
+}
+
+impl Load {
+    fn new(default_rtt: Duration, now: Instant) -> Self {
+        Self {
+            state: Mutex::new(LoadState {
+                pending: 0,
+                rtt_ns: default_rtt.as_nanos() as f64,
+                stamp: now,
+                failures: 0,
+                down_until: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LoadState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `rtt × (pending + 1)` with the estimate decayed to `now`.
+    fn cost(&self, now: Instant, decay: Duration) -> f64 {
+        let mut s = self.lock();
+        s.observe(0.0, now, decay);
+        s.rtt_ns * f64::from(s.pending + 1)
+    }
+
+    fn is_down(&self, now: Instant) -> Option<Instant> {
+        self.lock().down_until.filter(|t| *t > now)
+    }
+
+    /// Requests or connections in flight on this endpoint.
+    pub fn pending(&self) -> u32 {
+        self.lock().pending
+    }
+}
+
+impl LoadState {
+    fn observe(&mut self, sample_ns: f64, now: Instant, decay: Duration) {
+        if sample_ns > self.rtt_ns {
+            self.rtt_ns = sample_ns;
+        } else {
+            let elapsed = now.saturating_duration_since(self.stamp).as_nanos() as f64;
+            let w = (-elapsed / (decay.as_nanos() as f64).max(1.0)).exp();
+            self.rtt_ns = self.rtt_ns * w + sample_ns * (1.0 - w);
+        }
+        self.stamp = now;
+    }
+}
+
+/// An endpoint chosen for one request (or one TCP connection). It counts as in flight on the
+/// endpoint until it is dropped; [`Picked::complete`] also records the round trip.
+#[derive(Debug)]
+pub struct Picked {
+    pub endpoint: Endpoint,
+    load: Arc<Load>,
+    cfg: BalanceConfig,
+    start: Instant,
+}
+
+impl Picked {
+    fn new(endpoint: Endpoint, load: Arc<Load>, cfg: BalanceConfig) -> Self {
+        load.lock().pending += 1;
+        Self {
+            endpoint,
+            load,
+            cfg,
+            start: Instant::now(),
+        }
+    }
+
+    /// The response (headers) arrived: record its latency; the endpoint is healthy.
+    pub fn complete(&self) {
+        let now = Instant::now();
+        let sample = now.saturating_duration_since(self.start).as_nanos() as f64;
+        let mut s = self.load.lock();
+        s.observe(sample, now, self.cfg.decay);
+        s.failures = 0;
+        s.down_until = None;
+    }
+
+    /// Connecting to the endpoint failed: leave it out for a while.
+    pub fn connect_failed(&self) {
+        let mut s = self.load.lock();
+        s.failures = s.failures.saturating_add(1);
+        let exp = self
+            .cfg
+            .backoff_min
+            .saturating_mul(1u32 << (s.failures - 1).min(16));
+        let base = exp.min(self.cfg.backoff_max);
+        // Full jitter over the upper half, so endpoints that failed together come back apart.
+        let jittered = base.mul_f64(0.5 + fastrand::f64() * 0.5);
+        s.down_until = Some(Instant::now() + jittered);
+    }
+
+    /// The connection to the endpoint was established.
+    pub fn connected(&self) {
+        let mut s = self.load.lock();
+        s.failures = 0;
+        s.down_until = None;
+    }
+}
+
+impl Drop for Picked {
+    fn drop(&mut self) {
+        let mut s = self.load.lock();
+        s.pending = s.pending.saturating_sub(1);
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    endpoint: Endpoint,
+    load: Arc<Load>,
+}
+
+#[derive(Debug)]
+struct State {
+    rx: watch::Receiver<Resolution>,
+    resolution: Resolution,
+    slots: Vec<Slot>,
+}
+
+/// Balances requests over the endpoints of one destination.
+#[derive(Debug)]
+pub struct Balancer {
+    name: String,
+    cfg: BalanceConfig,
+    state: Mutex<State>,
+    used: AtomicBool,
+}
+
+enum Choice {
+    Ready(Picked),
+    Wait {
+        rx: watch::Receiver<Resolution>,
+        retry_at: Option<Instant>,
+    },
+    Unknown,
+}
+
+impl Balancer {
+    pub fn new(name: String, mut rx: watch::Receiver<Resolution>, cfg: BalanceConfig) -> Self {
+        let resolution = rx.borrow_and_update().clone();
+        let now = Instant::now();
+        let slots = slots_for(&resolution, &[], cfg.default_rtt, now);
+        Self {
+            name,
+            cfg,
+            state: Mutex::new(State {
+                rx,
+                resolution,
+                slots,
+            }),
+            used: AtomicBool::new(true),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Picks an endpoint, waiting up to the fail-fast timeout for one to become available.
+    pub async fn pick(&self) -> Result<Picked, BalanceError> {
+        self.used.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + self.cfg.failfast;
+        loop {
+            match self.try_pick() {
+                Choice::Ready(p) => return Ok(p),
+                Choice::Unknown => return Err(BalanceError::Unknown(self.name.clone())),
+                Choice::Wait { mut rx, retry_at } => {
+                    let until = retry_at.map_or(deadline, |t| t.min(deadline));
+                    tokio::select! {
+                        changed = rx.changed() => {
+                            if changed.is_err() {
+                                // The source is gone: what we hold is all we will ever have.
+                                tokio::time::sleep_until(until).await;
+                            }
+                        }
+                        _ = tokio::time::sleep_until(until) => {}
+                    }
+                    if Instant::now() >= deadline {
+                        return match self.try_pick() {
+                            Choice::Ready(p) => Ok(p),
+                            // Discovery never answered: let the caller fall back.
+                            _ if self.pending() => Err(BalanceError::Unknown(self.name.clone())),
+                            Choice::Unknown => Err(BalanceError::Unknown(self.name.clone())),
+                            Choice::Wait { .. } => Err(BalanceError::Unavailable(
+                                self.name.clone(),
+                                self.cfg.failfast,
+                            )),
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    fn pending(&self) -> bool {
+        matches!(self.lock().resolution, Resolution::Pending)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn try_pick(&self) -> Choice {
+        let now = Instant::now();
+        let mut st = self.lock();
+        if st.rx.has_changed().unwrap_or(false) {
+            let resolution = st.rx.borrow_and_update().clone();
+            st.slots = slots_for(&resolution, &st.slots, self.cfg.default_rtt, now);
+            st.resolution = resolution;
+        }
+        match st.resolution {
+            Resolution::Unknown => return Choice::Unknown,
+            Resolution::Pending | Resolution::Ready(_) => {}
+        }
+        let mut avail: [Option<&Slot>; 2] = [None, None];
+        let mut count = 0usize;
+        let mut retry_at: Option<Instant> = None;
+        // Reservoir-sample two distinct available slots in one pass (no allocation).
+        for slot in &st.slots {
+            if let Some(t) = slot.load.is_down(now) {
+                retry_at = Some(retry_at.map_or(t, |r| r.min(t)));
+                continue;
+            }
+            count += 1;
+            if count <= 2 {
+                avail[count - 1] = Some(slot);
+            } else {
+                let j = fastrand::usize(..count);
+                if j < 2 {
+                    avail[j] = Some(slot);
+                }
+            }
+        }
+        let chosen = match avail {
+            [Some(a), Some(b)] => {
+                let (ca, cb) = (
+                    a.load.cost(now, self.cfg.decay),
+                    b.load.cost(now, self.cfg.decay),
+                );
+                if ca < cb || (ca == cb && fastrand::bool()) {
+                    a
+                } else {
+                    b
+                }
+            }
+            [Some(a), None] => a,
+            _ => {
+                return Choice::Wait {
+                    rx: st.rx.clone(),
+                    retry_at,
+                };
+            }
+        };
+        Choice::Ready(Picked::new(
+            chosen.endpoint.clone(),
+            chosen.load.clone(),
+            self.cfg,
+        ))
+    }
+}
+
+/// The slots for a new resolution, keeping the load of every endpoint that stays.
+fn slots_for(res: &Resolution, old: &[Slot], default_rtt: Duration, now: Instant) -> Vec<Slot> {
+    let Resolution::Ready(eps) = res else {
+        // Pending keeps nothing to pick from; Unknown too.
+        return Vec::new();
+    };
+    eps.iter()
+        .map(|ep| {
+            let load = old
+                .iter()
+                .find(|s| s.endpoint == *ep)
+                .map(|s| s.load.clone())
+                .unwrap_or_else(|| Arc::new(Load::new(default_rtt, now)));
+            Slot {
+                endpoint: ep.clone(),
+                load,
+            }
+        })
+        .collect()
+}
+
+/// Where one request or connection goes: an endpoint picked by a balancer, or an address with
+/// no balancer behind it (the original destination, an IP literal, DNS).
+#[derive(Debug)]
+pub enum Target {
+    Balanced(Picked),
+    Direct(Endpoint),
+}
+
+impl Target {
+    pub fn direct(addr: SocketAddr) -> Self {
+        Target::Direct(Endpoint {
+            addr,
+            identity: None,
+        })
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        match self {
+            Target::Balanced(p) => &p.endpoint,
+            Target::Direct(e) => e,
+        }
+    }
+
+    pub fn complete(&self) {
+        if let Target::Balanced(p) = self {
+            p.complete();
+        }
+    }
+
+    pub fn connect_failed(&self) {
+        if let Target::Balanced(p) = self {
+            p.connect_failed();
+        }
+    }
+
+    pub fn connected(&self) {
+        if let Target::Balanced(p) = self {
+            p.connected();
+        }
+    }
+}
+
+/// Resolves a logical `host:port`: balanced over discovered endpoints when a resolver serves
+/// the name; otherwise (or when discovery says it does not exist) `fallback`, then an IP
+/// literal, then DNS.
+pub async fn target_for(
+    balancer: Option<&Balancer>,
+    authority: &str,
+    fallback: Option<SocketAddr>,
+) -> Result<Target, ResolveError> {
+    if let Some(b) = balancer {
+        match b.pick().await {
+            Ok(p) => return Ok(Target::Balanced(p)),
+            Err(BalanceError::Unknown(_)) => {}
+            Err(BalanceError::Unavailable(..)) => {
+                return Err(ResolveError::NoEndpoints(authority.to_string()));
+            }
+        }
+    }
+    if let Some(addr) = fallback {
+        return Ok(Target::direct(addr));
+    }
+    if let Ok(addr) = authority.parse::<SocketAddr>() {
+        return Ok(Target::direct(addr));
+    }
+    let mut addrs = tokio::net::lookup_host(authority)
+        .await
+        .map_err(|e| ResolveError::Unresolvable(authority.to_string(), e.to_string()))?;
+    addrs
+        .next()
+        .map(Target::direct)
+        .ok_or_else(|| ResolveError::Unresolvable(authority.to_string(), "no addresses".into()))
+}
+
+/// One balancer per destination name, created on first use and evicted when idle.
+pub struct Balancers {
+    resolve: Arc<dyn Resolve>,
+    cfg: BalanceConfig,
+    map: Mutex<HashMap<String, Arc<Balancer>>>,
+}
+
+impl std::fmt::Debug for Balancers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Balancers")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Balancers {
+    pub fn new(resolve: Arc<dyn Resolve>, cfg: BalanceConfig) -> Self {
+        Self {
+            resolve,
+            cfg,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The balancer for `authority` (`host:port`), or `None` when no resolver serves the name.
+    pub fn get(&self, authority: &str) -> Option<Arc<Balancer>> {
+        let key = authority.trim_end_matches('.').to_ascii_lowercase();
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = map.get(&key) {
+            b.used.store(true, Ordering::Relaxed);
+            return Some(b.clone());
+        }
+        let rx = self.resolve.resolve(&key)?;
+        let b = Arc::new(Balancer::new(key.clone(), rx, self.cfg));
+        map.insert(key, b.clone());
+        Some(b)
+    }
+
+    /// Drops balancers that nobody holds and nobody used since the previous sweep; dropping
+    /// one releases its discovery watch.
+    pub fn sweep(&self) -> usize {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let before = map.len();
+        map.retain(|_, b| Arc::strong_count(b) > 1 || b.used.swap(false, Ordering::Relaxed));
+        before - map.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sweeps every `idle / 2` until the returned task is dropped, so an unused balancer lives
+    /// between `idle / 2` and `idle`.
+    pub async fn evict_idle(self: Arc<Self>, idle: Duration) {
+        let mut tick = tokio::time::interval((idle / 2).max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        loop {
+            tick.tick().await;
+            match weak.upgrade() {
+                Some(b) => {
+                    b.sweep();
+                }
+                None => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
