@@ -120,6 +120,8 @@ impl LocalTokens {
         let Ok(token) = std::str::from_utf8(token) else {
             return bad("not UTF-8");
         };
+        // A token file written with `mesh identity token > file` ends with a newline.
+        let token = token.trim_ascii();
         let Some((body, mac)) = token.rsplit_once('.') else {
             return bad("not a v1 token");
         };

@@ -13,6 +13,7 @@ use crate::{
     admin,
     balance::{Balancers, Target, target_for},
     config::{Config, LocalListener},
+    destination::DestinationResolve,
     detect::{self, Protocol},
     drain::{self, Drain},
     http::{self, HttpConn, Route, Shared},
@@ -20,7 +21,7 @@ use crate::{
     io::CountingIo,
     log::LogLevel,
     metrics::{Direction, Metrics, Tls},
-    resolve::{Resolve, StaticResolve},
+    resolve::{Chain, Resolve, StaticResolve},
     tcp::{self, SrcConn},
     tls::{CredsRx, TrustRoots, client_hello, identity_of},
     transport::{self, Accepted},
@@ -81,7 +82,15 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         }
         None => None,
     };
-    let resolve: Arc<dyn Resolve> = Arc::new(StaticResolve::new(&config.outbound.static_endpoints));
+    let statics = StaticResolve::new(&config.outbound.static_endpoints);
+    let resolve: Arc<dyn Resolve> = match &config.destination {
+        Some(d) => {
+            let dst = DestinationResolve::new(d.clone(), creds.clone())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            Arc::new(Chain(statics, dst))
+        }
+        None => Arc::new(statics),
+    };
     let balancers = Arc::new(Balancers::new(resolve, config.outbound.balance));
     tokio::spawn(
         balancers

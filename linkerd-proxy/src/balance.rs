@@ -3,9 +3,10 @@
 //! available.
 //!
 //! Each endpoint keeps a [`Load`]: the requests (or connections) in flight on it and a
-//! round-trip estimate. The estimate jumps to any sample above it (peak) and otherwise moves
-//! towards new samples with a weight that grows with the time since the last one; with no
-//! samples it decays towards zero, so an endpoint that was slow once is tried again later.
+//! round-trip estimate. An endpoint never measured is probed by one request at a time; the
+//! estimate (a default until then) is replaced by the first measured response, then jumps to any sample above it (peak) and otherwise moves towards new samples
+//! with a weight that grows with the time since the last one; with no samples it decays
+//! towards zero, so an endpoint that was slow once is tried again later.
 //! A pick draws two distinct available endpoints at random and takes the one with the lower
 //! `rtt × (in flight + 1)`. An endpoint that fails to connect is left out for an exponential,
 //! jittered backoff.
@@ -74,6 +75,8 @@ struct LoadState {
     stamp: Instant,
     failures: u32,
     down_until: Option<Instant>,
+    /// Whether `rtt_ns` is still the default (no response measured yet).
+    unsampled: bool,
 }
 
 impl Load {
@@ -85,6 +88,7 @@ impl Load {
                 stamp: now,
                 failures: 0,
                 down_until: None,
+                unsampled: true,
             }),
         }
     }
@@ -96,6 +100,16 @@ impl Load {
     /// `rtt × (pending + 1)` with the estimate decayed to `now`.
     fn cost(&self, now: Instant, decay: Duration) -> f64 {
         let mut s = self.lock();
+        if s.unsampled {
+            // Never measured: probe it with one request at a time (free while idle, the
+            // default estimate while a probe is in flight), so a new endpoint is measured soon
+            // without a burst of requests landing on it before anyone knows how fast it is.
+            return if s.pending == 0 {
+                0.0
+            } else {
+                s.rtt_ns * f64::from(s.pending + 1)
+            };
+        }
         s.observe(0.0, now, decay);
         s.rtt_ns * f64::from(s.pending + 1)
     }
@@ -111,6 +125,19 @@ impl Load {
 }
 
 impl LoadState {
+    /// A measured round trip. The first one replaces the default estimate outright, so a
+    /// new endpoint's real latency counts from its first response instead of being averaged
+    /// with a guess for the length of the decay.
+    fn sample(&mut self, sample_ns: f64, now: Instant, decay: Duration) {
+        if self.unsampled {
+            self.unsampled = false;
+            self.rtt_ns = sample_ns;
+            self.stamp = now;
+        } else {
+            self.observe(sample_ns, now, decay);
+        }
+    }
+
     fn observe(&mut self, sample_ns: f64, now: Instant, decay: Duration) {
         if sample_ns > self.rtt_ns {
             self.rtt_ns = sample_ns;
@@ -149,7 +176,7 @@ impl Picked {
         let now = Instant::now();
         let sample = now.saturating_duration_since(self.start).as_nanos() as f64;
         let mut s = self.load.lock();
-        s.observe(sample, now, self.cfg.decay);
+        s.sample(sample, now, self.cfg.decay);
         s.failures = 0;
         s.down_until = None;
     }

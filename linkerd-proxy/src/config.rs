@@ -38,6 +38,10 @@ pub const ENV_INBOUND_FORWARD_ADDR: &str = "MESH_PROXY_INBOUND_FORWARD_ADDR";
 pub const ENV_OUTBOUND_RESPONSE_TIMEOUT: &str = "MESH_PROXY_OUTBOUND_RESPONSE_TIMEOUT";
 pub const ENV_LOCAL_LISTENERS: &str = "MESH_PROXY_LOCAL_LISTENERS";
 pub const ENV_STATIC_ENDPOINTS: &str = "MESH_PROXY_STATIC_ENDPOINTS";
+pub const ENV_DESTINATION_SVC_ADDR: &str = "LINKERD2_PROXY_DESTINATION_SVC_ADDR";
+pub const ENV_DESTINATION_SVC_NAME: &str = "LINKERD2_PROXY_DESTINATION_SVC_NAME";
+pub const ENV_DESTINATION_CONTEXT: &str = "LINKERD2_PROXY_DESTINATION_CONTEXT";
+pub const ENV_DESTINATION_SUFFIXES: &str = "LINKERD2_PROXY_DESTINATION_PROFILE_SUFFIXES";
 pub const ENV_OUTBOUND_FAILFAST_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_HTTP_FAILFAST_TIMEOUT";
 pub const ENV_OUTBOUND_DISCOVERY_IDLE_TIMEOUT: &str =
     "LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT";
@@ -88,6 +92,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// mTLS identity; `None` runs without identity (plaintext between proxies, ready at once).
     pub identity: Option<crate::identity::IdentityConfig>,
+    /// Service discovery; `None` resolves only static names, IPs and DNS.
+    pub destination: Option<crate::destination::DestinationConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -262,8 +268,22 @@ impl Config {
         .unwrap_or(LogFormat::Plain);
 
         let identity = parse_identity(s)?;
+        let destination = parse_destination(s)?;
+        if let Some(d) = &destination
+            && d.svc_name.is_some()
+            && identity.is_none()
+        {
+            return Err(ConfigError {
+                name: ENV_DESTINATION_SVC_NAME,
+                value: d.svc_name.clone().unwrap_or_default(),
+                reason: "talking mTLS to the destination service needs the proxy's identity \
+                         (LINKERD2_PROXY_IDENTITY_*)"
+                    .into(),
+            });
+        }
         let config = Config {
             identity,
+            destination,
             inbound,
             outbound,
             admin,
@@ -472,6 +492,33 @@ fn parse_identity(s: &dyn Strings) -> Result<Option<crate::identity::IdentityCon
         dir: get(ENV_IDENTITY_DIR).map(|d| d.trim().into()),
         min_refresh,
         max_refresh,
+    }))
+}
+
+/// Discovery is on when `LINKERD2_PROXY_DESTINATION_SVC_ADDR` is set.
+fn parse_destination(
+    s: &dyn Strings,
+) -> Result<Option<crate::destination::DestinationConfig>, ConfigError> {
+    let get = |name| s.get(name).filter(|v| !v.trim().is_empty());
+    let Some(addr) = get(ENV_DESTINATION_SVC_ADDR) else {
+        return Ok(None);
+    };
+    let addr = addr.trim().to_string();
+    check_authority(&addr).map_err(|reason| ConfigError {
+        name: ENV_DESTINATION_SVC_ADDR,
+        value: addr.clone(),
+        reason,
+    })?;
+    let suffixes = get(ENV_DESTINATION_SUFFIXES)
+        .unwrap_or_else(|| "svc.cluster.local.".into())
+        .split(',')
+        .map(|x| x.trim().trim_matches('.').to_ascii_lowercase())
+        .collect();
+    Ok(Some(crate::destination::DestinationConfig {
+        svc_addr: addr,
+        svc_name: get(ENV_DESTINATION_SVC_NAME).map(|n| n.trim().to_string()),
+        context: get(ENV_DESTINATION_CONTEXT).unwrap_or_default(),
+        suffixes,
     }))
 }
 

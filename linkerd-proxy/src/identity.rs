@@ -259,11 +259,11 @@ async fn connect(
         .map_err(|e| err(e.to_string()))
 }
 
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
 /// A `tower::Service` from a closure (tonic's connector takes one).
-fn tower_service_fn<F, Fut, R>(f: F) -> ServiceFn<F>
+pub(crate) fn tower_service_fn<F, Fut, R>(f: F) -> ServiceFn<F>
 where
     F: FnMut(http::Uri) -> Fut,
     Fut: std::future::Future<Output = Result<R, std::io::Error>>,
@@ -272,7 +272,7 @@ where
 }
 
 #[derive(Clone)]
-struct ServiceFn<F>(F);
+pub(crate) struct ServiceFn<F>(F);
 
 impl<F, Fut, R> tower_service::Service<http::Uri> for ServiceFn<F>
 where

@@ -10,7 +10,7 @@
 //! ```text
 //! tier 0  io, transport, drain, metrics, log             plumbing, no knowledge of the proxy
 //! tier 1  detect, resolve, balance, tls, tcp, http      one concern each; no config, no app
-//! tier 2  identity                                       the certify client (uses tls, proto)
+//! tier 2  identity, destination                          control-plane clients (use tls, proto)
 //! tier 3  config, admin, app                             the only place everything meets
 //! ```
 
@@ -18,6 +18,7 @@ pub mod admin;
 pub mod app;
 pub mod balance;
 pub mod config;
+pub mod destination;
 pub mod detect;
 pub mod drain;
 pub mod http;

@@ -13,6 +13,7 @@
 //! Every listener binds `127.0.0.1:0`, so tests can run in parallel.
 
 pub mod client;
+pub mod discovery;
 pub mod grpc;
 pub mod metrics;
 pub mod proxy;

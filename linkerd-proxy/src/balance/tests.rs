@@ -236,3 +236,16 @@ async fn target_for_falls_back_when_discovery_does_not_know_the_name() {
         .unwrap_err();
     assert!(matches!(err, ResolveError::NoEndpoints(_)), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_new_endpoint_is_probed_at_once() {
+    let (tx, rx) = watch::channel(ready(&[1, 2]));
+    let b = Balancer::new("svc:80".into(), rx, cfg());
+    run(&b, 200, |_| Duration::from_millis(2)).await;
+    tx.send(ready(&[1, 2, 3])).unwrap();
+    let counts = run(&b, 20, |_| Duration::from_millis(2)).await;
+    assert!(counts.get(&3).copied().unwrap_or(0) >= 1, "{counts:?}");
+    // Measured as fast as the others, it then takes its share.
+    let counts = run(&b, 600, |_| Duration::from_millis(2)).await;
+    assert!(counts[&3] > 100, "{counts:?}");
+}

@@ -44,6 +44,9 @@ pub struct Client {
 struct Inner {
     h1_idle: Mutex<HashMap<Key, Vec<http1::SendRequest<ProxyBody>>>>,
     h2: Mutex<HashMap<Key, http2::SendRequest<ProxyBody>>>,
+    /// One connect at a time per HTTP/2 endpoint: concurrent first requests wait for it and
+    /// share the connection instead of each dialling their own.
+    h2_connecting: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     connect_timeout: Duration,
     max_idle_per_endpoint: usize,
     metrics: Arc<Metrics>,
@@ -76,6 +79,7 @@ impl Client {
             inner: Arc::new(Inner {
                 h1_idle: Mutex::default(),
                 h2: Mutex::default(),
+                h2_connecting: Mutex::default(),
                 connect_timeout,
                 max_idle_per_endpoint,
                 metrics,
@@ -229,13 +233,30 @@ impl Client {
         key: Key,
         req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let existing = lock(&self.inner.h2).get(&key).cloned();
-        let mut sender = match existing {
-            Some(s) if !s.is_closed() => s,
-            _ => {
-                let s = self.connect_h2(&key).await?;
-                lock(&self.inner.h2).insert(key, s.clone());
-                s
+        let open = |inner: &Inner| {
+            lock(&inner.h2)
+                .get(&key)
+                .filter(|s| !s.is_closed())
+                .cloned()
+        };
+        let mut sender = match open(&self.inner) {
+            Some(s) => s,
+            None => {
+                let gate = lock(&self.inner.h2_connecting)
+                    .entry(key.clone())
+                    .or_default()
+                    .clone();
+                let _connecting = gate.lock().await;
+                match open(&self.inner) {
+                    Some(s) => s,
+                    None => {
+                        let res = self.connect_h2(&key).await;
+                        lock(&self.inner.h2_connecting).remove(&key);
+                        let s = res?;
+                        lock(&self.inner.h2).insert(key, s.clone());
+                        s
+                    }
+                }
             }
         };
         sender.ready().await.map_err(ProxyError::Upstream)?;

@@ -200,7 +200,8 @@ impl HttpConn {
         let upgrade = req.version() <= Version::HTTP_11
             && (wants_upgrade(req.headers()) || req.method() == Method::CONNECT);
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let mut proto = if req.version() == Version::HTTP_2 {
+        let downstream_h2 = req.version() == Version::HTTP_2;
+        let mut proto = if downstream_h2 {
             client::Protocol::Http2
         } else {
             client::Protocol::Http1
@@ -238,7 +239,10 @@ impl HttpConn {
             Err(e) => return self.fail(e, grpc, &authority, Some(&stats), start),
         };
 
-        let affine = proto == client::Protocol::Http1 && !upgrade;
+        // Per-connection upstream affinity only when requests arrive one at a time (an HTTP/1
+        // downstream connection); HTTP/2 downstream (e.g. HTTP/1 carried between proxies) has
+        // concurrent requests, which share the pool.
+        let affine = proto == client::Protocol::Http1 && !upgrade && !downstream_h2;
         let ep = target.endpoint();
         let send = async {
             if upgrade {
