@@ -1,5 +1,6 @@
-//! `bench all`: starts the upstream server and the proxy, runs every scenario direct and through
-//! the proxy, and prints one JSON object per line per scenario.
+//! `bench all`: starts the upstream server, the proxy and the mesh (an identity service and two
+//! certified proxies), runs every scenario direct, through the proxy and through the mesh, runs
+//! the Certify benchmark, and prints one JSON object per line per scenario.
 
 use std::{
     collections::BTreeMap,
@@ -18,7 +19,9 @@ use serde_json::{Value, json};
 use tokio::process::Command;
 
 use crate::{
+    certify,
     load::{self, LoadOpts},
+    mesh::{self, Counters, Mesh, MeshOpts, ProxyAddrs, ProxyProc},
     procfs::{self, Guarded, Scratch},
     tools,
 };
@@ -27,6 +30,7 @@ use crate::{
 pub struct AllOpts {
     pub duration: Duration,
     pub proxy_bin: Option<PathBuf>,
+    pub mesh_bin: Option<PathBuf>,
     pub proxy_cores: usize,
     pub server_threads: usize,
     pub body_size: usize,
@@ -37,6 +41,8 @@ pub struct AllOpts {
     /// Open loop: connections of the rate-limited generator.
     pub load_connections: usize,
     pub rates: Vec<u64>,
+    /// Certify requests in flight (`mesh identity bench --concurrency`).
+    pub certify_concurrency: usize,
     /// Run only scenarios whose name starts with one of these.
     pub only: Vec<String>,
     pub proxy_log: Option<PathBuf>,
@@ -58,8 +64,12 @@ enum Kind {
 /// The path under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Via {
+    /// Load generator -> upstream server.
     Direct,
+    /// Load generator -> one proxy (inbound listener, plaintext) -> upstream server.
     Proxy,
+    /// Load generator -> client proxy (outbound) -> mTLS -> server proxy (inbound) -> upstream.
+    Mesh,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -81,9 +91,52 @@ impl Scenario {
         let path = match path {
             Via::Direct => "direct",
             Via::Proxy => "proxy",
+            Via::Mesh => "mesh",
         };
         format!("{proto}_{kind}_{path}")
     }
+}
+
+/// Every HTTP scenario to run, each with its paths in order. A proxied or meshed path brings
+/// its direct baseline along (its ratios are computed against it), selected or not.
+fn plan(opts: &AllOpts) -> Vec<(Scenario, Vec<Via>)> {
+    let mut scenarios = vec![
+        Scenario {
+            proto: Proto::Http1,
+            kind: Kind::Saturation,
+        },
+        Scenario {
+            proto: Proto::Http2,
+            kind: Kind::Saturation,
+        },
+    ];
+    for proto in [Proto::Http1, Proto::Http2] {
+        for &rate in &opts.rates {
+            scenarios.push(Scenario {
+                proto,
+                kind: Kind::Rate(rate),
+            });
+        }
+    }
+    scenarios
+        .into_iter()
+        .filter_map(|sc| {
+            let others: Vec<Via> = [Via::Proxy, Via::Mesh]
+                .into_iter()
+                .filter(|v| selected(opts, &sc.name(*v)))
+                .collect();
+            let mut paths = Vec::new();
+            if selected(opts, &sc.name(Via::Direct)) || !others.is_empty() {
+                paths.push(Via::Direct);
+            }
+            paths.extend(others);
+            (!paths.is_empty()).then_some((sc, paths))
+        })
+        .collect()
+}
+
+fn selected(opts: &AllOpts, name: &str) -> bool {
+    opts.only.is_empty() || opts.only.iter().any(|p| name.starts_with(p.as_str()))
 }
 
 /// One scenario's load-generator result.
@@ -118,7 +171,7 @@ fn emit(fields: &[(&str, Value)]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn round(x: f64, places: i32) -> f64 {
+pub fn round(x: f64, places: i32) -> f64 {
     let f = 10f64.powi(places);
     (x * f).round() / f
 }
@@ -153,10 +206,22 @@ async fn request_once(
     Ok((status, body))
 }
 
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
+/// `GET <path>` answers 200.
+pub async fn expect_ok(addr: SocketAddr, path: &'static str) -> anyhow::Result<()> {
+    match request_once(addr, Method::GET, path).await? {
+        (StatusCode::OK, _) => Ok(()),
+        (s, _) => bail!("{path}: {s}"),
+    }
+}
+
+/// One absolute-form HTTP/1.1 request for `url` through the HTTP proxy at `proxy`.
+async fn request_via_proxy(proxy: SocketAddr, url: &str) -> anyhow::Result<StatusCode> {
+    let target = load::Target::parse(url, Some(proxy)).await?;
+    let mut sender = load::connect_h1(proxy).await?;
+    let rsp = sender.send_request(target.request(false)?).await?;
+    let status = rsp.status();
+    rsp.into_body().collect().await?;
+    Ok(status)
 }
 
 pub async fn run(opts: AllOpts) -> anyhow::Result<()> {
@@ -173,9 +238,33 @@ pub async fn run(opts: AllOpts) -> anyhow::Result<()> {
     }
 }
 
+/// Binaries and directories shared by the parts of a run.
+#[derive(Debug)]
+struct Env {
+    exe: PathBuf,
+    proxy_bin: PathBuf,
+    mesh_bin: PathBuf,
+    scratch: Scratch,
+    proxy_log: PathBuf,
+    log_dir: PathBuf,
+}
+
 async fn run_inner(opts: &AllOpts) -> anyhow::Result<()> {
-    for tool in ["wrk", "h2load"] {
-        if tools::find_on_path(tool).is_none() {
+    let plan = plan(opts);
+    let certify = selected(opts, "certify");
+    if plan.is_empty() && !certify {
+        bail!("no scenario matches --only {}", opts.only.join(","));
+    }
+    let uses = |via: Via| plan.iter().any(|(_, paths)| paths.contains(&via));
+    let saturation = |proto: Proto| {
+        plan.iter()
+            .any(|(sc, _)| sc.proto == proto && sc.kind == Kind::Saturation)
+    };
+    for (tool, needed) in [
+        ("wrk", saturation(Proto::Http1)),
+        ("h2load", saturation(Proto::Http2)),
+    ] {
+        if needed && tools::find_on_path(tool).is_none() {
             bail!("`{tool}` is not on PATH; install it with `apt-get install wrk nghttp2-client`");
         }
     }
@@ -184,10 +273,20 @@ async fn run_inner(opts: &AllOpts) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => exe.with_file_name("linkerd-proxy"),
     };
-    if !proxy_bin.is_file() {
+    if (uses(Via::Proxy) || uses(Via::Mesh)) && !proxy_bin.is_file() {
         bail!(
             "no proxy binary at {}; build it with `cargo build --release -p linkerd-proxy`",
             proxy_bin.display()
+        );
+    }
+    let mesh_bin = match &opts.mesh_bin {
+        Some(p) => p.clone(),
+        None => exe.with_file_name("mesh"),
+    };
+    if (uses(Via::Mesh) || certify) && !mesh_bin.is_file() {
+        bail!(
+            "no mesh binary at {}; build it with `cargo build --release -p mesh`",
+            mesh_bin.display()
         );
     }
     let scratch = Scratch::new()?;
@@ -195,26 +294,171 @@ async fn run_inner(opts: &AllOpts) -> anyhow::Result<()> {
         .proxy_log
         .clone()
         .unwrap_or_else(|| scratch.0.join("proxy.log"));
-    if let Some(dir) = proxy_log.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let pid_file = opts.pid_file.as_deref();
+    let log_dir = proxy_log
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    std::fs::create_dir_all(&log_dir)?;
+    let env = Env {
+        exe,
+        proxy_bin,
+        mesh_bin,
+        scratch,
+        proxy_log,
+        log_dir,
+    };
 
     if let Some(l) = loadavg().filter(|l| *l > 0.7) {
         eprintln!("bench: warning: load average {l:.2}: other work on this machine skews results");
     }
-    let ports = free_ports(4)?;
+    if !plan.is_empty() {
+        run_http(opts, &env, &plan).await?;
+    }
+    if certify {
+        // Last, with every other process of the run gone.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        eprintln!(
+            "bench: certify ({:.0}s) ...",
+            opts.duration.as_secs_f64().ceil()
+        );
+        let fields = certify::run(
+            &env.mesh_bin,
+            opts.duration,
+            opts.certify_concurrency,
+            opts.pid_file.as_deref(),
+        )
+        .await
+        .context("scenario certify")?;
+        let mut row = vec![("scenario", json!("certify"))];
+        row.extend(fields);
+        row.push(("loadavg_1m", json!(loadavg())));
+        emit(&row)?;
+    }
+    Ok(())
+}
+
+/// A proxy under test in one scenario: what to read before and after.
+#[derive(Clone, Copy, Debug)]
+struct Probe {
+    role: &'static str,
+    pid: u32,
+    admin: SocketAddr,
+}
+
+impl Probe {
+    fn of(p: &ProxyProc) -> Self {
+        Self {
+            role: p.role,
+            pid: p.child.pid,
+            admin: p.admin,
+        }
+    }
+}
+
+/// A probe's readings at the start of a scenario.
+#[derive(Debug)]
+struct Before {
+    cpu: f64,
+    counters: Option<Counters>,
+}
+
+/// What one proxy did during a scenario.
+#[derive(Debug)]
+struct ProxyUse {
+    role: &'static str,
+    rss_kb: u64,
+    cpu_s: f64,
+    /// `None` if /metrics could not be read.
+    counters: Option<Counters>,
+}
+
+async fn scrape_counters(admin: SocketAddr) -> Option<Counters> {
+    match request_once(admin, Method::GET, "/metrics").await {
+        Ok((StatusCode::OK, body)) => Some(mesh::parse_counters(&String::from_utf8_lossy(&body))),
+        _ => None,
+    }
+}
+
+/// `identity_certificates_issued_total` from the identity service's admin server.
+async fn identity_issued(admin: SocketAddr) -> Option<u64> {
+    let (status, body) = request_once(admin, Method::GET, "/metrics").await.ok()?;
+    if status != StatusCode::OK {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&body);
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("identity_certificates_issued_total"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() as u64)
+}
+
+/// The processes of an HTTP run.
+#[derive(Debug)]
+struct Procs {
+    server: Guarded,
+    server_addr: SocketAddr,
+    proxy: Option<ProxyProc>,
+    mesh: Option<Mesh>,
+}
+
+impl Procs {
+    /// Every process but the load generator: their CPU is accounted, not "other".
+    fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.server.pid];
+        if let Some(p) = &self.proxy {
+            pids.push(p.child.pid);
+        }
+        if let Some(m) = &self.mesh {
+            pids.extend([m.identity.pid, m.client.child.pid, m.server.child.pid]);
+        }
+        pids
+    }
+
+    fn check_running(&mut self, during: &str) -> anyhow::Result<()> {
+        self.server.check_running()?;
+        let mut proxies: Vec<&mut ProxyProc> = Vec::new();
+        if let Some(p) = &mut self.proxy {
+            proxies.push(p);
+        }
+        if let Some(m) = &mut self.mesh {
+            m.identity.check_running().map_err(|e| {
+                anyhow::anyhow!(
+                    "{e} during {during}\nidentity log:\n{}",
+                    mesh::log_tail(&m.identity_log)
+                )
+            })?;
+            proxies.push(&mut m.client);
+            proxies.push(&mut m.server);
+        }
+        for p in proxies {
+            p.child.check_running().map_err(|e| {
+                anyhow::anyhow!(
+                    "{e} during {during}\n{} log:\n{}",
+                    p.role,
+                    mesh::log_tail(&p.log)
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn cpu_of(pids: &[u32]) -> anyhow::Result<f64> {
+    pids.iter().map(|&p| procfs::cpu_seconds(p)).sum()
+}
+
+async fn run_http(opts: &AllOpts, env: &Env, plan: &[(Scenario, Vec<Via>)]) -> anyhow::Result<()> {
+    let pid_file = opts.pid_file.as_deref();
+    let uses = |via: Via| plan.iter().any(|(_, paths)| paths.contains(&via));
+    let ports = free_ports(12)?;
     let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-    let (server_addr, inbound, outbound, admin) = (
-        loopback(ports[0]),
-        loopback(ports[1]),
-        loopback(ports[2]),
-        loopback(ports[3]),
-    );
+    let server_addr = loopback(ports[0]);
 
     let mut server = Guarded::spawn(
         "upstream server",
-        Command::new(&exe)
+        Command::new(&env.exe)
             .arg("server")
             .arg("--addr")
             .arg(server_addr.to_string())
@@ -232,98 +476,177 @@ async fn run_inner(opts: &AllOpts) -> anyhow::Result<()> {
             .map(|_| ())
     })
     .await?;
+    let mut procs = Procs {
+        server,
+        server_addr,
+        proxy: None,
+        mesh: None,
+    };
+    // Peak RSS per proxy role over the run.
+    let mut peaks: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut hwm_resettable = true;
 
-    let mut cmd = Command::new(&proxy_bin);
-    // Start from a clean slate: the caller's own proxy settings must not leak in.
-    for (k, _) in std::env::vars_os() {
-        if let Some(k) = k.to_str()
-            && (k.starts_with("LINKERD2_PROXY_") || k.starts_with("MESH_PROXY_"))
-        {
-            cmd.env_remove(k);
+    if uses(Via::Proxy) {
+        let addrs = ProxyAddrs {
+            inbound: loopback(ports[1]),
+            outbound: loopback(ports[2]),
+            admin: loopback(ports[3]),
+        };
+        let env_vars = [("MESH_PROXY_INBOUND_FORWARD_ADDR", server_addr.to_string())];
+        let child = Guarded::spawn(
+            "proxy",
+            &mut mesh::proxy_command(
+                &env.proxy_bin,
+                opts.proxy_cores,
+                addrs,
+                &env_vars,
+                &env.proxy_log,
+            )?,
+            pid_file,
+        )?;
+        let mut proxy = ProxyProc {
+            role: "proxy",
+            child,
+            admin: addrs.admin,
+            inbound: addrs.inbound,
+            outbound: addrs.outbound,
+            log: env.proxy_log.clone(),
+            identity: None,
+        };
+        mesh::wait_ready(&mut proxy).await?;
+        // Idle footprint: started, and one request served end to end.
+        match request_once(proxy.inbound, Method::GET, "/").await? {
+            (StatusCode::OK, _) => {}
+            (s, _) => bail!("a request through the proxy failed: {s}"),
         }
+        let pid = proxy.child.pid;
+        let idle_rss = procfs::status_number(pid, "VmRSS")?;
+        let hwm = procfs::status_number(pid, "VmHWM")?;
+        peaks.insert("proxy", hwm);
+        hwm_resettable = procfs::reset_peak_rss(pid);
+        emit(&[
+            ("scenario", json!("proxy_idle")),
+            ("proxy_rss_kb", json!(idle_rss)),
+            ("proxy_hwm_kb", json!(hwm)),
+            ("proxy_cores", json!(opts.proxy_cores)),
+            (
+                "proxy_threads",
+                json!(procfs::status_number(pid, "Threads").ok()),
+            ),
+            (
+                "listener",
+                json!("inbound (MESH_PROXY_INBOUND_FORWARD_ADDR -> upstream server)"),
+            ),
+            ("per_scenario_peak_rss", json!(hwm_resettable)),
+            ("loadavg_1m", json!(loadavg())),
+        ])?;
+        procs.proxy = Some(proxy);
     }
-    let log_file = std::fs::File::create(&proxy_log)
-        .with_context(|| format!("creating {}", proxy_log.display()))?;
-    cmd.env("LINKERD2_PROXY_CORES", opts.proxy_cores.to_string())
-        .env("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", outbound.to_string())
-        .env("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", inbound.to_string())
-        .env("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", admin.to_string())
-        .env("LINKERD2_PROXY_LOG", "warn")
-        .env("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "2s")
-        .env("MESH_PROXY_INBOUND_FORWARD_ADDR", server_addr.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log_file);
-    let mut proxy = Guarded::spawn("proxy", &mut cmd, pid_file)?;
-    let ready = wait_until("the proxy to be ready", &mut proxy, || async {
-        match request_once(admin, Method::GET, "/ready").await? {
-            (StatusCode::OK, _) => Ok(()),
-            (s, _) => bail!("/ready: {s}"),
+
+    if uses(Via::Mesh) {
+        let m = mesh::start(
+            &MeshOpts {
+                mesh_bin: &env.mesh_bin,
+                proxy_bin: &env.proxy_bin,
+                proxy_cores: opts.proxy_cores,
+                upstream: server_addr,
+                scratch: &env.scratch.0,
+                log_dir: &env.log_dir,
+                pid_file,
+            },
+            &ports[4..12],
+        )
+        .await?;
+        procs.mesh = Some(m);
+        let m = procs.mesh.as_ref().context("mesh")?;
+        // One request end to end, and proof that it crossed the mesh over mTLS.
+        let url = format!("http://{}/", mesh::SERVICE);
+        let status = request_via_proxy(m.client.outbound, &url)
+            .await
+            .context("a request through the mesh")?;
+        if status != StatusCode::OK {
+            bail!(
+                "a request through the mesh failed: {status}\nclient proxy log:\n{}\nserver proxy log:\n{}",
+                mesh::log_tail(&m.client.log),
+                mesh::log_tail(&m.server.log)
+            );
         }
-    })
-    .await;
-    if let Err(e) = ready {
-        bail!("{e:#}\nproxy log:\n{}", log_tail(&proxy_log));
-    }
-
-    // Idle footprint: started, and one request served end to end.
-    match request_once(inbound, Method::GET, "/").await? {
-        (StatusCode::OK, _) => {}
-        (s, _) => bail!("a request through the proxy failed: {s}"),
-    }
-    let idle_rss = procfs::status_number(proxy.pid, "VmRSS")?;
-    let mut peak_rss = procfs::status_number(proxy.pid, "VmHWM")?;
-    let hwm_resettable = procfs::reset_peak_rss(proxy.pid);
-    emit(&[
-        ("scenario", json!("proxy_idle")),
-        ("proxy_rss_kb", json!(idle_rss)),
-        ("proxy_hwm_kb", json!(peak_rss)),
-        ("proxy_cores", json!(opts.proxy_cores)),
-        (
-            "proxy_threads",
-            json!(procfs::status_number(proxy.pid, "Threads").ok()),
-        ),
-        (
-            "listener",
-            json!("inbound (MESH_PROXY_INBOUND_FORWARD_ADDR -> upstream server)"),
-        ),
-        ("per_scenario_peak_rss", json!(hwm_resettable)),
-        ("loadavg_1m", json!(loadavg())),
-    ])?;
-
-    let mut scenarios = vec![
-        Scenario {
-            proto: Proto::Http1,
-            kind: Kind::Saturation,
-        },
-        Scenario {
-            proto: Proto::Http2,
-            kind: Kind::Saturation,
-        },
-    ];
-    for proto in [Proto::Http1, Proto::Http2] {
-        for &rate in &opts.rates {
-            scenarios.push(Scenario {
-                proto,
-                kind: Kind::Rate(rate),
-            });
+        let server_counters = scrape_counters(m.server.admin).await;
+        let mtls = server_counters.as_ref().and_then(Counters::mtls_fraction);
+        if mtls != Some(1.0) {
+            eprintln!(
+                "bench: warning: the server proxy saw {mtls:?} of its inbound requests over mTLS"
+            );
         }
+        let mut proxies = serde_json::Map::new();
+        for p in [&m.client, &m.server] {
+            let pid = p.child.pid;
+            let hwm = procfs::status_number(pid, "VmHWM")?;
+            peaks.insert(p.role, hwm);
+            proxies.insert(
+                p.role.to_string(),
+                json!({
+                    "rss_kb": procfs::status_number(pid, "VmRSS")?,
+                    "hwm_kb": hwm,
+                    "threads": procfs::status_number(pid, "Threads").ok(),
+                    "identity": p.identity,
+                    "listener": listener(p.role),
+                }),
+            );
+            hwm_resettable &= procfs::reset_peak_rss(pid);
+        }
+        let rss_max = [&m.client, &m.server]
+            .iter()
+            .filter_map(|p| procfs::status_number(p.child.pid, "VmRSS").ok())
+            .max();
+        emit(&[
+            ("scenario", json!("mesh_idle")),
+            ("proxy_rss_kb", json!(rss_max)),
+            ("proxies", Value::Object(proxies)),
+            (
+                "identity_rss_kb",
+                json!(procfs::status_number(m.identity.pid, "VmRSS").ok()),
+            ),
+            (
+                "identity_certificates_issued",
+                json!(identity_issued(m.identity_admin).await),
+            ),
+            (
+                "certified_in_ms",
+                json!(round(m.certified_in.as_secs_f64() * 1e3, 1)),
+            ),
+            ("mtls_fraction", json!(mtls)),
+            ("service", json!(mesh::SERVICE)),
+            ("proxy_cores", json!(opts.proxy_cores)),
+            ("per_scenario_peak_rss", json!(hwm_resettable)),
+            ("loadavg_1m", json!(loadavg())),
+        ])?;
     }
-    let selected =
-        |name: &str| opts.only.is_empty() || opts.only.iter().any(|p| name.starts_with(p));
 
-    let proxy_cpu_start = procfs::cpu_seconds(proxy.pid)?;
+    let cpu_start: BTreeMap<u32, f64> = procs
+        .pids()
+        .into_iter()
+        .filter_map(|p| Some((p, procfs::cpu_seconds(p).ok()?)))
+        .collect();
     let mut total_errors = 0u64;
-    for sc in scenarios {
+    for (sc, paths) in plan {
         let mut direct: Option<Measured> = None;
-        for path in [Via::Direct, Via::Proxy] {
+        for &path in paths {
             let name = sc.name(path);
-            if !selected(&name) {
-                continue;
-            }
-            let url = match path {
-                Via::Direct => format!("http://{server_addr}/"),
-                Via::Proxy => format!("http://{inbound}/"),
+            let (url, via_proxy, probes) = match path {
+                Via::Direct => (format!("http://{}/", procs.server_addr), None, vec![]),
+                Via::Proxy => {
+                    let p = procs.proxy.as_ref().context("no proxy")?;
+                    (format!("http://{}/", p.inbound), None, vec![Probe::of(p)])
+                }
+                Via::Mesh => {
+                    let m = procs.mesh.as_ref().context("no mesh")?;
+                    (
+                        format!("http://{}/", mesh::SERVICE),
+                        Some(m.client.outbound),
+                        vec![Probe::of(&m.client), Probe::of(&m.server)],
+                    )
+                }
             };
             // Let sockets from the previous run close and the machine go quiet.
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -331,29 +654,46 @@ async fn run_inner(opts: &AllOpts) -> anyhow::Result<()> {
                 "bench: {name} ({:.0}s) ...",
                 opts.duration.as_secs_f64().ceil()
             );
-            if path == Via::Proxy && hwm_resettable {
-                procfs::reset_peak_rss(proxy.pid);
+            let mut before = Vec::new();
+            for p in &probes {
+                if hwm_resettable {
+                    procfs::reset_peak_rss(p.pid);
+                }
+                before.push(Before {
+                    counters: scrape_counters(p.admin).await,
+                    cpu: procfs::cpu_seconds(p.pid)?,
+                });
             }
-            let failures0 = match path {
-                Via::Proxy => scrape_failures(admin).await,
-                Via::Direct => None,
-            };
-            let proxy_cpu0 = procfs::cpu_seconds(proxy.pid)?;
-            let server_cpu0 = procfs::cpu_seconds(server.pid)?;
+            let pids = procs.pids();
+            let background_cpu0 = cpu_of(&pids)?;
+            let server_cpu0 = procfs::cpu_seconds(procs.server.pid)?;
             let load_cpu0 = procfs::self_and_children_cpu_seconds()?;
             let machine0 = procfs::machine_busy_seconds()?;
             let started = Instant::now();
-            let m = measure(opts, sc, &url, &scratch.0, pid_file).await;
+            let m = measure(opts, *sc, &url, via_proxy, &env.scratch.0, pid_file).await;
             let wall = started.elapsed().as_secs_f64();
-            proxy.check_running().map_err(|e| {
-                anyhow::anyhow!("{e} during {name}\nproxy log:\n{}", log_tail(&proxy_log))
-            })?;
-            server.check_running()?;
+            procs.check_running(&name)?;
             let m = m.with_context(|| format!("scenario {name}"))?;
-            let server_cpu = procfs::cpu_seconds(server.pid)? - server_cpu0;
+            let server_cpu = procfs::cpu_seconds(procs.server.pid)? - server_cpu0;
             let load_cpu = procfs::self_and_children_cpu_seconds()? - load_cpu0;
             let machine = procfs::machine_busy_seconds()? - machine0;
-            let proxy_cpu = procfs::cpu_seconds(proxy.pid)? - proxy_cpu0;
+            let background_cpu = cpu_of(&pids)? - background_cpu0;
+            let mut used = Vec::new();
+            for (p, b) in probes.iter().zip(before) {
+                let after = scrape_counters(p.admin).await;
+                let rss_kb = procfs::status_number(p.pid, "VmHWM")?;
+                let peak = peaks.entry(p.role).or_default();
+                *peak = (*peak).max(rss_kb);
+                used.push(ProxyUse {
+                    role: p.role,
+                    rss_kb,
+                    cpu_s: procfs::cpu_seconds(p.pid)? - b.cpu,
+                    counters: match (b.counters, after) {
+                        (Some(b), Some(a)) => Some(a.since(&b)),
+                        _ => None,
+                    },
+                });
+            }
             total_errors += m.errors;
 
             let mut fields: Vec<(&str, Value)> = vec![
@@ -366,41 +706,18 @@ async fn run_inner(opts: &AllOpts) -> anyhow::Result<()> {
                 ("requests", json!(m.requests)),
                 ("errors", json!(m.errors)),
             ];
-            match path {
-                Via::Direct => {
-                    fields.push(("proxy_rss_kb", Value::Null));
-                    fields.push(("proxy_cpu_s", Value::Null));
-                }
-                Via::Proxy => {
-                    let rss = procfs::status_number(proxy.pid, "VmHWM")?;
-                    peak_rss = peak_rss.max(rss);
-                    let cpu = proxy_cpu;
-                    fields.push(("proxy_rss_kb", json!(rss)));
-                    fields.push(("proxy_cpu_s", json!(round(cpu, 2))));
-                    if m.requests > 0 {
-                        fields.push((
-                            "proxy_cpu_us_per_req",
-                            json!(round(cpu * 1e6 / m.requests as f64, 2)),
-                        ));
-                    }
-                    if let Some(d) = &direct {
-                        let ratio = if d.rps > 0.0 { m.rps / d.rps } else { 0.0 };
-                        fields.push(("ratio_rps", json!(round(ratio, 3))));
-                        fields.push(("added_p50_us", json!(m.p50 as i64 - d.p50 as i64)));
-                        fields.push(("added_p99_us", json!(m.p99 as i64 - d.p99 as i64)));
-                    }
-                    if let (Some(f0), Some(f1)) = (&failures0, scrape_failures(admin).await) {
-                        fields.push(("proxy_failed_responses", json!(delta(f0, &f1))));
-                    }
-                    fields.push(("listener", json!("inbound")));
-                }
+            if path == Via::Direct {
+                fields.push(("proxy_rss_kb", Value::Null));
+                fields.push(("proxy_cpu_s", Value::Null));
+            } else {
+                proxied_fields(&mut fields, path, &m, direct.as_ref(), &used);
             }
             fields.push(("server_cpu_s", json!(round(server_cpu, 2))));
             fields.push(("loadgen_cpu_s", json!(round(load_cpu, 2))));
-            // Busy CPU not accounted to the processes above: other work on the machine (and
-            // some interrupt time). Large values mean the numbers are not trustworthy.
-            let ours = server_cpu + load_cpu + proxy_cpu;
-            let other = (machine - ours).max(0.0);
+            // Busy CPU not accounted to our processes (server, proxies, identity service, load
+            // generator): other work on the machine (and some interrupt time). Large values
+            // mean the numbers are not trustworthy.
+            let other = (machine - background_cpu - load_cpu).max(0.0);
             fields.push(("other_cpu_s", json!(round(other, 2))));
             // More than a tenth of a core on average went to something else.
             fields.push(("disturbed", json!(other > 0.1 * wall)));
@@ -413,91 +730,204 @@ async fn run_inner(opts: &AllOpts) -> anyhow::Result<()> {
         }
     }
 
-    // The end state, then a graceful shutdown through the admin server.
-    let end_rss = procfs::status_number(proxy.pid, "VmRSS")?;
-    let end_hwm = procfs::status_number(proxy.pid, "VmHWM")?;
-    peak_rss = peak_rss.max(end_hwm);
-    let proxy_cpu_total = procfs::cpu_seconds(proxy.pid)? - proxy_cpu_start;
-    let failures = scrape_failures(admin)
-        .await
-        .map_or(Value::Null, |f| json!(f));
-    let shutdown = request_once(admin, Method::POST, "/shutdown").await;
-    let proxy_exit = match shutdown {
-        Ok((StatusCode::OK, _)) => proxy.wait_or_kill(Duration::from_secs(5)).await,
-        Ok((s, _)) => format!("/shutdown answered {s}; {}", kill(&mut proxy).await),
-        Err(e) => format!("/shutdown failed: {e:#}; {}", kill(&mut proxy).await),
-    };
-    let log_lines = std::fs::read_to_string(&proxy_log)
-        .map(|t| t.lines().count())
-        .unwrap_or(0);
-    emit(&[
-        ("scenario", json!("proxy_rss_end")),
-        ("proxy_rss_end_kb", json!(end_rss)),
-        ("proxy_hwm_end_kb", json!(end_hwm)),
-        ("proxy_peak_rss_kb", json!(peak_rss)),
-        ("proxy_cpu_total_s", json!(round(proxy_cpu_total, 2))),
-        ("proxy_failed_responses", failures),
-        ("proxy_log_lines", json!(log_lines)),
-        ("proxy_exit", json!(proxy_exit)),
-        ("load_errors", json!(total_errors)),
-        ("loadavg_1m", json!(loadavg())),
-    ])?;
-    drop(server);
+    // The end state, then a graceful shutdown through the admin servers.
+    if let Some(mut proxy) = procs.proxy.take() {
+        let pid = proxy.child.pid;
+        let end_rss = procfs::status_number(pid, "VmRSS")?;
+        let end_hwm = procfs::status_number(pid, "VmHWM")?;
+        let peak = peaks.get("proxy").copied().unwrap_or(0).max(end_hwm);
+        let cpu_total = procfs::cpu_seconds(pid)? - cpu_start.get(&pid).copied().unwrap_or(0.0);
+        let failures = scrape_counters(proxy.admin)
+            .await
+            .map_or(Value::Null, |c| json!(c.failures));
+        let proxy_exit = shutdown(&mut proxy).await;
+        emit(&[
+            ("scenario", json!("proxy_rss_end")),
+            ("proxy_rss_end_kb", json!(end_rss)),
+            ("proxy_hwm_end_kb", json!(end_hwm)),
+            ("proxy_peak_rss_kb", json!(peak)),
+            ("proxy_cpu_total_s", json!(round(cpu_total, 2))),
+            ("proxy_failed_responses", failures),
+            ("proxy_log_lines", json!(log_lines(&proxy.log))),
+            ("proxy_exit", json!(proxy_exit)),
+            ("load_errors", json!(total_errors)),
+            ("loadavg_1m", json!(loadavg())),
+        ])?;
+    }
+    if let Some(mut m) = procs.mesh.take() {
+        let mut proxies = serde_json::Map::new();
+        let mut rss_max = 0;
+        let mut peak_max = 0;
+        let mut failures_total = 0;
+        let mut log_total = 0;
+        let mut exits = Vec::new();
+        let identity_rss = procfs::status_number(m.identity.pid, "VmRSS").ok();
+        // Ask both to drain at once, then collect.
+        for p in [&m.client, &m.server] {
+            let pid = p.child.pid;
+            let end_rss = procfs::status_number(pid, "VmRSS")?;
+            let end_hwm = procfs::status_number(pid, "VmHWM")?;
+            let peak = peaks.get(p.role).copied().unwrap_or(0).max(end_hwm);
+            let cpu_total = procfs::cpu_seconds(pid)? - cpu_start.get(&pid).copied().unwrap_or(0.0);
+            let failures = scrape_counters(p.admin).await.map(|c| c.failures);
+            failures_total += failures.iter().flat_map(|f| f.values()).sum::<u64>();
+            rss_max = rss_max.max(end_rss);
+            peak_max = peak_max.max(peak);
+            let lines = log_lines(&p.log);
+            log_total += lines;
+            proxies.insert(
+                p.role.to_string(),
+                json!({
+                    "rss_end_kb": end_rss,
+                    "hwm_end_kb": end_hwm,
+                    "peak_rss_kb": peak,
+                    "cpu_total_s": round(cpu_total, 2),
+                    "failed_responses": failures,
+                    "log_lines": lines,
+                    "log": p.log.display().to_string(),
+                }),
+            );
+        }
+        for p in [&mut m.client, &mut m.server] {
+            let exit = shutdown(p).await;
+            if let Some(Value::Object(o)) = proxies.get_mut(p.role) {
+                o.insert("exit".into(), json!(exit));
+            }
+            exits.push(exit);
+        }
+        let clean = exits.iter().all(|e| e == "exit status: 0");
+        let identity_log_lines = log_lines(&m.identity_log);
+        let _ = kill(&mut m.identity).await;
+        emit(&[
+            ("scenario", json!("mesh_end")),
+            ("proxy_rss_end_kb", json!(rss_max)),
+            ("proxy_peak_rss_kb", json!(peak_max)),
+            ("proxies", Value::Object(proxies)),
+            ("proxy_failed_responses_total", json!(failures_total)),
+            ("proxy_log_lines", json!(log_total)),
+            ("proxies_exit_clean", json!(clean)),
+            ("identity_rss_kb", json!(identity_rss)),
+            ("identity_log_lines", json!(identity_log_lines)),
+            ("load_errors", json!(total_errors)),
+            ("loadavg_1m", json!(loadavg())),
+        ])?;
+    }
     Ok(())
+}
+
+/// The fields of a proxied or meshed row: the proxies' cost and the comparison with direct.
+fn proxied_fields(
+    fields: &mut Vec<(&str, Value)>,
+    path: Via,
+    m: &Measured,
+    direct: Option<&Measured>,
+    used: &[ProxyUse],
+) {
+    // With two proxies: the larger peak (each is a separate sidecar), the summed CPU.
+    let rss = used.iter().map(|u| u.rss_kb).max().unwrap_or(0);
+    let cpu: f64 = used.iter().map(|u| u.cpu_s).sum();
+    fields.push(("proxy_rss_kb", json!(rss)));
+    fields.push(("proxy_cpu_s", json!(round(cpu, 2))));
+    if m.requests > 0 {
+        fields.push((
+            "proxy_cpu_us_per_req",
+            json!(round(cpu * 1e6 / m.requests as f64, 2)),
+        ));
+    }
+    if let Some(d) = direct {
+        let ratio = if d.rps > 0.0 { m.rps / d.rps } else { 0.0 };
+        fields.push(("ratio_rps", json!(round(ratio, 3))));
+        fields.push(("added_p50_us", json!(m.p50 as i64 - d.p50 as i64)));
+        fields.push(("added_p99_us", json!(m.p99 as i64 - d.p99 as i64)));
+    }
+    let counters: Option<Vec<&Counters>> = used.iter().map(|u| u.counters.as_ref()).collect();
+    if let Some(cs) = &counters {
+        let mut failed: BTreeMap<String, u64> = BTreeMap::new();
+        for c in cs {
+            for (k, v) in &c.failures {
+                *failed.entry(k.clone()).or_default() += v;
+            }
+        }
+        fields.push(("proxy_failed_responses", json!(failed)));
+        fields.push((
+            "proxy_tcp_connects",
+            json!(cs.iter().map(|c| c.tcp_connects).sum::<u64>()),
+        ));
+    }
+    match path {
+        Via::Proxy | Via::Direct => fields.push(("listener", json!("inbound"))),
+        Via::Mesh => {
+            let server = used.iter().find(|u| u.role == "server");
+            let server_counters = server.and_then(|u| u.counters.as_ref());
+            fields.push((
+                "mtls_fraction",
+                json!(server_counters.and_then(Counters::mtls_fraction)),
+            ));
+            fields.push((
+                "mtls_client_ids",
+                json!(server_counters.map(|c| &c.inbound_client_ids)),
+            ));
+            if server_counters.and_then(Counters::mtls_fraction) != Some(1.0) {
+                eprintln!("bench: warning: not all of the mesh traffic went over mTLS");
+            }
+            let mut proxies = serde_json::Map::new();
+            for u in used {
+                let mut o = serde_json::Map::new();
+                o.insert("rss_kb".into(), json!(u.rss_kb));
+                o.insert("cpu_s".into(), json!(round(u.cpu_s, 2)));
+                if let Some(c) = &u.counters {
+                    o.insert("failed_responses".into(), json!(c.failures));
+                    // Connections the proxy opened: to the server proxy (client), to the
+                    // upstream server (server).
+                    o.insert("tcp_connects".into(), json!(c.tcp_connects));
+                    match u.role {
+                        "client" => {
+                            o.insert("outbound_requests".into(), json!(c.outbound_requests));
+                            o.insert("mtls_server_ids".into(), json!(c.outbound_server_ids));
+                        }
+                        _ => {
+                            o.insert("inbound_requests".into(), json!(c.inbound_requests));
+                            o.insert("mtls_fraction".into(), json!(c.mtls_fraction()));
+                        }
+                    }
+                }
+                o.insert("listener".into(), json!(listener(u.role)));
+                proxies.insert(u.role.to_string(), Value::Object(o));
+            }
+            fields.push(("proxies", Value::Object(proxies)));
+            fields.push((
+                "listener",
+                json!("outbound (HTTP proxy) -> mTLS, HTTP/2 -> inbound"),
+            ));
+        }
+    }
+}
+
+fn listener(role: &str) -> &'static str {
+    match role {
+        "client" => "outbound (HTTP proxy, absolute-form / :authority)",
+        "server" => "inbound (mTLS, MESH_PROXY_INBOUND_FORWARD_ADDR -> upstream server)",
+        _ => "inbound (MESH_PROXY_INBOUND_FORWARD_ADDR -> upstream server)",
+    }
+}
+
+fn log_lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// `POST /shutdown`, then how the proxy ended (`exit status: 0` is a clean drain).
+async fn shutdown(p: &mut ProxyProc) -> String {
+    match request_once(p.admin, Method::POST, "/shutdown").await {
+        Ok((StatusCode::OK, _)) => p.child.wait_or_kill(Duration::from_secs(5)).await,
+        Ok((s, _)) => format!("/shutdown answered {s}; {}", kill(&mut p.child).await),
+        Err(e) => format!("/shutdown failed: {e:#}; {}", kill(&mut p.child).await),
+    }
 }
 
 async fn kill(child: &mut Guarded) -> String {
     child.wait_or_kill(Duration::ZERO).await
-}
-
-/// `response_total{...classification="failure"...}` from the proxy's metrics, summed by
-/// `status_code` and `error` label, e.g. `{"502 connect": 2}`.
-fn failed_responses(metrics: &str) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for line in metrics.lines() {
-        let Some(rest) = line.strip_prefix("response_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        if !labels.contains("classification=\"failure\"") {
-            continue;
-        }
-        let label = |name: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix("=\""))
-                .map_or("", |v| v.trim_end_matches('"'))
-        };
-        let key = format!("{} {}", label("status_code"), label("error"))
-            .trim()
-            .to_string();
-        *out.entry(key).or_insert(0) += value.trim().parse::<f64>().unwrap_or(0.0) as u64;
-    }
-    out
-}
-
-/// The proxy's failed responses so far, by status and error; `None` if /metrics fails.
-async fn scrape_failures(admin: SocketAddr) -> Option<BTreeMap<String, u64>> {
-    match request_once(admin, Method::GET, "/metrics").await {
-        Ok((StatusCode::OK, body)) => Some(failed_responses(&String::from_utf8_lossy(&body))),
-        _ => None,
-    }
-}
-
-/// `after - before`, key by key, leaving out zeros.
-fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
-    after
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
-            )
-        })
-        .filter(|(_, v)| *v > 0)
-        .collect()
 }
 
 /// The 1-minute load average: other work on the machine skews every number.
@@ -511,7 +941,7 @@ fn loadavg() -> Option<f64> {
 }
 
 /// Retries `probe` every 20 ms for up to 10 s, failing early if `child` exits.
-async fn wait_until<F, Fut>(what: &str, child: &mut Guarded, mut probe: F) -> anyhow::Result<()>
+pub async fn wait_until<F, Fut>(what: &str, child: &mut Guarded, mut probe: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
@@ -533,6 +963,7 @@ async fn measure(
     opts: &AllOpts,
     sc: Scenario,
     url: &str,
+    proxy: Option<SocketAddr>,
     scratch: &Path,
     pid_file: Option<&Path>,
 ) -> anyhow::Result<Measured> {
@@ -540,13 +971,22 @@ async fn measure(
         Kind::Saturation => {
             let (s, tool, conc) = match sc.proto {
                 Proto::Http1 => (
-                    tools::wrk(url, opts.connections, opts.duration, scratch, pid_file).await?,
+                    tools::wrk(
+                        url,
+                        proxy,
+                        opts.connections,
+                        opts.duration,
+                        scratch,
+                        pid_file,
+                    )
+                    .await?,
                     "wrk -t1",
                     opts.connections,
                 ),
                 Proto::Http2 => (
                     tools::h2load(
                         url,
+                        proxy,
                         opts.connections,
                         opts.h2_streams,
                         opts.duration,
@@ -580,6 +1020,7 @@ async fn measure(
                 duration: opts.duration,
                 connections: opts.load_connections,
                 http2: sc.proto == Proto::Http2,
+                proxy,
                 timeout: Duration::from_secs(10),
             })
             .await?;
@@ -612,16 +1053,29 @@ async fn measure(
 mod tests {
     use super::*;
 
-    #[test]
-    fn sums_failed_responses() {
-        let m = "# HELP response_total x\n\
-                 response_total{direction=\"inbound\",status_code=\"200\",classification=\"success\"} 10\n\
-                 response_total{direction=\"inbound\",status_code=\"502\",classification=\"failure\",error=\"connect\"} 2\n\
-                 response_total{direction=\"outbound\",status_code=\"504\",classification=\"failure\"} 1\n";
-        let f = failed_responses(m);
-        assert_eq!(f.get("502 connect"), Some(&2));
-        assert_eq!(f.get("504"), Some(&1));
-        assert_eq!(f.len(), 2);
+    fn opts(only: &[&str]) -> AllOpts {
+        AllOpts {
+            duration: Duration::from_secs(1),
+            proxy_bin: None,
+            mesh_bin: None,
+            proxy_cores: 1,
+            server_threads: 1,
+            body_size: 64,
+            connections: 10,
+            h2_streams: 10,
+            load_connections: 16,
+            rates: vec![1000, 5000],
+            certify_concurrency: 4,
+            only: only.iter().map(|s| s.to_string()).collect(),
+            proxy_log: None,
+            pid_file: None,
+        }
+    }
+
+    fn names(plan: &[(Scenario, Vec<Via>)]) -> Vec<String> {
+        plan.iter()
+            .flat_map(|(sc, paths)| paths.iter().map(|p| sc.name(*p)))
+            .collect()
     }
 
     #[test]
@@ -631,10 +1085,34 @@ mod tests {
             kind: Kind::Rate(1000),
         };
         assert_eq!(sc.name(Via::Proxy), "http1_rate1000_proxy");
+        assert_eq!(sc.name(Via::Mesh), "http1_rate1000_mesh");
         let sc = Scenario {
             proto: Proto::Http2,
             kind: Kind::Saturation,
         };
         assert_eq!(sc.name(Via::Direct), "http2_saturation_direct");
+    }
+
+    #[test]
+    fn plan_brings_the_direct_baseline() {
+        let p = plan(&opts(&["http1_saturation_mesh"]));
+        assert_eq!(
+            names(&p),
+            ["http1_saturation_direct", "http1_saturation_mesh"]
+        );
+        let p = plan(&opts(&["http2_rate1000"]));
+        assert_eq!(
+            names(&p),
+            [
+                "http2_rate1000_direct",
+                "http2_rate1000_proxy",
+                "http2_rate1000_mesh"
+            ]
+        );
+        let p = plan(&opts(&["http1_rate5000_direct"]));
+        assert_eq!(names(&p), ["http1_rate5000_direct"]);
+        assert!(plan(&opts(&["certify"])).is_empty());
+        assert_eq!(plan(&opts(&[])).len(), 6);
+        assert_eq!(names(&plan(&opts(&[]))).len(), 18);
     }
 }

@@ -9,6 +9,11 @@
 //! HTTP/1.1: `connections` workers share one queue of due requests; an idle worker takes the
 //! next one, so one slow connection does not hold up the timetable. HTTP/2: requests are spread
 //! round-robin over `connections` multiplexed connections, each request its own task.
+//!
+//! With `proxy`, connections go to that address (an HTTP proxy, e.g. a sidecar's outbound
+//! listener) instead of the URL's host, which is not resolved: HTTP/1.1 requests are sent in
+//! absolute form (`GET http://svc.bench:80/ HTTP/1.1`, plus `Host`), HTTP/2 requests carry the
+//! URL's authority in `:authority`, which is what the proxy routes on.
 
 use std::{
     net::SocketAddr,
@@ -37,6 +42,8 @@ pub struct LoadOpts {
     pub duration: Duration,
     pub connections: usize,
     pub http2: bool,
+    /// Send every request to this HTTP proxy instead of the URL's host (see the module docs).
+    pub proxy: Option<SocketAddr>,
     /// A request not answered this long after its due time counts as a timeout.
     pub timeout: Duration,
 }
@@ -62,13 +69,17 @@ pub struct LoadReport {
 /// Where to send requests, parsed from an `http://host:port/path` URL.
 #[derive(Debug)]
 pub struct Target {
+    /// Where connections go: the URL's host, or the HTTP proxy.
     pub addr: SocketAddr,
     authority: http::uri::Authority,
     path: http::uri::PathAndQuery,
+    /// HTTP/1.1 requests go out in absolute form (to an HTTP proxy).
+    absolute_form: bool,
 }
 
 impl Target {
-    pub async fn parse(url: &str) -> anyhow::Result<Self> {
+    /// `proxy`: connect there and name the URL's host only in the requests.
+    pub async fn parse(url: &str, proxy: Option<SocketAddr>) -> anyhow::Result<Self> {
         let uri: Uri = url
             .parse()
             .with_context(|| format!("invalid URL {url:?}"))?;
@@ -79,11 +90,14 @@ impl Target {
             bail!("URL {url:?} has no host");
         };
         let port = authority.port_u16().unwrap_or(80);
-        let addr = tokio::net::lookup_host((authority.host(), port))
-            .await
-            .with_context(|| format!("resolving {authority}"))?
-            .next()
-            .with_context(|| format!("{authority} resolves to no address"))?;
+        let addr = match proxy {
+            Some(p) => p,
+            None => tokio::net::lookup_host((authority.host(), port))
+                .await
+                .with_context(|| format!("resolving {authority}"))?
+                .next()
+                .with_context(|| format!("{authority} resolves to no address"))?,
+        };
         let path = uri
             .path_and_query()
             .cloned()
@@ -92,19 +106,29 @@ impl Target {
             addr,
             authority,
             path,
+            absolute_form: proxy.is_some(),
         })
     }
 
-    /// A GET in the form each protocol wants: origin-form with `Host` for HTTP/1.1, an absolute
-    /// URI (`:scheme` and `:authority`) for HTTP/2.
+    fn absolute_uri(&self) -> anyhow::Result<Uri> {
+        Ok(Uri::builder()
+            .scheme("http")
+            .authority(self.authority.clone())
+            .path_and_query(self.path.clone())
+            .build()?)
+    }
+
+    /// A GET in the form each protocol wants: origin-form with `Host` for HTTP/1.1 (absolute
+    /// form, plus `Host`, to an HTTP proxy), an absolute URI (`:scheme` and `:authority`) for
+    /// HTTP/2.
     pub fn request(&self, http2: bool) -> anyhow::Result<Request<Empty<Bytes>>> {
         let req = if http2 {
-            let uri = Uri::builder()
-                .scheme("http")
-                .authority(self.authority.clone())
-                .path_and_query(self.path.clone())
-                .build()?;
-            Request::get(uri).body(Empty::new())?
+            Request::get(self.absolute_uri()?).body(Empty::new())?
+        } else if self.absolute_form {
+            // hyper writes an absolute URI as is: `GET http://host:port/path HTTP/1.1`.
+            Request::get(self.absolute_uri()?)
+                .header(header::HOST, self.authority.as_str())
+                .body(Empty::new())?
         } else {
             Request::get(self.path.as_str())
                 .header(header::HOST, self.authority.as_str())
@@ -289,7 +313,7 @@ pub async fn run(opts: &LoadOpts) -> anyhow::Result<LoadReport> {
     if opts.rate == 0 || opts.connections == 0 {
         bail!("--rate and --connections must be at least 1");
     }
-    let target = Arc::new(Target::parse(&opts.url).await?);
+    let target = Arc::new(Target::parse(&opts.url, opts.proxy).await?);
     let total = (opts.rate as f64 * opts.duration.as_secs_f64()).round() as u64;
     let (tx, rx) = mpsc::unbounded_channel::<Instant>();
 

@@ -1,11 +1,14 @@
-//! `bench`: direct vs proxied HTTP on loopback, closed loop (wrk, h2load) and open loop (a
-//! fixed request rate, latency measured from each request's due time). See `bench/README.md`.
+//! `bench`: direct vs proxied vs meshed (two proxies, mTLS between them) HTTP on loopback,
+//! closed loop (wrk, h2load) and open loop (a fixed request rate, latency measured from each
+//! request's due time), plus the identity service's Certify throughput. See `bench/README.md`.
 //!
 //! Subcommands: `all` runs everything; `server` is the upstream; `load` is the open-loop
 //! generator on its own.
 
 mod all;
+mod certify;
 mod load;
+mod mesh;
 mod procfs;
 mod server;
 mod stats;
@@ -20,7 +23,7 @@ use serde_json::json;
 #[derive(Debug, Parser)]
 #[command(
     name = "bench",
-    about = "Direct vs proxied HTTP benchmarks on loopback"
+    about = "Direct vs proxied vs meshed HTTP benchmarks on loopback, and Certify throughput"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -29,7 +32,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Run every scenario, direct and through the proxy; one JSON object per line.
+    /// Run every scenario, direct, through the proxy and through the mesh, and the Certify
+    /// benchmark; one JSON object per line.
     All {
         /// Seconds per scenario.
         #[arg(long, default_value_t = 10.0)]
@@ -37,7 +41,11 @@ enum Cmd {
         /// The proxy binary [default: linkerd-proxy next to this binary].
         #[arg(long)]
         proxy_bin: Option<PathBuf>,
-        /// LINKERD2_PROXY_CORES for the proxy.
+        /// The mesh binary, for the identity service and `certify` [default: mesh next to this
+        /// binary].
+        #[arg(long)]
+        mesh_bin: Option<PathBuf>,
+        /// LINKERD2_PROXY_CORES for every proxy.
         #[arg(long, default_value_t = 1)]
         proxy_cores: usize,
         /// Runtime worker threads of the upstream server.
@@ -58,10 +66,15 @@ enum Cmd {
         /// Request rates for the open-loop runs.
         #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
         rates: Vec<u64>,
-        /// Only scenarios whose name starts with one of these, e.g. `http1_rate,http2_saturation`.
+        /// Certify requests in flight for `certify` (`mesh identity bench --concurrency`).
+        #[arg(long, default_value_t = 4)]
+        certify_concurrency: usize,
+        /// Only scenarios whose name starts with one of these, e.g. `http1_rate,certify`. A
+        /// `_proxy` or `_mesh` scenario always brings its `_direct` baseline along.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
-        /// Where to write the proxy's stderr [default: a temporary file].
+        /// Where to write the proxy's stderr [default: a temporary file]. The mesh's logs
+        /// (`identity.log`, `mesh-client-proxy.log`, `mesh-server-proxy.log`) go next to it.
         #[arg(long)]
         proxy_log: Option<PathBuf>,
         /// Append the pid of every child process to this file (for cleanup by `bench/run`).
@@ -92,6 +105,11 @@ enum Cmd {
         /// HTTP/2 prior knowledge instead of HTTP/1.1.
         #[arg(long)]
         http2: bool,
+        /// Connect to this HTTP proxy (ip:port, e.g. a sidecar's outbound listener) instead of
+        /// the URL's host: HTTP/1.1 requests go in absolute form, HTTP/2 requests carry the
+        /// URL's authority in `:authority`. The URL's host is not resolved.
+        #[arg(long)]
+        proxy: Option<SocketAddr>,
         /// Seconds after its due time at which a request counts as timed out.
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
@@ -117,6 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::All {
             duration,
             proxy_bin,
+            mesh_bin,
             proxy_cores,
             server_threads,
             body_size,
@@ -124,6 +143,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             h2_streams,
             load_connections,
             rates,
+            certify_concurrency,
             only,
             proxy_log,
             pid_file,
@@ -131,6 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = all::AllOpts {
                 duration: seconds(duration, "duration")?,
                 proxy_bin,
+                mesh_bin,
                 proxy_cores,
                 server_threads,
                 body_size,
@@ -138,6 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 h2_streams,
                 load_connections,
                 rates,
+                certify_concurrency,
                 only,
                 proxy_log,
                 pid_file,
@@ -159,6 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             duration,
             connections,
             http2,
+            proxy,
             timeout,
         } => {
             let opts = load::LoadOpts {
@@ -167,6 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 duration: seconds(duration, "duration")?,
                 connections,
                 http2,
+                proxy,
                 timeout: seconds(timeout, "timeout")?,
             };
             let r = current_thread_runtime()?.block_on(load::run(&opts))?;
@@ -176,6 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 json!({
                     "url": opts.url,
                     "http2": opts.http2,
+                    "proxy": opts.proxy.map(|p| p.to_string()),
                     "target_rps": opts.rate,
                     "rps": (r.rps * 10.0).round() / 10.0,
                     "p50_us": lat.p50,

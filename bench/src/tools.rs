@@ -2,6 +2,7 @@
 //! their output.
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
@@ -42,12 +43,43 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Where a closed-loop tool connects, and how it names the target when that is an HTTP proxy.
+#[derive(Debug, PartialEq)]
+struct Via {
+    /// The URL given to the tool: where it connects.
+    connect: String,
+    /// With a proxy: the absolute URL (request target) and the authority (`Host`,
+    /// `:authority`) to send.
+    proxied: Option<(String, String)>,
+}
+
+fn via(url: &str, proxy: Option<SocketAddr>) -> anyhow::Result<Via> {
+    let Some(proxy) = proxy else {
+        return Ok(Via {
+            connect: url.to_string(),
+            proxied: None,
+        });
+    };
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("invalid URL {url:?}"))?;
+    let authority = uri
+        .authority()
+        .with_context(|| format!("URL {url:?} has no host"))?
+        .to_string();
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    Ok(Via {
+        connect: format!("http://{proxy}{path}"),
+        proxied: Some((url.to_string(), authority)),
+    })
+}
+
 /// Whole seconds for tools that take no fractions; at least 1.
-fn whole_secs(d: Duration) -> u64 {
+pub fn whole_secs(d: Duration) -> u64 {
     d.as_secs_f64().ceil().max(1.0) as u64
 }
 
-async fn run_tool(
+pub async fn run_tool(
     name: &'static str,
     cmd: &mut Command,
     limit: Duration,
@@ -73,16 +105,36 @@ async fn run_tool(
     Ok(stdout)
 }
 
-/// `wrk -t1 -c<connections> -d<secs>s --latency`.
+/// With an HTTP proxy, wrk still connects to the URL it is given (the proxy's) but sends
+/// `GET <absolute URL> HTTP/1.1` and `Host: <authority>`.
+fn wrk_script(via: &Via) -> anyhow::Result<String> {
+    let mut script = String::new();
+    if let Some((url, authority)) = &via.proxied {
+        // JSON string literals are valid Lua string literals for these (ASCII) values.
+        script.push_str(&format!(
+            "wrk.path = {}\nwrk.headers[\"Host\"] = {}\n",
+            serde_json::to_string(url)?,
+            serde_json::to_string(authority)?
+        ));
+    }
+    script.push_str(WRK_SCRIPT);
+    Ok(script)
+}
+
+/// `wrk -t1 -c<connections> -d<secs>s --latency`; with `proxy`, through that HTTP proxy
+/// (absolute-form requests for `url`).
 pub async fn wrk(
     url: &str,
+    proxy: Option<SocketAddr>,
     connections: usize,
     duration: Duration,
     scratch: &Path,
     pid_file: Option<&Path>,
 ) -> anyhow::Result<Saturation> {
+    let via = via(url, proxy)?;
     let script = scratch.join("wrk-report.lua");
-    std::fs::write(&script, WRK_SCRIPT).with_context(|| format!("writing {}", script.display()))?;
+    std::fs::write(&script, wrk_script(&via)?)
+        .with_context(|| format!("writing {}", script.display()))?;
     let secs = whole_secs(duration);
     let out = run_tool(
         "wrk",
@@ -93,7 +145,7 @@ pub async fn wrk(
             .arg("--latency")
             .arg("-s")
             .arg(&script)
-            .arg(url),
+            .arg(&via.connect),
         Duration::from_secs(secs + 30),
         pid_file,
     )
@@ -131,32 +183,35 @@ fn parse_wrk(out: &str) -> anyhow::Result<Saturation> {
 }
 
 /// `h2load -t1 -c<connections> -m<streams> -D <secs>` over HTTP/2 prior knowledge. h2load
-/// prints no percentiles, so they come from its per-request log.
+/// prints no percentiles, so they come from its per-request log. With `proxy`, h2load connects
+/// to the proxy and sends `-H ':authority: <url's authority>'`, which is what the proxy routes
+/// HTTP/2 requests on.
 pub async fn h2load(
     url: &str,
+    proxy: Option<SocketAddr>,
     connections: usize,
     streams: usize,
     duration: Duration,
     scratch: &Path,
     pid_file: Option<&Path>,
 ) -> anyhow::Result<Saturation> {
+    let via = via(url, proxy)?;
     let log = scratch.join("h2load-requests.tsv");
     let secs = whole_secs(duration);
-    let out = run_tool(
-        "h2load",
-        Command::new("h2load")
-            .arg("-t1")
-            .arg(format!("-c{connections}"))
-            .arg(format!("-m{streams}"))
-            .arg("-D")
-            .arg(secs.to_string())
-            .arg(format!("--log-file={}", log.display()))
-            .arg(url),
-        Duration::from_secs(secs + 30),
-        pid_file,
-    )
-    .await
-    .context("running h2load")?;
+    let mut cmd = Command::new("h2load");
+    cmd.arg("-t1")
+        .arg(format!("-c{connections}"))
+        .arg(format!("-m{streams}"))
+        .arg("-D")
+        .arg(secs.to_string())
+        .arg(format!("--log-file={}", log.display()));
+    if let Some((_, authority)) = &via.proxied {
+        cmd.arg("-H").arg(format!(":authority: {authority}"));
+    }
+    cmd.arg(&via.connect);
+    let out = run_tool("h2load", &mut cmd, Duration::from_secs(secs + 30), pid_file)
+        .await
+        .context("running h2load")?;
     let log_text =
         std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
     let _ = std::fs::remove_file(&log);
@@ -234,6 +289,27 @@ mod tests {
             (s.latency.p50, s.latency.p99, s.latency.p999, s.latency.max),
             (90, 300, 900, 1500)
         );
+    }
+
+    #[test]
+    fn via_proxy() {
+        let direct = via("http://127.0.0.1:1/", None).expect("direct");
+        assert_eq!(direct.connect, "http://127.0.0.1:1/");
+        assert_eq!(direct.proxied, None);
+        let v = via("http://svc.bench:80/x", "127.0.0.1:4140".parse().ok()).expect("proxied");
+        assert_eq!(v.connect, "http://127.0.0.1:4140/x");
+        assert_eq!(
+            v.proxied,
+            Some(("http://svc.bench:80/x".into(), "svc.bench:80".into()))
+        );
+        let script = wrk_script(&v).expect("script");
+        assert!(
+            script.starts_with(
+                "wrk.path = \"http://svc.bench:80/x\"\nwrk.headers[\"Host\"] = \"svc.bench:80\"\n"
+            ),
+            "{script}"
+        );
+        assert!(script.contains("BENCH_WRK"));
     }
 
     #[test]

@@ -1,0 +1,468 @@
+//! The mesh path: a real identity service (`mesh identity serve`) and two sidecars, each
+//! certified by it, wired the way `mesh up` wires workloads:
+//!
+//! ```text
+//! load generator -> client proxy (outbound, HTTP proxy) == mTLS, HTTP/2 ==> server proxy
+//!                   (inbound) -> upstream server
+//! ```
+//!
+//! The client proxy resolves the logical name `svc.bench:80` through
+//! `MESH_PROXY_STATIC_ENDPOINTS` to the server proxy's inbound listener and the server proxy's
+//! identity; the server proxy forwards what arrives on its inbound listener to the upstream
+//! server (`MESH_PROXY_INBOUND_FORWARD_ADDR`).
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use tokio::process::Command;
+
+use crate::procfs::Guarded;
+
+/// The logical name the load generator asks the client proxy for.
+pub const SERVICE: &str = "svc.bench:80";
+pub const CLIENT_ID: &str = "client.bench.serviceaccount.identity.linkerd.cluster.local";
+pub const SERVER_ID: &str = "server.bench.serviceaccount.identity.linkerd.cluster.local";
+
+/// One proxy process and where to reach it.
+#[derive(Debug)]
+pub struct ProxyProc {
+    /// `proxy` (the single-hop path), `client` or `server` (the mesh path).
+    pub role: &'static str,
+    pub child: Guarded,
+    pub admin: SocketAddr,
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub log: PathBuf,
+    pub identity: Option<&'static str>,
+}
+
+/// Addresses for one proxy: inbound, outbound, admin.
+#[derive(Clone, Copy, Debug)]
+pub struct ProxyAddrs {
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// A proxy command with a clean environment: the caller's own proxy settings must not leak in.
+pub fn proxy_command(
+    bin: &Path,
+    cores: usize,
+    addrs: ProxyAddrs,
+    env: &[(&str, String)],
+    log: &Path,
+) -> anyhow::Result<Command> {
+    let mut cmd = Command::new(bin);
+    for (k, _) in std::env::vars_os() {
+        if let Some(k) = k.to_str()
+            && (k.starts_with("LINKERD2_PROXY_") || k.starts_with("MESH_PROXY_"))
+        {
+            cmd.env_remove(k);
+        }
+    }
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    cmd.env("LINKERD2_PROXY_CORES", cores.to_string())
+        .env(
+            "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR",
+            addrs.outbound.to_string(),
+        )
+        .env(
+            "LINKERD2_PROXY_INBOUND_LISTEN_ADDR",
+            addrs.inbound.to_string(),
+        )
+        .env("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", addrs.admin.to_string())
+        .env("LINKERD2_PROXY_LOG", "warn")
+        .env("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "2s");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file);
+    Ok(cmd)
+}
+
+/// The identity service and the two certified proxies.
+#[derive(Debug)]
+pub struct Mesh {
+    pub identity: Guarded,
+    pub identity_admin: SocketAddr,
+    pub identity_log: PathBuf,
+    pub client: ProxyProc,
+    pub server: ProxyProc,
+    /// From spawning the proxies until both were certified and ready.
+    pub certified_in: Duration,
+}
+
+/// What `start` needs.
+#[derive(Debug)]
+pub struct MeshOpts<'a> {
+    pub mesh_bin: &'a Path,
+    pub proxy_bin: &'a Path,
+    pub proxy_cores: usize,
+    /// The upstream server, where the server proxy delivers.
+    pub upstream: SocketAddr,
+    /// Trust material and tokens go here.
+    pub scratch: &'a Path,
+    /// Logs go here (`identity.log`, `mesh-client-proxy.log`, `mesh-server-proxy.log`).
+    pub log_dir: &'a Path,
+    pub pid_file: Option<&'a Path>,
+}
+
+/// Runs `mesh <args>` to completion and returns its stdout.
+async fn mesh_cli(bin: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .with_context(|| format!("running {} {}", bin.display(), args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "`mesh {}` exited with {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `mesh identity init`, a token per proxy (`mesh identity token`), `mesh identity serve`, then
+/// both proxies; returns once the identity service and both proxies are ready (the proxies
+/// report ready only once they hold a certificate).
+pub async fn start(o: &MeshOpts<'_>, ports: &[u16]) -> anyhow::Result<Mesh> {
+    let [
+        id_addr,
+        id_admin,
+        c_in,
+        c_out,
+        c_admin,
+        s_in,
+        s_out,
+        s_admin,
+    ] = ports
+    else {
+        bail!("mesh::start needs 8 ports");
+    };
+    let lo = |p: &u16| SocketAddr::from(([127, 0, 0, 1], *p));
+    let dir = o.scratch.join("identity");
+    let dir_s = dir.to_str().context("the scratch path is not UTF-8")?;
+    mesh_cli(o.mesh_bin, &["identity", "init", "--dir", dir_s, "--force"]).await?;
+    let key = dir.join("token.key");
+    let key_s = key.to_str().context("the scratch path is not UTF-8")?;
+    for (name, id) in [("client", CLIENT_ID), ("server", SERVER_ID)] {
+        let token = mesh_cli(
+            o.mesh_bin,
+            &["identity", "token", "--key", key_s, "--identity", id],
+        )
+        .await?;
+        // `mesh identity token` ends its output with a newline, and the identity service
+        // checks the file's bytes as they are ("MAC is not hex"): write the token alone.
+        let path = dir.join(format!("{name}.token"));
+        std::fs::write(&path, token.trim())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+
+    let identity_log = o.log_dir.join("identity.log");
+    let log_file = std::fs::File::create(&identity_log)
+        .with_context(|| format!("creating {}", identity_log.display()))?;
+    let identity_admin = lo(id_admin);
+    let mut identity = Guarded::spawn(
+        "identity service",
+        Command::new(o.mesh_bin)
+            .args(["identity", "serve"])
+            .arg("--addr")
+            .arg(lo(id_addr).to_string())
+            .arg("--admin-addr")
+            .arg(identity_admin.to_string())
+            .arg("--trust-anchors")
+            .arg(dir.join("ca.crt"))
+            .arg("--issuer-cert")
+            .arg(dir.join("issuer.crt"))
+            .arg("--issuer-key")
+            .arg(dir.join("issuer.key"))
+            .arg("--token-key")
+            .arg(&key)
+            .arg("--log-level")
+            .arg("warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file),
+        o.pid_file,
+    )?;
+    crate::all::wait_until("the identity service to be ready", &mut identity, || {
+        crate::all::expect_ok(identity_admin, "/ready")
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\nidentity log:\n{}", log_tail(&identity_log)))?;
+
+    let anchors = std::fs::read_to_string(dir.join("ca.crt")).context("reading ca.crt")?;
+    let identity_env = |name: &str, id: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS", anchors.clone()),
+            ("LINKERD2_PROXY_IDENTITY_LOCAL_NAME", id.to_string()),
+            ("LINKERD2_PROXY_IDENTITY_SVC_ADDR", lo(id_addr).to_string()),
+            (
+                "LINKERD2_PROXY_IDENTITY_TOKEN_FILE",
+                dir.join(format!("{name}.token")).display().to_string(),
+            ),
+        ]
+    };
+    let server_addrs = ProxyAddrs {
+        inbound: lo(s_in),
+        outbound: lo(s_out),
+        admin: lo(s_admin),
+    };
+    let client_addrs = ProxyAddrs {
+        inbound: lo(c_in),
+        outbound: lo(c_out),
+        admin: lo(c_admin),
+    };
+    let mut server_env = identity_env("server", SERVER_ID);
+    server_env.push(("MESH_PROXY_INBOUND_FORWARD_ADDR", o.upstream.to_string()));
+    let mut client_env = identity_env("client", CLIENT_ID);
+    client_env.push((
+        "MESH_PROXY_STATIC_ENDPOINTS",
+        format!("{SERVICE}={}#{SERVER_ID}", server_addrs.inbound),
+    ));
+
+    let started = Instant::now();
+    let mut procs = Vec::new();
+    for (role, addrs, env, id) in [
+        ("server", server_addrs, server_env, SERVER_ID),
+        ("client", client_addrs, client_env, CLIENT_ID),
+    ] {
+        let log = o.log_dir.join(format!("mesh-{role}-proxy.log"));
+        let name = match role {
+            "server" => "server proxy",
+            _ => "client proxy",
+        };
+        let child = Guarded::spawn(
+            name,
+            &mut proxy_command(o.proxy_bin, o.proxy_cores, addrs, &env, &log)?,
+            o.pid_file,
+        )?;
+        procs.push(ProxyProc {
+            role,
+            child,
+            admin: addrs.admin,
+            inbound: addrs.inbound,
+            outbound: addrs.outbound,
+            log,
+            identity: Some(id),
+        });
+    }
+    for p in &mut procs {
+        wait_ready(p).await?;
+    }
+    let certified_in = started.elapsed();
+    let (Some(client), Some(server)) = (procs.pop(), procs.pop()) else {
+        bail!("the mesh proxies went missing");
+    };
+    Ok(Mesh {
+        identity,
+        identity_admin,
+        identity_log,
+        client,
+        server,
+        certified_in,
+    })
+}
+
+/// Waits for the proxy's `/ready` (with an identity: once it holds a certificate).
+pub async fn wait_ready(p: &mut ProxyProc) -> anyhow::Result<()> {
+    let admin = p.admin;
+    let what = format!("the {} to be ready", p.child.name);
+    crate::all::wait_until(&what, &mut p.child, || {
+        crate::all::expect_ok(admin, "/ready")
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{} log:\n{}", p.role, log_tail(&p.log)))
+}
+
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Counters from one `/metrics` scrape of a proxy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counters {
+    /// `response_total{classification="failure"}` by `"<status> <error>"`.
+    pub failures: BTreeMap<String, u64>,
+    /// Inbound `request_total`, all of it and the part with `tls="true"`.
+    pub inbound_requests: u64,
+    pub inbound_tls_requests: u64,
+    /// Inbound `tls="true"` requests by the caller's `client_id`.
+    pub inbound_client_ids: BTreeMap<String, u64>,
+    /// Outbound `request_total` with `tls="true"`, by `server_id`.
+    pub outbound_server_ids: BTreeMap<String, u64>,
+    pub outbound_requests: u64,
+    /// `tcp_open_total{peer="dst"}`: connections the proxy opened (to the server, the peer
+    /// proxy or an endpoint).
+    pub tcp_connects: u64,
+}
+
+fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
+    // Label values here are identities, addresses and statuses: no escaped quotes.
+    let key = format!("{name}=\"");
+    let start = labels
+        .match_indices(&key)
+        .find(|(i, _)| *i == 0 || labels.as_bytes().get(i - 1) == Some(&b','))?
+        .0
+        + key.len();
+    let end = labels[start..].find('"')? + start;
+    Some(&labels[start..end])
+}
+
+/// Reads the counters `bench` reports from a proxy's Prometheus text.
+pub fn parse_counters(metrics: &str) -> Counters {
+    let mut c = Counters::default();
+    for line in metrics.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Some((name, labels)) = series.split_once('{') else {
+            continue;
+        };
+        let labels = labels.trim_end_matches('}');
+        let v = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+        let tls = label(labels, "tls") == Some("true");
+        match (name, label(labels, "direction")) {
+            ("request_total", Some("inbound")) => {
+                c.inbound_requests += v;
+                if tls {
+                    c.inbound_tls_requests += v;
+                    let id = label(labels, "client_id").unwrap_or("").to_string();
+                    *c.inbound_client_ids.entry(id).or_default() += v;
+                }
+            }
+            ("request_total", Some("outbound")) => {
+                c.outbound_requests += v;
+                if tls {
+                    let id = label(labels, "server_id").unwrap_or("").to_string();
+                    *c.outbound_server_ids.entry(id).or_default() += v;
+                }
+            }
+            ("response_total", _) if label(labels, "classification") == Some("failure") => {
+                let key = format!(
+                    "{} {}",
+                    label(labels, "status_code").unwrap_or(""),
+                    label(labels, "error").unwrap_or("")
+                )
+                .trim()
+                .to_string();
+                *c.failures.entry(key).or_default() += v;
+            }
+            ("tcp_open_total", _) if label(labels, "peer") == Some("dst") => {
+                c.tcp_connects += v;
+            }
+            _ => {}
+        }
+    }
+    c
+}
+
+/// `after - before`, key by key, leaving out zeros.
+pub fn delta_map(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+            )
+        })
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+impl Counters {
+    /// What happened between two scrapes.
+    pub fn since(&self, before: &Counters) -> Counters {
+        Counters {
+            failures: delta_map(&before.failures, &self.failures),
+            inbound_requests: self
+                .inbound_requests
+                .saturating_sub(before.inbound_requests),
+            inbound_tls_requests: self
+                .inbound_tls_requests
+                .saturating_sub(before.inbound_tls_requests),
+            inbound_client_ids: delta_map(&before.inbound_client_ids, &self.inbound_client_ids),
+            outbound_server_ids: delta_map(&before.outbound_server_ids, &self.outbound_server_ids),
+            outbound_requests: self
+                .outbound_requests
+                .saturating_sub(before.outbound_requests),
+            tcp_connects: self.tcp_connects.saturating_sub(before.tcp_connects),
+        }
+    }
+
+    /// The share of inbound requests that arrived over mTLS; `None` without inbound requests.
+    pub fn mtls_fraction(&self) -> Option<f64> {
+        (self.inbound_requests > 0)
+            .then(|| self.inbound_tls_requests as f64 / self.inbound_requests as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const METRICS: &str = "# HELP request_total x\n\
+request_total{direction=\"inbound\",authority=\"svc.bench:80\",target_addr=\"127.0.0.1:1\",tls=\"true\",client_id=\"client.bench.serviceaccount.identity.linkerd.cluster.local\"} 90\n\
+request_total{direction=\"inbound\",authority=\"x:1\",target_addr=\"127.0.0.1:1\",tls=\"no_identity\",no_tls_reason=\"no_tls_from_remote\"} 10\n\
+request_total{direction=\"outbound\",authority=\"svc.bench:80\",target_addr=\"127.0.0.1:2\",tls=\"true\",server_id=\"server.bench.serviceaccount.identity.linkerd.cluster.local\"} 7\n\
+response_total{direction=\"inbound\",authority=\"svc.bench:80\",target_addr=\"127.0.0.1:1\",tls=\"true\",status_code=\"502\",classification=\"failure\",error=\"connect\"} 2\n\
+response_total{direction=\"inbound\",authority=\"svc.bench:80\",target_addr=\"127.0.0.1:1\",tls=\"true\",status_code=\"200\",classification=\"success\"} 88\n\
+tcp_open_total{direction=\"inbound\",peer=\"dst\",target_addr=\"127.0.0.1:1\",tls=\"no_identity\",no_tls_reason=\"no_tls_from_remote\"} 5\n\
+tcp_open_total{direction=\"inbound\",peer=\"src\",target_addr=\"127.0.0.1:1\",tls=\"true\"} 3\n";
+
+    #[test]
+    fn parses_counters() {
+        let c = parse_counters(METRICS);
+        assert_eq!(c.inbound_requests, 100);
+        assert_eq!(c.inbound_tls_requests, 90);
+        assert_eq!(c.inbound_client_ids.get(CLIENT_ID), Some(&90));
+        assert_eq!(c.outbound_requests, 7);
+        assert_eq!(c.outbound_server_ids.get(SERVER_ID), Some(&7));
+        assert_eq!(c.failures.get("502 connect"), Some(&2));
+        assert_eq!(c.failures.len(), 1);
+        assert_eq!(c.tcp_connects, 5);
+        assert_eq!(c.mtls_fraction(), Some(0.9));
+    }
+
+    #[test]
+    fn counters_since() {
+        let after = parse_counters(METRICS);
+        let before = Counters {
+            inbound_requests: 50,
+            inbound_tls_requests: 50,
+            ..Counters::default()
+        };
+        let d = after.since(&before);
+        assert_eq!((d.inbound_requests, d.inbound_tls_requests), (50, 40));
+        assert_eq!(d.mtls_fraction(), Some(0.8));
+        assert_eq!(Counters::default().mtls_fraction(), None);
+    }
+
+    #[test]
+    fn label_is_exact() {
+        let l = "no_tls=\"x\",tls=\"true\"";
+        assert_eq!(label(l, "tls"), Some("true"));
+        assert_eq!(label(l, "no_tls"), Some("x"));
+        assert_eq!(label(l, "ls"), None);
+    }
+}
