@@ -43,13 +43,20 @@ pub async fn dial(
     creds: Option<&CredsRx>,
 ) -> Result<BoxIo, DialError> {
     let stream = transport::connect(ep.addr, timeout).await?;
-    dial_io(ep, stream, creds).await
+    dial_io(ep, stream, creds, timeout).await
 }
 
-async fn dial_io<I: Io>(ep: &Endpoint, io: I, creds: Option<&CredsRx>) -> Result<BoxIo, DialError> {
+/// Wraps a connected stream in mTLS when the endpoint names an identity; the handshake is
+/// bounded by `timeout`.
+async fn dial_io<I: Io>(
+    ep: &Endpoint,
+    io: I,
+    creds: Option<&CredsRx>,
+    timeout: Duration,
+) -> Result<BoxIo, DialError> {
     match (&ep.identity, creds) {
         (None, _) => Ok(Box::new(io)),
-        (Some(id), Some(creds)) => Ok(Box::new(tls::connect(creds, id, io).await?)),
+        (Some(id), Some(creds)) => Ok(Box::new(tls::connect_within(creds, id, io, timeout).await?)),
         (Some(_), None) => Err(TlsError::NoCredentials.into()),
     }
 }
@@ -96,7 +103,7 @@ where
     });
     stats.open_total.fetch_add(1, Ordering::Relaxed);
     let counted = CountingIo::new(stream, stats.bytes.clone());
-    match dial_io(ep, counted, f.creds).await {
+    match dial_io(ep, counted, f.creds, f.connect_timeout).await {
         Ok(mut upstream) => {
             target.connected();
             match tokio::io::copy_bidirectional(&mut io, &mut upstream).await {

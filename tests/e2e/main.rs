@@ -14,6 +14,7 @@ mod grpc;
 mod http1;
 mod http2;
 mod metrics;
+mod mtls;
 mod opaque;
 mod shutdown;
 mod transparent;

@@ -9,12 +9,15 @@
 //! - [`proxy`]: the proxy in-process ([`proxy::TestProxy`]) or as a process
 //!   ([`proxy::ProxyProcess`]).
 //! - [`metrics`]: scraping and parsing the admin server's `/metrics`.
+//! - [`mesh`]: mTLS support: a CA made at test time, the identity service in-process, meshed
+//!   proxies, raw TLS clients and a fake meshed peer, steady traffic.
 //!
 //! Every listener binds `127.0.0.1:0`, so tests can run in parallel.
 
 pub mod client;
 pub mod discovery;
 pub mod grpc;
+pub mod mesh;
 pub mod metrics;
 pub mod proxy;
 pub mod server;

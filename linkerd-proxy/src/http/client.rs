@@ -311,13 +311,15 @@ impl Inner {
         let io = CountingIo::new(stream, stats.bytes.clone());
         let io: Box<dyn Io> = match (identity, &self.creds) {
             (None, _) => Box::new(io),
-            (Some(id), Some(creds)) => match tls::connect(creds, id, io).await {
-                Ok(tls) => Box::new(tls),
-                Err(e) => {
-                    stats.close_total.fetch_add(1, Ordering::Relaxed);
-                    return Err(e.into());
+            (Some(id), Some(creds)) => {
+                match tls::connect_within(creds, id, io, self.connect_timeout).await {
+                    Ok(tls) => Box::new(tls),
+                    Err(e) => {
+                        stats.close_total.fetch_add(1, Ordering::Relaxed);
+                        return Err(e.into());
+                    }
                 }
-            },
+            }
             (Some(_), None) => {
                 stats.close_total.fetch_add(1, Ordering::Relaxed);
                 return Err(tls::TlsError::NoCredentials.into());

@@ -59,6 +59,11 @@ impl ProxyError {
             ProxyError::Resolve(_) | ProxyError::Tls(TlsError::NoCredentials) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ProxyError::Tls(TlsError::Handshake { source, .. })
+                if source.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             ProxyError::Tls(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Connect(ConnectError::Timeout { .. }) | ProxyError::ResponseTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
