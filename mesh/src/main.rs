@@ -28,6 +28,8 @@ enum Command {
     Proxy,
     /// The identity service (certificate authority) and its tools: init, serve, token, bench.
     Identity(linkerd_identity::args::Args),
+    /// The destination service (endpoint discovery and profiles) and its benchmark.
+    Destination(linkerd_destination::args::Args),
     /// A demo workload (used by `mesh up`).
     #[command(hide = true)]
     DemoApp(demo::Args),
@@ -40,6 +42,9 @@ fn main() -> ExitCode {
         Command::DemoApp(args) => run(demo::run(args)),
         Command::Up(args) => run(up::run(args)),
         Command::Identity(args) => run(async { Ok(linkerd_identity::args::run(args).await?) }),
+        Command::Destination(args) => {
+            run(async { Ok(linkerd_destination::args::run(args).await?) })
+        }
     }
 }
 

@@ -1,12 +1,14 @@
 //! `mesh up`: the mesh on one machine.
 //!
-//! Generates a fresh trust anchor and issuer, starts the control plane (`mesh identity serve`)
-//! and each demo workload as its own process on its own loopback address, each behind its own
-//! sidecar (`mesh proxy`, a separate process) with its own identity, drives load at the front
-//! door, and shows what the sidecars measure. Workloads reach each other only through their
-//! sidecars: the app uses its sidecar's outbound listener as an HTTP proxy, and the sidecar
-//! dials the peer's inbound proxy over mTLS (verifying the peer's identity), which delivers to
-//! the peer app.
+//! Generates a fresh trust anchor and issuer, starts the control plane (`mesh identity serve`,
+//! and `mesh destination serve` with a registry file naming every workload's sidecar) and each
+//! demo workload as its own process on its own loopback address, each behind its own sidecar
+//! (`mesh proxy`, a separate process) with its own identity, drives load at the front door,
+//! and shows what the sidecars measure. Workloads reach each other only through their
+//! sidecars: the app uses its sidecar's outbound listener as an HTTP proxy, the sidecar
+//! resolves the service through the destination service, balances over its endpoints and
+//! dials the chosen peer's inbound proxy over mTLS (verifying the identity discovery gave),
+//! which delivers to the peer app.
 
 use crate::stat::{self, Snapshot, Window};
 use anyhow::{Context, bail};
@@ -49,12 +51,16 @@ const OUTBOUND_PORT: u16 = 4140;
 const ADMIN_PORT: u16 = 4191;
 const IDENTITY_PORT: u16 = 8080;
 const IDENTITY_ADMIN_PORT: u16 = 9990;
+const DESTINATION_PORT: u16 = 8086;
+const DESTINATION_ADMIN_PORT: u16 = 9996;
+/// The demo's namespace; services are `<name>.demo.svc.cluster.local`.
+const NAMESPACE: &str = "demo";
 
 /// One demo workload: an app and its sidecar.
 #[derive(Debug)]
 struct Workload {
     name: &'static str,
-    /// The logical service the workload serves.
+    /// The logical service the workload serves (a name in [`NAMESPACE`]).
     service: &'static str,
     ip: Ipv4Addr,
     /// URLs the app calls for every request it serves.
@@ -67,16 +73,26 @@ impl Workload {
     /// The workload's mTLS identity, as Linkerd names a service account's.
     fn identity(&self) -> String {
         format!(
-            "{}.demo.serviceaccount.identity.linkerd.cluster.local",
+            "{}.{NAMESPACE}.serviceaccount.identity.linkerd.cluster.local",
             self.name
         )
     }
+
+    /// The fully-qualified name of the workload's service.
+    fn fqdn(&self) -> String {
+        fqdn(self.service)
+    }
+}
+
+fn fqdn(service: &str) -> String {
+    format!("{service}.{NAMESPACE}.svc.cluster.local")
 }
 
 /// The control plane: its process and what sidecars need to reach it.
 #[derive(Debug)]
 struct ControlPlane {
     process: Child,
+    destination: Child,
     ip: Ipv4Addr,
     trust_anchor_pem: String,
 }
@@ -93,13 +109,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the mesh binary")?;
     let logs = std::env::temp_dir().join(format!("mesh-up-{}", std::process::id()));
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
-    let endpoints = static_endpoints(&workloads);
-
     let cp_ip = offset(args.base_ip, -1);
     let mut cp = start_control_plane(&exe, cp_ip, &workloads, &logs).await?;
     let mut running = Vec::new();
     for w in workloads {
-        let proxy = spawn_proxy(&exe, &w, &endpoints, &cp, &logs)?;
+        let proxy = spawn_proxy(&exe, &w, &cp, &logs)?;
         let app = spawn_app(&exe, &w, &logs)?;
         running.push(Running {
             workload: w,
@@ -109,8 +123,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let outcome = serve(&args, &mut running, &mut cp, &logs).await;
     shutdown(&mut running).await;
-    let _ = cp.process.start_kill();
-    let _ = cp.process.wait().await;
+    for p in [&mut cp.process, &mut cp.destination] {
+        let _ = p.start_kill();
+        let _ = p.wait().await;
+    }
     outcome
 }
 
@@ -120,7 +136,8 @@ fn offset(ip: Ipv4Addr, by: i16) -> Ipv4Addr {
     Ipv4Addr::new(a, b, c, d)
 }
 
-/// Writes fresh trust material and a token per workload, and starts the identity service.
+/// Writes fresh trust material and a token per workload, and starts the identity service; writes
+/// the registry of every workload's service and starts the destination service.
 async fn start_control_plane(
     exe: &std::path::Path,
     ip: Ipv4Addr,
@@ -166,8 +183,30 @@ async fn start_control_plane(
         .kill_on_drop(true)
         .spawn()
         .context("cannot start the identity service")?;
+    let registry = logs.join("registry.yaml");
+    std::fs::write(&registry, registry_yaml(workloads))
+        .with_context(|| format!("cannot write {}", registry.display()))?;
+    let destination = Command::new(exe)
+        .args(["destination", "serve"])
+        .arg("--registry")
+        .arg(&registry)
+        .args([
+            "--addr",
+            &SocketAddr::from((ip, DESTINATION_PORT)).to_string(),
+        ])
+        .args([
+            "--admin-addr",
+            &SocketAddr::from((ip, DESTINATION_ADMIN_PORT)).to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(log_file(logs, "destination")?)
+        .stderr(log_file(logs, "destination.err")?)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the destination service")?;
     Ok(ControlPlane {
         process,
+        destination,
         ip,
         trust_anchor_pem: files.anchor_pem,
     })
@@ -188,7 +227,8 @@ async fn serve(
             logs.display()
         );
         println!(
-            "Try: curl -H 'Host: frontend.demo' http://{}/",
+            "Try: curl -H 'Host: {}' http://{}/",
+            running[0].workload.fqdn(),
             inbound(running[0].workload.ip)
         );
     }
@@ -212,11 +252,16 @@ async fn serve(
         if let Some(w) = running.iter_mut().find_map(exited) {
             bail!("{w}; see the logs in {}", logs.display());
         }
-        if let Ok(Some(status)) = cp.process.try_wait() {
-            bail!(
-                "the identity service exited ({status}); see the logs in {}",
-                logs.display()
-            );
+        for (name, p) in [
+            ("identity", &mut cp.process),
+            ("destination", &mut cp.destination),
+        ] {
+            if let Ok(Some(status)) = p.try_wait() {
+                bail!(
+                    "the {name} service exited ({status}); see the logs in {}",
+                    logs.display()
+                );
+            }
         }
         let now = scrape_all(running).await;
         if !args.json {
@@ -236,7 +281,10 @@ async fn serve(
     load.abort();
     let secs = started.elapsed().as_secs_f64();
     let last = scrape_all(running).await;
-    let cp_rss_kb = cp.process.id().and_then(rss_kb);
+    let cp_rss_kb = [&cp.process, &cp.destination]
+        .iter()
+        .map(|p| p.id().and_then(rss_kb))
+        .sum::<Option<u64>>();
     summarize(
         cp_rss_kb,
         args,
@@ -257,31 +305,31 @@ fn demo_workloads(base: Ipv4Addr) -> Vec<Workload> {
     vec![
         Workload {
             name: "frontend",
-            service: "frontend.demo",
+            service: "frontend",
             ip: ip(0),
             calls: vec![
-                format!("http://backend.demo:{APP_PORT}/api"),
-                format!("http://quotes.demo:{APP_PORT}/quote"),
+                format!("http://{}:{APP_PORT}/api", fqdn("backend")),
+                format!("http://{}:{APP_PORT}/quote", fqdn("quotes")),
             ],
             ingress: true,
         },
         Workload {
             name: "backend-v1",
-            service: "backend.demo",
+            service: "backend",
             ip: ip(1),
             calls: vec![],
             ingress: false,
         },
         Workload {
             name: "backend-v2",
-            service: "backend.demo",
+            service: "backend",
             ip: ip(2),
             calls: vec![],
             ingress: false,
         },
         Workload {
             name: "quotes",
-            service: "quotes.demo",
+            service: "quotes",
             ip: ip(3),
             calls: vec![],
             ingress: false,
@@ -289,22 +337,27 @@ fn demo_workloads(base: Ipv4Addr) -> Vec<Workload> {
     ]
 }
 
-/// Every logical service, resolved to its workloads' inbound proxies.
-fn static_endpoints(workloads: &[Workload]) -> String {
+/// The destination service's registry: every service on the app port, its endpoints the
+/// inbound proxies of the workloads serving it (every workload has its own loopback IP, the
+/// sidecar listens on the inbound port), each with the workload's identity.
+fn registry_yaml(workloads: &[Workload]) -> String {
     let mut services: Vec<&str> = workloads.iter().map(|w| w.service).collect();
     services.dedup();
-    services
-        .iter()
-        .map(|svc| {
-            let addrs: Vec<String> = workloads
-                .iter()
-                .filter(|w| w.service == *svc)
-                .map(|w| format!("{}#{}", inbound(w.ip), w.identity()))
-                .collect();
-            format!("{svc}:{APP_PORT}={}", addrs.join("|"))
-        })
-        .collect::<Vec<_>>()
-        .join(";")
+    let mut out = String::from("services:\n");
+    for svc in services {
+        out.push_str(&format!(
+            "  - name: {svc}\n    namespace: {NAMESPACE}\n    ports: [{APP_PORT}]\n    endpoints:\n"
+        ));
+        for w in workloads.iter().filter(|w| w.service == svc) {
+            out.push_str(&format!(
+                "      - {{ip: {}, port: {INBOUND_PORT}, identity: {}, labels: {{pod: {}}}}}\n",
+                w.ip,
+                w.identity(),
+                w.name
+            ));
+        }
+    }
+    out
 }
 
 fn inbound(ip: Ipv4Addr) -> SocketAddr {
@@ -325,7 +378,6 @@ fn log_file(logs: &std::path::Path, name: &str) -> anyhow::Result<Stdio> {
 fn spawn_proxy(
     exe: &std::path::Path,
     w: &Workload,
-    endpoints: &str,
     cp: &ControlPlane,
     logs: &std::path::Path,
 ) -> anyhow::Result<Child> {
@@ -355,7 +407,10 @@ fn spawn_proxy(
             "MESH_PROXY_INBOUND_FORWARD_ADDR",
             SocketAddr::from((w.ip, APP_PORT)).to_string(),
         )
-        .env("MESH_PROXY_STATIC_ENDPOINTS", endpoints)
+        .env(
+            "LINKERD2_PROXY_DESTINATION_SVC_ADDR",
+            SocketAddr::from((cp.ip, DESTINATION_PORT)).to_string(),
+        )
         .env("LINKERD2_PROXY_CORES", "1")
         .env("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "5s")
         .env("LINKERD2_PROXY_LOG", "warn,linkerd_proxy=info")
@@ -401,23 +456,36 @@ fn exited(r: &mut Running) -> Option<String> {
 
 async fn wait_control_plane(cp: &mut ControlPlane, logs: &std::path::Path) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let admin = SocketAddr::from((cp.ip, IDENTITY_ADMIN_PORT));
-    loop {
-        if let Ok(Some(status)) = cp.process.try_wait() {
-            let err = std::fs::read_to_string(logs.join("identity.err.log")).unwrap_or_default();
-            bail!("the identity service exited ({status}): {}", err.trim());
+    let services = [
+        ("identity", IDENTITY_ADMIN_PORT),
+        ("destination", DESTINATION_ADMIN_PORT),
+    ];
+    for (name, port) in services {
+        let admin = SocketAddr::from((cp.ip, port));
+        loop {
+            let child = if name == "identity" {
+                &mut cp.process
+            } else {
+                &mut cp.destination
+            };
+            if let Ok(Some(status)) = child.try_wait() {
+                let err = std::fs::read_to_string(logs.join(format!("{name}.err.log")))
+                    .unwrap_or_default();
+                bail!("the {name} service exited ({status}): {}", err.trim());
+            }
+            if get(admin, "/ready").await.is_ok_and(|s| s == 200) {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "the {name} service did not become ready within 15 s; see {}",
+                    logs.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if get(admin, "/ready").await.is_ok_and(|s| s == 200) {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!(
-                "the identity service did not become ready within 15 s; see {}",
-                logs.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(())
 }
 
 async fn wait_ready(running: &mut [Running], logs: &std::path::Path) -> anyhow::Result<()> {
@@ -476,7 +544,7 @@ async fn generate_load(front: SocketAddr, rps: u32, sent: Arc<AtomicU64>, failed
         let ok = match sender.as_mut() {
             Some(tx) => {
                 let req = http::Request::get("/")
-                    .header(http::header::HOST, "frontend.demo")
+                    .header(http::header::HOST, fqdn("frontend"))
                     .body(Empty::new());
                 match req {
                     Ok(req) => match tx.send_request(req).await {
@@ -591,7 +659,7 @@ fn summarize(
         workloads.insert(
             r.workload.name.to_string(),
             serde_json::json!({
-                "service": r.workload.service,
+                "service": r.workload.fqdn(),
                 "requests": w.requests,
                 "rps": w.rps,
                 "success_rate": w.success_rate,

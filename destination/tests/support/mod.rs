@@ -1,0 +1,371 @@
+//! Shared test helpers: Kubernetes objects built in code, a running server, a client.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use k8s_openapi::{
+    api::{
+        core::v1::{
+            Container, ContainerPort, ObjectReference, Pod, PodSpec, Service, ServicePort,
+            ServiceSpec,
+        },
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+};
+use linkerd_destination::{
+    Config, IdentityConfig, Source,
+    api::{
+        DestinationProfile, GetDestination, Update, destination_client::DestinationClient, update,
+    },
+    index::{Index, Snapshot},
+    metrics::Metrics,
+    server,
+};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+use tokio::sync::watch;
+use tonic::{Streaming, transport::Channel};
+
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let p = std::env::temp_dir().join(format!(
+            "destination-test-{tag}-{}-{n}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// === Kubernetes objects ===
+
+fn meta(ns: &str, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        namespace: Some(ns.into()),
+        name: Some(name.into()),
+        ..Default::default()
+    }
+}
+
+/// A Service; `ports` are (port, name, targetPort). `cluster_ip` "None" makes it headless.
+pub fn service(
+    ns: &str,
+    name: &str,
+    ports: &[(i32, &str, IntOrString)],
+    cluster_ip: &str,
+) -> Service {
+    Service {
+        metadata: meta(ns, name),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(cluster_ip.into()),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(port, name, target)| ServicePort {
+                        port: *port,
+                        name: (!name.is_empty()).then(|| name.to_string()),
+                        target_port: Some(target.clone()),
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn int(n: i32) -> IntOrString {
+    IntOrString::Int(n)
+}
+
+pub fn named(s: &str) -> IntOrString {
+    IntOrString::String(s.into())
+}
+
+/// An EndpointSlice of service `svc`; `ports` are (service-port name, port).
+pub fn slice(
+    ns: &str,
+    name: &str,
+    svc: &str,
+    ports: &[(&str, i32)],
+    endpoints: Vec<Endpoint>,
+) -> EndpointSlice {
+    let mut m = meta(ns, name);
+    m.labels = Some(BTreeMap::from([(
+        "kubernetes.io/service-name".to_string(),
+        svc.to_string(),
+    )]));
+    EndpointSlice {
+        metadata: m,
+        address_type: "IPv4".into(),
+        endpoints,
+        ports: Some(
+            ports
+                .iter()
+                .map(|(name, port)| EndpointPort {
+                    name: Some(name.to_string()),
+                    port: Some(*port),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// A ready endpoint backed by pod `pod` (if any).
+pub fn endpoint(ip: &str, pod: Option<&str>) -> Endpoint {
+    Endpoint {
+        addresses: vec![ip.into()],
+        conditions: Some(EndpointConditions {
+            ready: Some(true),
+            serving: Some(true),
+            terminating: Some(false),
+        }),
+        target_ref: pod.map(|p| ObjectReference {
+            kind: Some("Pod".into()),
+            name: Some(p.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn with_conditions(
+    mut e: Endpoint,
+    ready: Option<bool>,
+    terminating: Option<bool>,
+) -> Endpoint {
+    e.conditions = Some(EndpointConditions {
+        ready,
+        serving: ready,
+        terminating,
+    });
+    e
+}
+
+/// A pod with service account `sa`; meshed by control plane `linkerd` if `meshed`;
+/// `ports` are named container ports.
+pub fn pod(ns: &str, name: &str, sa: &str, meshed: bool, ports: &[(&str, i32)]) -> Pod {
+    let mut m = meta(ns, name);
+    if meshed {
+        m.labels = Some(BTreeMap::from([(
+            "linkerd.io/control-plane-ns".to_string(),
+            "linkerd".to_string(),
+        )]));
+    }
+    Pod {
+        metadata: m,
+        spec: Some(PodSpec {
+            service_account_name: Some(sa.into()),
+            containers: vec![Container {
+                name: "app".into(),
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|(n, p)| ContainerPort {
+                            name: Some(n.to_string()),
+                            container_port: *p,
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+// === the index ===
+
+/// Waits for the next snapshot on a topic.
+pub async fn next(rx: &mut watch::Receiver<Arc<Snapshot>>) -> Arc<Snapshot> {
+    tokio::time::timeout(TIMEOUT, rx.changed())
+        .await
+        .expect("no update in time")
+        .expect("topic closed");
+    rx.borrow_and_update().clone()
+}
+
+/// Addresses of a snapshot, sorted.
+pub fn addrs(s: &Snapshot) -> Vec<String> {
+    s.endpoints.keys().map(|a| a.to_string()).collect()
+}
+
+// === a running server ===
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub index: Arc<Index>,
+    pub metrics: Arc<Metrics>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), linkerd_destination::Error>>>,
+}
+
+impl Server {
+    pub async fn start(source: Source) -> Self {
+        let config = Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            admin_addr: "127.0.0.1:0".parse().unwrap(),
+            source,
+            cluster_domain: "cluster.local".into(),
+            ids: IdentityConfig::default(),
+            grace: Duration::from_secs(2),
+        };
+        let bound = server::bind(config).await.unwrap();
+        let addr = bound.grpc_addr().unwrap();
+        let admin = bound.admin_addr().unwrap();
+        let index = bound.index().clone();
+        let metrics = bound.metrics().clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(bound.run(async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            admin,
+            index,
+            metrics,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn client(&self) -> DestinationClient<Channel> {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        DestinationClient::new(ch)
+    }
+
+    /// Stops the server and waits for it (streams end, so this is prompt).
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .expect("server did not stop")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    /// GET on the admin server: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.admin).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let status = out[9..12].parse().unwrap();
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+}
+
+pub async fn get(
+    client: &mut DestinationClient<Channel>,
+    path: &str,
+) -> Result<Streaming<Update>, tonic::Status> {
+    client
+        .get(GetDestination {
+            path: path.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+pub async fn get_profile(
+    client: &mut DestinationClient<Channel>,
+    path: &str,
+) -> Streaming<DestinationProfile> {
+    client
+        .get_profile(GetDestination {
+            path: path.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The next message, within [`TIMEOUT`].
+pub async fn recv<T>(s: &mut Streaming<T>) -> T {
+    tokio::time::timeout(TIMEOUT, s.message())
+        .await
+        .expect("no message in time")
+        .expect("stream failed")
+        .expect("stream ended")
+}
+
+/// Whether a message arrives within `d`.
+pub async fn quiet<T: std::fmt::Debug>(s: &mut Streaming<T>, d: Duration) {
+    if let Ok(m) = tokio::time::timeout(d, s.message()).await {
+        panic!("unexpected message: {m:?}");
+    }
+}
+
+/// An update's kind and addresses, e.g. ("add", ["10.0.0.1:80"]).
+pub fn summary(u: &Update) -> (&'static str, Vec<String>) {
+    let addr = |a: &linkerd_destination::api::WeightedAddr| {
+        proto::net::to_socket_addr(a.addr.as_ref().unwrap())
+            .unwrap()
+            .to_string()
+    };
+    match u.update.as_ref().unwrap() {
+        update::Update::Add(set) => ("add", set.addrs.iter().map(addr).collect()),
+        update::Update::Remove(set) => (
+            "remove",
+            set.addrs
+                .iter()
+                .map(|a| proto::net::to_socket_addr(a).unwrap().to_string())
+                .collect(),
+        ),
+        update::Update::NoEndpoints(n) => {
+            if n.exists {
+                ("no_endpoints_exists", vec![])
+            } else {
+                ("no_endpoints_gone", vec![])
+            }
+        }
+    }
+}
