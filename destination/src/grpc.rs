@@ -32,10 +32,11 @@ use tokio_stream::{Stream, wrappers::WatchStream};
 use tonic::{Request, Response, Status};
 
 /// The size an `Add` message is cut at. A large set goes out in pieces, produced only as
-/// fast as the client reads them; and tonic keeps each stream's encode buffer at the size of
-/// the largest message it ever encoded (8 KB at least), so messages that fit in 8 KB keep a
-/// watcher's memory at that floor.
-pub const MESSAGE_BYTES: usize = 6 * 1024;
+/// fast as the client reads them. It also keeps each stream's encode buffer at tonic's 8 KB:
+/// the buffer is reused in place (bytes' `BytesMut`), and doubles whenever a message does not
+/// fit behind the previous one and is longer than the space before it, which a message under
+/// half the buffer never is. With 6 KB messages the buffers crept to ~23 KB per watcher.
+pub const MESSAGE_BYTES: usize = 3 * 1024;
 
 /// Addresses per `Remove` message (about 5 KB).
 pub const REMOVE_CHUNK: usize = 400;

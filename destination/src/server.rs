@@ -178,7 +178,7 @@ impl Bound {
 
 /// Per-stream bytes h2 may hold beyond what the socket took: a couple of messages, so a
 /// watcher that reads slowly (or thousands starting at once) cannot pile up buffered data.
-const MAX_SEND_BUF: usize = 64 * 1024;
+const MAX_SEND_BUF: usize = 32 * 1024;
 
 /// The gRPC server: HTTP/2 only, on hyper directly (tonic's transport server does not expose
 /// the per-stream send buffer). Stops accepting when `drain` turns true, then asks every
