@@ -252,7 +252,12 @@ struct Env {
 async fn run_inner(opts: &AllOpts) -> anyhow::Result<()> {
     let plan = plan(opts);
     let certify = selected(opts, "certify");
-    if plan.is_empty() && !certify {
+    // A minute long, so only when asked for by name.
+    let destination = opts
+        .only
+        .iter()
+        .any(|p| "destination".starts_with(p.as_str()) && !p.is_empty());
+    if plan.is_empty() && !certify && !destination {
         bail!("no scenario matches --only {}", opts.only.join(","));
     }
     let uses = |via: Via| plan.iter().any(|(_, paths)| paths.contains(&via));
@@ -283,7 +288,7 @@ async fn run_inner(opts: &AllOpts) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => exe.with_file_name("mesh"),
     };
-    if (uses(Via::Mesh) || certify) && !mesh_bin.is_file() {
+    if (uses(Via::Mesh) || certify || destination) && !mesh_bin.is_file() {
         bail!(
             "no mesh binary at {}; build it with `cargo build --release -p mesh`",
             mesh_bin.display()
@@ -333,6 +338,17 @@ async fn run_inner(opts: &AllOpts) -> anyhow::Result<()> {
         row.extend(fields);
         row.push(("loadavg_1m", json!(loadavg())));
         emit(&row)?;
+    }
+    if destination {
+        eprintln!("bench: destination (10,000 endpoints, 1,000 watchers; about a minute) ...");
+        let fields = crate::destination::run(&env.mesh_bin, opts.pid_file.as_deref())
+            .await
+            .context("scenario destination")?;
+        let mut obj = serde_json::Map::new();
+        obj.insert("scenario".into(), json!("destination"));
+        obj.extend(fields);
+        obj.insert("loadavg_1m".into(), json!(loadavg()));
+        println!("{}", serde_json::Value::Object(obj));
     }
     Ok(())
 }

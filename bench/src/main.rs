@@ -7,6 +7,7 @@
 
 mod all;
 mod certify;
+mod destination;
 mod load;
 mod mesh;
 mod procfs;
