@@ -1,105 +1,413 @@
-//! Demo workloads for `mesh up`: small HTTP services that call each other through their
-//! sidecars.
+//! Demo workloads for `mesh up`: small services that call each other through their sidecars
+//! over HTTP/1.1, HTTP/2 (prior knowledge) and gRPC.
+//!
+//! One app serves HTTP/1.1 and HTTP/2 on the same port (detected per connection); a request
+//! whose content type is `application/grpc` is answered as a unary gRPC call, with the reply in
+//! a length-prefixed protobuf message and `grpc-status` in the trailers. For every request it
+//! serves, the app first makes its own calls (`--call`) through its sidecar and reports them in
+//! the reply; a failed call makes the reply a 502 (gRPC: `UNAVAILABLE`).
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::{body::Incoming, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
-use std::{convert::Infallible, net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
+use anyhow::{Context, anyhow, bail};
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::{
+    convert::Infallible, net::SocketAddr, process::ExitCode, str::FromStr, sync::Arc,
+    time::Duration,
+};
+use tokio::sync::Mutex;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The workload's name, returned in responses.
     #[arg(long)]
     name: String,
-    /// Where the app listens.
+    /// Where the app listens (HTTP/1.1 and HTTP/2 prior knowledge, gRPC over HTTP/2).
     #[arg(long)]
     listen: SocketAddr,
-    /// Services this app calls for every request it serves, as `http://host:port/path`,
-    /// through the HTTP proxy given by --via.
+    /// A call this app makes for every request it serves, as `[http1|h2|grpc:]http://host:port/path`
+    /// (default `http1`), sent through the HTTP proxy given by --via. A `grpc` call's path is the
+    /// method, e.g. `/demo.Quotes/Get`.
     #[arg(long)]
-    call: Vec<String>,
-    /// The sidecar's outbound listener, used as an HTTP proxy for --call.
+    call: Vec<Call>,
+    /// The sidecar's outbound listener, used as an HTTP proxy (HTTP/1.1 absolute-form, HTTP/2
+    /// `:authority`) for --call.
     #[arg(long)]
     via: Option<SocketAddr>,
 }
 
+/// How a call is carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    H2,
+    Grpc,
+}
+
+impl Protocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2 => "h2",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Call {
+    protocol: Protocol,
+    uri: http::Uri,
+}
+
+impl FromStr for Call {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (protocol, url) = match s.split_once(":http://") {
+            Some(("http1", rest)) => (Protocol::Http1, rest),
+            Some(("h2", rest)) => (Protocol::H2, rest),
+            Some(("grpc", rest)) => (Protocol::Grpc, rest),
+            Some((other, _)) => {
+                return Err(format!(
+                    "unknown protocol {other:?} (expected http1, h2 or grpc)"
+                ));
+            }
+            None => match s.strip_prefix("http://") {
+                Some(rest) => (Protocol::Http1, rest),
+                None => return Err(format!("{s:?} is not an http:// URL")),
+            },
+        };
+        let uri: http::Uri = format!("http://{url}")
+            .parse()
+            .map_err(|e| format!("{s:?}: {e}"))?;
+        if uri.authority().is_none() {
+            return Err(format!("{s:?} has no host"));
+        }
+        Ok(Call { protocol, uri })
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+struct App {
+    args: Args,
+    /// One HTTP/2 connection to the sidecar, shared by every h2 and gRPC call.
+    h2: Mutex<Option<hyper::client::conn::http2::SendRequest<Full<Bytes>>>>,
+}
+
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    let args = Arc::new(args);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let app = Arc::new(App {
+        args,
+        h2: Mutex::new(None),
+    });
     loop {
         let (stream, _) = listener.accept().await?;
-        let args = args.clone();
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let args = args.clone();
-                async move { Ok::<_, Infallible>(handle(&args, req).await) }
+            let svc = hyper::service::service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(app.handle(req).await) }
             });
-            let _ = http1::Builder::new()
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
     }
 }
 
-async fn handle(args: &Args, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let mut body = format!("{} served {}\n", args.name, req.uri().path());
-    let mut status = StatusCode::OK;
-    for url in &args.call {
-        match call(args.via, url).await {
-            Ok((s, b)) => {
-                if !s.is_success() {
-                    status = StatusCode::BAD_GATEWAY;
+impl App {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let grpc = is_grpc(req.headers());
+        let path = req.uri().path().to_string();
+        // Drain the request body (a gRPC request message, or anything else).
+        let _ = req.into_body().collect().await;
+        let mut text = format!("{} served {path}\n", self.args.name);
+        let mut ok = true;
+        for call in &self.args.call {
+            match self.call(call).await {
+                Ok(reply) => text.push_str(&format!(
+                    "  {} {} -> {}\n",
+                    call.protocol.as_str(),
+                    call.uri,
+                    reply.trim_end()
+                )),
+                Err(e) => {
+                    ok = false;
+                    text.push_str(&format!(
+                        "  {} {} -> error: {e:#}\n",
+                        call.protocol.as_str(),
+                        call.uri
+                    ));
                 }
-                body.push_str(&format!("  {url} -> {s}: {}", String::from_utf8_lossy(&b)));
-            }
-            Err(e) => {
-                status = StatusCode::BAD_GATEWAY;
-                body.push_str(&format!("  {url} -> error: {e}\n"));
             }
         }
+        if grpc {
+            grpc_response(ok, &text)
+        } else {
+            let mut rsp = Response::new(Full::new(Bytes::from(text)).boxed());
+            if !ok {
+                *rsp.status_mut() = StatusCode::BAD_GATEWAY;
+            }
+            rsp
+        }
     }
-    let mut rsp = Response::new(Full::new(Bytes::from(body)));
-    *rsp.status_mut() = status;
+
+    async fn call(&self, call: &Call) -> anyhow::Result<String> {
+        match call.protocol {
+            Protocol::Http1 => self.call_http1(&call.uri).await,
+            Protocol::H2 | Protocol::Grpc => self.call_h2(call).await,
+        }
+    }
+
+    /// One request through the sidecar's HTTP proxy (absolute-form) on a fresh connection; the
+    /// sidecar pools connections to the other side.
+    async fn call_http1(&self, uri: &http::Uri) -> anyhow::Result<String> {
+        let authority = uri
+            .authority()
+            .ok_or_else(|| anyhow!("{uri} has no host"))?
+            .clone();
+        let connect_to = match self.args.via {
+            Some(v) => v,
+            None => tokio::net::lookup_host(authority.as_str())
+                .await?
+                .next()
+                .ok_or_else(|| anyhow!("cannot resolve {authority}"))?,
+        };
+        let stream = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(connect_to),
+        )
+        .await
+        .context("connect timed out")??;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let target = if self.args.via.is_some() {
+            uri.clone()
+        } else {
+            uri.path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+                .parse()?
+        };
+        let req = Request::get(target)
+            .header(header::HOST, authority.as_str())
+            .body(Empty::<Bytes>::new())?;
+        let rsp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+            .await
+            .context("no response within 5 s")??;
+        let status = rsp.status();
+        let body = rsp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!("{status}: {}", String::from_utf8_lossy(&body).trim_end());
+        }
+        Ok(format!("{status}: {}", String::from_utf8_lossy(&body)))
+    }
+
+    /// An HTTP/2 (or gRPC) request on the shared prior-knowledge connection to the sidecar,
+    /// which routes it by `:authority`.
+    async fn call_h2(&self, call: &Call) -> anyhow::Result<String> {
+        let mut sender = self.h2_sender().await?;
+        let grpc = call.protocol == Protocol::Grpc;
+        let mut req = Request::post(call.uri.clone());
+        let body = if grpc {
+            req = req
+                .header(header::CONTENT_TYPE, "application/grpc")
+                .header("te", "trailers");
+            grpc_frame(&self.args.name)
+        } else {
+            req = req.method(http::Method::GET);
+            Bytes::new()
+        };
+        let req = req.body(Full::new(body))?;
+        let rsp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+            .await
+            .context("no response within 5 s")?;
+        let rsp = match rsp {
+            Ok(rsp) => rsp,
+            Err(e) => {
+                // The connection may be gone: dial again on the next call.
+                self.h2.lock().await.take();
+                return Err(e.into());
+            }
+        };
+        let status = rsp.status();
+        let collected = rsp.into_body().collect().await?;
+        let trailers = collected.trailers().cloned();
+        let body = collected.to_bytes();
+        if !grpc {
+            if !status.is_success() {
+                bail!("{status}: {}", String::from_utf8_lossy(&body).trim_end());
+            }
+            return Ok(format!("{status}: {}", String::from_utf8_lossy(&body)));
+        }
+        let grpc_status = trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("missing");
+        if grpc_status != "0" {
+            let message = trailers
+                .as_ref()
+                .and_then(|t| t.get("grpc-message"))
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            bail!("grpc-status {grpc_status} {message}");
+        }
+        let text = parse_grpc_frame(&body).context("a malformed gRPC reply")?;
+        Ok(format!("grpc-status 0: {text}"))
+    }
+
+    async fn h2_sender(
+        &self,
+    ) -> anyhow::Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>> {
+        let mut slot = self.h2.lock().await;
+        if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let via = self
+            .args
+            .via
+            .ok_or_else(|| anyhow!("HTTP/2 and gRPC calls need --via (the sidecar)"))?;
+        let stream =
+            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(via))
+                .await
+                .context("connect timed out")??;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await?;
+        tokio::spawn(conn);
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// A unary gRPC reply: one message (a protobuf with the text as field 1) and the status in the
+/// trailers.
+fn grpc_response(ok: bool, text: &str) -> Response<Body> {
+    let mut trailers = HeaderMap::new();
+    if ok {
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    } else {
+        trailers.insert("grpc-status", HeaderValue::from_static("14"));
+        trailers.insert(
+            "grpc-message",
+            HeaderValue::from_static("an upstream call failed"),
+        );
+    }
+    let frames: Vec<Result<Frame<Bytes>, Infallible>> = if ok {
+        vec![
+            Ok(Frame::data(grpc_frame(text))),
+            Ok(Frame::trailers(trailers)),
+        ]
+    } else {
+        vec![Ok(Frame::trailers(trailers))]
+    };
+    let body = http_body_util::StreamBody::new(tokio_stream::iter(frames));
+    let mut rsp = Response::new(BodyExt::boxed(body));
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
     rsp
 }
 
-/// One request through the sidecar's HTTP proxy (absolute-form), on a fresh connection to the
-/// local sidecar; the sidecar pools connections to the other side.
-async fn call(via: Option<SocketAddr>, url: &str) -> anyhow::Result<(StatusCode, Bytes)> {
-    let uri: http::Uri = url.parse()?;
-    let authority = uri
-        .authority()
-        .ok_or_else(|| anyhow::anyhow!("{url} has no host"))?
-        .clone();
-    let connect_to = match via {
-        Some(v) => v,
-        None => tokio::net::lookup_host(authority.as_str())
-            .await?
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("cannot resolve {authority}"))?,
+/// A gRPC length-prefixed message holding a protobuf message whose field 1 is `text`.
+fn grpc_frame(text: &str) -> Bytes {
+    let mut msg = BytesMut::new();
+    msg.put_u8(0x0a); // field 1, length-delimited
+    put_varint(&mut msg, text.len() as u64);
+    msg.put_slice(text.as_bytes());
+    let mut out = BytesMut::with_capacity(5 + msg.len());
+    out.put_u8(0); // not compressed
+    out.put_u32(u32::try_from(msg.len()).unwrap_or(u32::MAX));
+    out.put_slice(&msg);
+    out.freeze()
+}
+
+fn put_varint(buf: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        buf.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.put_u8(v as u8);
+}
+
+/// The text of a message written by [`grpc_frame`].
+fn parse_grpc_frame(body: &[u8]) -> anyhow::Result<String> {
+    let [flag, a, b, c, d, msg @ ..] = body else {
+        bail!("{} bytes, shorter than a message header", body.len());
     };
-    let stream = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::net::TcpStream::connect(connect_to),
-    )
-    .await??;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let target = if via.is_some() {
-        uri.clone()
-    } else {
-        uri.path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .parse()?
+    if *flag != 0 {
+        bail!("compressed messages are not supported");
+    }
+    let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+    let msg = msg
+        .get(..len)
+        .ok_or_else(|| anyhow!("the message is truncated"))?;
+    let Some((&0x0a, rest)) = msg.split_first() else {
+        bail!("field 1 is missing");
     };
-    let req = Request::get(target)
-        .header(http::header::HOST, authority.as_str())
-        .body(Empty::<Bytes>::new())?;
-    let rsp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req)).await??;
-    let status = rsp.status();
-    let body = rsp.into_body().collect().await?.to_bytes();
-    Ok((status, body))
+    let mut len = 0u64;
+    let mut shift = 0;
+    let mut i = 0;
+    loop {
+        let byte = *rest.get(i).ok_or_else(|| anyhow!("a truncated varint"))?;
+        len |= u64::from(byte & 0x7f) << shift;
+        i += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 63 {
+            bail!("a varint too long");
+        }
+    }
+    let text = rest
+        .get(i..i + usize::try_from(len)?)
+        .ok_or_else(|| anyhow!("field 1 is truncated"))?;
+    Ok(String::from_utf8_lossy(text).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_frames_round_trip() {
+        let long = "x".repeat(300);
+        for text in ["", "hello", long.as_str()] {
+            assert_eq!(parse_grpc_frame(&grpc_frame(text)).unwrap(), text);
+        }
+        assert!(parse_grpc_frame(&[0, 0, 0]).is_err());
+        assert!(parse_grpc_frame(&[0, 0, 0, 0, 9, 0x0a]).is_err());
+    }
+
+    #[test]
+    fn calls_parse_with_their_protocol() {
+        let c: Call = "grpc:http://quotes.demo.svc.cluster.local:8080/demo.Quotes/Get"
+            .parse()
+            .unwrap();
+        assert_eq!(c.protocol, Protocol::Grpc);
+        assert_eq!(c.uri.path(), "/demo.Quotes/Get");
+        let c: Call = "http://backend:8080/api".parse().unwrap();
+        assert_eq!(c.protocol, Protocol::Http1);
+        assert!("spdy:http://x/".parse::<Call>().is_err());
+        assert!("ftp://x/".parse::<Call>().is_err());
+    }
 }

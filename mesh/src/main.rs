@@ -6,6 +6,7 @@ use std::process::ExitCode;
 mod demo;
 mod stat;
 mod up;
+mod viz;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,6 +24,16 @@ enum Command {
     /// Run the mesh locally on loopback: demo workloads, each behind its own sidecar proxy,
     /// plus a load generator and a live table of what the sidecars see.
     Up(up::Args),
+    /// Requests/s, success rate, latency percentiles and mTLS share per workload and route,
+    /// read from the sidecars of a local mesh (or any proxies' admin addresses).
+    Stat(viz::StatArgs),
+    /// Who talks to whom, with the identities on both sides of each hop.
+    Edges(viz::EdgesArgs),
+    /// The service graph as Graphviz DOT (and SVG with --svg, when `dot` is installed).
+    Graph(viz::GraphArgs),
+    /// Verify a running mesh: control plane ready, certificates valid and not near expiry,
+    /// every sidecar ready. Prints a hint for each failure.
+    Check(viz::CheckArgs),
     /// Run the sidecar proxy (configured by LINKERD2_PROXY_* / MESH_PROXY_* variables, as the
     /// `linkerd-proxy` binary is; see linkerd-proxy/README.md).
     Proxy,
@@ -41,6 +52,10 @@ fn main() -> ExitCode {
         Command::Proxy => linkerd_proxy::main(),
         Command::DemoApp(args) => run(demo::run(args)),
         Command::Up(args) => run(up::run(args)),
+        Command::Stat(args) => run(viz::stat(args)),
+        Command::Edges(args) => run(viz::edges(args)),
+        Command::Graph(args) => run(viz::graph(args)),
+        Command::Check(args) => run(viz::check(args)),
         Command::Identity(args) => run(async { Ok(linkerd_identity::args::run(args).await?) }),
         Command::Destination(args) => {
             run(async { Ok(linkerd_destination::args::run(args).await?) })

@@ -32,6 +32,14 @@ pub struct Window {
 const INF: u64 = u64::MAX;
 
 pub async fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
+    match get(admin, "/metrics").await? {
+        (200, body) => Ok(body),
+        (status, _) => anyhow::bail!("{admin}/metrics answered {status}"),
+    }
+}
+
+/// A GET to an admin server: the status and the body as text.
+pub async fn get(admin: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let stream = tokio::time::timeout(
         Duration::from_secs(1),
         tokio::net::TcpStream::connect(admin),
@@ -39,57 +47,130 @@ pub async fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
     .await??;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let req = http::Request::get("/metrics")
+    let req = http::Request::get(path)
         .header(http::header::HOST, admin.to_string())
         .body(Empty::<Bytes>::new())?;
     let rsp = tokio::time::timeout(Duration::from_secs(2), sender.send_request(req)).await??;
+    let status = rsp.status().as_u16();
     let body = rsp.into_body().collect().await?.to_bytes();
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// One series' identity: which direction, which authority (the route, as Linkerd's
+/// `linkerd viz stat` groups), and the peer's mTLS identity when there was one (`client_id`
+/// inbound, `server_id` outbound).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteKey {
+    pub direction: String,
+    pub authority: String,
+    pub peer_id: Option<String>,
+}
+
+/// Everything one scrape of a sidecar's `/metrics` says, per route.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scrape {
+    pub rss_bytes: f64,
+    pub routes: BTreeMap<RouteKey, Snapshot>,
+}
+
+impl Scrape {
+    pub fn parse(text: &str) -> Self {
+        let mut out = Scrape::default();
+        for line in text.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(v) = value.parse::<f64>() else {
+                continue;
+            };
+            if series.starts_with("process_resident_memory_bytes") {
+                out.rss_bytes = v;
+                continue;
+            }
+            let is_request = series.starts_with("request_total{");
+            let is_response = series.starts_with("response_total{");
+            let is_bucket = series.starts_with("response_latency_ms_bucket{");
+            if !(is_request || is_response || is_bucket) {
+                continue;
+            }
+            let Some(direction) = label(series, "direction") else {
+                continue;
+            };
+            let key = RouteKey {
+                direction: direction.to_string(),
+                authority: label(series, "authority").unwrap_or("").to_string(),
+                peer_id: label(series, "client_id")
+                    .or_else(|| label(series, "server_id"))
+                    .map(str::to_string),
+            };
+            let s = out.routes.entry(key).or_default();
+            if is_request {
+                s.requests += v;
+            } else if is_response {
+                s.responses += v;
+                if series.contains("classification=\"success\"") {
+                    s.successes += v;
+                }
+                if series.contains("tls=\"true\"") {
+                    s.tls_responses += v;
+                }
+            } else if let Some(le) = label(series, "le") {
+                let bound = if le == "+Inf" {
+                    INF
+                } else {
+                    le.parse().unwrap_or(INF)
+                };
+                *s.buckets.entry(bound).or_default() += v;
+            }
+        }
+        out
+    }
+
+    /// Every route of one direction (`inbound` or `outbound`) summed.
+    pub fn direction(&self, direction: &str) -> Snapshot {
+        let mut total = Snapshot {
+            rss_bytes: self.rss_bytes,
+            ..Snapshot::default()
+        };
+        for (k, s) in &self.routes {
+            if k.direction == direction {
+                total.add(s);
+            }
+        }
+        total
+    }
+
+    /// One direction's routes by authority, summed over peers.
+    pub fn by_authority(&self, direction: &str) -> BTreeMap<String, Snapshot> {
+        let mut out: BTreeMap<String, Snapshot> = BTreeMap::new();
+        for (k, s) in &self.routes {
+            if k.direction == direction {
+                out.entry(k.authority.clone()).or_default().add(s);
+            }
+        }
+        out
+    }
+}
+
+impl Snapshot {
+    pub fn add(&mut self, other: &Snapshot) {
+        self.requests += other.requests;
+        self.responses += other.responses;
+        self.successes += other.successes;
+        self.tls_responses += other.tls_responses;
+        for (le, c) in &other.buckets {
+            *self.buckets.entry(*le).or_default() += c;
+        }
+    }
 }
 
 /// Sums the series of one direction (`inbound` or `outbound`).
-pub fn parse(text: &str, direction: &str) -> Snapshot {
-    let dir = format!("direction=\"{direction}\"");
-    let mut s = Snapshot::default();
-    for line in text.lines() {
-        if line.starts_with('#') {
-            continue;
-        }
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(v) = value.parse::<f64>() else {
-            continue;
-        };
-        if series.starts_with("process_resident_memory_bytes") {
-            s.rss_bytes = v;
-            continue;
-        }
-        if !series.contains(&dir) {
-            continue;
-        }
-        if series.starts_with("request_total{") {
-            s.requests += v;
-        } else if series.starts_with("response_total{") {
-            s.responses += v;
-            if series.contains("classification=\"success\"") {
-                s.successes += v;
-            }
-            if series.contains("tls=\"true\"") {
-                s.tls_responses += v;
-            }
-        } else if series.starts_with("response_latency_ms_bucket{")
-            && let Some(le) = label(series, "le")
-        {
-            let bound = if le == "+Inf" {
-                INF
-            } else {
-                le.parse().unwrap_or(INF)
-            };
-            *s.buckets.entry(bound).or_default() += v;
-        }
-    }
-    s
+#[cfg(test)]
+fn parse(text: &str, direction: &str) -> Snapshot {
+    Scrape::parse(text).direction(direction)
 }
 
 fn label<'a>(series: &'a str, name: &str) -> Option<&'a str> {
@@ -183,6 +264,9 @@ process_resident_memory_bytes 4096000
         assert_eq!(s.buckets[&INF], 10.0);
         assert_eq!(s.rss_bytes, 4096000.0);
         assert_eq!(parse(TEXT, "outbound").requests, 4.0);
+        let scrape = Scrape::parse(TEXT);
+        assert_eq!(scrape.by_authority("inbound")["a"].successes, 9.0);
+        assert_eq!(scrape.by_authority("outbound")["b"].requests, 4.0);
 
         let w = Window::between(&Snapshot::default(), &s, 2.0);
         assert_eq!(w.rps, 5.0);

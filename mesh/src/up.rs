@@ -1,24 +1,32 @@
 //! `mesh up`: the mesh on one machine.
 //!
 //! Generates a fresh trust anchor and issuer, starts the control plane (`mesh identity serve`,
-//! and `mesh destination serve` with a registry file naming every workload's sidecar) and each
-//! demo workload as its own process on its own loopback address, each behind its own sidecar
-//! (`mesh proxy`, a separate process) with its own identity, drives load at the front door,
-//! and shows what the sidecars measure. Workloads reach each other only through their
-//! sidecars: the app uses its sidecar's outbound listener as an HTTP proxy, the sidecar
-//! resolves the service through the destination service, balances over its endpoints and
-//! dials the chosen peer's inbound proxy over mTLS (verifying the identity discovery gave),
-//! which delivers to the peer app.
+//! and `mesh destination serve` with a registry file naming every workload's sidecar), then
+//! each workload of the mesh file (the built-in demo, or the user's `-f mesh.yaml`) as its own
+//! process on its own loopback address, behind its own sidecar (`mesh proxy`, a separate
+//! process) with its own identity; drives load at the front door, and shows what the sidecars
+//! measure. Workloads reach each other only through their sidecars: the app uses its
+//! sidecar's outbound listener as an HTTP proxy, the sidecar resolves the service through the
+//! destination service, balances over its endpoints and dials the chosen peer's inbound proxy
+//! over mTLS (verifying the identity discovery gave), which delivers to the peer app.
+//!
+//! A workload that fails (its app or sidecar exits, or it never listens) is reported with the
+//! end of its error log and the rest keep running; the control plane failing ends the run.
 
-use crate::stat::{self, Snapshot, Window};
+mod config;
+
+pub use config::MeshFile;
+
+use crate::stat::{self, Scrape, Window};
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use config::WorkloadSpec;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use std::{
     io::IsTerminal,
     net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{ExitCode, Stdio},
     sync::{
         Arc,
@@ -30,22 +38,34 @@ use tokio::process::{Child, Command};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// A mesh file naming your own workloads (see examples/mesh.yaml). Default: the built-in
+    /// demo (examples/demo.yaml).
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     seconds: Option<u64>,
     /// Print one JSON summary at the end instead of the live table. Exits 0 only if every
-    /// request succeeded.
+    /// workload ran, every route's requests succeeded and all traffic between workloads was
+    /// mTLS.
     #[arg(long)]
     json: bool,
-    /// Requests per second sent to the demo's front door.
-    #[arg(long, default_value_t = 20)]
-    rps: u32,
-    /// The first loopback address to use; workloads take consecutive addresses from it.
+    /// Requests per second from the load generator (default: the file's `load.rps`).
+    #[arg(long)]
+    rps: Option<u32>,
+    /// The first loopback address to use; the control plane takes the one before it and
+    /// workloads consecutive ones from it.
     #[arg(long, default_value = "127.0.0.10")]
     base_ip: Ipv4Addr,
+    /// Where to write what is running (addresses of every sidecar's admin server, the control
+    /// plane), for `mesh stat`, `mesh edges`, `mesh graph` and `mesh check`.
+    #[arg(long, default_value_os_t = crate::viz::default_state_file())]
+    state: PathBuf,
+    /// How long a workload has to listen on its port and its sidecar to be ready.
+    #[arg(long, default_value = "20")]
+    ready_timeout_secs: u64,
 }
 
-const APP_PORT: u16 = 8080;
 const INBOUND_PORT: u16 = 4143;
 const OUTBOUND_PORT: u16 = 4140;
 const ADMIN_PORT: u16 = 4191;
@@ -53,77 +73,102 @@ const IDENTITY_PORT: u16 = 8080;
 const IDENTITY_ADMIN_PORT: u16 = 9990;
 const DESTINATION_PORT: u16 = 8086;
 const DESTINATION_ADMIN_PORT: u16 = 9996;
-/// The demo's namespace; services are `<name>.demo.svc.cluster.local`.
-const NAMESPACE: &str = "demo";
 
-/// One demo workload: an app and its sidecar.
+/// One workload of the mesh file, placed on its loopback address.
 #[derive(Debug)]
 struct Workload {
-    name: &'static str,
-    /// The logical service the workload serves (a name in [`NAMESPACE`]).
-    service: &'static str,
+    spec: WorkloadSpec,
+    namespace: String,
     ip: Ipv4Addr,
-    /// URLs the app calls for every request it serves.
-    calls: Vec<String>,
-    /// Called from outside the mesh (the load generator), so its inbound traffic is plaintext.
-    ingress: bool,
 }
 
 impl Workload {
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    fn service(&self) -> &str {
+        self.spec.service()
+    }
+
     /// The workload's mTLS identity, as Linkerd names a service account's.
     fn identity(&self) -> String {
         format!(
-            "{}.{NAMESPACE}.serviceaccount.identity.linkerd.cluster.local",
-            self.name
+            "{}.{}.serviceaccount.identity.linkerd.cluster.local",
+            self.spec.name, self.namespace
         )
     }
 
     /// The fully-qualified name of the workload's service.
     fn fqdn(&self) -> String {
-        fqdn(self.service)
+        fqdn(self.service(), &self.namespace)
+    }
+
+    fn app_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, self.spec.port))
     }
 }
 
-fn fqdn(service: &str) -> String {
-    format!("{service}.{NAMESPACE}.svc.cluster.local")
+fn fqdn(service: &str, namespace: &str) -> String {
+    format!("{service}.{namespace}.svc.cluster.local")
 }
 
-/// The control plane: its process and what sidecars need to reach it.
+/// The control plane: its processes and what sidecars need to reach it.
 #[derive(Debug)]
 struct ControlPlane {
-    process: Child,
+    identity: Child,
     destination: Child,
     ip: Ipv4Addr,
     trust_anchor_pem: String,
+    trust_anchor_file: PathBuf,
 }
 
 #[derive(Debug)]
 struct Running {
     workload: Workload,
-    app: Child,
-    proxy: Child,
+    app: Option<Child>,
+    proxy: Option<Child>,
+    /// Why the workload is not running, once it has failed.
+    failed: Option<String>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let workloads = demo_workloads(args.base_ip);
+    let file = match &args.file {
+        Some(path) => MeshFile::load(path)?,
+        None => MeshFile::demo()?,
+    };
     let exe = std::env::current_exe().context("cannot find the mesh binary")?;
     let logs = std::env::temp_dir().join(format!("mesh-up-{}", std::process::id()));
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let workloads: Vec<Workload> = file
+        .workloads
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| Workload {
+            spec: spec.clone(),
+            namespace: file.namespace.clone(),
+            ip: offset(args.base_ip, i16::try_from(i).unwrap_or(i16::MAX)),
+        })
+        .collect();
+    if let Some(last) = workloads.last()
+        && last.ip.octets()[3] < args.base_ip.octets()[3]
+    {
+        bail!(
+            "{} workloads do not fit after {}",
+            workloads.len(),
+            args.base_ip
+        );
+    }
     let cp_ip = offset(args.base_ip, -1);
-    let mut cp = start_control_plane(&exe, cp_ip, &workloads, &logs).await?;
+    let mut cp = start_control_plane(&exe, cp_ip, &file, &workloads, &logs).await?;
     let mut running = Vec::new();
     for w in workloads {
-        let proxy = spawn_proxy(&exe, &w, &cp, &logs)?;
-        let app = spawn_app(&exe, &w, &logs)?;
-        running.push(Running {
-            workload: w,
-            app,
-            proxy,
-        });
+        running.push(start_workload(&exe, w, &file, &cp, &logs));
     }
-    let outcome = serve(&args, &mut running, &mut cp, &logs).await;
+    let outcome = serve(&args, &file, &mut running, &mut cp, &logs).await;
+    let _ = std::fs::remove_file(&args.state);
     shutdown(&mut running).await;
-    for p in [&mut cp.process, &mut cp.destination] {
+    for p in [&mut cp.identity, &mut cp.destination] {
         let _ = p.start_kill();
         let _ = p.wait().await;
     }
@@ -139,10 +184,11 @@ fn offset(ip: Ipv4Addr, by: i16) -> Ipv4Addr {
 /// Writes fresh trust material and a token per workload, and starts the identity service; writes
 /// the registry of every workload's service and starts the destination service.
 async fn start_control_plane(
-    exe: &std::path::Path,
+    exe: &Path,
     ip: Ipv4Addr,
+    file: &MeshFile,
     workloads: &[Workload],
-    logs: &std::path::Path,
+    logs: &Path,
 ) -> anyhow::Result<ControlPlane> {
     use linkerd_identity::{token, trust};
     let dir = logs.join("identity");
@@ -160,9 +206,9 @@ async fn start_control_plane(
             Duration::from_secs(24 * 3600),
             std::time::SystemTime::now(),
         );
-        std::fs::write(dir.join(format!("{}.token", w.name)), t)?;
+        std::fs::write(dir.join(format!("{}.token", w.name())), t)?;
     }
-    let process = Command::new(exe)
+    let identity = Command::new(exe)
         .args(["identity", "serve"])
         .args(["--addr", &SocketAddr::from((ip, IDENTITY_PORT)).to_string()])
         .args([
@@ -181,10 +227,13 @@ async fn start_control_plane(
         .stdout(log_file(logs, "identity")?)
         .stderr(log_file(logs, "identity.err")?)
         .kill_on_drop(true)
+        // Out of the terminal's process group: Ctrl-C reaches `mesh up`, which drains
+        // everything in order.
+        .process_group(0)
         .spawn()
         .context("cannot start the identity service")?;
     let registry = logs.join("registry.yaml");
-    std::fs::write(&registry, registry_yaml(workloads))
+    std::fs::write(&registry, registry_yaml(file, workloads))
         .with_context(|| format!("cannot write {}", registry.display()))?;
     let destination = Command::new(exe)
         .args(["destination", "serve"])
@@ -202,41 +251,95 @@ async fn start_control_plane(
         .stdout(log_file(logs, "destination")?)
         .stderr(log_file(logs, "destination.err")?)
         .kill_on_drop(true)
+        // Out of the terminal's process group: Ctrl-C reaches `mesh up`, which drains
+        // everything in order.
+        .process_group(0)
         .spawn()
         .context("cannot start the destination service")?;
     Ok(ControlPlane {
-        process,
+        identity,
         destination,
         ip,
         trust_anchor_pem: files.anchor_pem,
+        trust_anchor_file: paths.anchor.clone(),
     })
+}
+
+/// Starts a workload's sidecar and app; a failure to start either is recorded on the
+/// workload, not fatal to the mesh.
+fn start_workload(
+    exe: &Path,
+    w: Workload,
+    file: &MeshFile,
+    cp: &ControlPlane,
+    logs: &Path,
+) -> Running {
+    let mut r = Running {
+        workload: w,
+        app: None,
+        proxy: None,
+        failed: None,
+    };
+    match spawn_proxy(exe, &r.workload, cp, logs) {
+        Ok(p) => r.proxy = Some(p),
+        Err(e) => r.failed = Some(format!("{e:#}")),
+    }
+    match spawn_app(exe, &r.workload, file, logs) {
+        Ok(a) => r.app = Some(a),
+        Err(e) => r.failed = Some(format!("{e:#}")),
+    }
+    r
 }
 
 async fn serve(
     args: &Args,
+    file: &MeshFile,
     running: &mut [Running],
     cp: &mut ControlPlane,
-    logs: &std::path::Path,
+    logs: &Path,
 ) -> anyhow::Result<ExitCode> {
     wait_control_plane(cp, logs).await?;
-    wait_ready(running, logs).await?;
+    wait_ready(running, logs, Duration::from_secs(args.ready_timeout_secs)).await;
+    write_state(&args.state, file, running, cp, logs)?;
+    let front = file.load.as_ref().and_then(|l| {
+        running
+            .iter()
+            .find(|r| r.workload.service() == l.service && r.failed.is_none())
+            .map(|r| (r, l))
+    });
     if !args.json {
         println!(
-            "mesh up: {} workloads on loopback; logs in {}",
+            "mesh up: {} workloads on loopback; logs in {}; state in {}",
             running.len(),
-            logs.display()
+            logs.display(),
+            args.state.display()
         );
-        println!(
-            "Try: curl -H 'Host: {}' http://{}/",
-            running[0].workload.fqdn(),
-            inbound(running[0].workload.ip)
-        );
+        if let Some(r) = running.iter().find(|r| r.failed.is_none()) {
+            println!(
+                "Try: curl -H 'Host: {}:{}' http://{}/",
+                r.workload.fqdn(),
+                r.workload.spec.port,
+                inbound(r.workload.ip)
+            );
+        }
+        println!("Other terminals: mesh stat | mesh edges | mesh graph | mesh check");
     }
-
-    let front = inbound(running[0].workload.ip);
     let sent = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    let load = tokio::spawn(generate_load(front, args.rps, sent.clone(), failed.clone()));
+    let load = front.map(|(r, l)| {
+        let authority = format!("{}:{}", r.workload.fqdn(), r.workload.spec.port);
+        tokio::spawn(generate_load(
+            inbound(r.workload.ip),
+            authority,
+            l.path.clone(),
+            args.rps.unwrap_or(l.rps),
+            sent.clone(),
+            failed.clone(),
+        ))
+    });
+    if file.load.is_some() && load.is_none() {
+        eprintln!("mesh up: no workload serving the load's service is running; no load sent");
+    }
 
     let first = scrape_all(running).await;
     let mut prev = first.clone();
@@ -249,17 +352,24 @@ async fn serve(
             _ = tick.tick() => {}
             _ = tokio::signal::ctrl_c() => break,
         }
-        if let Some(w) = running.iter_mut().find_map(exited) {
-            bail!("{w}; see the logs in {}", logs.display());
+        for r in running.iter_mut() {
+            if r.failed.is_none()
+                && let Some(e) = exited(r, logs)
+            {
+                if !args.json {
+                    eprintln!("mesh up: {e}");
+                }
+                r.failed = Some(e);
+            }
         }
         for (name, p) in [
-            ("identity", &mut cp.process),
+            ("identity", &mut cp.identity),
             ("destination", &mut cp.destination),
         ] {
             if let Ok(Some(status)) = p.try_wait() {
                 bail!(
-                    "the {name} service exited ({status}); see the logs in {}",
-                    logs.display()
+                    "the {name} service exited ({status}): {}",
+                    tail(&logs.join(format!("{name}.err.log")))
                 );
             }
         }
@@ -278,82 +388,64 @@ async fn serve(
             break;
         }
     }
-    load.abort();
+    if let Some(load) = load {
+        load.abort();
+    }
     let secs = started.elapsed().as_secs_f64();
     let last = scrape_all(running).await;
-    let cp_rss_kb = [&cp.process, &cp.destination]
+    let cp_rss_kb = [&cp.identity, &cp.destination]
         .iter()
         .map(|p| p.id().and_then(rss_kb))
         .sum::<Option<u64>>();
-    summarize(
+    let summary = summarize(
         cp_rss_kb,
-        args,
         running,
         &first,
         &last,
         secs,
+        file.load.is_some(),
         sent.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed),
-    )
+    );
+    let ok = summary["ok"] == serde_json::Value::Bool(true);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        for problem in summary["problems"].as_array().into_iter().flatten() {
+            println!("problem: {}", problem.as_str().unwrap_or_default());
+        }
+        println!(
+            "\n{}",
+            if ok {
+                "every workload ran, every request succeeded, all traffic between workloads was mTLS"
+            } else {
+                "not everything went well: see the problems above and the logs"
+            }
+        );
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
-fn demo_workloads(base: Ipv4Addr) -> Vec<Workload> {
-    let ip = |i: u8| {
-        let [a, b, c, d] = base.octets();
-        Ipv4Addr::new(a, b, c, d.saturating_add(i))
-    };
-    vec![
-        Workload {
-            name: "frontend",
-            service: "frontend",
-            ip: ip(0),
-            calls: vec![
-                format!("http://{}:{APP_PORT}/api", fqdn("backend")),
-                format!("http://{}:{APP_PORT}/quote", fqdn("quotes")),
-            ],
-            ingress: true,
-        },
-        Workload {
-            name: "backend-v1",
-            service: "backend",
-            ip: ip(1),
-            calls: vec![],
-            ingress: false,
-        },
-        Workload {
-            name: "backend-v2",
-            service: "backend",
-            ip: ip(2),
-            calls: vec![],
-            ingress: false,
-        },
-        Workload {
-            name: "quotes",
-            service: "quotes",
-            ip: ip(3),
-            calls: vec![],
-            ingress: false,
-        },
-    ]
-}
-
-/// The destination service's registry: every service on the app port, its endpoints the
-/// inbound proxies of the workloads serving it (every workload has its own loopback IP, the
-/// sidecar listens on the inbound port), each with the workload's identity.
-fn registry_yaml(workloads: &[Workload]) -> String {
-    let mut services: Vec<&str> = workloads.iter().map(|w| w.service).collect();
-    services.dedup();
+/// The destination service's registry: every service on its port, its endpoints the inbound
+/// proxies of the workloads serving it (every workload has its own loopback IP, the sidecar
+/// listens on the inbound port), each with the workload's identity.
+fn registry_yaml(file: &MeshFile, workloads: &[Workload]) -> String {
     let mut out = String::from("services:\n");
-    for svc in services {
+    for (svc, port) in file.services() {
         out.push_str(&format!(
-            "  - name: {svc}\n    namespace: {NAMESPACE}\n    ports: [{APP_PORT}]\n    endpoints:\n"
+            "  - name: {svc}\n    namespace: {}\n    ports: [{port}]\n    endpoints:\n",
+            file.namespace
         ));
-        for w in workloads.iter().filter(|w| w.service == svc) {
+        for w in workloads.iter().filter(|w| w.service() == svc) {
             out.push_str(&format!(
                 "      - {{ip: {}, port: {INBOUND_PORT}, identity: {}, labels: {{pod: {}}}}}\n",
                 w.ip,
                 w.identity(),
-                w.name
+                w.name()
             ));
         }
     }
@@ -368,20 +460,28 @@ fn admin(ip: Ipv4Addr) -> SocketAddr {
     SocketAddr::from((ip, ADMIN_PORT))
 }
 
-fn log_file(logs: &std::path::Path, name: &str) -> anyhow::Result<Stdio> {
+fn log_file(logs: &Path, name: &str) -> anyhow::Result<Stdio> {
     let path: PathBuf = logs.join(format!("{name}.log"));
     let f = std::fs::File::create(&path)
         .with_context(|| format!("cannot create {}", path.display()))?;
     Ok(Stdio::from(f))
 }
 
-fn spawn_proxy(
-    exe: &std::path::Path,
-    w: &Workload,
-    cp: &ControlPlane,
-    logs: &std::path::Path,
-) -> anyhow::Result<Child> {
-    let token = logs.join("identity").join(format!("{}.token", w.name));
+/// The last lines of a log, for error messages.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(3);
+    let t = lines[start..].join(" | ");
+    if t.is_empty() {
+        format!("nothing in {}", path.display())
+    } else {
+        t
+    }
+}
+
+fn spawn_proxy(exe: &Path, w: &Workload, cp: &ControlPlane, logs: &Path) -> anyhow::Result<Child> {
+    let token = logs.join("identity").join(format!("{}.token", w.name()));
     Command::new(exe)
         .arg("proxy")
         .env(
@@ -403,58 +503,85 @@ fn spawn_proxy(
             SocketAddr::from((w.ip, OUTBOUND_PORT)).to_string(),
         )
         .env("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", admin(w.ip).to_string())
-        .env(
-            "MESH_PROXY_INBOUND_FORWARD_ADDR",
-            SocketAddr::from((w.ip, APP_PORT)).to_string(),
-        )
+        .env("MESH_PROXY_INBOUND_FORWARD_ADDR", w.app_addr().to_string())
         .env(
             "LINKERD2_PROXY_DESTINATION_SVC_ADDR",
             SocketAddr::from((cp.ip, DESTINATION_PORT)).to_string(),
+        )
+        .env(
+            "LINKERD2_PROXY_DESTINATION_PROFILE_SUFFIXES",
+            format!("{}.svc.cluster.local.", w.namespace),
         )
         .env("LINKERD2_PROXY_CORES", "1")
         .env("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "5s")
         .env("LINKERD2_PROXY_LOG", "warn,linkerd_proxy=info")
         .stdin(Stdio::null())
-        .stdout(log_file(logs, &format!("{}-proxy", w.name))?)
-        .stderr(log_file(logs, &format!("{}-proxy.err", w.name))?)
+        .stdout(log_file(logs, &format!("{}-proxy", w.name()))?)
+        .stderr(log_file(logs, &format!("{}-proxy.err", w.name()))?)
         .kill_on_drop(true)
+        // Out of the terminal's process group: Ctrl-C reaches `mesh up`, which drains
+        // everything in order.
+        .process_group(0)
         .spawn()
-        .with_context(|| format!("cannot start the sidecar of {}", w.name))
+        .with_context(|| format!("cannot start the sidecar of {}", w.name()))
 }
 
-fn spawn_app(exe: &std::path::Path, w: &Workload, logs: &std::path::Path) -> anyhow::Result<Child> {
-    let mut cmd = Command::new(exe);
-    cmd.arg("demo-app")
-        .args(["--name", w.name])
-        .args(["--listen", &SocketAddr::from((w.ip, APP_PORT)).to_string()])
-        .args([
-            "--via",
-            &SocketAddr::from((w.ip, OUTBOUND_PORT)).to_string(),
-        ]);
-    for c in &w.calls {
-        cmd.args(["--call", c]);
+/// Runs the workload's command with `sh -c` in a working directory of its own, with the
+/// environment examples/mesh.yaml documents.
+fn spawn_app(exe: &Path, w: &Workload, file: &MeshFile, logs: &Path) -> anyhow::Result<Child> {
+    let workdir = logs.join("work").join(w.name());
+    std::fs::create_dir_all(&workdir)
+        .with_context(|| format!("cannot create {}", workdir.display()))?;
+    let proxy = SocketAddr::from((w.ip, OUTBOUND_PORT)).to_string();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(&w.spec.command)
+        .current_dir(&workdir)
+        .env("MESH", exe)
+        .env("MESH_IP", w.ip.to_string())
+        .env("PORT", w.spec.port.to_string())
+        .env("MESH_PROXY", &proxy)
+        .env("http_proxy", format!("http://{proxy}"))
+        .env("HTTP_PROXY", format!("http://{proxy}"))
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY");
+    for (svc, port) in file.services() {
+        cmd.env(
+            config::service_env(svc),
+            format!("{}:{port}", fqdn(svc, &file.namespace)),
+        );
     }
-    cmd.stdin(Stdio::null())
-        .stdout(log_file(logs, w.name)?)
-        .stderr(log_file(logs, &format!("{}.err", w.name))?)
+    cmd.envs(&w.spec.env)
+        .stdin(Stdio::null())
+        .stdout(log_file(logs, w.name())?)
+        .stderr(log_file(logs, &format!("{}.err", w.name()))?)
         .kill_on_drop(true)
+        // Its own process group, so that stopping it stops whatever `sh` started.
+        .process_group(0)
         .spawn()
-        .with_context(|| format!("cannot start {}", w.name))
+        .with_context(|| format!("cannot start {}", w.name()))
 }
 
-fn exited(r: &mut Running) -> Option<String> {
-    for (what, child) in [("app", &mut r.app), ("sidecar", &mut r.proxy)] {
-        if let Ok(Some(status)) = child.try_wait() {
+/// Whether the workload's app or sidecar has exited, with why.
+fn exited(r: &mut Running, logs: &Path) -> Option<String> {
+    let name = r.workload.name().to_string();
+    for (what, child, log) in [
+        ("app", r.app.as_mut(), format!("{name}.err.log")),
+        ("sidecar", r.proxy.as_mut(), format!("{name}-proxy.err.log")),
+    ] {
+        if let Some(child) = child
+            && let Ok(Some(status)) = child.try_wait()
+        {
             return Some(format!(
-                "the {what} of {} exited ({status})",
-                r.workload.name
+                "the {what} of {name} exited ({status}): {}",
+                tail(&logs.join(log))
             ));
         }
     }
     None
 }
 
-async fn wait_control_plane(cp: &mut ControlPlane, logs: &std::path::Path) -> anyhow::Result<()> {
+async fn wait_control_plane(cp: &mut ControlPlane, logs: &Path) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let services = [
         ("identity", IDENTITY_ADMIN_PORT),
@@ -464,14 +591,15 @@ async fn wait_control_plane(cp: &mut ControlPlane, logs: &std::path::Path) -> an
         let admin = SocketAddr::from((cp.ip, port));
         loop {
             let child = if name == "identity" {
-                &mut cp.process
+                &mut cp.identity
             } else {
                 &mut cp.destination
             };
             if let Ok(Some(status)) = child.try_wait() {
-                let err = std::fs::read_to_string(logs.join(format!("{name}.err.log")))
-                    .unwrap_or_default();
-                bail!("the {name} service exited ({status}): {}", err.trim());
+                bail!(
+                    "the {name} service exited ({status}): {}",
+                    tail(&logs.join(format!("{name}.err.log")))
+                );
             }
             if get(admin, "/ready").await.is_ok_and(|s| s == 200) {
                 break;
@@ -488,41 +616,99 @@ async fn wait_control_plane(cp: &mut ControlPlane, logs: &std::path::Path) -> an
     Ok(())
 }
 
-async fn wait_ready(running: &mut [Running], logs: &std::path::Path) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    for r in running.iter_mut() {
-        loop {
-            if let Some(e) = exited(r) {
-                let err = std::fs::read_to_string(
-                    logs.join(format!("{}-proxy.err.log", r.workload.name)),
-                )
-                .unwrap_or_default();
-                bail!("{e}: {}", err.trim());
+/// Waits until every workload's sidecar is ready and its app listens; a workload that exits or
+/// does not make it in time is marked failed, and the others go on.
+async fn wait_ready(running: &mut [Running], logs: &Path, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pending: Vec<usize> = (0..running.len())
+        .filter(|&i| running[i].failed.is_none())
+        .collect();
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for i in pending {
+            let r = &mut running[i];
+            if let Some(e) = exited(r, logs) {
+                r.failed = Some(e);
+                continue;
             }
             let w = &r.workload;
-            let ready = get(admin(w.ip), "/ready").await.is_ok_and(|s| s == 200)
-                && tokio::net::TcpStream::connect((w.ip, APP_PORT))
-                    .await
-                    .is_ok();
-            if ready {
-                break;
+            let proxy_ready = get(admin(w.ip), "/ready").await.is_ok_and(|s| s == 200);
+            let app_listens = tokio::net::TcpStream::connect(w.app_addr()).await.is_ok();
+            if proxy_ready && app_listens {
+                continue;
             }
             if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "{} did not become ready within 15 s; see {}",
-                    w.name,
-                    logs.display()
-                );
+                r.failed = Some(if proxy_ready {
+                    format!(
+                        "{} did not listen on {} within {} s (its command must listen on $MESH_IP:$PORT): {}",
+                        w.name(),
+                        w.app_addr(),
+                        timeout.as_secs(),
+                        tail(&logs.join(format!("{}.err.log", w.name())))
+                    )
+                } else {
+                    format!(
+                        "the sidecar of {} was not ready within {} s: {}",
+                        w.name(),
+                        timeout.as_secs(),
+                        tail(&logs.join(format!("{}-proxy.err.log", w.name())))
+                    )
+                });
+                continue;
             }
+            still.push(i);
+        }
+        pending = still;
+        if !pending.is_empty() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    Ok(())
+}
+
+/// What `mesh stat`, `edges`, `graph` and `check` read to find the running mesh.
+fn write_state(
+    path: &Path,
+    file: &MeshFile,
+    running: &[Running],
+    cp: &ControlPlane,
+    logs: &Path,
+) -> anyhow::Result<()> {
+    let state = crate::viz::State {
+        pid: std::process::id(),
+        logs: logs.to_path_buf(),
+        namespace: file.namespace.clone(),
+        identity_admin: SocketAddr::from((cp.ip, IDENTITY_ADMIN_PORT)),
+        destination_admin: SocketAddr::from((cp.ip, DESTINATION_ADMIN_PORT)),
+        trust_anchor_file: cp.trust_anchor_file.clone(),
+        workloads: running
+            .iter()
+            .map(|r| crate::viz::StateWorkload {
+                name: r.workload.name().to_string(),
+                service: r.workload.fqdn(),
+                identity: r.workload.identity(),
+                admin: admin(r.workload.ip),
+                app: r.workload.app_addr(),
+                ingress: r.workload.spec.ingress,
+            })
+            .collect(),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(&state)?)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Sends `rps` requests per second to the front door over one keep-alive connection,
 /// reconnecting after failures.
-async fn generate_load(front: SocketAddr, rps: u32, sent: Arc<AtomicU64>, failed: Arc<AtomicU64>) {
+async fn generate_load(
+    front: SocketAddr,
+    authority: String,
+    path: String,
+    rps: u32,
+    sent: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rps.max(1))));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sender: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> = None;
@@ -543,8 +729,8 @@ async fn generate_load(front: SocketAddr, rps: u32, sent: Arc<AtomicU64>, failed
         sent.fetch_add(1, Ordering::Relaxed);
         let ok = match sender.as_mut() {
             Some(tx) => {
-                let req = http::Request::get("/")
-                    .header(http::header::HOST, fqdn("frontend"))
+                let req = http::Request::get(path.as_str())
+                    .header(http::header::HOST, authority.as_str())
                     .body(Empty::new());
                 match req {
                     Ok(req) => match tx.send_request(req).await {
@@ -566,11 +752,11 @@ async fn generate_load(front: SocketAddr, rps: u32, sent: Arc<AtomicU64>, failed
     }
 }
 
-async fn scrape_all(running: &[Running]) -> Vec<Snapshot> {
+async fn scrape_all(running: &[Running]) -> Vec<Scrape> {
     let mut out = Vec::with_capacity(running.len());
     for r in running {
         let text = stat::scrape(admin(r.workload.ip)).await.unwrap_or_default();
-        out.push(stat::parse(&text, "inbound"));
+        out.push(Scrape::parse(&text));
     }
     out
 }
@@ -590,39 +776,26 @@ async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
     Ok(rsp.status().as_u16())
 }
 
-fn fmt_ms(v: Option<f64>) -> String {
-    v.map_or("-".into(), |ms| format!("{ms:.1}ms"))
-}
-
-fn fmt_pct(v: Option<f64>) -> String {
-    v.map_or("-".into(), |r| format!("{:.2}%", r * 100.0))
-}
-
-fn print_table(running: &[Running], prev: &[Snapshot], now: &[Snapshot], sent: u64, failed: u64) {
+fn print_table(running: &[Running], prev: &[Scrape], now: &[Scrape], sent: u64, failed: u64) {
     if std::io::stdout().is_terminal() {
         print!("\x1b[2J\x1b[H");
     }
-    println!(
-        "{:<12} {:<15} {:>8} {:>9} {:>8} {:>8} {:>6} {:>8}",
-        "WORKLOAD", "SERVICE", "RPS", "SUCCESS", "P50", "P99", "MTLS", "RSS"
-    );
+    let mut rows = Vec::new();
     for (i, r) in running.iter().enumerate() {
-        let w = Window::between(&prev[i], &now[i], 1.0);
-        println!(
-            "{:<12} {:<15} {:>8.1} {:>9} {:>8} {:>8} {:>6} {:>7.1}M",
-            r.workload.name,
-            r.workload.service,
-            w.rps,
-            fmt_pct(w.success_rate),
-            fmt_ms(w.p50_ms),
-            fmt_ms(w.p99_ms),
-            fmt_pct(w.tls_fraction),
-            now[i].rss_bytes / 1e6,
-        );
+        if let Some(e) = &r.failed {
+            rows.push(crate::viz::Row::failed(r.workload.name(), e));
+            continue;
+        }
+        rows.extend(crate::viz::rows(r.workload.name(), &prev[i], &now[i], 1.0));
     }
-    println!("\nload generator: {sent} sent, {failed} failed. Ctrl-C to stop.");
+    crate::viz::print_rows(&rows);
+    if sent > 0 {
+        println!("\nload generator: {sent} sent, {failed} failed. Ctrl-C to stop.");
+    } else {
+        println!("\nCtrl-C to stop.");
+    }
     println!(
-        "MTLS: share of inbound requests that arrived over mTLS from another sidecar (the frontend is called from outside the mesh)."
+        "MTLS: share of a route's responses carried over mTLS between sidecars (a front door called from outside the mesh is plaintext)."
     );
 }
 
@@ -636,84 +809,157 @@ fn rss_kb(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The JSON summary, with `ok` and the list of problems that made it not ok.
 #[allow(clippy::too_many_arguments)]
 fn summarize(
     cp_rss_kb: Option<u64>,
-    args: &Args,
     running: &[Running],
-    first: &[Snapshot],
-    last: &[Snapshot],
+    first: &[Scrape],
+    last: &[Scrape],
     secs: f64,
+    has_load: bool,
     sent: u64,
     failed: u64,
-) -> anyhow::Result<ExitCode> {
-    let mut all_ok = sent > 0 && failed == 0;
+) -> serde_json::Value {
+    let mut problems = Vec::new();
+    if has_load && sent == 0 {
+        problems.push("the load generator sent nothing".to_string());
+    }
+    if failed > 0 {
+        problems.push(format!("{failed} of {sent} load requests failed"));
+    }
     let mut workloads = serde_json::Map::new();
     for (i, r) in running.iter().enumerate() {
-        let w = Window::between(&first[i], &last[i], secs);
-        all_ok &= w.requests > 0.0 && w.success_rate == Some(1.0);
-        // Traffic between workloads must all be mTLS; the front door is called from outside.
-        if !r.workload.ingress {
-            all_ok &= w.tls_fraction == Some(1.0);
+        let name = r.workload.name();
+        let inbound = Window::between(
+            &first[i].direction("inbound"),
+            &last[i].direction("inbound"),
+            secs,
+        );
+        if let Some(e) = &r.failed {
+            problems.push(e.clone());
         }
-        workloads.insert(
-            r.workload.name.to_string(),
-            serde_json::json!({
-                "service": r.workload.fqdn(),
+        let mut routes = Vec::new();
+        let before = first[i].by_authority("outbound");
+        for (authority, after) in last[i].by_authority("outbound") {
+            let w = Window::between(
+                &before.get(&authority).cloned().unwrap_or_default(),
+                &after,
+                secs,
+            );
+            if w.requests == 0.0 {
+                continue;
+            }
+            if w.success_rate != Some(1.0) {
+                problems.push(format!(
+                    "{name} -> {authority}: success rate {}",
+                    fmt_rate(w.success_rate)
+                ));
+            }
+            if w.tls_fraction != Some(1.0) {
+                problems.push(format!(
+                    "{name} -> {authority}: only {} of responses over mTLS",
+                    fmt_rate(w.tls_fraction)
+                ));
+            }
+            routes.push(serde_json::json!({
+                "authority": authority,
                 "requests": w.requests,
                 "rps": w.rps,
                 "success_rate": w.success_rate,
                 "p50_ms": w.p50_ms,
                 "p99_ms": w.p99_ms,
                 "mtls_fraction": w.tls_fraction,
+            }));
+        }
+        if inbound.requests > 0.0 {
+            if inbound.success_rate != Some(1.0) {
+                problems.push(format!(
+                    "{name} (inbound): success rate {}",
+                    fmt_rate(inbound.success_rate)
+                ));
+            }
+            // Traffic between workloads must all be mTLS; a front door is called from outside.
+            if !r.workload.spec.ingress && inbound.tls_fraction != Some(1.0) {
+                problems.push(format!(
+                    "{name} (inbound): only {} of responses over mTLS",
+                    fmt_rate(inbound.tls_fraction)
+                ));
+            }
+        }
+        workloads.insert(
+            name.to_string(),
+            serde_json::json!({
+                "service": r.workload.fqdn(),
                 "identity": r.workload.identity(),
-                "ingress": r.workload.ingress,
+                "ingress": r.workload.spec.ingress,
+                "running": r.failed.is_none(),
+                "error": r.failed,
+                "requests": inbound.requests,
+                "rps": inbound.rps,
+                "success_rate": inbound.success_rate,
+                "p50_ms": inbound.p50_ms,
+                "p99_ms": inbound.p99_ms,
+                "mtls_fraction": inbound.tls_fraction,
+                "outbound": routes,
                 "sidecar_rss_kb": (last[i].rss_bytes / 1024.0).round(),
             }),
         );
     }
-    let summary = serde_json::json!({
+    serde_json::json!({
         "seconds": secs,
         "control_plane_rss_kb": cp_rss_kb,
         "load": {"sent": sent, "failed": failed},
         "workloads": workloads,
-        "ok": all_ok,
-    });
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        println!(
-            "\n{}",
-            if all_ok {
-                "every request succeeded"
-            } else {
-                "some requests failed"
-            }
-        );
-    }
-    Ok(if all_ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+        "problems": problems,
+        "ok": problems.is_empty(),
     })
+}
+
+fn fmt_rate(v: Option<f64>) -> String {
+    v.map_or("-".into(), |r| format!("{:.2}%", r * 100.0))
 }
 
 /// Asks every sidecar to drain, stops the apps, and makes sure nothing is left running.
 async fn shutdown(running: &mut [Running]) {
     for r in running.iter_mut() {
-        let _ = r.app.start_kill();
-        let addr = admin(r.workload.ip);
-        let _ = post_shutdown(addr).await;
+        if let Some(app) = r.app.as_mut() {
+            signal_group(app, "TERM").await;
+        }
+        let _ = post_shutdown(admin(r.workload.ip)).await;
     }
     for r in running.iter_mut() {
-        let _ = r.app.wait().await;
-        if tokio::time::timeout(Duration::from_secs(6), r.proxy.wait())
-            .await
-            .is_err()
+        if let Some(app) = r.app.as_mut()
+            && tokio::time::timeout(Duration::from_secs(3), app.wait())
+                .await
+                .is_err()
         {
-            let _ = r.proxy.start_kill();
-            let _ = r.proxy.wait().await;
+            signal_group(app, "KILL").await;
+            let _ = app.wait().await;
         }
+        if let Some(proxy) = r.proxy.as_mut()
+            && tokio::time::timeout(Duration::from_secs(6), proxy.wait())
+                .await
+                .is_err()
+        {
+            let _ = proxy.start_kill();
+            let _ = proxy.wait().await;
+        }
+    }
+}
+
+/// Signals the app's process group: its `sh -c` and everything it started.
+async fn signal_group(app: &mut Child, signal: &str) {
+    let Some(pid) = app.id() else { return };
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), "--", &format!("-{pid}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
+    if !sent.is_ok_and(|s| s.success()) {
+        let _ = app.start_kill();
     }
 }
 
@@ -730,4 +976,32 @@ async fn post_shutdown(addr: SocketAddr) -> anyhow::Result<()> {
         .body(Empty::<Bytes>::new())?;
     tokio::time::timeout(Duration::from_secs(1), tx.send_request(req)).await??;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_registry_lists_both_backends_under_one_service() {
+        let file = MeshFile::demo().unwrap();
+        let workloads: Vec<Workload> = file
+            .workloads
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| Workload {
+                spec: spec.clone(),
+                namespace: file.namespace.clone(),
+                ip: offset(Ipv4Addr::new(127, 0, 0, 10), i as i16),
+            })
+            .collect();
+        let yaml = registry_yaml(&file, &workloads);
+        let backend = yaml
+            .split("- name: ")
+            .find(|s| s.starts_with("backend"))
+            .unwrap();
+        assert_eq!(backend.matches("port: 4143").count(), 2, "{yaml}");
+        assert!(backend.contains("backend-v1.demo.serviceaccount.identity.linkerd.cluster.local"));
+        assert!(yaml.contains("ports: [9090]"), "{yaml}");
+    }
 }

@@ -1,60 +1,285 @@
-//! Runs the local demo exactly as a user would (`mesh up --seconds N --json`) and checks the
-//! summary the sidecars produced.
+//! Runs the local mesh exactly as a user would (`mesh up --seconds N --json`, the built-in
+//! demo or a user's file) and checks the summary the sidecars produced, and what `mesh check`,
+//! `mesh stat` and `mesh edges` say about the running mesh.
 
-use std::process::Command;
+// Test code: `allow-unwrap-in-tests` covers `#[test]` functions but not the helpers beside
+// them; these tests drive a child process from a plain thread (no runtime), so sleeping is fine.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+fn mesh() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mesh"))
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mesh-up-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"))
+}
+
+/// Waits for `mesh up` to write its state file (it does once everything is ready).
+fn wait_for(path: &Path, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
 
 #[test]
 fn mesh_up_demo_serves_traffic_through_every_sidecar() {
-    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
+    let state = temp("demo-state.json");
+    let child = mesh()
         // A loopback range of its own, so a demo someone is running does not collide.
         .args([
             "up",
             "--seconds",
-            "3",
+            "6",
             "--json",
             "--rps",
             "50",
             "--base-ip",
             "127.0.77.10",
+            "--state",
         ])
-        .output()
+        .arg(&state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run mesh up");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "mesh up failed: {stdout}\n{stderr}");
-    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("JSON summary");
+
+    // While it runs: the other commands find it through the state file.
+    wait_for(&state, Duration::from_secs(60));
+    let check = mesh()
+        .args(["check", "--json", "--state"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let report = json(&check);
+    assert!(check.status.success(), "{report}");
+    let checks = report["checks"].as_array().unwrap();
+    // Two control-plane services, the issuer, the anchor, and two checks per sidecar.
+    assert_eq!(checks.len(), 4 + 2 * 5, "{report}");
+    assert!(checks.iter().all(|c| c["ok"] == true), "{report}");
+
+    let stat = mesh()
+        .args(["stat", "--json", "--window", "1", "--state"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(stat.status.success());
+    let rows = json(&stat);
+    let routes: Vec<String> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["route"].as_str().unwrap().to_string())
+        .collect();
+    for want in [
+        "-> backend.demo.svc.cluster.local:8080",
+        "-> quotes.demo.svc.cluster.local:9090",
+        "-> ratings.demo.svc.cluster.local:8080",
+    ] {
+        assert!(routes.iter().any(|r| r == want), "{want}: {rows}");
+    }
+
+    let edges = mesh()
+        .args(["edges", "--json", "--state"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let edges = json(&edges);
+    let quotes = edges
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["dst"] == "quotes.demo.svc.cluster.local:9090")
+        .unwrap_or_else(|| panic!("no edge to quotes: {edges}"));
+    assert_eq!(quotes["src"], "frontend");
+    assert_eq!(quotes["mtls"], true);
+    assert_eq!(
+        quotes["client_id"],
+        "frontend.demo.serviceaccount.identity.linkerd.cluster.local"
+    );
+    assert_eq!(
+        quotes["server_id"],
+        "quotes.demo.serviceaccount.identity.linkerd.cluster.local"
+    );
+
+    let out = child.wait_with_output().unwrap();
+    let summary = json(&out);
+    assert!(out.status.success(), "{summary}");
     assert_eq!(summary["ok"], true, "{summary}");
-    assert!(summary["load"]["sent"].as_u64().unwrap() >= 50, "{summary}");
+    assert_eq!(summary["problems"], serde_json::json!([]), "{summary}");
+    assert!(
+        summary["load"]["sent"].as_u64().unwrap() >= 100,
+        "{summary}"
+    );
     assert_eq!(summary["load"]["failed"], 0, "{summary}");
+    assert!(!state.exists(), "the state file outlived mesh up");
     let w = &summary["workloads"];
-    for name in ["frontend", "backend-v1", "backend-v2", "quotes"] {
+    for name in ["frontend", "ratings", "quotes"] {
         assert_eq!(w[name]["success_rate"], 1.0, "{name}: {summary}");
         assert!(
             w[name]["requests"].as_f64().unwrap() > 0.0,
             "{name}: {summary}"
         );
+    }
+    for name in ["frontend", "backend-v1", "backend-v2", "ratings", "quotes"] {
+        assert_eq!(w[name]["running"], true, "{name}: {summary}");
         assert!(
             w[name]["sidecar_rss_kb"].as_f64().unwrap() > 0.0,
             "{name}: {summary}"
         );
     }
-    // Sidecar-to-sidecar traffic is all mTLS; the front door is called from outside the mesh.
-    for name in ["backend-v1", "backend-v2", "quotes"] {
+    // Sidecar-to-sidecar traffic is all mTLS, over HTTP/1.1 (frontend -> backend), gRPC
+    // (frontend -> quotes) and HTTP/2 (backend -> ratings); the front door is called from
+    // outside the mesh.
+    for name in ["ratings", "quotes"] {
         assert_eq!(w[name]["mtls_fraction"], 1.0, "{name}: {summary}");
     }
     assert_eq!(w["frontend"]["mtls_fraction"], 0.0, "{summary}");
+    let front_routes = w["frontend"]["outbound"].as_array().unwrap();
+    assert_eq!(front_routes.len(), 2, "{summary}");
+    for r in front_routes {
+        assert_eq!(r["success_rate"], 1.0, "{summary}");
+        assert_eq!(r["mtls_fraction"], 1.0, "{summary}");
+    }
     assert!(
         summary["control_plane_rss_kb"].as_u64().unwrap() > 0,
         "{summary}"
     );
-    // Every frontend request calls one backend and the quotes service once each: the inbound
-    // sidecars of the backends together see what the frontend saw.
+    // Every frontend request calls one backend and the quotes service once each, and every
+    // backend request calls ratings: the inbound sidecars downstream see what the frontend saw.
     let front = w["frontend"]["requests"].as_f64().unwrap();
     let backends = w["backend-v1"]["requests"].as_f64().unwrap()
         + w["backend-v2"]["requests"].as_f64().unwrap();
     let quotes = w["quotes"]["requests"].as_f64().unwrap();
+    let ratings = w["ratings"]["requests"].as_f64().unwrap();
+    assert!(backends > 0.0, "{summary}");
     assert!((backends - front).abs() <= 2.0, "{summary}");
     assert!((quotes - front).abs() <= 2.0, "{summary}");
+    assert!((ratings - backends).abs() <= 2.0, "{summary}");
+}
+
+#[test]
+fn a_broken_workload_is_reported_and_the_rest_keep_running() {
+    let file = temp("broken.yaml");
+    std::fs::write(
+        &file,
+        r#"namespace: shop
+workloads:
+  - name: web
+    port: 8000
+    ingress: true
+    command: '"$MESH" demo-app --name web --listen "$MESH_IP:$PORT" --via "$MESH_PROXY" --call "http://$MESH_SVC_API/items"'
+  - name: api
+    port: 8001
+    command: '"$MESH" demo-app --name api --listen "$MESH_IP:$PORT"'
+  - name: broken
+    port: 8002
+    command: 'echo "broken: cannot read /etc/broken.conf" >&2; exit 3'
+load:
+  service: web
+  rps: 30
+"#,
+    )
+    .unwrap();
+    let state = temp("broken-state.json");
+    let out = mesh()
+        .args([
+            "up",
+            "--seconds",
+            "3",
+            "--json",
+            "--base-ip",
+            "127.0.79.10",
+            "-f",
+        ])
+        .arg(&file)
+        .arg("--state")
+        .arg(&state)
+        .output()
+        .expect("run mesh up");
+    let summary = json(&out);
+    assert!(
+        !out.status.success(),
+        "a broken workload must fail the run: {summary}"
+    );
+    assert_eq!(summary["ok"], false);
+    let w = &summary["workloads"];
+    assert_eq!(w["broken"]["running"], false, "{summary}");
+    let error = w["broken"]["error"].as_str().unwrap();
+    assert!(error.contains("the app of broken exited"), "{error}");
+    assert!(error.contains("exit status: 3"), "{error}");
+    assert!(error.contains("cannot read /etc/broken.conf"), "{error}");
+    let problems = summary["problems"].as_array().unwrap();
+    assert_eq!(
+        problems.len(),
+        1,
+        "only the broken workload is a problem: {summary}"
+    );
+    // The others ran and carried traffic, mTLS between them.
+    for name in ["web", "api"] {
+        assert_eq!(w[name]["running"], true, "{summary}");
+        assert_eq!(w[name]["success_rate"], 1.0, "{summary}");
+        assert!(w[name]["requests"].as_f64().unwrap() > 0.0, "{summary}");
+    }
+    assert_eq!(w["api"]["mtls_fraction"], 1.0, "{summary}");
+    assert_eq!(
+        w["api"]["service"], "api.shop.svc.cluster.local",
+        "{summary}"
+    );
+    assert_eq!(summary["load"]["failed"], 0, "{summary}");
+}
+
+#[test]
+fn an_invalid_file_is_refused_before_anything_starts() {
+    let file = temp("invalid.yaml");
+    std::fs::write(&file, "workloads:\n  - {name: Web, port: 80, command: x}\n").unwrap();
+    let out = mesh().args(["up", "-f"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a valid mesh file"), "{stderr}");
+    assert!(stderr.contains("\"Web\" is not a DNS label"), "{stderr}");
+}
+
+#[test]
+fn the_viewing_commands_say_how_to_find_a_mesh() {
+    let out = mesh()
+        .args(["stat", "--state", "/nonexistent/mesh-up.json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("start one with `mesh up`"), "{stderr}");
+    // A proxy that is not there fails the check with a hint.
+    let out = mesh()
+        .args(["check", "--admin", "127.0.80.1:4191"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("× 127.0.80.1:4191: the sidecar is ready"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("hint:"), "{stdout}");
 }
 
 #[test]
@@ -62,11 +287,23 @@ fn a_port_in_use_is_reported_clearly() {
     // Hold the front door's sidecar admin port so that sidecar cannot start.
     let _held = std::net::TcpListener::bind("127.0.78.10:4191").expect("bind");
     let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .args(["up", "--seconds", "1", "--json", "--base-ip", "127.0.78.10"])
+        .args([
+            "up",
+            "--seconds",
+            "1",
+            "--json",
+            "--base-ip",
+            "127.0.78.10",
+            "--state",
+        ])
+        .arg(temp("port-state.json"))
         .output()
         .expect("run mesh up");
     assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("frontend"), "{stderr}");
-    assert!(stderr.contains("127.0.78.10:4191"), "{stderr}");
+    let summary = json(&out);
+    let front = &summary["workloads"]["frontend"];
+    assert_eq!(front["running"], false, "{summary}");
+    let error = front["error"].as_str().unwrap();
+    assert!(error.contains("sidecar of frontend"), "{error}");
+    assert!(error.contains("127.0.78.10:4191"), "{error}");
 }
