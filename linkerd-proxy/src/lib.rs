@@ -13,6 +13,9 @@
 //! tier 2  identity, destination                          control-plane clients (use tls, proto)
 //! tier 3  config, admin, app                             the only place everything meets
 //! ```
+//!
+//! `init` stands apart: `linkerd-proxy init` installs the pod's iptables rules and exits, before
+//! any of the above runs (see `README.md`).
 
 pub mod admin;
 pub mod app;
@@ -23,6 +26,7 @@ pub mod detect;
 pub mod drain;
 pub mod http;
 pub mod identity;
+pub mod init;
 pub mod io;
 pub mod log;
 pub mod metrics;
@@ -36,8 +40,40 @@ use std::process::ExitCode;
 /// Exit status for a configuration error (EX_USAGE), as linkerd2-proxy uses.
 pub const EX_USAGE: u8 = 64;
 
-/// The proxy's process entry point: configuration, runtime, serve, drain on SIGTERM.
+/// The process entry point: `linkerd-proxy init ...` installs the iptables rules; with no
+/// arguments the proxy runs, configured from the environment.
 pub fn main() -> ExitCode {
+    let mut args = Vec::new();
+    for arg in std::env::args_os().skip(1) {
+        match arg.into_string() {
+            Ok(a) => args.push(a),
+            Err(a) => {
+                eprintln!("linkerd-proxy: argument {a:?} is not UTF-8");
+                return ExitCode::from(EX_USAGE);
+            }
+        }
+    }
+    main_with_args(args)
+}
+
+/// [`main`] with the arguments after the program name (`mesh proxy` passes its own).
+pub fn main_with_args(args: Vec<String>) -> ExitCode {
+    let mut args = args.into_iter();
+    match args.next().as_deref() {
+        None => proxy(),
+        Some("init") => init::main(args.collect()),
+        Some(other) => {
+            eprintln!(
+                "linkerd-proxy: unexpected argument {other:?}: the proxy is configured by \
+                 environment variables; the only subcommand is `init` (see `init --help`)"
+            );
+            ExitCode::from(EX_USAGE)
+        }
+    }
+}
+
+/// The proxy: configuration, runtime, serve, drain on SIGTERM.
+fn proxy() -> ExitCode {
     let config = match config::Config::from_env() {
         Ok(c) => c,
         Err(e) => {

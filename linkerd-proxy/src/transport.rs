@@ -47,7 +47,7 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 pub fn accepted(stream: TcpStream, client: SocketAddr) -> io::Result<Accepted> {
     let local = stream.local_addr()?;
     set_socket_options(&stream);
-    let orig_dst = original_dst(&stream, local).filter(|o| *o != local);
+    let orig_dst = original_dst(&stream, local).filter(|o| *o != canonical(local));
     Ok(Accepted {
         stream,
         client,
@@ -56,14 +56,30 @@ pub fn accepted(stream: TcpStream, client: SocketAddr) -> io::Result<Accepted> {
     })
 }
 
+/// `SO_ORIGINAL_DST` (`IP6T_SO_ORIGINAL_DST` for IPv6), in canonical form.
+///
+/// A dual-stack listener (`[::]:4143`) also accepts IPv4 connections, as IPv4-mapped IPv6
+/// addresses; netfilter tracks those as IPv4, so they are asked with the IPv4 option and
+/// answer with a plain IPv4 address.
 fn original_dst(stream: &TcpStream, local: SocketAddr) -> Option<SocketAddr> {
     let sock = SockRef::from(stream);
-    let addr = match local {
+    let addr = match canonical(local) {
         SocketAddr::V4(_) => sock.original_dst_v4(),
         SocketAddr::V6(_) => sock.original_dst_v6(),
     };
     // ENOENT (no NAT entry) means the connection was not redirected.
-    addr.ok().and_then(|a| a.as_socket())
+    addr.ok().and_then(|a| a.as_socket()).map(canonical)
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) as the IPv4 addresses they are.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
 }
 
 fn set_socket_options(stream: &TcpStream) {
@@ -81,6 +97,24 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
         Ok(Ok(stream)) => {
             set_socket_options(&stream);
             Ok(stream)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_addresses_are_ipv4() {
+        let mapped: SocketAddr = "[::ffff:10.1.2.3]:4143".parse().unwrap();
+        assert_eq!(
+            canonical(mapped),
+            "10.1.2.3:4143".parse::<SocketAddr>().unwrap()
+        );
+        for plain in ["[fd00::1]:80", "10.1.2.3:80", "[::1]:4140"] {
+            let a: SocketAddr = plain.parse().unwrap();
+            assert_eq!(canonical(a), a);
         }
     }
 }

@@ -35,8 +35,12 @@ enum Command {
     /// every sidecar ready. Prints a hint for each failure.
     Check(viz::CheckArgs),
     /// Run the sidecar proxy (configured by LINKERD2_PROXY_* / MESH_PROXY_* variables, as the
-    /// `linkerd-proxy` binary is; see linkerd-proxy/README.md).
-    Proxy,
+    /// `linkerd-proxy` binary is; see linkerd-proxy/README.md). `mesh proxy init ...` installs
+    /// the pod's iptables rules, as `linkerd-proxy init` does.
+    Proxy {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
     /// The identity service (certificate authority) and its tools: init, serve, token, bench.
     Identity(linkerd_identity::args::Args),
     /// The destination service (endpoint discovery and profiles) and its benchmark.
@@ -49,7 +53,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Proxy => linkerd_proxy::main(),
+        Command::Proxy { args } => linkerd_proxy::main_with_args(args),
         Command::DemoApp(args) => run(demo::run(args)),
         Command::Up(args) => run(up::run(args)),
         Command::Stat(args) => run(viz::stat(args)),
