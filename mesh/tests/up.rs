@@ -55,6 +55,10 @@ fn mesh_up_demo_serves_traffic_through_every_sidecar() {
             "50",
             "--base-ip",
             "127.0.77.10",
+            // The proxy this test binary was built with, not a linkerd-proxy binary that may
+            // be stale.
+            "--proxy-bin",
+            "builtin",
             "--state",
         ])
         .arg(&state)
@@ -209,6 +213,8 @@ load:
             "--json",
             "--base-ip",
             "127.0.79.10",
+            "--proxy-bin",
+            "builtin",
             "-f",
         ])
         .arg(&file)
@@ -294,6 +300,8 @@ fn a_port_in_use_is_reported_clearly() {
             "--json",
             "--base-ip",
             "127.0.78.10",
+            "--proxy-bin",
+            "builtin",
             "--state",
         ])
         .arg(temp("port-state.json"))
