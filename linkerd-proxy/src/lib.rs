@@ -31,6 +31,7 @@ pub mod io;
 pub mod log;
 pub mod metrics;
 pub mod resolve;
+pub mod tap;
 pub mod tcp;
 pub mod tls;
 pub mod transport;

@@ -70,6 +70,8 @@ pub struct Metrics {
     /// (certificate expiry, next refresh), as unix seconds, once certified.
     identity: Mutex<Option<(f64, f64)>>,
     start_time: f64,
+    /// Live request events for the admin server's `/tap`.
+    tap: Arc<crate::tap::Tap>,
 }
 
 /// Request and response counters for one HTTP label set.
@@ -125,7 +127,12 @@ impl Metrics {
             detect: Mutex::default(),
             identity: Mutex::default(),
             start_time,
+            tap: Arc::default(),
         }
+    }
+
+    pub fn tap(&self) -> &Arc<crate::tap::Tap> {
+        &self.tap
     }
 
     pub fn http(&self, key: HttpKey) -> Arc<HttpStats> {

@@ -27,6 +27,8 @@ enum Command {
     /// Requests/s, success rate, latency percentiles and mTLS share per workload and route,
     /// read from the sidecars of a local mesh (or any proxies' admin addresses).
     Stat(viz::StatArgs),
+    /// Live requests by path, from the sidecars' tap streams (the busiest first).
+    Top(viz::TopArgs),
     /// Who talks to whom, with the identities on both sides of each hop.
     Edges(viz::EdgesArgs),
     /// The service graph as Graphviz DOT (and SVG with --svg, when `dot` is installed).
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         Command::DemoApp(args) => run(demo::run(args)),
         Command::Up(args) => run(up::run(args)),
         Command::Stat(args) => run(viz::stat(args)),
+        Command::Top(args) => run(viz::top(args)),
         Command::Edges(args) => run(viz::edges(args)),
         Command::Graph(args) => run(viz::graph(args)),
         Command::Check(args) => run(viz::check(args)),

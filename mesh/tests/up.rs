@@ -49,7 +49,7 @@ fn mesh_up_demo_serves_traffic_through_every_sidecar() {
         .args([
             "up",
             "--seconds",
-            "6",
+            "8",
             "--json",
             "--rps",
             "50",
@@ -124,6 +124,27 @@ fn mesh_up_demo_serves_traffic_through_every_sidecar() {
         quotes["server_id"],
         "quotes.demo.serviceaccount.identity.linkerd.cluster.local"
     );
+
+    // Live requests by path, from every sidecar's tap stream.
+    let top = mesh()
+        .args(["top", "--json", "--seconds", "2", "--state"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let top_json = json(&top);
+    assert!(top.status.success(), "{top_json}");
+    let grpc = top_json["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["workload"] == "quotes" && r["direction"] == "inbound")
+        .unwrap_or_else(|| panic!("no inbound quotes row: {top_json}"));
+    assert_eq!(grpc["method"], "POST");
+    assert_eq!(grpc["path"], "/demo.Quotes/Get");
+    let count = grpc["count"].as_u64().unwrap();
+    assert!(count >= 20, "2 s at 50 rps: {top_json}");
+    assert_eq!(grpc["successes"].as_u64(), Some(count), "{top_json}");
+    assert_eq!(grpc["tls"].as_u64(), Some(count), "{top_json}");
 
     let out = child.wait_with_output().unwrap();
     let summary = json(&out);

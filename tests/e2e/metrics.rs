@@ -280,3 +280,67 @@ async fn admin_endpoints() {
     })
     .await
 }
+
+/// `/tap` streams each finished request as a JSON line while someone watches, and refuses
+/// malformed parameters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tap_streams_finished_requests() {
+    use http_body_util::BodyExt;
+    run(async {
+        let server = TestServer::start().await;
+        let proxy = TestProxy::inbound_to(server.addr()).await;
+
+        let rsp = client::get(proxy.admin, "/tap?seconds=0").await;
+        assert_eq!(rsp.status, 400, "{}", rsp.text());
+        let rsp = client::get(proxy.admin, "/tap?verbose=1").await;
+        assert_eq!(rsp.status, 400, "{}", rsp.text());
+
+        // Requests before anyone watches are not reported.
+        let rsp = client::get(proxy.inbound, "/echo/before").await;
+        assert_eq!(rsp.status, 200);
+
+        let mut admin = client::http1(proxy.admin).await;
+        let tap = admin
+            .send_request(client::get_request("/tap?seconds=30"))
+            .await
+            .expect("tap response");
+        assert_eq!(tap.status(), 200);
+        assert_eq!(
+            tap.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/x-ndjson")
+        );
+        let mut body = tap.into_body();
+
+        let mut c = client::http1(proxy.inbound).await;
+        let rsp = client::send1(&mut c, client::get_request("/echo/tapped")).await;
+        assert_eq!(rsp.status, 200);
+        let rsp = client::send1(&mut c, client::get_request("/status/503")).await;
+        assert_eq!(rsp.status, 503);
+
+        let mut text = String::new();
+        within(Duration::from_secs(10), "two tap events", async {
+            while text.lines().count() < 2 {
+                let frame = body.frame().await.expect("tap stream open").expect("frame");
+                if let Ok(data) = frame.into_data() {
+                    text.push_str(&String::from_utf8_lossy(&data));
+                }
+            }
+        })
+        .await;
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(!text.contains("/echo/before"), "{text}");
+        assert!(
+            lines[0].starts_with("{\"direction\":\"inbound\",\"method\":\"GET\""),
+            "{text}"
+        );
+        assert!(lines[0].contains("\"path\":\"/echo/tapped\""), "{text}");
+        assert!(lines[0].contains("\"status\":200"), "{text}");
+        assert!(lines[0].contains("\"tls\":false"), "{text}");
+        assert!(lines[0].contains("\"latency_us\":"), "{text}");
+        assert!(lines[1].contains("\"path\":\"/status/503\""), "{text}");
+        assert!(lines[1].contains("\"status\":503"), "{text}");
+    })
+    .await;
+}

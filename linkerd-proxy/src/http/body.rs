@@ -31,6 +31,8 @@ pub struct Recorder {
     pub status: u16,
     pub grpc_status: Option<u32>,
     pub start: Instant,
+    /// Set only while someone watches `/tap`.
+    pub tap: Option<Box<crate::tap::Pending>>,
 }
 
 impl ProxyBody {
@@ -114,14 +116,18 @@ impl Drop for ProxyBody {
 
 impl Recorder {
     pub fn record(self, error: Option<&'static str>) {
+        let elapsed = self.start.elapsed();
         self.stats.response(
             ResponseClass {
                 status: Some(self.status),
                 grpc_status: self.grpc_status,
                 error,
             },
-            self.start.elapsed(),
+            elapsed,
         );
+        if let Some(t) = self.tap {
+            t.finish(Some(self.status), self.grpc_status, error, elapsed);
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use crate::{
     drain::Drain,
     metrics::{Direction, HttpKey, HttpStats, Metrics, ResponseClass, Tls},
     resolve::Endpoint,
+    tap::{Pending, TapEvent},
     tcp,
     tls::CredsRx,
 };
@@ -187,12 +188,26 @@ impl HttpConn {
             }
             None => HeaderValue::from_static(""),
         };
+        // Nobody watching `/tap`: one relaxed load, nothing built.
+        let mut tap = self
+            .shared
+            .metrics
+            .tap()
+            .is_active()
+            .then(|| self.tap_start(&req, &authority));
         let target = match self.target(&req, &authority).await {
             Ok(t) => t,
-            Err(e) => return self.fail(e, grpc, &authority, None, start),
+            Err(e) => return self.fail(e, grpc, &authority, None, start, tap),
         };
+        if self.direction == Direction::Outbound
+            && let Some(t) = tap.as_mut()
+        {
+            let id = target.endpoint().identity.as_deref();
+            t.event.tls = id.is_some();
+            t.event.peer_id = id.map(str::to_string);
+        }
         if req.method() == Method::CONNECT && matches!(self.route, Route::Proxy) {
-            return self.tunnel(req, target, &authority, start).await;
+            return self.tunnel(req, target, &authority, start, tap).await;
         }
 
         let stats = self.stats(&authority, target.endpoint());
@@ -236,7 +251,7 @@ impl HttpConn {
         }
         let req = match prepare_request(req, &authority, proto, upgrade) {
             Ok(r) => r,
-            Err(e) => return self.fail(e, grpc, &authority, Some(&stats), start),
+            Err(e) => return self.fail(e, grpc, &authority, Some(&stats), start, tap),
         };
 
         // Per-connection upstream affinity only when requests arrive one at a time (an HTTP/1
@@ -272,7 +287,7 @@ impl HttpConn {
                 if e.is_connect() {
                     target.connect_failed();
                 }
-                return self.fail(e, grpc, &authority, Some(&stats), start);
+                return self.fail(e, grpc, &authority, Some(&stats), start, tap);
             }
         };
         // The endpoint's load counts requests until their response headers.
@@ -305,6 +320,7 @@ impl HttpConn {
             status: status.as_u16(),
             grpc_status: grpc_status(rsp.headers()),
             start,
+            tap,
         };
         rsp.map(|body| ProxyBody::stream(body, Some(recorder)))
     }
@@ -372,6 +388,7 @@ impl HttpConn {
         target: Target,
         authority: &HeaderValue,
         start: tokio::time::Instant,
+        tap: Option<Box<Pending>>,
     ) -> Response<ProxyBody> {
         let stats = self.stats(authority, target.endpoint());
         stats.request();
@@ -380,11 +397,14 @@ impl HttpConn {
         let mut upstream = match dialed {
             Ok(s) => {
                 target.connected();
+                if let Some(t) = tap {
+                    t.finish(Some(200), None, None, start.elapsed());
+                }
                 s
             }
             Err(e) => {
                 target.connect_failed();
-                return self.fail(e.into(), false, authority, Some(&stats), start);
+                return self.fail(e.into(), false, authority, Some(&stats), start, tap);
             }
         };
         let down = hyper::upgrade::on(&mut req);
@@ -438,6 +458,22 @@ impl HttpConn {
         stats
     }
 
+    /// What `/tap` reports about a request, captured before it is forwarded.
+    fn tap_start(&self, req: &Request<Incoming>, authority: &HeaderValue) -> Box<Pending> {
+        let (tls, peer_id) = match &self.tls {
+            Tls::Established { peer_id } => (true, peer_id.as_deref().map(str::to_string)),
+            Tls::None(_) => (false, None),
+        };
+        self.shared.metrics.tap().start(TapEvent {
+            direction: self.direction.as_str(),
+            method: req.method().clone(),
+            authority: authority.clone(),
+            path: req.uri().path().to_string(),
+            peer_id,
+            tls,
+        })
+    }
+
     fn fail(
         &self,
         error: ProxyError,
@@ -445,9 +481,18 @@ impl HttpConn {
         authority: &HeaderValue,
         stats: Option<&Arc<HttpStats>>,
         start: tokio::time::Instant,
+        tap: Option<Box<Pending>>,
     ) -> Response<ProxyBody> {
         debug!(%error, direction = self.direction.as_str(), "request failed");
         let rsp = error.into_response(grpc);
+        if let Some(t) = tap {
+            t.finish(
+                Some(rsp.status().as_u16()),
+                grpc.then(|| error.grpc_code()),
+                Some(error.label()),
+                start.elapsed(),
+            );
+        }
         let class = ResponseClass {
             status: Some(rsp.status().as_u16()),
             grpc_status: grpc.then(|| error.grpc_code()),
