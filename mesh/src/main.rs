@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod demo;
+mod install;
 mod stat;
 mod up;
 mod viz;
@@ -47,6 +48,14 @@ enum Command {
     Identity(linkerd_identity::args::Args),
     /// The destination service (endpoint discovery and profiles) and its benchmark.
     Destination(linkerd_destination::args::Args),
+    /// The proxy injector (mutating admission webhook).
+    Injector(linkerd_injector::args::Args),
+    /// Add the proxy to the workloads in Kubernetes YAML (a file, or - for stdin), as the
+    /// injector would, and print the result.
+    Inject(linkerd_injector::args::InjectArgs),
+    /// Print the control plane's Kubernetes manifests (deploy/), with a fresh trust anchor and
+    /// issuer unless given, for `kubectl apply -f -`.
+    Install(install::Args),
     /// A demo workload (used by `mesh up`).
     #[command(hide = true)]
     DemoApp(demo::Args),
@@ -67,7 +76,18 @@ fn main() -> ExitCode {
         Command::Destination(args) => {
             run(async { Ok(linkerd_destination::args::run(args).await?) })
         }
+        Command::Injector(args) => run(async { Ok(linkerd_injector::args::run(args).await?) }),
+        Command::Inject(args) => report(linkerd_injector::args::inject(args).map_err(Into::into)),
+        Command::Install(args) => report(install::run(args)),
     }
+}
+
+/// For commands that need no runtime.
+fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
+    result.unwrap_or_else(|e| {
+        eprintln!("mesh: {e:#}");
+        ExitCode::FAILURE
+    })
 }
 
 fn run(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {

@@ -1,0 +1,162 @@
+//! The contract with the proxy: the environment the injector writes, with the downward-API
+//! values the kubelet would substitute, is a valid `linkerd_proxy` configuration.
+
+use crate::support::*;
+use linkerd_injector::Outcome;
+use serde_json::{Value, json};
+use std::collections::{BTreeSet, HashMap};
+
+/// Linkerd variables the injector writes (so that Linkerd's own proxy works with our
+/// injector) which our proxy does not implement yet and ignores.
+const IGNORED_BY_OUR_PROXY: &[&str] = &[
+    "LINKERD2_PROXY_CONTROL_LISTEN_ADDR",
+    "LINKERD2_PROXY_INBOUND_PORTS",
+    "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY",
+    "LINKERD2_PROXY_INBOUND_DISCOVERY_IDLE_TIMEOUT",
+    "LINKERD2_PROXY_CONTROL_STREAM_INITIAL_TIMEOUT",
+    "LINKERD2_PROXY_CONTROL_STREAM_IDLE_TIMEOUT",
+    "LINKERD2_PROXY_CONTROL_STREAM_LIFETIME",
+    "LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS",
+    "LINKERD2_PROXY_POLICY_SVC_ADDR",
+    "LINKERD2_PROXY_POLICY_SVC_NAME",
+    "LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS",
+    "LINKERD2_PROXY_POLICY_WORKLOAD",
+    "LINKERD2_PROXY_INGRESS_MODE",
+];
+
+/// What the kubelet does: each `$(VAR)` is replaced by an earlier variable's value.
+fn kubelet_env(proxy: &Value) -> HashMap<String, String> {
+    let downward: HashMap<&str, &str> = HashMap::from([
+        ("metadata.name", "web-7c9f8b6d5-x2x4z"),
+        ("metadata.namespace", "shop"),
+        ("spec.nodeName", "kind-worker"),
+        ("spec.serviceAccountName", "web"),
+        ("status.podIPs", "10.244.1.7,fd00:10:244:1::7"),
+    ]);
+    let mut env: Vec<(String, String)> = Vec::new();
+    for e in proxy["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap().to_string();
+        let value = match e.get("value") {
+            Some(v) => {
+                let mut v = v.as_str().unwrap().to_string();
+                for (k, val) in &env {
+                    v = v.replace(&format!("$({k})"), val);
+                }
+                v
+            }
+            None => {
+                let path = e["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap();
+                downward[path].to_string()
+            }
+        };
+        assert!(
+            !value.contains("$("),
+            "{name}={value}: refers to a variable not defined before it"
+        );
+        env.push((name, value));
+    }
+    env.into_iter().collect()
+}
+
+fn injected_proxy(pod: Value) -> Value {
+    let (outcome, out) = inject_pod(&pod, &ns(&[]), &config());
+    assert!(matches!(outcome, Outcome::Inject { .. }), "{outcome:?}");
+    init_container(&out["spec"], "linkerd-proxy").clone()
+}
+
+#[test]
+fn injected_env_parses_as_a_proxy_config() {
+    let mut ingress = yaml("pod-annotated.yaml");
+    ingress["metadata"]["annotations"]["linkerd.io/inject"] = json!("ingress");
+    for (name, pod) in [
+        ("pod-annotated", yaml("pod-annotated.yaml")),
+        ("pod-config", yaml("pod-config.yaml")),
+        ("ingress", ingress),
+    ] {
+        let env = kubelet_env(&injected_proxy(pod));
+        let cfg = linkerd_proxy::config::Config::from_strings(&env)
+            .unwrap_or_else(|e| panic!("{name}: the proxy rejects the injected env: {e}"));
+        let id = cfg.identity.as_ref().expect("identity is on");
+        assert_eq!(
+            id.local_name,
+            "web.shop.serviceaccount.identity.linkerd.cluster.local"
+        );
+        assert_eq!(
+            id.svc_addr,
+            "linkerd-identity-headless.linkerd.svc.cluster.local.:8080"
+        );
+        assert_eq!(
+            id.svc_name.as_deref(),
+            Some("linkerd-identity.linkerd.serviceaccount.identity.linkerd.cluster.local")
+        );
+        assert_eq!(
+            id.token_file,
+            std::path::Path::new("/var/run/secrets/tokens/linkerd-identity-token")
+        );
+        let dst = cfg.destination.as_ref().expect("discovery is on");
+        assert_eq!(
+            dst.svc_addr,
+            "linkerd-dst-headless.linkerd.svc.cluster.local.:8086"
+        );
+        let ctx: Value = serde_json::from_str(&dst.context).unwrap();
+        assert_eq!(
+            ctx,
+            json!({"ns": "shop", "nodeName": "kind-worker", "pod": "web-7c9f8b6d5-x2x4z"})
+        );
+        assert_eq!(dst.suffixes, ["svc.cluster.local"]);
+        assert_eq!(cfg.admin.listen_addr, "0.0.0.0:4191".parse().unwrap());
+        assert!(!cfg.admin.shutdown_endpoint_enabled);
+        assert_eq!(cfg.inbound.listen_addr, "0.0.0.0:4143".parse().unwrap());
+        assert_eq!(cfg.outbound.listen_addr, "127.0.0.1:4140".parse().unwrap());
+        assert_eq!(
+            cfg.inbound.connect_timeout,
+            std::time::Duration::from_millis(100)
+        );
+        assert_eq!(
+            cfg.outbound.connect_timeout,
+            std::time::Duration::from_secs(1)
+        );
+        assert_eq!(cfg.inbound.ips.len(), 2);
+        if name == "pod-config" {
+            assert_eq!(cfg.inbound.opaque_ports, [6379, 7000]);
+            assert_eq!(cfg.cores, 2);
+            assert_eq!(cfg.log_level, "warn,linkerd_proxy=debug");
+        }
+    }
+}
+
+/// Every variable the injector writes is either in the proxy's documented table
+/// (`linkerd-proxy/README.md`) or a Linkerd variable listed above as ignored.
+#[test]
+fn every_variable_is_documented_or_knowingly_ignored() {
+    let readme = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../linkerd-proxy/README.md"
+    ))
+    .unwrap();
+    let documented: BTreeSet<&str> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .collect();
+    let mut ignored = Vec::new();
+    let mut pod = yaml("pod-config.yaml");
+    pod["metadata"]["annotations"]["linkerd.io/inject"] = json!("ingress");
+    pod["metadata"]["annotations"]["config.linkerd.io/shutdown-grace-period"] = json!("30s");
+    let proxy = injected_proxy(pod);
+    for e in proxy["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap();
+        if name.starts_with("_pod_") {
+            continue;
+        }
+        if documented.contains(name) {
+            continue;
+        }
+        assert!(
+            IGNORED_BY_OUR_PROXY.contains(&name),
+            "{name} is neither a documented proxy variable nor a known Linkerd-only one"
+        );
+        ignored.push(name);
+    }
+    println!("written for Linkerd's proxy, ignored by ours: {ignored:?}");
+}
