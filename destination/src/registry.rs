@@ -59,6 +59,28 @@ pub enum RegistryError {
 struct File {
     #[serde(default)]
     services: Vec<ServiceDef>,
+    /// The policy service's sections of the same file (policy/README.md): skipped here,
+    /// so a typo in any other top-level key is still an error.
+    #[serde(default, rename = "workloads")]
+    _workloads: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "namespaces")]
+    _namespaces: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "serviceAnnotations")]
+    _service_annotations: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "servers")]
+    _servers: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "authorizationPolicies")]
+    _authorization_policies: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "meshTLSAuthentications")]
+    _mesh_tls_authentications: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "networkAuthentications")]
+    _network_authentications: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "httpLocalRateLimitPolicies")]
+    _http_local_rate_limit_policies: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "httpRoutes")]
+    _http_routes: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "grpcRoutes")]
+    _grpc_routes: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]

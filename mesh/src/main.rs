@@ -48,6 +48,8 @@ enum Command {
     Identity(linkerd_identity::args::Args),
     /// The destination service (endpoint discovery and profiles) and its benchmark.
     Destination(linkerd_destination::args::Args),
+    /// The policy service (inbound authorization, outbound routing) and its CRDs.
+    Policy(linkerd_policy::args::Args),
     /// The proxy injector (mutating admission webhook).
     Injector(linkerd_injector::args::Args),
     /// Add the proxy to the workloads in Kubernetes YAML (a file, or - for stdin), as the
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
         Command::Destination(args) => {
             run(async { Ok(linkerd_destination::args::run(args).await?) })
         }
+        Command::Policy(args) => run(async { Ok(linkerd_policy::args::run(args).await?) }),
         Command::Injector(args) => run(async { Ok(linkerd_injector::args::run(args).await?) }),
         Command::Inject(args) => report(linkerd_injector::args::inject(args).map_err(Into::into)),
         Command::Install(args) => report(install::run(args)),

@@ -1,6 +1,52 @@
 //! The policy service: inbound authorization and outbound routing served through Linkerd's
-//! `InboundServerPolicies` and `OutboundPolicies` APIs.
+//! `io.linkerd.proxy.inbound.InboundServerPolicies` and
+//! `io.linkerd.proxy.outbound.OutboundPolicies` APIs (see `policy/README.md`).
 //!
-//! Not built yet: tracked by issue #5.
+//! ```text
+//!  registry.yaml ──poll──► registry::parse ──┐
+//!                                            ├─► model::State ─► index::Index ─► grpc
+//!  API server ──watch──► k8s (Pods, Services, ┘   (whole)        one shared topic per  WatchPort ─► Server
+//!   Namespaces, Servers, AuthorizationPolicies,                  (workload, port) and  Watch ─► OutboundPolicy
+//!   MeshTLS/NetworkAuthentications, rate limits,                 (service, port)
+//!   HTTPRoutes, GRPCRoutes)
+//! ```
+//!
+//! * [`resources`]: the CRD types (kube `CustomResource`), also the registry's `spec:` blocks.
+//! * [`model`]: the state the sources write; [`inbound`] and [`outbound`] compute the proto
+//!   messages from it (pure functions), with [`routes`] for the shared pieces.
+//! * [`index`]: the state plus the watched topics; [`grpc`]: the two tonic services.
+//! * [`registry`], [`k8s`]: the sources; [`metrics`], [`server`], [`args`]: admin, wiring, CLI.
 
-pub use proto::api::{inbound, outbound};
+pub mod args;
+pub mod grpc;
+pub mod inbound;
+pub mod index;
+pub mod k8s;
+pub mod metrics;
+pub mod model;
+pub mod outbound;
+pub mod registry;
+pub mod resources;
+pub mod routes;
+pub mod server;
+
+pub use proto::api::{inbound as inbound_api, outbound as outbound_api};
+pub use server::{Config, Source, bind, serve};
+
+/// Errors from setting up or running the service and its commands.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
+    #[error(transparent)]
+    Kube(#[from] k8s::KubeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("crds: {0}")]
+    Crds(String),
+}
