@@ -21,6 +21,7 @@ use crate::{
     io::CountingIo,
     log::LogLevel,
     metrics::{Direction, Metrics, Tls},
+    policy::{Policies, ServerProtocol},
     resolve::{Chain, Resolve, StaticResolve},
     tcp::{self, SrcConn},
     tls::{CredsRx, TrustRoots, client_hello, identity_of},
@@ -58,6 +59,8 @@ struct Ctx {
     inbound: Shared,
     /// Set when the proxy has an identity; holds `None` until the first certificate.
     creds: Option<CredsRx>,
+    /// Inbound authorization, per port.
+    policies: Policies,
 }
 
 /// Binds every listener and starts serving. Listener errors are returned before anything runs.
@@ -82,6 +85,8 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         }
         None => None,
     };
+    let policies = crate::policy::client::start(&config.policy, creds.clone(), metrics.clone())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let statics = StaticResolve::new(&config.outbound.static_endpoints);
     let resolve: Arc<dyn Resolve> = match &config.destination {
         Some(d) => {
@@ -147,6 +152,7 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         outbound: outbound_shared,
         inbound: inbound_shared,
         creds: creds.clone(),
+        policies,
     });
 
     let admin_state = admin::State {
@@ -349,7 +355,7 @@ async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
                 let label = Tls::Established { peer_id: client_id };
                 let src = SrcConn::open(&ctx.metrics, Direction::Inbound, target, label.clone());
                 tls.get_mut().0.get_mut().rebind(src.counters());
-                serve_inbound(&ctx, tls, target, port, label, drain).await;
+                serve_inbound(&ctx, tls, acc.client, target, port, label, drain).await;
                 drop(src);
             }
             // TLS for someone else (the application's own, end to end) or plaintext.
@@ -360,7 +366,7 @@ async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
                 };
                 let src = SrcConn::open(&ctx.metrics, Direction::Inbound, target, label.clone());
                 io.get_mut().rebind(src.counters());
-                serve_inbound(&ctx, io, target, port, label, drain).await;
+                serve_inbound(&ctx, io, acc.client, target, port, label, drain).await;
                 drop(src);
             }
         }
@@ -368,23 +374,41 @@ async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
         let mut io = io;
         let src = SrcConn::open(&ctx.metrics, Direction::Inbound, target, INBOUND_TLS);
         io.rebind(src.counters());
-        serve_inbound(&ctx, io, target, port, INBOUND_TLS, drain).await;
+        serve_inbound(&ctx, io, acc.client, target, port, INBOUND_TLS, drain).await;
         drop(src);
     }
 }
 
-/// Detects the protocol of an inbound stream (plaintext or the inside of mTLS) and serves it.
-async fn serve_inbound<I>(ctx: &Ctx, io: I, target: SocketAddr, port: u16, tls: Tls, drain: Drain)
-where
+/// Detects the protocol of an inbound stream (plaintext or the inside of mTLS), checks the
+/// port's policy and serves it: opaque connections are authorized once, HTTP requests each.
+async fn serve_inbound<I>(
+    ctx: &Ctx,
+    io: I,
+    client: SocketAddr,
+    target: SocketAddr,
+    port: u16,
+    tls: Tls,
+    drain: Drain,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = &ctx.config.inbound;
     let ep = Target::direct(target);
-    if cfg.opaque_ports.contains(&port) {
+    let policy = ctx.policies.port(port);
+    let current = policy.current();
+    let opaque_by_policy = matches!(
+        current.protocol,
+        ServerProtocol::Opaque | ServerProtocol::Tls
+    );
+    if cfg.opaque_ports.contains(&port) || opaque_by_policy {
         ctx.metrics
             .detected(Direction::Inbound, "opaque", "configured");
+        if !current.authorize_tcp(client.ip(), &tls) {
+            return debug!(%client, port, server = %current.name, "connection not authorized; closing");
+        }
         return forward(ctx, io, &ep, Direction::Inbound, drain).await;
     }
+    drop(current);
     let (proto, reason, io) = match detect::detect(io, cfg.detect_timeout).await {
         Ok(d) => d,
         Err(e) => return debug!(error = %e, "inbound detection failed"),
@@ -402,10 +426,17 @@ where
                 Route::Fixed(target),
                 ctx.inbound.clone(),
                 drain,
-            );
+            )
+            .with_authz(policy, client.ip());
             http::serve(io, proto, conn).await;
         }
-        Protocol::Opaque => forward(ctx, io, &ep, Direction::Inbound, drain).await,
+        Protocol::Opaque => {
+            let current = policy.current();
+            if !current.authorize_tcp(client.ip(), &tls) {
+                return debug!(%client, port, server = %current.name, "connection not authorized; closing");
+            }
+            forward(ctx, io, &ep, Direction::Inbound, drain).await
+        }
     }
 }
 

@@ -47,6 +47,12 @@ pub const ENV_OUTBOUND_DISCOVERY_IDLE_TIMEOUT: &str =
     "LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT";
 pub const ENV_BALANCE_DEFAULT_RTT: &str = "MESH_PROXY_BALANCE_DEFAULT_RTT";
 pub const ENV_BALANCE_DECAY: &str = "MESH_PROXY_BALANCE_DECAY";
+pub const ENV_INBOUND_DEFAULT_POLICY: &str = "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY";
+pub const ENV_INBOUND_PORTS: &str = "LINKERD2_PROXY_INBOUND_PORTS";
+pub const ENV_POLICY_SVC_ADDR: &str = "LINKERD2_PROXY_POLICY_SVC_ADDR";
+pub const ENV_POLICY_SVC_NAME: &str = "LINKERD2_PROXY_POLICY_SVC_NAME";
+pub const ENV_POLICY_WORKLOAD: &str = "LINKERD2_PROXY_POLICY_WORKLOAD";
+pub const ENV_POLICY_CLUSTER_NETWORKS: &str = "LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS";
 pub const ENV_OUTBOUND_IDLE_CONNECTIONS: &str =
     "MESH_PROXY_OUTBOUND_MAX_IDLE_CONNECTIONS_PER_ENDPOINT";
 
@@ -94,6 +100,8 @@ pub struct Config {
     pub identity: Option<crate::identity::IdentityConfig>,
     /// Service discovery; `None` resolves only static names, IPs and DNS.
     pub destination: Option<crate::destination::DestinationConfig>,
+    /// Inbound authorization: the default policy and, optionally, the policy service.
+    pub policy: crate::policy::client::InboundPolicyConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -281,9 +289,23 @@ impl Config {
                     .into(),
             });
         }
+        let policy = parse_policy(s)?;
+        if let Some(p) = &policy.service
+            && p.svc_name.is_some()
+            && identity.is_none()
+        {
+            return Err(ConfigError {
+                name: ENV_POLICY_SVC_NAME,
+                value: p.svc_name.clone().unwrap_or_default(),
+                reason: "talking mTLS to the policy service needs the proxy's identity \
+                         (LINKERD2_PROXY_IDENTITY_*)"
+                    .into(),
+            });
+        }
         let config = Config {
             identity,
             destination,
+            policy,
             inbound,
             outbound,
             admin,
@@ -493,6 +515,55 @@ fn parse_identity(s: &dyn Strings) -> Result<Option<crate::identity::IdentityCon
         min_refresh,
         max_refresh,
     }))
+}
+
+/// The inbound default policy, and the policy service when `LINKERD2_PROXY_POLICY_SVC_ADDR` is
+/// set (which then needs `LINKERD2_PROXY_POLICY_WORKLOAD`).
+fn parse_policy(
+    s: &dyn Strings,
+) -> Result<crate::policy::client::InboundPolicyConfig, ConfigError> {
+    use crate::policy::{
+        DefaultPolicy, Net,
+        client::{InboundPolicyConfig, PolicyServiceConfig, default_cluster_networks},
+    };
+    let default = parse(s, ENV_INBOUND_DEFAULT_POLICY, |v| {
+        v.parse::<DefaultPolicy>()
+    })?
+    .unwrap_or(DefaultPolicy::AllUnauthenticated);
+    let cluster_networks = parse(s, ENV_POLICY_CLUSTER_NETWORKS, |v| {
+        list(v).map(|n| n.parse::<Net>()).collect()
+    })?
+    .unwrap_or_else(default_cluster_networks);
+    let get = |name| s.get(name).filter(|v| !v.trim().is_empty());
+    let service = match get(ENV_POLICY_SVC_ADDR) {
+        None => None,
+        Some(addr) => {
+            let addr = addr.trim().to_string();
+            check_authority(&addr).map_err(|reason| ConfigError {
+                name: ENV_POLICY_SVC_ADDR,
+                value: addr.clone(),
+                reason,
+            })?;
+            let workload = get(ENV_POLICY_WORKLOAD).ok_or_else(|| ConfigError {
+                name: ENV_POLICY_WORKLOAD,
+                value: String::new(),
+                reason: "required with LINKERD2_PROXY_POLICY_SVC_ADDR: the workload whose \
+                         policy to watch, {\"ns\":\"…\",\"pod\":\"…\"}"
+                    .into(),
+            })?;
+            Some(PolicyServiceConfig {
+                svc_addr: addr,
+                svc_name: get(ENV_POLICY_SVC_NAME).map(|n| n.trim().to_string()),
+                workload: workload.trim().to_string(),
+                ports: parse(s, ENV_INBOUND_PORTS, parse_ports)?.unwrap_or_default(),
+            })
+        }
+    };
+    Ok(InboundPolicyConfig {
+        default,
+        cluster_networks,
+        service,
+    })
 }
 
 /// Discovery is on when `LINKERD2_PROXY_DESTINATION_SVC_ADDR` is set.

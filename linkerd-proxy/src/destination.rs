@@ -219,11 +219,28 @@ fn endpoint_of(wa: &WeightedAddr) -> Option<Endpoint> {
 /// A lazily connected channel: plaintext to a loopback address, otherwise mTLS with our
 /// certificate, expecting `svc_name`.
 fn channel(cfg: &DestinationConfig, creds: Option<CredsRx>) -> Result<Channel, String> {
-    let svc_addr = cfg.svc_addr.clone();
-    let tls = match (cfg.svc_name.clone(), creds) {
+    control_channel(
+        &cfg.svc_addr,
+        cfg.svc_name.as_deref(),
+        creds,
+        "LINKERD2_PROXY_DESTINATION_SVC_NAME",
+    )
+}
+
+/// A lazily connected gRPC channel to a control-plane service at `svc_addr`: mTLS verifying
+/// `svc_name`, or plaintext when the address is loopback (a control-plane pod talking to its
+/// own local service). `name_var` names the variable in errors.
+pub(crate) fn control_channel(
+    svc_addr: &str,
+    svc_name: Option<&str>,
+    creds: Option<CredsRx>,
+    name_var: &'static str,
+) -> Result<Channel, String> {
+    let svc_addr = svc_addr.to_string();
+    let tls = match (svc_name.map(str::to_string), creds) {
         (Some(name), Some(creds)) => Some((name, creds)),
         (Some(_), None) => {
-            return Err("LINKERD2_PROXY_DESTINATION_SVC_NAME needs the proxy's identity".into());
+            return Err(format!("{name_var} needs the proxy's identity"));
         }
         (None, _) => None,
     };
@@ -244,16 +261,16 @@ fn channel(cfg: &DestinationConfig, creds: Option<CredsRx>) -> Result<Channel, S
                         .map_err(std::io::Error::other)?,
                 ),
                 (None, false) => {
-                    return Err(std::io::Error::other(
-                        "LINKERD2_PROXY_DESTINATION_SVC_NAME is required for a non-loopback address",
-                    ));
+                    return Err(std::io::Error::other(format!(
+                        "{name_var} is required for a non-loopback address"
+                    )));
                 }
                 (_, true) => Box::new(tcp),
             };
             Ok::<_, std::io::Error>(TokioIo::new(io))
         }
     });
-    let endpoint = tonic::transport::Endpoint::from_static("http://destination.invalid")
+    let endpoint = tonic::transport::Endpoint::from_static("http://control-plane.invalid")
         .connect_timeout(Duration::from_secs(3));
     Ok(endpoint.connect_with_connector_lazy(connector))
 }

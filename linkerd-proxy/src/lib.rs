@@ -30,6 +30,7 @@ pub mod init;
 pub mod io;
 pub mod log;
 pub mod metrics;
+pub mod policy;
 pub mod resolve;
 pub mod tap;
 pub mod tcp;

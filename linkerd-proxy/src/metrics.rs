@@ -72,6 +72,23 @@ pub struct Metrics {
     start_time: f64,
     /// Live request events for the admin server's `/tap`.
     tap: Arc<crate::tap::Tap>,
+    /// Inbound authorization decisions.
+    authz: Mutex<HashMap<AuthzKey, Arc<AtomicU64>>>,
+}
+
+/// One authorization counter's labels: Linkerd's `inbound_{http,tcp}_authz_{allow,deny}_total`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AuthzKey {
+    /// `http` or `tcp`.
+    pub proto: &'static str,
+    pub allow: bool,
+    pub srv_kind: Arc<str>,
+    pub srv_name: Arc<str>,
+    /// HTTP only; empty for requests that matched no route.
+    pub route_name: Option<Arc<str>>,
+    /// Allowed decisions only.
+    pub authz_kind: Option<Arc<str>>,
+    pub authz_name: Option<Arc<str>>,
 }
 
 /// Request and response counters for one HTTP label set.
@@ -128,6 +145,81 @@ impl Metrics {
             identity: Mutex::default(),
             start_time,
             tap: Arc::default(),
+            authz: Mutex::default(),
+        }
+    }
+
+    /// The counter of one authorization outcome (resolved once per policy update).
+    pub fn authz(&self, key: AuthzKey) -> Arc<AtomicU64> {
+        lock(&self.authz).entry(key).or_default().clone()
+    }
+
+    fn encode_authz(&self, out: &mut String) {
+        let mut all: Vec<(AuthzKey, u64)> = lock(&self.authz)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
+            .collect();
+        if all.is_empty() {
+            return;
+        }
+        all.sort_by(|a, b| {
+            (
+                a.0.proto,
+                a.0.allow,
+                &a.0.srv_name,
+                &a.0.route_name,
+                &a.0.authz_name,
+            )
+                .cmp(&(
+                    b.0.proto,
+                    b.0.allow,
+                    &b.0.srv_name,
+                    &b.0.route_name,
+                    &b.0.authz_name,
+                ))
+        });
+        for (proto, allow) in [
+            ("http", true),
+            ("http", false),
+            ("tcp", true),
+            ("tcp", false),
+        ] {
+            let name = format!(
+                "inbound_{proto}_authz_{}_total",
+                if allow { "allow" } else { "deny" }
+            );
+            let help = match (proto, allow) {
+                ("http", true) => "HTTP requests authorized by an inbound policy.",
+                ("http", false) => {
+                    "HTTP requests refused by an inbound policy (403, or 404 without a route)."
+                }
+                ("tcp", true) => "Opaque TCP connections authorized by an inbound policy.",
+                _ => "Opaque TCP connections refused by an inbound policy.",
+            };
+            family(out, &name, help, "counter");
+            for (k, v) in all
+                .iter()
+                .filter(|(k, _)| k.proto == proto && k.allow == allow)
+            {
+                let _ = write!(
+                    out,
+                    "{name}{{srv_kind=\"{}\",srv_name=\"{}\"",
+                    escape(&k.srv_kind),
+                    escape(&k.srv_name)
+                );
+                if let Some(r) = &k.route_name {
+                    let _ = write!(out, ",route_name=\"{}\"", escape(r));
+                }
+                if let (Some(kind), Some(n)) = (&k.authz_kind, &k.authz_name) {
+                    let _ = write!(
+                        out,
+                        ",authz_kind=\"{}\",authz_name=\"{}\"",
+                        escape(kind),
+                        escape(n)
+                    );
+                }
+                let _ = writeln!(out, "}} {v}");
+            }
         }
     }
 
@@ -168,6 +260,7 @@ impl Metrics {
         self.encode_http(out);
         self.encode_tcp(out);
         self.encode_detect(out);
+        self.encode_authz(out);
         if let Some((expiry, refresh)) = *lock(&self.identity) {
             family(
                 out,

@@ -19,6 +19,7 @@ pub mod discovery;
 pub mod grpc;
 pub mod mesh;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod tcp;

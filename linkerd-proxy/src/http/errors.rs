@@ -24,6 +24,12 @@ pub enum ProxyError {
     Upstream(#[source] hyper::Error),
     #[error("response timed out after {0:?}")]
     ResponseTimeout(Duration),
+    /// The inbound policy does not authorize this client on this route.
+    #[error("unauthorized request on route {0}")]
+    Unauthorized(std::sync::Arc<str>),
+    /// The inbound policy has routes and none matches the request.
+    #[error("no route found for request")]
+    NoRoute,
 }
 
 impl ProxyError {
@@ -50,12 +56,16 @@ impl ProxyError {
             ProxyError::Handshake(_) => "handshake",
             ProxyError::Upstream(_) => "upstream",
             ProxyError::ResponseTimeout(_) => "response_timeout",
+            ProxyError::Unauthorized(_) => "unauthorized",
+            ProxyError::NoRoute => "no_route",
         }
     }
 
     pub fn http_status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Unauthorized(_) => StatusCode::FORBIDDEN,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Resolve(_) | ProxyError::Tls(TlsError::NoCredentials) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -78,6 +88,8 @@ impl ProxyError {
     /// for timeouts, INTERNAL for a request the proxy cannot carry.
     pub fn grpc_code(&self) -> u32 {
         match self.http_status() {
+            StatusCode::FORBIDDEN => 7,
+            StatusCode::NOT_FOUND => 5,
             StatusCode::GATEWAY_TIMEOUT => 4,
             StatusCode::BAD_REQUEST => 13,
             _ => 14,

@@ -16,6 +16,7 @@ use crate::{
     detect,
     drain::Drain,
     metrics::{Direction, HttpKey, HttpStats, Metrics, ResponseClass, Tls},
+    policy::{HttpDecision, PortPolicy},
     resolve::Endpoint,
     tap::{Pending, TapEvent},
     tcp,
@@ -33,7 +34,7 @@ use hyper::{body::Incoming, server::conn, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::{
     convert::Infallible,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -79,6 +80,8 @@ pub struct HttpConn {
     last: Mutex<Option<(HeaderValue, SocketAddr, Arc<HttpStats>)>>,
     /// The balancer (if any) of the last authority seen on this connection, and its name.
     dst: Mutex<Option<LastDst>>,
+    /// Inbound: the port's authorization policy and the client's address.
+    authz: Option<(PortPolicy, IpAddr)>,
 }
 
 struct LastDst {
@@ -175,6 +178,37 @@ impl HttpConn {
             drain,
             last: Mutex::new(None),
             dst: Mutex::new(None),
+            authz: None,
+        }
+    }
+
+    /// Authorize every request against the port's current policy (inbound).
+    pub fn with_authz(mut self, policy: PortPolicy, client: IpAddr) -> Self {
+        self.authz = Some((policy, client));
+        self
+    }
+
+    /// The inbound policy's verdict on a request, as an error to answer with.
+    fn authorize(
+        &self,
+        req: &Request<Incoming>,
+        authority: &HeaderValue,
+    ) -> Result<(), ProxyError> {
+        let Some((policy, client)) = &self.authz else {
+            return Ok(());
+        };
+        let host = authority.to_str().ok().filter(|h| !h.is_empty());
+        match policy.current().authorize_http(
+            *client,
+            &self.tls,
+            host,
+            req.method(),
+            req.uri().path(),
+            req.headers(),
+        ) {
+            HttpDecision::Allow => Ok(()),
+            HttpDecision::Deny { route } => Err(ProxyError::Unauthorized(route)),
+            HttpDecision::NoRoute => Err(ProxyError::NoRoute),
         }
     }
 
@@ -195,6 +229,9 @@ impl HttpConn {
             .tap()
             .is_active()
             .then(|| self.tap_start(&req, &authority));
+        if let Err(e) = self.authorize(&req, &authority) {
+            return self.fail(e, grpc, &authority, None, start, tap);
+        }
         let target = match self.target(&req, &authority).await {
             Ok(t) => t,
             Err(e) => return self.fail(e, grpc, &authority, None, start, tap),

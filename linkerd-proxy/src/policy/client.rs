@@ -1,0 +1,153 @@
+//! The policy client: one `InboundServerPolicies/WatchPort` stream per inbound port in
+//! `LINKERD2_PROXY_INBOUND_PORTS`, each feeding that port's watch. A port starts from the local
+//! default; a message that cannot be understood is logged and the previous policy kept; a
+//! failed stream reconnects with a jittered backoff, keeping the last policy meanwhile.
+//! `INVALID_ARGUMENT` and `FAILED_PRECONDITION` end that port's watch (the request itself is
+//! wrong, retrying cannot help), as Linkerd's proxy does.
+
+use super::{DefaultPolicy, Net, Policies, ServerPolicy};
+use crate::{metrics::Metrics, tls::CredsRx};
+use proto::api::inbound::{PortSpec, inbound_server_policies_client::InboundServerPoliciesClient};
+use std::{collections::HashMap, sync::Arc, time::Duration};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tracing::{debug, info, warn};
+
+/// Inbound policy settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundPolicyConfig {
+    /// `LINKERD2_PROXY_INBOUND_DEFAULT_POLICY` (default `all-unauthenticated`).
+    pub default: DefaultPolicy,
+    /// `LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS`: what `cluster-*` defaults admit.
+    pub cluster_networks: Vec<Net>,
+    /// The policy service, when `LINKERD2_PROXY_POLICY_SVC_ADDR` is set.
+    pub service: Option<PolicyServiceConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyServiceConfig {
+    pub svc_addr: String,
+    pub svc_name: Option<String>,
+    /// `LINKERD2_PROXY_POLICY_WORKLOAD`: `{"ns":"…","pod":"…"}` (or `ns:pod`).
+    pub workload: String,
+    /// `LINKERD2_PROXY_INBOUND_PORTS`: the ports whose policy is watched.
+    pub ports: Vec<u16>,
+}
+
+/// The cluster networks Linkerd assumes when none are configured.
+pub fn default_cluster_networks() -> Vec<Net> {
+    [
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "fd00::/8",
+    ]
+    .iter()
+    .filter_map(|n| n.parse().ok())
+    .collect()
+}
+
+impl Default for InboundPolicyConfig {
+    fn default() -> Self {
+        Self {
+            default: DefaultPolicy::AllUnauthenticated,
+            cluster_networks: default_cluster_networks(),
+            service: None,
+        }
+    }
+}
+
+/// Builds every port's policy watch and starts the streams.
+pub fn start(
+    cfg: &InboundPolicyConfig,
+    creds: Option<CredsRx>,
+    metrics: Arc<Metrics>,
+) -> Result<Policies, String> {
+    let Some(svc) = &cfg.service else {
+        return Ok(Policies::fixed(
+            cfg.default,
+            &cfg.cluster_networks,
+            &metrics,
+        ));
+    };
+    let default = Arc::new(ServerPolicy::default_for(
+        cfg.default,
+        &cfg.cluster_networks,
+        &metrics,
+    ));
+    let channel = crate::destination::control_channel(
+        &svc.svc_addr,
+        svc.svc_name.as_deref(),
+        creds,
+        "LINKERD2_PROXY_POLICY_SVC_NAME",
+    )?;
+    let mut ports = HashMap::new();
+    for &port in &svc.ports {
+        let (tx, rx) = watch::channel(default.clone());
+        let client = InboundServerPoliciesClient::new(channel.clone());
+        let spec = PortSpec {
+            workload: svc.workload.clone(),
+            port: u32::from(port),
+        };
+        tokio::spawn(watch_port(client, spec, tx, metrics.clone()));
+        ports.insert(port, rx);
+    }
+    Ok(Policies::new(ports, default))
+}
+
+async fn watch_port(
+    mut client: InboundServerPoliciesClient<Channel>,
+    spec: PortSpec,
+    tx: watch::Sender<Arc<ServerPolicy>>,
+    metrics: Arc<Metrics>,
+) {
+    let port = spec.port;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match client.watch_port(spec.clone()).await {
+            Ok(rsp) => {
+                let mut stream = rsp.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(server)) => {
+                            backoff = Duration::from_millis(100);
+                            match ServerPolicy::from_api(server, &metrics) {
+                                Ok(p) => {
+                                    debug!(port, kind = %p.kind, name = %p.name, "inbound policy");
+                                    tx.send_replace(Arc::new(p));
+                                }
+                                Err(e) => {
+                                    warn!(port, error = %e, "ignoring an invalid inbound policy; keeping the previous one")
+                                }
+                            }
+                        }
+                        Ok(None) => {
+                            debug!(port, "policy stream ended");
+                            break;
+                        }
+                        Err(status) => {
+                            debug!(port, %status, "policy stream failed");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition
+                ) =>
+            {
+                warn!(port, %status, "the policy service refused this port's watch; keeping the default policy");
+                return;
+            }
+            Err(status) => {
+                info!(port, code = ?status.code(), message = status.message(), "policy service unavailable; keeping the current policy");
+            }
+        }
+        let jittered = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+        tokio::time::sleep(jittered).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,739 @@
+//! The proxy's own form of an inbound server policy: converted once per update from the API's
+//! messages, with its metric counters resolved, so that a decision is a few comparisons and one
+//! atomic increment.
+
+use crate::metrics::{AuthzKey, Metrics, Tls};
+use http::{HeaderMap, HeaderName, Method};
+use proto::api::{http_route as api_route, inbound as api, meta};
+use std::{
+    net::IpAddr,
+    str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+/// The cluster default policies (`LINKERD2_PROXY_INBOUND_DEFAULT_POLICY`, Linkerd's
+/// `config.linkerd.io/default-inbound-policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultPolicy {
+    AllUnauthenticated,
+    AllAuthenticated,
+    ClusterUnauthenticated,
+    ClusterAuthenticated,
+    Deny,
+    /// Allows everything (Linkerd records what would have been denied; we allow and count).
+    Audit,
+}
+
+impl FromStr for DefaultPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.trim() {
+            "all-unauthenticated" => Self::AllUnauthenticated,
+            "all-authenticated" => Self::AllAuthenticated,
+            "cluster-unauthenticated" => Self::ClusterUnauthenticated,
+            "cluster-authenticated" => Self::ClusterAuthenticated,
+            "deny" => Self::Deny,
+            "audit" => Self::Audit,
+            _ => {
+                return Err("expected all-unauthenticated, all-authenticated, \
+                            cluster-unauthenticated, cluster-authenticated, deny or audit"
+                    .into());
+            }
+        })
+    }
+}
+
+impl DefaultPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AllUnauthenticated => "all-unauthenticated",
+            Self::AllAuthenticated => "all-authenticated",
+            Self::ClusterUnauthenticated => "cluster-unauthenticated",
+            Self::ClusterAuthenticated => "cluster-authenticated",
+            Self::Deny => "deny",
+            Self::Audit => "audit",
+        }
+    }
+}
+
+/// An IP network (`10.0.0.0/8`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Net {
+    pub const ALL_V4: Net = Net {
+        addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        prefix: 0,
+    };
+    pub const ALL_V6: Net = Net {
+        addr: IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        prefix: 0,
+    };
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let p = u32::from(self.prefix.min(32));
+                let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let p = u32::from(self.prefix.min(128));
+                let mask = if p == 0 { 0 } else { u128::MAX << (128 - p) };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Net {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix must be 0-{max}"))?,
+            None => max,
+        };
+        Ok(Net { addr, prefix })
+    }
+}
+
+/// Client networks an authorization applies to, with exceptions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetMatch {
+    pub net: Net,
+    pub except: Vec<Net>,
+}
+
+impl NetMatch {
+    fn matches(&self, ip: IpAddr) -> bool {
+        self.net.contains(ip) && !self.except.iter().any(|e| e.contains(ip))
+    }
+}
+
+/// Who an authorization admits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Authn {
+    /// Anyone, with or without mTLS.
+    Unauthenticated,
+    /// Any client over mesh TLS.
+    MeshTlsAny,
+    /// mTLS clients with one of these identities or under one of these suffixes (`["ns",
+    /// "serviceaccount", ...]` means `*.ns.serviceaccount...`; an empty suffix, any identity).
+    MeshTls {
+        identities: Vec<String>,
+        suffixes: Vec<String>,
+    },
+}
+
+impl Authn {
+    fn admits(&self, tls: &Tls) -> bool {
+        let peer = match tls {
+            Tls::Established { peer_id } => peer_id.as_deref(),
+            Tls::None(_) => return matches!(self, Authn::Unauthenticated),
+        };
+        match self {
+            Authn::Unauthenticated | Authn::MeshTlsAny => true,
+            Authn::MeshTls {
+                identities,
+                suffixes,
+            } => {
+                let Some(id) = peer else { return false };
+                identities.iter().any(|i| i == id)
+                    || suffixes.iter().any(|s| {
+                        s.is_empty()
+                            || (id.len() > s.len()
+                                && id.ends_with(s.as_str())
+                                && id.as_bytes()[id.len() - s.len() - 1] == b'.')
+                    })
+            }
+        }
+    }
+}
+
+/// One authorization: its name (for metrics), networks and authentication.
+#[derive(Debug)]
+pub struct Authorization {
+    pub kind: Arc<str>,
+    pub name: Arc<str>,
+    pub networks: Vec<NetMatch>,
+    pub authn: Authn,
+}
+
+impl Authorization {
+    fn admits(&self, client: IpAddr, tls: &Tls) -> bool {
+        // No networks: the authorization is ignored (the API's rule).
+        self.networks.iter().any(|n| n.matches(client)) && self.authn.admits(tls)
+    }
+}
+
+/// A path match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+/// All of these must hold for a request to match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestMatch {
+    pub path: Option<PathMatch>,
+    pub method: Option<Method>,
+    pub headers: Vec<(HeaderName, Vec<u8>)>,
+    /// The match uses something this proxy does not evaluate (a regular expression): it never
+    /// matches, so the route cannot grant more than intended.
+    pub unsupported: bool,
+}
+
+impl RequestMatch {
+    fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+        if self.unsupported {
+            return false;
+        }
+        if let Some(m) = &self.method
+            && m != method
+        {
+            return false;
+        }
+        match &self.path {
+            Some(PathMatch::Exact(p)) if p != path => return false,
+            Some(PathMatch::Prefix(p)) if !prefix_matches(p, path) => return false,
+            _ => {}
+        }
+        self.headers
+            .iter()
+            .all(|(n, v)| headers.get_all(n).iter().any(|h| h.as_bytes() == v))
+    }
+}
+
+/// Gateway API prefix semantics: `/foo` matches `/foo` and `/foo/bar`, not `/foobar`.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let p = prefix.trim_end_matches('/');
+    p.is_empty()
+        || path == p
+        || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'))
+}
+
+/// A host match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostMatch {
+    Exact(String),
+    /// `*.example.com` as `example.com`.
+    Suffix(String),
+}
+
+/// An inbound route: the requests it matches and the authorizations it adds to the server's.
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub hosts: Vec<HostMatch>,
+    /// Any rule's matches (one of them) select the route; no matches match everything.
+    pub matches: Vec<RequestMatch>,
+    pub authorizations: Vec<Authorization>,
+    /// Allow counters for the route's authorizations then the server's, in that order.
+    allow: Vec<Arc<AtomicU64>>,
+    deny: Arc<AtomicU64>,
+}
+
+impl Route {
+    fn matches(
+        &self,
+        host: Option<&str>,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> bool {
+        let host_ok = self.hosts.is_empty()
+            || host.is_some_and(|h| {
+                let h = h
+                    .rsplit_once(':')
+                    .map_or(h, |(h, _)| h)
+                    .trim_end_matches('.');
+                self.hosts.iter().any(|m| match m {
+                    HostMatch::Exact(e) => e.eq_ignore_ascii_case(h),
+                    HostMatch::Suffix(s) => {
+                        h.len() > s.len()
+                            && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
+                            && h.as_bytes()[h.len() - s.len() - 1] == b'.'
+                    }
+                })
+            });
+        host_ok
+            && (self.matches.is_empty()
+                || self
+                    .matches
+                    .iter()
+                    .any(|m| m.matches(method, path, headers)))
+    }
+}
+
+/// How the server's traffic is to be treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerProtocol {
+    Detect,
+    Http1,
+    Http2,
+    Grpc,
+    Opaque,
+    Tls,
+}
+
+/// The policy of one inbound port.
+#[derive(Debug)]
+pub struct ServerPolicy {
+    pub kind: Arc<str>,
+    pub name: Arc<str>,
+    pub protocol: ServerProtocol,
+    pub authorizations: Vec<Authorization>,
+    pub routes: Vec<Route>,
+    tcp_allow: Vec<Arc<AtomicU64>>,
+    tcp_deny: Arc<AtomicU64>,
+    /// Requests that matched no route (answered 404).
+    no_route: Arc<AtomicU64>,
+}
+
+/// What to do with an HTTP request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HttpDecision {
+    Allow,
+    /// Not authorized on this route (403, or gRPC `PERMISSION_DENIED`).
+    Deny {
+        route: Arc<str>,
+    },
+    /// No route matches (404).
+    NoRoute,
+}
+
+impl ServerPolicy {
+    /// Whether an opaque connection from `client` may proceed.
+    pub fn authorize_tcp(&self, client: IpAddr, tls: &Tls) -> bool {
+        match self
+            .authorizations
+            .iter()
+            .position(|a| a.admits(client, tls))
+        {
+            Some(i) => {
+                self.tcp_allow[i].fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            None => {
+                self.tcp_deny.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// The decision for one request: the first route that matches, then the route's and the
+    /// server's authorizations.
+    pub fn authorize_http(
+        &self,
+        client: IpAddr,
+        tls: &Tls,
+        host: Option<&str>,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> HttpDecision {
+        let Some(route) = self
+            .routes
+            .iter()
+            .find(|r| r.matches(host, method, path, headers))
+        else {
+            self.no_route.fetch_add(1, Ordering::Relaxed);
+            return HttpDecision::NoRoute;
+        };
+        let admitted = route
+            .authorizations
+            .iter()
+            .chain(&self.authorizations)
+            .position(|a| a.admits(client, tls));
+        match admitted {
+            Some(i) => {
+                route.allow[i].fetch_add(1, Ordering::Relaxed);
+                HttpDecision::Allow
+            }
+            None => {
+                route.deny.fetch_add(1, Ordering::Relaxed);
+                HttpDecision::Deny {
+                    route: route.name.clone(),
+                }
+            }
+        }
+    }
+
+    /// The local default: what a port gets before (or without) the policy service.
+    pub fn default_for(policy: DefaultPolicy, cluster: &[Net], metrics: &Metrics) -> Self {
+        let all = vec![
+            NetMatch {
+                net: Net::ALL_V4,
+                except: vec![],
+            },
+            NetMatch {
+                net: Net::ALL_V6,
+                except: vec![],
+            },
+        ];
+        let cluster: Vec<NetMatch> = cluster
+            .iter()
+            .map(|n| NetMatch {
+                net: *n,
+                except: vec![],
+            })
+            .collect();
+        let authz = |networks: Vec<NetMatch>, authn| {
+            vec![Authorization {
+                kind: "default".into(),
+                name: policy.name().into(),
+                networks,
+                authn,
+            }]
+        };
+        let authorizations = match policy {
+            DefaultPolicy::AllUnauthenticated | DefaultPolicy::Audit => {
+                authz(all, Authn::Unauthenticated)
+            }
+            DefaultPolicy::AllAuthenticated => authz(all, Authn::MeshTlsAny),
+            DefaultPolicy::ClusterUnauthenticated => authz(cluster, Authn::Unauthenticated),
+            DefaultPolicy::ClusterAuthenticated => authz(cluster, Authn::MeshTlsAny),
+            DefaultPolicy::Deny => vec![],
+        };
+        let route = RouteSpec {
+            name: "default".into(),
+            hosts: vec![],
+            matches: vec![],
+            authorizations: vec![],
+        };
+        ServerPolicy::build(
+            "default".into(),
+            policy.name().into(),
+            ServerProtocol::Detect,
+            authorizations,
+            vec![route],
+            metrics,
+        )
+    }
+
+    fn build(
+        kind: Arc<str>,
+        name: Arc<str>,
+        protocol: ServerProtocol,
+        authorizations: Vec<Authorization>,
+        routes: Vec<RouteSpec>,
+        metrics: &Metrics,
+    ) -> Self {
+        let key = |proto: &'static str,
+                   allow: bool,
+                   route: Option<&Arc<str>>,
+                   authz: Option<&Authorization>| AuthzKey {
+            proto,
+            allow,
+            srv_kind: kind.clone(),
+            srv_name: name.clone(),
+            route_name: route.cloned(),
+            authz_kind: authz.map(|a| a.kind.clone()),
+            authz_name: authz.map(|a| a.name.clone()),
+        };
+        let tcp_allow = authorizations
+            .iter()
+            .map(|a| metrics.authz(key("tcp", true, None, Some(a))))
+            .collect();
+        let tcp_deny = metrics.authz(key("tcp", false, None, None));
+        let no_route = metrics.authz(key("http", false, Some(&Arc::from("")), None));
+        let routes = routes
+            .into_iter()
+            .map(|r| {
+                let allow = r
+                    .authorizations
+                    .iter()
+                    .chain(&authorizations)
+                    .map(|a| metrics.authz(key("http", true, Some(&r.name), Some(a))))
+                    .collect();
+                let deny = metrics.authz(key("http", false, Some(&r.name), None));
+                Route {
+                    name: r.name,
+                    hosts: r.hosts,
+                    matches: r.matches,
+                    authorizations: r.authorizations,
+                    allow,
+                    deny,
+                }
+            })
+            .collect();
+        ServerPolicy {
+            kind,
+            name,
+            protocol,
+            authorizations,
+            routes,
+            tcp_allow,
+            tcp_deny,
+            no_route,
+        }
+    }
+
+    /// Converts the policy service's `Server`. `cluster` is unused by the API (the controller
+    /// sends networks explicitly) but kept for symmetry with the defaults.
+    pub fn from_api(server: api::Server, metrics: &Metrics) -> Result<Self, String> {
+        let kind: Arc<str> = server
+            .labels
+            .get("kind")
+            .map_or("server", String::as_str)
+            .into();
+        let name: Arc<str> = server
+            .labels
+            .get("name")
+            .map_or("unnamed", String::as_str)
+            .into();
+        let kind_proto = server
+            .protocol
+            .and_then(|p| p.kind)
+            .ok_or("the server has no protocol")?;
+        use api::proxy_protocol::Kind;
+        let (protocol, routes) = match kind_proto {
+            Kind::Detect(d) => (ServerProtocol::Detect, http_routes(d.http_routes)?),
+            Kind::Http1(h) => (ServerProtocol::Http1, http_routes(h.routes)?),
+            Kind::Http2(h) => (ServerProtocol::Http2, http_routes(h.routes)?),
+            Kind::Grpc(g) => (ServerProtocol::Grpc, grpc_routes(g.routes)?),
+            Kind::Opaque(_) => (ServerProtocol::Opaque, vec![]),
+            Kind::Tls(_) => (ServerProtocol::Tls, vec![]),
+        };
+        let authorizations = server
+            .authorizations
+            .into_iter()
+            .map(authorization)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ServerPolicy::build(
+            kind,
+            name,
+            protocol,
+            authorizations,
+            routes,
+            metrics,
+        ))
+    }
+}
+
+/// A route before its counters are resolved.
+struct RouteSpec {
+    name: Arc<str>,
+    hosts: Vec<HostMatch>,
+    matches: Vec<RequestMatch>,
+    authorizations: Vec<Authorization>,
+}
+
+fn metadata_name(m: Option<meta::Metadata>, fallback: &str) -> (Arc<str>, Arc<str>) {
+    match m.and_then(|m| m.kind) {
+        Some(meta::metadata::Kind::Default(name)) => ("default".into(), name.into()),
+        Some(meta::metadata::Kind::Resource(r)) => {
+            (r.kind.to_ascii_lowercase().into(), r.name.into())
+        }
+        None => ("default".into(), fallback.into()),
+    }
+}
+
+fn net(n: proto::api::net::IpNetwork) -> Result<Net, String> {
+    let ip = n.ip.ok_or("a network has no address")?;
+    let addr = IpAddr::try_from(ip).map_err(|e| format!("a network address: {e}"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = u8::try_from(n.prefix_len)
+        .ok()
+        .filter(|p| *p <= max)
+        .ok_or_else(|| format!("prefix length {} for {addr}", n.prefix_len))?;
+    Ok(Net { addr, prefix })
+}
+
+fn authorization(a: api::Authz) -> Result<Authorization, String> {
+    let (kind, name) = metadata_name(
+        a.metadata,
+        a.labels.get("name").map_or("unnamed", String::as_str),
+    );
+    let networks = a
+        .networks
+        .into_iter()
+        .map(|n| {
+            Ok(NetMatch {
+                net: net(n.net.ok_or("a network is empty")?)?,
+                except: n
+                    .except
+                    .into_iter()
+                    .map(net)
+                    .collect::<Result<_, String>>()?,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    use api::authn::{Permit, permit_mesh_tls::Clients};
+    let authn = match a
+        .authentication
+        .and_then(|a| a.permit)
+        .ok_or_else(|| format!("authorization {name} has no authentication"))?
+    {
+        Permit::Unauthenticated(_) => Authn::Unauthenticated,
+        Permit::MeshTls(m) => match m.clients {
+            Some(Clients::Unauthenticated(_)) | None => Authn::MeshTlsAny,
+            Some(Clients::Identities(ids)) => Authn::MeshTls {
+                identities: ids.identities.into_iter().map(|i| i.name).collect(),
+                suffixes: ids
+                    .suffixes
+                    .into_iter()
+                    .map(|s| s.parts.join("."))
+                    .collect(),
+            },
+        },
+    };
+    Ok(Authorization {
+        kind,
+        name,
+        networks,
+        authn,
+    })
+}
+
+fn hosts(hosts: Vec<api_route::HostMatch>) -> Vec<HostMatch> {
+    hosts
+        .into_iter()
+        .filter_map(|h| match h.r#match? {
+            api_route::host_match::Match::Exact(e) => Some(HostMatch::Exact(e)),
+            api_route::host_match::Match::Suffix(s) => {
+                let mut labels = s.reverse_labels;
+                labels.reverse();
+                Some(HostMatch::Suffix(labels.join(".")))
+            }
+        })
+        .collect()
+}
+
+fn header_matches(
+    headers: Vec<api_route::HeaderMatch>,
+    m: &mut RequestMatch,
+) -> Result<(), String> {
+    for h in headers {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| format!("header name {:?}", h.name))?;
+        match h.value {
+            Some(api_route::header_match::Value::Exact(v)) => m.headers.push((name, v)),
+            Some(api_route::header_match::Value::Regex(_)) | None => m.unsupported = true,
+        }
+    }
+    Ok(())
+}
+
+fn http_routes(routes: Vec<api::HttpRoute>) -> Result<Vec<RouteSpec>, String> {
+    routes
+        .into_iter()
+        .map(|r| {
+            let (_, name) = metadata_name(r.metadata, "unnamed");
+            let mut matches = Vec::new();
+            for rule in r.rules {
+                if rule.matches.is_empty() {
+                    matches.push(RequestMatch::default());
+                }
+                for m in rule.matches {
+                    let mut out = RequestMatch::default();
+                    match m.path.and_then(|p| p.kind) {
+                        Some(api_route::path_match::Kind::Exact(p)) => {
+                            out.path = Some(PathMatch::Exact(p))
+                        }
+                        Some(api_route::path_match::Kind::Prefix(p)) => {
+                            out.path = Some(PathMatch::Prefix(p))
+                        }
+                        Some(api_route::path_match::Kind::Regex(_)) => out.unsupported = true,
+                        None => {}
+                    }
+                    if let Some(method) = m.method {
+                        out.method = Some(
+                            Method::try_from(method).map_err(|e| format!("a route method: {e}"))?,
+                        );
+                    }
+                    if !m.query_params.is_empty() {
+                        out.unsupported = true;
+                    }
+                    header_matches(m.headers, &mut out)?;
+                    matches.push(out);
+                }
+            }
+            Ok(RouteSpec {
+                name,
+                hosts: hosts(r.hosts),
+                matches,
+                authorizations: r
+                    .authorizations
+                    .into_iter()
+                    .map(authorization)
+                    .collect::<Result<_, _>>()?,
+            })
+        })
+        .collect()
+}
+
+fn grpc_routes(routes: Vec<api::GrpcRoute>) -> Result<Vec<RouteSpec>, String> {
+    routes
+        .into_iter()
+        .map(|r| {
+            let (_, name) = metadata_name(r.metadata, "unnamed");
+            let mut matches = Vec::new();
+            for rule in r.rules {
+                if rule.matches.is_empty() {
+                    matches.push(RequestMatch::default());
+                }
+                for m in rule.matches {
+                    let mut out = RequestMatch {
+                        method: Some(Method::POST),
+                        ..RequestMatch::default()
+                    };
+                    if let Some(rpc) = m.rpc {
+                        out.path = match (rpc.service.is_empty(), rpc.method.is_empty()) {
+                            (false, false) => {
+                                Some(PathMatch::Exact(format!("/{}/{}", rpc.service, rpc.method)))
+                            }
+                            (false, true) => Some(PathMatch::Prefix(format!("/{}", rpc.service))),
+                            // A method in any service needs a pattern we do not evaluate.
+                            (true, false) => {
+                                out.unsupported = true;
+                                None
+                            }
+                            (true, true) => None,
+                        };
+                    }
+                    header_matches(m.headers, &mut out)?;
+                    matches.push(out);
+                }
+            }
+            Ok(RouteSpec {
+                name,
+                hosts: hosts(r.hosts),
+                matches,
+                authorizations: r
+                    .authorizations
+                    .into_iter()
+                    .map(authorization)
+                    .collect::<Result<_, _>>()?,
+            })
+        })
+        .collect()
+}

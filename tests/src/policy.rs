@@ -1,0 +1,238 @@
+//! A controllable Linkerd policy service: `InboundServerPolicies` over real gRPC, serving
+//! whatever `Server` a test sets for each port and streaming every change to its watchers.
+//! An unknown port gets `NOT_FOUND`; a workload other than the expected one, `INVALID_ARGUMENT`.
+
+use linkerd2_proxy_api::{
+    inbound::{
+        Authn, Authz, Identity, Network, PortSpec, ProxyProtocol, Server,
+        authn::{Permit, PermitMeshTls, PermitUnauthenticated, permit_mesh_tls},
+        inbound_server_policies_server::{InboundServerPolicies, InboundServerPoliciesServer},
+        proxy_protocol,
+    },
+    meta::{Metadata, Resource, metadata},
+    net::IpNetwork,
+};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::{Arc, Mutex},
+};
+use tokio::{net::TcpListener, sync::watch};
+use tonic::{
+    Request, Response, Status,
+    codegen::tokio_stream::{Stream, wrappers::ReceiverStream},
+    transport::server::TcpIncoming,
+};
+
+type Ports = Arc<Mutex<HashMap<u32, watch::Sender<Server>>>>;
+
+#[derive(Clone)]
+struct Svc {
+    workload: String,
+    ports: Ports,
+}
+
+type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+impl Svc {
+    fn port(&self, spec: &PortSpec) -> Result<watch::Receiver<Server>, Status> {
+        if spec.workload != self.workload {
+            return Err(Status::invalid_argument(format!(
+                "unknown workload {:?}",
+                spec.workload
+            )));
+        }
+        self.ports
+            .lock()
+            .expect("ports lock")
+            .get(&spec.port)
+            .map(|tx| tx.subscribe())
+            .ok_or_else(|| Status::not_found(format!("no server on port {}", spec.port)))
+    }
+}
+
+#[tonic::async_trait]
+impl InboundServerPolicies for Svc {
+    type WatchPortStream = Streamed<Server>;
+
+    async fn get_port(&self, req: Request<PortSpec>) -> Result<Response<Server>, Status> {
+        let rx = self.port(req.get_ref())?;
+        let server = rx.borrow().clone();
+        Ok(Response::new(server))
+    }
+
+    async fn watch_port(
+        &self,
+        req: Request<PortSpec>,
+    ) -> Result<Response<Self::WatchPortStream>, Status> {
+        let mut rx = self.port(req.get_ref())?;
+        let (tx, out) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let first = rx.borrow_and_update().clone();
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            while rx.changed().await.is_ok() {
+                let next = rx.borrow_and_update().clone();
+                if tx.send(Ok(next)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+}
+
+/// The policy service, serving on its own task until dropped.
+#[derive(Debug)]
+pub struct PolicyServer {
+    pub addr: SocketAddr,
+    pub workload: String,
+    ports: Ports,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PolicyServer {
+    pub async fn start(workload: &str) -> Self {
+        let ports: Ports = Arc::default();
+        let svc = Svc {
+            workload: workload.to_string(),
+            ports: ports.clone(),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(InboundServerPoliciesServer::new(svc))
+                .serve_with_incoming(TcpIncoming::from(listener))
+                .await;
+        });
+        Self {
+            addr,
+            workload: workload.to_string(),
+            ports,
+            task,
+        }
+    }
+
+    /// Sets the policy of `port`, streaming it to every watcher.
+    pub fn set(&self, port: u16, server: Server) {
+        let mut ports = self.ports.lock().expect("ports lock");
+        match ports.get(&u32::from(port)) {
+            Some(tx) => {
+                tx.send_replace(server);
+            }
+            None => {
+                ports.insert(u32::from(port), watch::Sender::new(server));
+            }
+        }
+    }
+}
+
+impl Drop for PolicyServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn network(ip: IpAddr, prefix_len: u32) -> Network {
+    Network {
+        net: Some(IpNetwork {
+            ip: Some(ip.into()),
+            prefix_len,
+        }),
+        except: vec![],
+    }
+}
+
+/// Every client network, IPv4 and IPv6.
+pub fn all_networks() -> Vec<Network> {
+    vec![
+        network(IpAddr::from([0, 0, 0, 0]), 0),
+        network(IpAddr::from([0u16; 8]), 0),
+    ]
+}
+
+fn resource(kind: &str, name: &str) -> Option<Metadata> {
+    Some(Metadata {
+        kind: Some(metadata::Kind::Resource(Resource {
+            group: "policy.linkerd.io".into(),
+            kind: kind.into(),
+            name: name.into(),
+            ..Default::default()
+        })),
+    })
+}
+
+/// An authorization (an AuthorizationPolicy named `name`) for mTLS clients with exactly these
+/// identities, from anywhere.
+pub fn mtls_identities(name: &str, identities: &[&str]) -> Authz {
+    Authz {
+        networks: all_networks(),
+        authentication: Some(Authn {
+            permit: Some(Permit::MeshTls(PermitMeshTls {
+                clients: Some(permit_mesh_tls::Clients::Identities(
+                    permit_mesh_tls::PermitClientIdentities {
+                        identities: identities
+                            .iter()
+                            .map(|i| Identity {
+                                name: i.to_string(),
+                            })
+                            .collect(),
+                        suffixes: vec![],
+                    },
+                )),
+            })),
+        }),
+        labels: Default::default(),
+        metadata: resource("AuthorizationPolicy", name),
+    }
+}
+
+/// An authorization for anyone, from anywhere.
+pub fn unauthenticated(name: &str) -> Authz {
+    Authz {
+        networks: all_networks(),
+        authentication: Some(Authn {
+            permit: Some(Permit::Unauthenticated(PermitUnauthenticated {})),
+        }),
+        labels: Default::default(),
+        metadata: resource("AuthorizationPolicy", name),
+    }
+}
+
+/// A `Server` named `name` with protocol detection, no routes of its own (so the proxy's
+/// routing is unrestricted) and these authorizations.
+pub fn server(name: &str, opaque: bool, authorizations: Vec<Authz>) -> Server {
+    let kind = if opaque {
+        proxy_protocol::Kind::Opaque(proxy_protocol::Opaque {})
+    } else {
+        proxy_protocol::Kind::Http1(proxy_protocol::Http1 {
+            routes: vec![linkerd2_proxy_api::inbound::HttpRoute {
+                metadata: Some(Metadata {
+                    kind: Some(metadata::Kind::Default("default".into())),
+                }),
+                hosts: vec![],
+                authorizations: vec![],
+                rules: vec![linkerd2_proxy_api::inbound::http_route::Rule {
+                    matches: vec![],
+                    filters: vec![],
+                }],
+            }],
+            local_rate_limit: None,
+        })
+    };
+    Server {
+        protocol: Some(ProxyProtocol { kind: Some(kind) }),
+        server_ips: vec![],
+        authorizations,
+        labels: [
+            ("group".to_string(), "policy.linkerd.io".to_string()),
+            ("kind".to_string(), "server".to_string()),
+            ("name".to_string(), name.to_string()),
+        ]
+        .into_iter()
+        .collect(),
+    }
+}
