@@ -29,6 +29,8 @@ pub struct State {
     pub shutdown_enabled: bool,
     /// With an identity, the proxy is ready only once it holds a certificate.
     pub creds: Option<crate::tls::CredsRx>,
+    /// Inbound ports still waiting for their first policy from the policy service.
+    pub policy_pending: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub async fn serve(listener: TcpListener, state: State) {
@@ -83,6 +85,15 @@ async fn handle(state: &State, client: SocketAddr, req: Request<Incoming>) -> Re
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "waiting for an identity certificate\n",
+                )
+            } else if state
+                .policy_pending
+                .load(std::sync::atomic::Ordering::Acquire)
+                > 0
+            {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "waiting for the inbound policy\n",
                 )
             } else {
                 text(StatusCode::OK, "ready\n")

@@ -162,6 +162,7 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         shutdown: running.shutdown.clone(),
         shutdown_enabled: ctx.config.admin.shutdown_endpoint_enabled,
         creds,
+        policy_pending: ctx.policies.pending(),
     };
     tokio::spawn(admin::serve(admin, admin_state));
 

@@ -21,7 +21,10 @@ mod tests;
 pub use model::*;
 
 use crate::metrics::Metrics;
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::AtomicUsize},
+};
 use tokio::sync::watch;
 
 /// The inbound policy of every port: watched ports follow the policy service, the others get
@@ -30,6 +33,8 @@ use tokio::sync::watch;
 pub struct Policies {
     ports: Arc<HashMap<u16, watch::Receiver<Arc<ServerPolicy>>>>,
     default: Arc<ServerPolicy>,
+    /// Watched ports that have not heard from the policy service yet (readiness waits).
+    pending: Arc<AtomicUsize>,
 }
 
 impl Policies {
@@ -42,17 +47,25 @@ impl Policies {
                 cluster_networks,
                 metrics,
             )),
+            pending: Arc::default(),
         }
     }
 
     pub fn new(
         ports: HashMap<u16, watch::Receiver<Arc<ServerPolicy>>>,
         default: Arc<ServerPolicy>,
+        pending: Arc<AtomicUsize>,
     ) -> Self {
         Self {
             ports: Arc::new(ports),
             default,
+            pending,
         }
+    }
+
+    /// The count of watched ports still waiting for their first policy.
+    pub fn pending(&self) -> Arc<AtomicUsize> {
+        self.pending.clone()
     }
 
     /// The policy of a port right now.

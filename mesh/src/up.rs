@@ -78,6 +78,8 @@ const IDENTITY_PORT: u16 = 8080;
 const IDENTITY_ADMIN_PORT: u16 = 9990;
 const DESTINATION_PORT: u16 = 8086;
 const DESTINATION_ADMIN_PORT: u16 = 9996;
+const POLICY_PORT: u16 = 8090;
+const POLICY_ADMIN_PORT: u16 = 9997;
 
 /// One workload of the mesh file, placed on its loopback address.
 #[derive(Debug)]
@@ -123,6 +125,7 @@ fn fqdn(service: &str, namespace: &str) -> String {
 struct ControlPlane {
     identity: Child,
     destination: Child,
+    policy: Child,
     ip: Ipv4Addr,
     trust_anchor_pem: String,
     trust_anchor_file: PathBuf,
@@ -174,7 +177,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let outcome = serve(&args, &file, &proxy, &mut running, &mut cp, &logs).await;
     let _ = std::fs::remove_file(&args.state);
     shutdown(&mut running).await;
-    for p in [&mut cp.identity, &mut cp.destination] {
+    for p in [&mut cp.identity, &mut cp.destination, &mut cp.policy] {
         let _ = p.start_kill();
         let _ = p.wait().await;
     }
@@ -262,9 +265,26 @@ async fn start_control_plane(
         .process_group(0)
         .spawn()
         .context("cannot start the destination service")?;
+    let policy = Command::new(exe)
+        .args(["policy", "serve"])
+        .arg("--registry")
+        .arg(&registry)
+        .args(["--addr", &SocketAddr::from((ip, POLICY_PORT)).to_string()])
+        .args([
+            "--admin-addr",
+            &SocketAddr::from((ip, POLICY_ADMIN_PORT)).to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(log_file(logs, "policy")?)
+        .stderr(log_file(logs, "policy.err")?)
+        .kill_on_drop(true)
+        .process_group(0)
+        .spawn()
+        .context("cannot start the policy service")?;
     Ok(ControlPlane {
         identity,
         destination,
+        policy,
         ip,
         trust_anchor_pem: files.anchor_pem,
         trust_anchor_file: paths.anchor.clone(),
@@ -374,6 +394,7 @@ async fn serve(
         for (name, p) in [
             ("identity", &mut cp.identity),
             ("destination", &mut cp.destination),
+            ("policy", &mut cp.policy),
         ] {
             if let Ok(Some(status)) = p.try_wait() {
                 bail!(
@@ -402,7 +423,7 @@ async fn serve(
     }
     let secs = started.elapsed().as_secs_f64();
     let last = scrape_all(running).await;
-    let cp_rss_kb = [&cp.identity, &cp.destination]
+    let cp_rss_kb = [&cp.identity, &cp.destination, &cp.policy]
         .iter()
         .map(|p| p.id().and_then(rss_kb))
         .sum::<Option<u64>>();
@@ -452,11 +473,18 @@ fn registry_yaml(file: &MeshFile, workloads: &[Workload]) -> String {
         ));
         for w in workloads.iter().filter(|w| w.service() == svc) {
             out.push_str(&format!(
-                "      - {{ip: {}, port: {INBOUND_PORT}, identity: {}, labels: {{pod: {}}}}}\n",
+                "      - {{ip: {}, port: {INBOUND_PORT}, identity: {}, labels: {{pod: {}, app: {}}}}}\n",
                 w.ip,
                 w.identity(),
-                w.name()
+                w.name(),
+                svc
             ));
+        }
+    }
+    // The file's policy sections, for the policy service (JSON is YAML).
+    if let Some(policy) = &file.policy {
+        for (section, value) in policy {
+            out.push_str(&format!("{section}: {value}\n"));
         }
     }
     out
@@ -561,6 +589,15 @@ fn spawn_proxy(
             "LINKERD2_PROXY_DESTINATION_PROFILE_SUFFIXES",
             format!("{}.svc.cluster.local.", w.namespace),
         )
+        .env(
+            "LINKERD2_PROXY_POLICY_SVC_ADDR",
+            SocketAddr::from((cp.ip, POLICY_PORT)).to_string(),
+        )
+        .env(
+            "LINKERD2_PROXY_POLICY_WORKLOAD",
+            serde_json::json!({"ns": w.namespace, "pod": w.name()}).to_string(),
+        )
+        .env("LINKERD2_PROXY_INBOUND_PORTS", w.spec.port.to_string())
         .env("LINKERD2_PROXY_CORES", "1")
         .env("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "5s")
         .env("LINKERD2_PROXY_LOG", "warn,linkerd_proxy=info")
@@ -635,14 +672,15 @@ async fn wait_control_plane(cp: &mut ControlPlane, logs: &Path) -> anyhow::Resul
     let services = [
         ("identity", IDENTITY_ADMIN_PORT),
         ("destination", DESTINATION_ADMIN_PORT),
+        ("policy", POLICY_ADMIN_PORT),
     ];
     for (name, port) in services {
         let admin = SocketAddr::from((cp.ip, port));
         loop {
-            let child = if name == "identity" {
-                &mut cp.identity
-            } else {
-                &mut cp.destination
+            let child = match name {
+                "identity" => &mut cp.identity,
+                "destination" => &mut cp.destination,
+                _ => &mut cp.policy,
             };
             if let Ok(Some(status)) = child.try_wait() {
                 bail!(
@@ -728,6 +766,7 @@ fn write_state(
         namespace: file.namespace.clone(),
         identity_admin: SocketAddr::from((cp.ip, IDENTITY_ADMIN_PORT)),
         destination_admin: SocketAddr::from((cp.ip, DESTINATION_ADMIN_PORT)),
+        policy_admin: SocketAddr::from((cp.ip, POLICY_ADMIN_PORT)),
         trust_anchor_file: cp.trust_anchor_file.clone(),
         workloads: running
             .iter()

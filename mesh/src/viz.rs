@@ -21,6 +21,7 @@ pub struct State {
     pub namespace: String,
     pub identity_admin: SocketAddr,
     pub destination_admin: SocketAddr,
+    pub policy_admin: SocketAddr,
     pub trust_anchor_file: PathBuf,
     pub workloads: Vec<StateWorkload>,
 }
@@ -779,6 +780,7 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         for (name, addr) in [
             ("identity", state.identity_admin),
             ("destination", state.destination_admin),
+            ("policy", state.policy_admin),
         ] {
             let outcome = match admin_get(addr, "/ready").await {
                 Ok((200, _)) => Ok(format!("ready at {addr}")),
@@ -967,6 +969,7 @@ response_total{direction="outbound",authority="example.com:80",target_addr="93.1
             namespace: "demo".into(),
             identity_admin: "127.0.0.9:9990".parse().unwrap(),
             destination_admin: "127.0.0.9:9996".parse().unwrap(),
+            policy_admin: "127.0.0.9:9997".parse().unwrap(),
             trust_anchor_file: "/nonexistent".into(),
             workloads: vec![
                 StateWorkload {

@@ -77,8 +77,8 @@ fn mesh_up_demo_serves_traffic_through_every_sidecar() {
     let report = json(&check);
     assert!(check.status.success(), "{report}");
     let checks = report["checks"].as_array().unwrap();
-    // Two control-plane services, the issuer, the anchor, and two checks per sidecar.
-    assert_eq!(checks.len(), 4 + 2 * 5, "{report}");
+    // Three control-plane services, the issuer, the anchor, and two checks per sidecar.
+    assert_eq!(checks.len(), 5 + 2 * 5, "{report}");
     assert!(checks.iter().all(|c| c["ok"] == true), "{report}");
 
     let stat = mesh()
@@ -273,6 +273,118 @@ load:
         "{summary}"
     );
     assert_eq!(summary["load"]["failed"], 0, "{summary}");
+}
+
+#[test]
+fn policy_in_the_mesh_file_admits_some_callers_and_refuses_others() {
+    let file = temp("policy.yaml");
+    std::fs::write(
+        &file,
+        r#"namespace: shop
+workloads:
+  - name: web
+    port: 8000
+    ingress: true
+    command: '"$MESH" demo-app --name web --listen "$MESH_IP:$PORT" --via "$MESH_PROXY" --call "http://$MESH_SVC_API/items"'
+  - name: intruder
+    port: 8001
+    ingress: true
+    command: '"$MESH" demo-app --name intruder --listen "$MESH_IP:$PORT" --via "$MESH_PROXY" --call "http://$MESH_SVC_API/items"'
+  - name: api
+    port: 8002
+    command: '"$MESH" demo-app --name api --listen "$MESH_IP:$PORT"'
+load:
+  service: web
+  rps: 20
+policy:
+  servers:
+    - {name: api, namespace: shop, spec: {podSelector: {matchLabels: {app: api}}, port: 8002}}
+  meshTLSAuthentications:
+    - {name: web, namespace: shop, spec: {identities: [web.shop.serviceaccount.identity.linkerd.cluster.local]}}
+  authorizationPolicies:
+    - name: api-from-web
+      namespace: shop
+      spec:
+        targetRef: {group: policy.linkerd.io, kind: Server, name: api}
+        requiredAuthenticationRefs: [{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: web}]
+"#,
+    )
+    .unwrap();
+    let state = temp("policy-state.json");
+    let child = mesh()
+        .args([
+            "up",
+            "--seconds",
+            "4",
+            "--json",
+            "--base-ip",
+            "127.0.81.10",
+            "--proxy-bin",
+            "builtin",
+            "-f",
+        ])
+        .arg(&file)
+        .arg("--state")
+        .arg(&state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mesh up");
+    wait_for(&state, Duration::from_secs(60));
+    // The intruder's sidecar (mTLS, but not an identity the policy names) is refused: a 403
+    // with the proxy's reason, passed back by the intruder app as a 502.
+    let refused = http_get(
+        "127.0.81.11:4143",
+        "intruder.shop.svc.cluster.local:8001",
+        "/",
+    );
+    assert!(refused.starts_with("HTTP/1.1 502"), "{refused}");
+    assert!(refused.contains("403 Forbidden"), "{refused}");
+    assert!(
+        refused.contains("unauthorized request on route default"),
+        "{refused}"
+    );
+    let allowed = http_get("127.0.81.10:4143", "web.shop.svc.cluster.local:8000", "/");
+    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+
+    let out = child.wait_with_output().unwrap();
+    let summary = json(&out);
+    let w = &summary["workloads"];
+    assert_eq!(w["web"]["outbound"][0]["success_rate"], 1.0, "{summary}");
+    assert_eq!(w["api"]["mtls_fraction"], 1.0, "{summary}");
+    // The refusals are what failed, and the summary says so: the api's sidecar counts the
+    // refused request as a failure, the intruder app answered 502; web is untouched.
+    assert_eq!(summary["ok"], false, "{summary}");
+    let problems: Vec<&str> = summary["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        problems.iter().any(|p| p.starts_with("intruder (inbound)")),
+        "{summary}"
+    );
+    assert!(
+        problems.iter().any(|p| p.starts_with("api (inbound)")),
+        "{summary}"
+    );
+    assert!(!problems.iter().any(|p| p.starts_with("web")), "{summary}");
+}
+
+/// One HTTP/1.1 GET over a fresh connection; the whole response as text.
+fn http_get(addr: &str, host: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
 
 #[test]

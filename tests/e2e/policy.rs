@@ -287,3 +287,26 @@ async fn an_invalid_default_policy_is_a_startup_error() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_the_first_policy_and_the_default_serves_meanwhile() {
+    run(async {
+        let app = TestServer::start().await;
+        let closed = client::closed_port();
+        let port = app.addr().port().to_string();
+        let proxy = TestProxy::start(&[
+            (ENV_INBOUND_FORWARD_ADDR, &app.addr().to_string()),
+            (ENV_POLICY_SVC_ADDR, &closed.addr().to_string()),
+            (ENV_POLICY_WORKLOAD, WORKLOAD),
+            (ENV_INBOUND_PORTS, &port),
+        ])
+        .await;
+        let rsp = client::get(proxy.admin, "/ready").await;
+        assert_eq!(rsp.status, 503, "{}", rsp.text());
+        assert!(rsp.text().contains("inbound policy"), "{}", rsp.text());
+        // The local default (all-unauthenticated) decides until the service answers.
+        let rsp = client::get(proxy.inbound, "/echo").await;
+        assert_eq!(rsp.status, 200, "{}", rsp.text());
+    })
+    .await;
+}

@@ -8,7 +8,14 @@
 use super::{DefaultPolicy, Net, Policies, ServerPolicy};
 use crate::{metrics::Metrics, tls::CredsRx};
 use proto::api::inbound::{PortSpec, inbound_server_policies_client::InboundServerPoliciesClient};
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
@@ -83,6 +90,7 @@ pub fn start(
         "LINKERD2_PROXY_POLICY_SVC_NAME",
     )?;
     let mut ports = HashMap::new();
+    let pending = Arc::new(AtomicUsize::new(svc.ports.len()));
     for &port in &svc.ports {
         let (tx, rx) = watch::channel(default.clone());
         let client = InboundServerPoliciesClient::new(channel.clone());
@@ -90,10 +98,28 @@ pub fn start(
             workload: svc.workload.clone(),
             port: u32::from(port),
         };
-        tokio::spawn(watch_port(client, spec, tx, metrics.clone()));
+        let first = Heard(Some(pending.clone()));
+        tokio::spawn(watch_port(client, spec, tx, metrics.clone(), first));
         ports.insert(port, rx);
     }
-    Ok(Policies::new(ports, default))
+    Ok(Policies::new(ports, default, pending))
+}
+
+/// Counts a port as settled once: at its first policy, or when its watch gives up.
+struct Heard(Option<Arc<AtomicUsize>>);
+
+impl Heard {
+    fn settle(&mut self) {
+        if let Some(p) = self.0.take() {
+            p.fetch_sub(1, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for Heard {
+    fn drop(&mut self) {
+        self.settle();
+    }
 }
 
 async fn watch_port(
@@ -101,6 +127,7 @@ async fn watch_port(
     spec: PortSpec,
     tx: watch::Sender<Arc<ServerPolicy>>,
     metrics: Arc<Metrics>,
+    mut first: Heard,
 ) {
     let port = spec.port;
     let mut backoff = Duration::from_millis(100);
@@ -116,6 +143,7 @@ async fn watch_port(
                                 Ok(p) => {
                                     debug!(port, kind = %p.kind, name = %p.name, "inbound policy");
                                     tx.send_replace(Arc::new(p));
+                                    first.settle();
                                 }
                                 Err(e) => {
                                     warn!(port, error = %e, "ignoring an invalid inbound policy; keeping the previous one")

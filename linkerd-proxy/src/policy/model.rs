@@ -523,6 +523,20 @@ impl ServerPolicy {
             Kind::Opaque(_) => (ServerProtocol::Opaque, vec![]),
             Kind::Tls(_) => (ServerProtocol::Tls, vec![]),
         };
+        // A server with HTTP traffic and no routes gets Linkerd's implicit default route, so
+        // that its authorizations apply to every request instead of none matching.
+        let routes = if routes.is_empty()
+            && !matches!(protocol, ServerProtocol::Opaque | ServerProtocol::Tls)
+        {
+            vec![RouteSpec {
+                name: "default".into(),
+                hosts: vec![],
+                matches: vec![],
+                authorizations: vec![],
+            }]
+        } else {
+            routes
+        };
         let authorizations = server
             .authorizations
             .into_iter()

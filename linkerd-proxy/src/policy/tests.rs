@@ -288,6 +288,29 @@ fn a_server_from_the_policy_service_routes_then_authorizes() {
 }
 
 #[test]
+fn a_server_without_routes_gets_a_default_route() {
+    let m = Metrics::new();
+    let mut s = server();
+    s.protocol = Some(api::ProxyProtocol {
+        kind: Some(api::proxy_protocol::Kind::Grpc(api::proxy_protocol::Grpc {
+            routes: vec![],
+        })),
+    });
+    let p = ServerPolicy::from_api(s, &m).unwrap();
+    assert_eq!(p.routes.len(), 1);
+    assert_eq!(
+        get(&p, "10.1.1.1", &mtls(WEB), "/any.Service/Call"),
+        HttpDecision::Allow
+    );
+    assert_eq!(
+        get(&p, "10.1.1.1", &mtls(BATCH), "/any.Service/Call"),
+        HttpDecision::Deny {
+            route: "default".into()
+        }
+    );
+}
+
+#[test]
 fn invalid_servers_are_refused() {
     let m = Metrics::new();
     let mut s = server();

@@ -19,6 +19,12 @@ pub struct MeshFile {
     pub workloads: Vec<WorkloadSpec>,
     #[serde(default)]
     pub load: Option<LoadSpec>,
+    /// Policy resources for the policy service, as its registry sections (`servers`,
+    /// `authorizationPolicies`, `meshTLSAuthentications`, `networkAuthentications`,
+    /// `httpLocalRateLimitPolicies`, `httpRoutes`, `grpcRoutes`, `namespaces`), each a list of
+    /// `{name, namespace, spec}` with the Kubernetes resource's spec (see policy/README.md).
+    #[serde(default)]
+    pub policy: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -144,6 +150,25 @@ impl MeshFile {
                     "service {:?} is served on ports {prev} and {} by different workloads; one service has one port here",
                     w.service(),
                     w.port
+                );
+            }
+        }
+        const POLICY_SECTIONS: &[&str] = &[
+            "servers",
+            "authorizationPolicies",
+            "meshTLSAuthentications",
+            "networkAuthentications",
+            "httpLocalRateLimitPolicies",
+            "httpRoutes",
+            "grpcRoutes",
+            "namespaces",
+            "serviceAnnotations",
+        ];
+        for key in self.policy.iter().flat_map(|p| p.keys()) {
+            if !POLICY_SECTIONS.contains(&key.as_str()) {
+                bail!(
+                    "policy.{key}: unknown section (expected one of {})",
+                    POLICY_SECTIONS.join(", ")
                 );
             }
         }
