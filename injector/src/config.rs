@@ -90,7 +90,11 @@ impl InjectConfig {
             destination_svc_addr: format!("linkerd-dst-headless.{ns}.svc.{domain}.:8086"),
             destination_svc_name: id("linkerd-destination"),
             policy_svc_addr: format!("linkerd-policy.{ns}.svc.{domain}.:8090"),
-            policy_svc_name: id("linkerd-destination"),
+            // Linkerd runs its policy controller in the destination pod, so its proxies expect
+            // the destination's identity here; ours is its own Deployment with its own
+            // ServiceAccount (deploy/base/policy.yaml), so the identity is linkerd-policy's.
+            // A test in mesh/src/install checks each name against the pods behind its address.
+            policy_svc_name: id("linkerd-policy"),
             ports: ProxyPorts::default(),
             proxy_uid: 2102,
             init_uid: 65534,

@@ -14,6 +14,26 @@ pub const BASE: &[(&str, &str)] = &[
         include_str!("../../deploy/base/namespace.yaml"),
     ),
     (
+        "crds/authorizationpolicy.yaml",
+        include_str!("../../deploy/base/crds/authorizationpolicy.yaml"),
+    ),
+    (
+        "crds/httplocalratelimitpolicy.yaml",
+        include_str!("../../deploy/base/crds/httplocalratelimitpolicy.yaml"),
+    ),
+    (
+        "crds/meshtlsauthentication.yaml",
+        include_str!("../../deploy/base/crds/meshtlsauthentication.yaml"),
+    ),
+    (
+        "crds/networkauthentication.yaml",
+        include_str!("../../deploy/base/crds/networkauthentication.yaml"),
+    ),
+    (
+        "crds/server.yaml",
+        include_str!("../../deploy/base/crds/server.yaml"),
+    ),
+    (
         "identity-trust.yaml",
         include_str!("../../deploy/base/identity-trust.yaml"),
     ),
@@ -43,6 +63,11 @@ pub const HA_PATCHES: &[(&str, &str, &str)] = &[
         "destination.yaml",
         "linkerd-destination",
         include_str!("../../deploy/overlays/ha/destination.yaml"),
+    ),
+    (
+        "policy.yaml",
+        "linkerd-policy",
+        include_str!("../../deploy/overlays/ha/policy.yaml"),
     ),
     (
         "injector.yaml",

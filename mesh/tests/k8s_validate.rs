@@ -1,6 +1,6 @@
-//! Offline schema validation of what `mesh install` and `mesh inject` print, with the
-//! `kubernetes-validate` Python package (the Kubernetes OpenAPI schemas, strict: unknown fields
-//! are errors). Skips when the tool is missing, unless MESH_REQUIRE_TOOLS=1 or
+//! Offline schema validation of what `mesh install` and `mesh inject` print, and of the
+//! optional `deploy/gateway-api-subset` CRDs, with the `kubernetes-validate` Python package
+//! (the Kubernetes OpenAPI schemas, strict: unknown fields are errors). Skips when the tool is missing, unless MESH_REQUIRE_TOOLS=1 or
 //! MESH_REQUIRE_NETNS=1 (CI sets it and installs the tool: see .ci/run).
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
@@ -91,6 +91,14 @@ fn install_and_inject_output_validates_against_the_kubernetes_schemas() {
             trust.join("issuer.key").to_str().unwrap(),
         ]),
     );
+    // The optional Gateway API subset (deploy/gateway-api-subset/; not in `mesh install`).
+    let subset = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gateway-api-subset");
+    for crd in ["httproute.yaml", "grpcroute.yaml"] {
+        write(
+            &format!("gateway-api-subset-{crd}"),
+            std::fs::read_to_string(subset.join(crd)).unwrap(),
+        );
+    }
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../injector/tests/fixtures");
     let mut names: Vec<PathBuf> = std::fs::read_dir(&fixtures)
         .unwrap()

@@ -10,18 +10,23 @@ use std::collections::{BTreeSet, HashMap};
 /// injector) which our proxy does not implement yet and ignores.
 const IGNORED_BY_OUR_PROXY: &[&str] = &[
     "LINKERD2_PROXY_CONTROL_LISTEN_ADDR",
-    "LINKERD2_PROXY_INBOUND_PORTS",
-    "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY",
     "LINKERD2_PROXY_INBOUND_DISCOVERY_IDLE_TIMEOUT",
     "LINKERD2_PROXY_CONTROL_STREAM_INITIAL_TIMEOUT",
     "LINKERD2_PROXY_CONTROL_STREAM_IDLE_TIMEOUT",
     "LINKERD2_PROXY_CONTROL_STREAM_LIFETIME",
     "LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS",
+    "LINKERD2_PROXY_INGRESS_MODE",
+];
+
+/// The inbound-policy variables our proxy reads (`linkerd_proxy::config`'s `parse_policy`): they
+/// must not be listed as ignored, and each must be documented.
+const POLICY_VARIABLES: &[&str] = &[
     "LINKERD2_PROXY_POLICY_SVC_ADDR",
     "LINKERD2_PROXY_POLICY_SVC_NAME",
-    "LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS",
     "LINKERD2_PROXY_POLICY_WORKLOAD",
-    "LINKERD2_PROXY_INGRESS_MODE",
+    "LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS",
+    "LINKERD2_PROXY_INBOUND_PORTS",
+    "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY",
 ];
 
 /// What the kubelet does: each `$(VAR)` is replaced by an earlier variable's value.
@@ -122,7 +127,97 @@ fn injected_env_parses_as_a_proxy_config() {
             assert_eq!(cfg.cores, 2);
             assert_eq!(cfg.log_level, "warn,linkerd_proxy=debug");
         }
+
+        // Inbound policy: the default from the annotation (else the injector's), Linkerd's
+        // cluster networks, and the policy service watching every container and probe port
+        // of this pod.
+        let policy = &cfg.policy;
+        let (default, ports): (&str, &[u16]) = match name {
+            // Container ports 7000, 6379 (`redis`), 9901; no probes.
+            "pod-config" => ("cluster-authenticated", &[6379, 7000, 9901]),
+            // Container ports 8080 (`http`), 9090; probes on `http` and 8081.
+            _ => ("all-unauthenticated", &[8080, 8081, 9090]),
+        };
+        assert_eq!(
+            policy.default,
+            default
+                .parse::<linkerd_proxy::policy::DefaultPolicy>()
+                .unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            policy.cluster_networks,
+            linkerd_proxy::policy::client::default_cluster_networks(),
+            "{name}"
+        );
+        let svc = policy
+            .service
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}: the policy service is off"));
+        assert_eq!(
+            svc.svc_addr,
+            "linkerd-policy.linkerd.svc.cluster.local.:8090"
+        );
+        assert_eq!(
+            svc.svc_name.as_deref(),
+            Some("linkerd-policy.linkerd.serviceaccount.identity.linkerd.cluster.local")
+        );
+        let workload: Value = serde_json::from_str(&svc.workload)
+            .unwrap_or_else(|e| panic!("{name}: workload {:?}: {e}", svc.workload));
+        // `kubelet_env`'s `metadata.name` and `metadata.namespace`, substituted.
+        assert_eq!(
+            workload,
+            json!({"ns": "shop", "pod": "web-7c9f8b6d5-x2x4z"}),
+            "{name}"
+        );
+        assert_eq!(svc.ports, ports, "{name}");
     }
+}
+
+/// The default inbound policy follows the annotation on the pod, else on its namespace, else
+/// the injector's configured default; an invalid value falls back to the configured default.
+#[test]
+fn default_inbound_policy_reaches_the_proxy_config() {
+    use linkerd_proxy::policy::DefaultPolicy;
+    const KEY: &str = "config.linkerd.io/default-inbound-policy";
+    let parse =
+        |pod: Value, ns_annotations: &[(&str, &str)], cfg: &linkerd_injector::InjectConfig| {
+            let (outcome, out) = inject_pod(&pod, &ns(ns_annotations), cfg);
+            assert!(matches!(outcome, Outcome::Inject { .. }), "{outcome:?}");
+            let env = kubelet_env(init_container(&out["spec"], "linkerd-proxy"));
+            linkerd_proxy::config::Config::from_strings(&env)
+                .unwrap()
+                .policy
+                .default
+        };
+    let cfg = config();
+    let mut denied = yaml("pod-annotated.yaml");
+    denied["metadata"]["annotations"][KEY] = json!("deny");
+    assert_eq!(parse(denied.clone(), &[], &cfg), DefaultPolicy::Deny);
+    assert_eq!(
+        parse(denied, &[(KEY, "audit")], &cfg),
+        DefaultPolicy::Deny,
+        "the pod's annotation wins"
+    );
+    assert_eq!(
+        parse(
+            yaml("pod-annotated.yaml"),
+            &[(KEY, "cluster-unauthenticated")],
+            &cfg
+        ),
+        DefaultPolicy::ClusterUnauthenticated,
+        "the namespace's annotation applies"
+    );
+    let mut typo = yaml("pod-annotated.yaml");
+    typo["metadata"]["annotations"][KEY] = json!("allow-all");
+    assert_eq!(parse(typo, &[], &cfg), DefaultPolicy::AllUnauthenticated);
+    let mut strict = config();
+    strict.default_inbound_policy = "all-authenticated".into();
+    assert_eq!(
+        parse(yaml("pod-annotated.yaml"), &[], &strict),
+        DefaultPolicy::AllAuthenticated,
+        "the injector's configured default"
+    );
 }
 
 /// Every variable the injector writes is either in the proxy's documented table
@@ -159,4 +254,18 @@ fn every_variable_is_documented_or_knowingly_ignored() {
         ignored.push(name);
     }
     println!("written for Linkerd's proxy, ignored by ours: {ignored:?}");
+    for name in POLICY_VARIABLES {
+        assert!(
+            !IGNORED_BY_OUR_PROXY.contains(name),
+            "{name} is read by our proxy"
+        );
+        assert!(
+            proxy["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == *name),
+            "{name} is not written"
+        );
+    }
 }
