@@ -98,26 +98,44 @@ pub fn start(
             workload: svc.workload.clone(),
             port: u32::from(port),
         };
-        let first = Heard(Some(pending.clone()));
+        let first = Heard::new(pending.clone());
+        // Readiness waits for the first policy, but not forever: a policy service that is
+        // down (or not ready itself) must not keep every meshed pod unready.
+        tokio::spawn(first.clone().settle_after(FIRST_POLICY_WAIT));
         tokio::spawn(watch_port(client, spec, tx, metrics.clone(), first));
         ports.insert(port, rx);
     }
     Ok(Policies::new(ports, default, pending))
 }
 
-/// Counts a port as settled once: at its first policy, or when its watch gives up.
-struct Heard(Option<Arc<AtomicUsize>>);
+/// The longest readiness waits for a port's first policy; after it, the default serves on and
+/// the proxy reports ready.
+pub const FIRST_POLICY_WAIT: Duration = Duration::from_secs(10);
 
-impl Heard {
-    fn settle(&mut self) {
-        if let Some(p) = self.0.take() {
-            p.fetch_sub(1, Ordering::Release);
-        }
-    }
+/// Counts a port as settled once: at its first policy, when its watch gives up, or after
+/// [`FIRST_POLICY_WAIT`].
+#[derive(Clone)]
+struct Heard {
+    done: Arc<std::sync::atomic::AtomicBool>,
+    pending: Arc<AtomicUsize>,
 }
 
-impl Drop for Heard {
-    fn drop(&mut self) {
+impl Heard {
+    fn new(pending: Arc<AtomicUsize>) -> Self {
+        Self {
+            done: Arc::default(),
+            pending,
+        }
+    }
+
+    fn settle(&self) {
+        if !self.done.swap(true, Ordering::AcqRel) {
+            self.pending.fetch_sub(1, Ordering::Release);
+        }
+    }
+
+    async fn settle_after(self, wait: Duration) {
+        tokio::time::sleep(wait).await;
         self.settle();
     }
 }
@@ -127,7 +145,7 @@ async fn watch_port(
     spec: PortSpec,
     tx: watch::Sender<Arc<ServerPolicy>>,
     metrics: Arc<Metrics>,
-    mut first: Heard,
+    first: Heard,
 ) {
     let port = spec.port;
     let mut backoff = Duration::from_millis(100);
@@ -168,6 +186,7 @@ async fn watch_port(
                 ) =>
             {
                 warn!(port, %status, "the policy service refused this port's watch; keeping the default policy");
+                first.settle();
                 return;
             }
             Err(status) => {
@@ -177,5 +196,36 @@ async fn watch_port(
         let jittered = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
         tokio::time::sleep(jittered).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_port_settles_once_at_its_first_policy_or_after_the_wait() {
+        let pending = Arc::new(AtomicUsize::new(2));
+        let (a, b) = (Heard::new(pending.clone()), Heard::new(pending.clone()));
+        tokio::spawn(a.clone().settle_after(FIRST_POLICY_WAIT));
+        tokio::spawn(b.clone().settle_after(FIRST_POLICY_WAIT));
+        // `a` hears from the service; settling twice counts once.
+        a.settle();
+        a.settle();
+        assert_eq!(pending.load(Ordering::Acquire), 1);
+        tokio::time::sleep(FIRST_POLICY_WAIT - Duration::from_millis(1)).await;
+        assert_eq!(
+            pending.load(Ordering::Acquire),
+            1,
+            "b waits the whole bound"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(
+            pending.load(Ordering::Acquire),
+            0,
+            "b is settled by the timer, a not twice"
+        );
+        b.settle();
+        assert_eq!(pending.load(Ordering::Acquire), 0);
     }
 }
