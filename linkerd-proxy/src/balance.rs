@@ -75,8 +75,12 @@ struct LoadState {
     stamp: Instant,
     failures: u32,
     down_until: Option<Instant>,
-    /// Whether `rtt_ns` is still the default (no response measured yet).
+    /// Whether the endpoint is still being probed: no response measured yet, or only the
+    /// first, which usually includes connecting (and the TLS handshake) and so overstates the
+    /// endpoint's latency.
     unsampled: bool,
+    /// Responses measured so far (counted up to 2).
+    samples: u8,
 }
 
 impl Load {
@@ -89,6 +93,7 @@ impl Load {
                 failures: 0,
                 down_until: None,
                 unsampled: true,
+                samples: 0,
             }),
         }
     }
@@ -125,12 +130,14 @@ impl Load {
 }
 
 impl LoadState {
-    /// A measured round trip. The first one replaces the default estimate outright, so a
-    /// new endpoint's real latency counts from its first response instead of being averaged
-    /// with a guess for the length of the decay.
+    /// A measured round trip. The first one replaces the default estimate (it prices the
+    /// endpoint while a second probe is in flight); the second replaces the first outright,
+    /// because the first usually paid for connecting: a new endpoint's real latency counts
+    /// from then on instead of a handshake being remembered for the length of the decay.
     fn sample(&mut self, sample_ns: f64, now: Instant, decay: Duration) {
         if self.unsampled {
-            self.unsampled = false;
+            self.samples = self.samples.saturating_add(1);
+            self.unsampled = self.samples < 2;
             self.rtt_ns = sample_ns;
             self.stamp = now;
         } else {

@@ -18,7 +18,7 @@ fn cfg() -> BalanceConfig {
 }
 
 /// Sends `n` requests one after another; endpoint `i` takes `rtt(i)` to answer.
-async fn run(b: &Balancer, n: usize, rtt: impl Fn(u8) -> Duration) -> HashMap<u8, usize> {
+async fn run(b: &Balancer, n: usize, mut rtt: impl FnMut(u8) -> Duration) -> HashMap<u8, usize> {
     let mut counts = HashMap::new();
     for _ in 0..n {
         let p = b.pick().await.expect("an endpoint");
@@ -248,4 +248,27 @@ async fn a_new_endpoint_is_probed_at_once() {
     // Measured as fast as the others, it then takes its share.
     let counts = run(&b, 600, |_| Duration::from_millis(2)).await;
     assert!(counts[&3] > 100, "{counts:?}");
+}
+
+/// The first response of a new endpoint usually paid for connecting and the TLS handshake: it
+/// must not make the endpoint look slow for the length of the decay.
+#[tokio::test(start_paused = true)]
+async fn a_slow_first_response_is_not_held_against_an_endpoint() {
+    let (tx, rx) = watch::channel(ready(&[1]));
+    let b = Balancer::new("svc:80".into(), rx, cfg());
+    run(&b, 100, |_| Duration::from_millis(2)).await;
+    tx.send(ready(&[1, 2])).unwrap();
+    let mut first = true;
+    let counts = run(&b, 40, |id| {
+        if id == 2 && std::mem::take(&mut first) {
+            // Connect + handshake on the first request only.
+            Duration::from_millis(8)
+        } else {
+            Duration::from_millis(2)
+        }
+    })
+    .await;
+    // Within 40 requests (80 ms, far less than the 10 s decay) the new endpoint, as fast as
+    // the old one after its first response, takes a real share.
+    assert!(counts.get(&2).copied().unwrap_or(0) >= 10, "{counts:?}");
 }
