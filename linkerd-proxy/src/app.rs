@@ -21,6 +21,7 @@ use crate::{
     io::CountingIo,
     log::LogLevel,
     metrics::{Direction, Metrics, Tls},
+    outbound::OutboundPolicies,
     policy::{Policies, ServerProtocol},
     resolve::{Chain, Resolve, StaticResolve},
     tcp::{self, SrcConn},
@@ -97,6 +98,23 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         None => Arc::new(statics),
     };
     let balancers = Arc::new(Balancers::new(resolve, config.outbound.balance));
+    // Outbound policies come from the same policy service as the inbound ones.
+    let outbound_policies = Arc::new(match &config.policy.service {
+        Some(svc) => OutboundPolicies::new(
+            &svc.svc_addr,
+            svc.svc_name.as_deref(),
+            svc.workload.clone(),
+            creds.clone(),
+            metrics.clone(),
+        )
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+        None => OutboundPolicies::disabled(metrics.clone()),
+    });
+    tokio::spawn(
+        outbound_policies
+            .clone()
+            .evict_idle(config.outbound.discovery_idle_timeout),
+    );
     tokio::spawn(
         balancers
             .clone()
@@ -115,6 +133,8 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         balancers: balancers.clone(),
         response_timeout: config.outbound.response_timeout,
         creds: creds.clone(),
+        policies: outbound_policies.clone(),
+        discovery: config.destination.clone(),
     };
     let inbound_shared = Shared {
         client: http::Client::new(
@@ -129,6 +149,8 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         balancers,
         response_timeout: None,
         creds: None,
+        policies: outbound_policies,
+        discovery: None,
     };
     let (drain_ctl, drain) = drain::channel();
     let (shutdown, shutdown_rx) = watch::channel(false);

@@ -81,6 +81,10 @@ struct LoadState {
     unsampled: bool,
     /// Responses measured so far (counted up to 2).
     samples: u8,
+    /// Failure accrual: failed responses in a row, times ejected in a row, and until when.
+    consecutive: u32,
+    ejections: u32,
+    ejected_until: Option<Instant>,
 }
 
 impl Load {
@@ -94,6 +98,9 @@ impl Load {
                 down_until: None,
                 unsampled: true,
                 samples: 0,
+                consecutive: 0,
+                ejections: 0,
+                ejected_until: None,
             }),
         }
     }
@@ -119,8 +126,17 @@ impl Load {
         s.rtt_ns * f64::from(s.pending + 1)
     }
 
+    /// Until when the endpoint is left out: backing off a connect failure, or ejected by
+    /// failure accrual.
     fn is_down(&self, now: Instant) -> Option<Instant> {
-        self.lock().down_until.filter(|t| *t > now)
+        let s = self.lock();
+        match (
+            s.down_until.filter(|t| *t > now),
+            s.ejected_until.filter(|t| *t > now),
+        ) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Requests or connections in flight on this endpoint.
@@ -200,6 +216,28 @@ impl Picked {
         // Full jitter over the upper half, so endpoints that failed together come back apart.
         let jittered = base.mul_f64(0.5 + fastrand::f64() * 0.5);
         s.down_until = Some(Instant::now() + jittered);
+    }
+
+    /// Failure accrual: a response (or error) counted as a success or a failure. After
+    /// `max_failures` failures in a row the endpoint is ejected for the accrual's backoff; when
+    /// that passes it is probed, and one more failure ejects it again for twice as long, while
+    /// a success readmits it for good.
+    pub fn accrue(&self, ok: bool, accrual: &crate::outbound::Accrual) {
+        let mut s = self.load.lock();
+        if ok {
+            s.consecutive = 0;
+            s.ejections = 0;
+            s.ejected_until = None;
+            return;
+        }
+        s.consecutive = s.consecutive.saturating_add(1);
+        // On probation (ejected before): one failure is enough.
+        if s.consecutive >= accrual.max_failures || s.ejections > 0 {
+            let wait = accrual.backoff.delay(s.ejections);
+            s.ejections = s.ejections.saturating_add(1);
+            s.consecutive = 0;
+            s.ejected_until = Some(Instant::now() + wait);
+        }
     }
 
     /// The connection to the endpoint was established.
@@ -431,6 +469,12 @@ impl Target {
     pub fn connected(&self) {
         if let Target::Balanced(p) = self {
             p.connected();
+        }
+    }
+
+    pub fn accrue(&self, ok: bool, accrual: &crate::outbound::Accrual) {
+        if let Target::Balanced(p) = self {
+            p.accrue(ok, accrual);
         }
     }
 }

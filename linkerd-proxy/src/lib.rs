@@ -10,7 +10,7 @@
 //! ```text
 //! tier 0  io, transport, drain, metrics, log             plumbing, no knowledge of the proxy
 //! tier 1  detect, resolve, balance, tls, tcp, http      one concern each; no config, no app
-//! tier 2  identity, destination                          control-plane clients (use tls, proto)
+//! tier 2  identity, destination, policy, outbound        control-plane clients (use tls, proto)
 //! tier 3  config, admin, app                             the only place everything meets
 //! ```
 //!
@@ -30,6 +30,7 @@ pub mod init;
 pub mod io;
 pub mod log;
 pub mod metrics;
+pub mod outbound;
 pub mod policy;
 pub mod resolve;
 pub mod tap;

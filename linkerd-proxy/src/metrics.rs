@@ -74,6 +74,31 @@ pub struct Metrics {
     tap: Arc<crate::tap::Tap>,
     /// Inbound authorization decisions.
     authz: Mutex<HashMap<AuthzKey, Arc<AtomicU64>>>,
+    /// Outbound policy routes, by (parent, route).
+    routes: Mutex<HashMap<RouteKey, Arc<RouteCounters>>>,
+}
+
+/// (parent, route) of an outbound policy route.
+type RouteKey = (Arc<str>, Arc<str>);
+
+/// What an outbound route did: Linkerd's `outbound_http_route_*` counters.
+#[derive(Debug, Default)]
+pub struct RouteCounters {
+    pub requests: AtomicU64,
+    /// Attempts after the first.
+    pub retries: AtomicU64,
+    /// Still failing after the route's retry limit.
+    pub retry_limit_exceeded: AtomicU64,
+    /// A retry was wanted but the budget was spent or the body too large to replay.
+    pub retry_overflow: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub faults_injected: AtomicU64,
+}
+
+impl RouteCounters {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// One authorization counter's labels: Linkerd's `inbound_{http,tcp}_authz_{allow,deny}_total`.
@@ -146,6 +171,71 @@ impl Metrics {
             start_time,
             tap: Arc::default(),
             authz: Mutex::default(),
+            routes: Mutex::default(),
+        }
+    }
+
+    /// The counters of one outbound route (resolved once per policy update).
+    pub fn route(&self, parent: Arc<str>, route: Arc<str>) -> Arc<RouteCounters> {
+        lock(&self.routes)
+            .entry((parent, route))
+            .or_default()
+            .clone()
+    }
+
+    fn encode_routes(&self, out: &mut String) {
+        let mut all: Vec<(RouteKey, Arc<RouteCounters>)> = lock(&self.routes)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if all.is_empty() {
+            return;
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        type Get = fn(&RouteCounters) -> &AtomicU64;
+        let families: [(&str, &str, Get); 6] = [
+            (
+                "outbound_http_route_requests_total",
+                "Requests routed by an outbound policy route.",
+                |c| &c.requests,
+            ),
+            (
+                "outbound_http_route_retry_requests_total",
+                "Retries sent by an outbound route.",
+                |c| &c.retries,
+            ),
+            (
+                "outbound_http_route_retry_limit_exceeded_total",
+                "Requests still failing after the route's retry limit.",
+                |c| &c.retry_limit_exceeded,
+            ),
+            (
+                "outbound_http_route_retry_overflow_total",
+                "Retries not sent: the retry budget was spent or the body too large to replay.",
+                |c| &c.retry_overflow,
+            ),
+            (
+                "outbound_http_route_timeouts_total",
+                "Requests that hit the route's timeout.",
+                |c| &c.timeouts,
+            ),
+            (
+                "outbound_http_route_faults_injected_total",
+                "Requests answered by a fault-injection filter.",
+                |c| &c.faults_injected,
+            ),
+        ];
+        for (name, help, get) in families {
+            family(out, name, help, "counter");
+            for ((parent, route), c) in &all {
+                let _ = writeln!(
+                    out,
+                    "{name}{{parent_name=\"{}\",route_name=\"{}\"}} {}",
+                    escape(parent),
+                    escape(route),
+                    get(c).load(Ordering::Relaxed)
+                );
+            }
         }
     }
 
@@ -261,6 +351,7 @@ impl Metrics {
         self.encode_tcp(out);
         self.encode_detect(out);
         self.encode_authz(out);
+        self.encode_routes(out);
         if let Some((expiry, refresh)) = *lock(&self.identity) {
             family(
                 out,

@@ -16,6 +16,7 @@ mod http2;
 mod metrics;
 mod mtls;
 mod opaque;
+mod outbound;
 mod policy;
 mod shutdown;
 mod transparent;

@@ -9,6 +9,7 @@
 //! - [`proxy`]: the proxy in-process ([`proxy::TestProxy`]) or as a process
 //!   ([`proxy::ProxyProcess`]).
 //! - [`metrics`]: scraping and parsing the admin server's `/metrics`.
+//! - [`outbound`]: a controllable `OutboundPolicies` gRPC server and policy builders.
 //! - [`mesh`]: mTLS support: a CA made at test time, the identity service in-process, meshed
 //!   proxies, raw TLS clients and a fake meshed peer, steady traffic.
 //!
@@ -19,6 +20,7 @@ pub mod discovery;
 pub mod grpc;
 pub mod mesh;
 pub mod metrics;
+pub mod outbound;
 pub mod policy;
 pub mod proxy;
 pub mod server;

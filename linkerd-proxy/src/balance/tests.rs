@@ -272,3 +272,73 @@ async fn a_slow_first_response_is_not_held_against_an_endpoint() {
     // the old one after its first response, takes a real share.
     assert!(counts.get(&2).copied().unwrap_or(0) >= 10, "{counts:?}");
 }
+
+fn id_of(p: &Picked) -> u8 {
+    match p.endpoint.addr.ip() {
+        std::net::IpAddr::V4(v4) => v4.octets()[3],
+        std::net::IpAddr::V6(_) => unreachable!(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_accrual_ejects_probes_with_growing_backoff_and_readmits() {
+    use crate::outbound::{Accrual, Backoff};
+    let accrual = Accrual {
+        max_failures: 3,
+        backoff: Backoff {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(8),
+            jitter: 0.0,
+        },
+    };
+    let (_tx, rx) = watch::channel(ready(&[1, 2]));
+    let b = Balancer::new("svc:80".into(), rx, cfg());
+    // Endpoint 2 fails every response; endpoint 1 succeeds.
+    let mut sent_to_2 = 0;
+    async fn send(b: &Balancer, accrual: &Accrual) -> u8 {
+        let p = b.pick().await.expect("an endpoint");
+        let id = id_of(&p);
+        p.complete();
+        p.accrue(id != 2, accrual);
+        id
+    }
+    // Until three failures in a row, endpoint 2 is still picked.
+    while sent_to_2 < 3 {
+        if send(&b, &accrual).await == 2 {
+            sent_to_2 += 1;
+        }
+    }
+    // Ejected for 1 s: nothing goes to it.
+    for _ in 0..100 {
+        assert_eq!(send(&b, &accrual).await, 1);
+    }
+    // After the backoff, one probe; it fails and the endpoint is out for 2 s.
+    tokio::time::advance(Duration::from_millis(1001)).await;
+    let mut probes = 0;
+    for _ in 0..200 {
+        if send(&b, &accrual).await == 2 {
+            probes += 1;
+        }
+    }
+    assert_eq!(probes, 1, "one probe per backoff");
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    for _ in 0..100 {
+        assert_eq!(
+            send(&b, &accrual).await,
+            1,
+            "still out: the second backoff is 2 s"
+        );
+    }
+    // Recovered: the next probe succeeds and the endpoint takes traffic again.
+    tokio::time::advance(Duration::from_millis(600)).await;
+    let mut served = 0;
+    for _ in 0..200 {
+        let p = b.pick().await.expect("an endpoint");
+        if id_of(&p) == 2 {
+            served += 1;
+        }
+        p.complete();
+        p.accrue(true, &accrual);
+    }
+    assert!(served > 20, "readmitted endpoint served {served} of 200");
+}

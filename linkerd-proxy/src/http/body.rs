@@ -10,7 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::{
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
 };
 use tokio::time::Instant;
@@ -22,6 +22,8 @@ pub enum ProxyBody {
         recorder: Option<Recorder>,
     },
     Full(Option<Bytes>),
+    /// A request body kept for a retry (routes that retry).
+    Replay(ReplayBody),
 }
 
 /// Records a response once, when its body ends (or is dropped before it ends).
@@ -50,6 +52,150 @@ impl ProxyBody {
     }
 }
 
+/// A request body that can be sent again: the first attempt streams it from the client while
+/// keeping a copy of each chunk (reference-counted, not copied) up to a cap; a retry replays
+/// the copy, then goes on reading from the client where the previous attempt stopped. Attempts
+/// are sequential: a newer attempt's body makes an older one's end.
+#[derive(Debug)]
+pub struct ReplayBody {
+    shared: Arc<Mutex<ReplayState>>,
+    generation: u64,
+    /// The next kept chunk this attempt sends.
+    pos: usize,
+    trailers_sent: bool,
+}
+
+#[derive(Debug)]
+struct ReplayState {
+    source: Option<Incoming>,
+    chunks: Vec<Bytes>,
+    trailers: Option<HeaderMap>,
+    size: usize,
+    cap: usize,
+    /// More than `cap` bytes (or a read error): no longer replayable.
+    spoiled: bool,
+    generation: u64,
+    hint: SizeHint,
+}
+
+impl ReplayBody {
+    /// Keeps up to `cap` bytes of `source` for replay.
+    pub fn new(source: Incoming, cap: usize) -> Self {
+        let hint = source.size_hint();
+        Self {
+            shared: Arc::new(Mutex::new(ReplayState {
+                source: Some(source),
+                chunks: Vec::new(),
+                trailers: None,
+                size: 0,
+                cap,
+                spoiled: false,
+                generation: 0,
+                hint,
+            })),
+            generation: 0,
+            pos: 0,
+            trailers_sent: false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReplayState> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A handle that makes the bodies of later attempts.
+    pub fn handle(&self) -> ReplayHandle {
+        ReplayHandle(self.shared.clone())
+    }
+}
+
+/// Makes the body of each retry of one request.
+#[derive(Debug)]
+pub struct ReplayHandle(Arc<Mutex<ReplayState>>);
+
+impl ReplayHandle {
+    /// The body for the next attempt, or `None` when what was already sent was not kept.
+    pub fn replay(&self) -> Option<ReplayBody> {
+        let mut st = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if st.spoiled {
+            return None;
+        }
+        st.generation += 1;
+        Some(ReplayBody {
+            shared: self.0.clone(),
+            generation: st.generation,
+            pos: 0,
+            trailers_sent: false,
+        })
+    }
+}
+
+impl ReplayBody {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let shared = self.shared.clone();
+        let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
+        if st.generation != self.generation {
+            // A newer attempt owns the body now.
+            return Poll::Ready(None);
+        }
+        if self.pos < st.chunks.len() {
+            self.pos += 1;
+            return Poll::Ready(Some(Ok(Frame::data(st.chunks[self.pos - 1].clone()))));
+        }
+        let Some(source) = st.source.as_mut() else {
+            return match (&st.trailers, self.trailers_sent) {
+                (Some(t), false) => {
+                    self.trailers_sent = true;
+                    Poll::Ready(Some(Ok(Frame::trailers(t.clone()))))
+                }
+                _ => Poll::Ready(None),
+            };
+        };
+        match Pin::new(source).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    st.size += data.len();
+                    if st.size > st.cap {
+                        st.spoiled = true;
+                        st.chunks = Vec::new();
+                    } else if !st.spoiled {
+                        st.chunks.push(data.clone());
+                        self.pos = st.chunks.len();
+                    }
+                } else if let Some(t) = frame.trailers_ref() {
+                    st.trailers = Some(t.clone());
+                    self.trailers_sent = true;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                st.source = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                st.spoiled = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let st = self.lock();
+        st.generation == self.generation
+            && self.pos >= st.chunks.len()
+            && st.source.as_ref().is_none_or(|s| s.is_end_stream())
+            && (st.trailers.is_none() || self.trailers_sent)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.lock().hint
+    }
+}
+
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -60,6 +206,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Replay(r) => r.poll_frame(cx),
             ProxyBody::Stream { body, recorder } => {
                 let res = Pin::new(body).poll_frame(cx);
                 match &res {
@@ -90,6 +237,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Replay(r) => r.is_end_stream(),
             ProxyBody::Stream { body, .. } => body.is_end_stream(),
         }
     }
@@ -97,6 +245,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Replay(r) => r.size_hint(),
             ProxyBody::Stream { body, .. } => body.size_hint(),
         }
     }

@@ -30,6 +30,16 @@ pub enum ProxyError {
     /// The inbound policy has routes and none matches the request.
     #[error("no route found for request")]
     NoRoute,
+    /// A route's fault-injection filter answered the request.
+    #[error("injected failure: {message}")]
+    Injected {
+        status: StatusCode,
+        grpc: Option<u32>,
+        message: std::sync::Arc<str>,
+    },
+    /// The route asks for something this proxy does not do.
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 impl ProxyError {
@@ -58,6 +68,8 @@ impl ProxyError {
             ProxyError::ResponseTimeout(_) => "response_timeout",
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::NoRoute => "no_route",
+            ProxyError::Injected { .. } => "fault_injected",
+            ProxyError::Unsupported(_) => "unsupported_route",
         }
     }
 
@@ -66,6 +78,8 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Unauthorized(_) => StatusCode::FORBIDDEN,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Injected { status, .. } => *status,
+            ProxyError::Unsupported(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Resolve(_) | ProxyError::Tls(TlsError::NoCredentials) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -87,6 +101,12 @@ impl ProxyError {
     /// gRPC status codes: UNAVAILABLE for anything that may succeed on retry, DEADLINE_EXCEEDED
     /// for timeouts, INTERNAL for a request the proxy cannot carry.
     pub fn grpc_code(&self) -> u32 {
+        if let ProxyError::Injected {
+            grpc: Some(code), ..
+        } = self
+        {
+            return *code;
+        }
         match self.http_status() {
             StatusCode::FORBIDDEN => 7,
             StatusCode::NOT_FOUND => 5,

@@ -6,7 +6,7 @@
 //! back with a metrics recorder on its body. Failures become responses (see `errors.rs`).
 
 use super::{
-    body::{ProxyBody, Recorder, grpc_status},
+    body::{ProxyBody, Recorder, ReplayBody, grpc_status},
     client::{self, Client},
     errors::{ProxyError, is_grpc},
     headers::{strip_hop_by_hop, wants_upgrade},
@@ -15,7 +15,8 @@ use crate::{
     balance::{Balancer, Balancers, Target, target_for},
     detect,
     drain::Drain,
-    metrics::{Direction, HttpKey, HttpStats, Metrics, ResponseClass, Tls},
+    metrics::{Direction, HttpKey, HttpStats, Metrics, ResponseClass, RouteCounters, Tls},
+    outbound::{Accrual, BackendTarget, Decision, Filter, OutboundPolicies, PolicyWatch, Rule},
     policy::{HttpDecision, PortPolicy},
     resolve::Endpoint,
     tap::{Pending, TapEvent},
@@ -41,6 +42,18 @@ use std::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
+/// How one attempt is sent.
+struct Attempt {
+    proto: client::Protocol,
+    upgrade: bool,
+    affine: bool,
+    /// gRPC: retried on its `grpc-status`.
+    grpc: bool,
+    /// Each attempt's own timeout.
+    timeout: Option<Duration>,
+    accrual: Option<Accrual>,
+}
+
 /// What every HTTP connection of a proxy shares.
 #[derive(Clone)]
 pub struct Shared {
@@ -51,6 +64,11 @@ pub struct Shared {
     pub response_timeout: Option<Duration>,
     /// The proxy's TLS credentials, when it has an identity.
     pub creds: Option<CredsRx>,
+    /// Outbound routing policies (outbound only; disabled without a policy service).
+    pub policies: Arc<OutboundPolicies>,
+    /// Which names service discovery covers: only those (or, transparently, the original
+    /// destination address) are asked for a policy.
+    pub discovery: Option<crate::destination::DestinationConfig>,
 }
 
 /// Where a connection's requests go.
@@ -88,6 +106,14 @@ struct LastDst {
     authority: HeaderValue,
     name: Option<Arc<str>>,
     balancer: Option<Arc<Balancer>>,
+    policy: Option<Arc<PolicyWatch>>,
+}
+
+/// Where a request routed by an outbound policy goes.
+struct Plan {
+    rule: Arc<Rule>,
+    backend: usize,
+    accrual: Option<Accrual>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -232,7 +258,20 @@ impl HttpConn {
         if let Err(e) = self.authorize(&req, &authority) {
             return self.fail(e, grpc, &authority, None, start, tap);
         }
-        let target = match self.target(&req, &authority).await {
+        // Outbound policy: the route's filters may answer right here; otherwise a backend.
+        let plan = if self.direction == Direction::Outbound {
+            match self.plan(&mut req, &authority, grpc).await {
+                Ok(p) => p,
+                Err(e) => return self.fail(e, grpc, &authority, None, start, tap),
+            }
+        } else {
+            None
+        };
+        let target = match &plan {
+            Some(plan) => self.backend_target(plan).await,
+            None => self.target(&req, &authority).await,
+        };
+        let target = match target {
             Ok(t) => t,
             Err(e) => return self.fail(e, grpc, &authority, None, start, tap),
         };
@@ -295,40 +334,55 @@ impl HttpConn {
         // downstream connection); HTTP/2 downstream (e.g. HTTP/1 carried between proxies) has
         // concurrent requests, which share the pool.
         let affine = proto == client::Protocol::Http1 && !upgrade && !downstream_h2;
-        let ep = target.endpoint();
-        let send = async {
-            if upgrade {
-                self.shared.client.send_upgrade(ep, req).await
-            } else if affine {
-                let mut slot = lock(&self.affine).take();
-                let rsp = self.shared.client.send_h1_affine(ep, req, &mut slot).await;
-                *lock(&self.affine) = slot;
-                rsp
-            } else {
-                self.shared.client.send(ep, proto, req).await
+        let how = Attempt {
+            proto,
+            upgrade,
+            affine,
+            grpc,
+            timeout: plan.as_ref().and_then(|p| {
+                p.rule.backends[p.backend]
+                    .timeout
+                    .or(p.rule.retry.as_ref()?.timeout)
+            }),
+            accrual: plan.as_ref().and_then(|p| p.accrual),
+        };
+        let total = plan
+            .as_ref()
+            .and_then(|p| p.rule.timeout)
+            .or(self.shared.response_timeout);
+        let retry = plan.as_ref().filter(|p| p.rule.retry.is_some() && !upgrade);
+        let sent = async {
+            match retry {
+                Some(plan) => self.send_with_retries(plan, target, &how, req).await,
+                None => {
+                    let req = req.map(|b| ProxyBody::stream(b, None));
+                    let rsp = self.attempt(&target, &how, req).await;
+                    (rsp, target)
+                }
             }
         };
-        let rsp = match self.shared.response_timeout {
-            Some(t) => match tokio::time::timeout(t, send).await {
+        let (rsp, target) = match total {
+            Some(t) => match tokio::time::timeout(t, sent).await {
                 Ok(r) => r,
-                Err(_) => Err(ProxyError::ResponseTimeout(t)),
+                Err(_) => {
+                    if let Some(p) = &plan {
+                        RouteCounters::inc(&p.rule.counters.timeouts);
+                    }
+                    let e = ProxyError::ResponseTimeout(t);
+                    return self.fail(e, grpc, &authority, Some(&stats), start, tap);
+                }
             },
-            None => send.await,
+            None => sent.await,
         };
         let mut rsp = match rsp {
-            Ok(r) => {
-                target.complete();
-                r
-            }
-            Err(e) => {
-                if e.is_connect() {
-                    target.connect_failed();
-                }
-                return self.fail(e, grpc, &authority, Some(&stats), start, tap);
-            }
+            Ok(r) => r,
+            Err(e) => return self.fail(e, grpc, &authority, Some(&stats), start, tap),
         };
         // The endpoint's load counts requests until their response headers.
         drop(target);
+        if let Some(p) = &plan {
+            p.rule.edit_response(p.backend, rsp.headers_mut());
+        }
 
         let switching = rsp.status() == StatusCode::SWITCHING_PROTOCOLS
             || (upgrade && rsp.status().is_success());
@@ -360,6 +414,238 @@ impl HttpConn {
             tap,
         };
         rsp.map(|body| ProxyBody::stream(body, Some(recorder)))
+    }
+
+    /// The outbound policy's plan for a request: `None` when its destination has no policy
+    /// (or an opaque one); an error when the policy answers it (no route, an injected fault).
+    async fn plan(
+        &self,
+        req: &mut Request<Incoming>,
+        authority: &HeaderValue,
+        grpc: bool,
+    ) -> Result<Option<Plan>, ProxyError> {
+        if !self.shared.policies.is_enabled() {
+            return Ok(None);
+        }
+        let Some(watch) = self.policy_watch(req, authority) else {
+            return Ok(None);
+        };
+        let Some(policy) = watch.current().await.filter(|p| p.is_http()) else {
+            return Ok(None);
+        };
+        let host = authority.to_str().ok().filter(|h| !h.is_empty());
+        let Some(rule) = policy.select(
+            req.version(),
+            host,
+            req.method(),
+            req.uri().path(),
+            req.headers(),
+        ) else {
+            return Err(ProxyError::NoRoute);
+        };
+        RouteCounters::inc(&rule.counters.requests);
+        match rule.decide() {
+            Decision::Forward(rule, backend) => {
+                rule.edit_request(backend, req.headers_mut());
+                if let Some(r) = &rule.retry {
+                    r.budget.deposit();
+                }
+                Ok(Some(Plan {
+                    rule: rule.clone(),
+                    backend,
+                    accrual: policy.accrual,
+                }))
+            }
+            Decision::NoRoute => Err(ProxyError::NoRoute),
+            Decision::Fail(f) => {
+                RouteCounters::inc(&rule.counters.faults_injected);
+                Err(match f {
+                    Filter::Fail {
+                        status,
+                        grpc: code,
+                        message,
+                        ..
+                    } => ProxyError::Injected {
+                        status: *status,
+                        grpc: code.or(grpc.then_some(14)),
+                        message: message.clone(),
+                    },
+                    _ => {
+                        ProxyError::Unsupported("the route has a filter this proxy does not apply")
+                    }
+                })
+            }
+        }
+    }
+
+    /// The policy watch for a request's destination: its name when discovery covers it,
+    /// otherwise (transparent mode) the address the application dialled.
+    fn policy_watch(
+        &self,
+        req: &Request<Incoming>,
+        authority: &HeaderValue,
+    ) -> Option<Arc<PolicyWatch>> {
+        let default_port = match self.route {
+            Route::Fixed(_) => return None,
+            Route::OrigDst(addr) => addr.port(),
+            Route::Proxy if req.uri().scheme() == Some(&uri::Scheme::HTTPS) => 443,
+            Route::Proxy => 80,
+        };
+        self.destination(authority, default_port);
+        let mut last = lock(&self.dst);
+        let d = last.as_mut()?;
+        if d.policy.is_none() {
+            let covered = d
+                .name
+                .as_deref()
+                .filter(|n| self.shared.discovery.as_ref().is_some_and(|c| c.covers(n)));
+            d.policy = match (covered, self.route) {
+                (Some(name), _) => self.shared.policies.get(name),
+                (None, Route::OrigDst(addr)) => self.shared.policies.get(&addr.to_string()),
+                (None, _) => None,
+            };
+        }
+        d.policy.clone()
+    }
+
+    /// An endpoint of the plan's backend.
+    async fn backend_target(&self, plan: &Plan) -> Result<Target, ProxyError> {
+        match &plan.rule.backends[plan.backend].target {
+            BackendTarget::Forward(ep) => Ok(Target::Direct(ep.clone())),
+            BackendTarget::Balancer(path) => {
+                let balancer = self.shared.balancers.get(path);
+                let fallback = match self.route {
+                    Route::OrigDst(addr) => Some(addr),
+                    _ => None,
+                };
+                Ok(target_for(balancer.as_deref(), path, fallback).await?)
+            }
+        }
+    }
+
+    /// Sends one attempt and reports its outcome to the endpoint's load and failure accrual.
+    async fn attempt(
+        &self,
+        target: &Target,
+        how: &Attempt,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let ep = target.endpoint();
+        let send = async {
+            if how.upgrade {
+                self.shared.client.send_upgrade(ep, req).await
+            } else if how.affine {
+                let mut slot = lock(&self.affine).take();
+                let rsp = self.shared.client.send_h1_affine(ep, req, &mut slot).await;
+                *lock(&self.affine) = slot;
+                rsp
+            } else {
+                self.shared.client.send(ep, how.proto, req).await
+            }
+        };
+        let rsp = match how.timeout {
+            Some(t) => match tokio::time::timeout(t, send).await {
+                Ok(r) => r,
+                Err(_) => Err(ProxyError::ResponseTimeout(t)),
+            },
+            None => send.await,
+        };
+        match &rsp {
+            Ok(r) => {
+                target.complete();
+                if let Some(a) = &how.accrual {
+                    target.accrue(!r.status().is_server_error(), a);
+                }
+            }
+            Err(e) => {
+                if e.is_connect() {
+                    target.connect_failed();
+                }
+                if let Some(a) = &how.accrual {
+                    target.accrue(false, a);
+                }
+            }
+        }
+        rsp
+    }
+
+    /// Sends a request on a route that retries: again on a retryable status or error, while
+    /// the retry limit, the route's budget and the body's replay buffer allow, with backoff.
+    async fn send_with_retries(
+        &self,
+        plan: &Plan,
+        mut target: Target,
+        how: &Attempt,
+        req: Request<Incoming>,
+    ) -> (Result<Response<Incoming>, ProxyError>, Target) {
+        let Some(retry) = plan.rule.retry.as_ref() else {
+            let rsp = self
+                .attempt(&target, how, req.map(|b| ProxyBody::stream(b, None)))
+                .await;
+            return (rsp, target);
+        };
+        let counters = &plan.rule.counters;
+        let (parts, body) = req.into_parts();
+        if http_body::Body::size_hint(&body).lower() > retry.max_request_bytes as u64 {
+            // Too large to keep: one attempt.
+            RouteCounters::inc(&counters.retry_overflow);
+            let req = Request::from_parts(parts, ProxyBody::stream(body, None));
+            let rsp = self.attempt(&target, how, req).await;
+            return (rsp, target);
+        }
+        let body = ReplayBody::new(body, retry.max_request_bytes);
+        let grpc = how.grpc;
+        let template = (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.version,
+            parts.headers.clone(),
+        );
+        let handle = body.handle();
+        let mut req = Request::from_parts(parts, ProxyBody::Replay(body));
+        let mut retries = 0u32;
+        loop {
+            let rsp = self.attempt(&target, how, req).await;
+            let retryable = match &rsp {
+                Ok(r) => {
+                    retry.retryable(r.status(), grpc.then(|| grpc_status(r.headers())).flatten())
+                }
+                Err(e) => e.is_connect() || matches!(e, ProxyError::ResponseTimeout(_)),
+            };
+            if !retryable {
+                return (rsp, target);
+            }
+            if retries >= retry.max_retries {
+                RouteCounters::inc(&counters.retry_limit_exceeded);
+                return (rsp, target);
+            }
+            let body = match handle.replay() {
+                Some(b) if retry.budget.withdraw() => b,
+                _ => {
+                    RouteCounters::inc(&counters.retry_overflow);
+                    return (rsp, target);
+                }
+            };
+            tokio::time::sleep(retry.backoff.delay(retries)).await;
+            let next = match self.backend_target(plan).await {
+                Ok(t) => t,
+                Err(_) => return (rsp, target),
+            };
+            // The request was shaped (HTTP/2 or not) for a meshed or an unmeshed endpoint.
+            if next.endpoint().identity.is_some() != target.endpoint().identity.is_some() {
+                return (rsp, target);
+            }
+            drop(rsp);
+            target = next;
+            retries += 1;
+            RouteCounters::inc(&counters.retries);
+            let mut r = Request::new(ProxyBody::Replay(body));
+            *r.method_mut() = template.0.clone();
+            *r.uri_mut() = template.1.clone();
+            *r.version_mut() = template.2;
+            *r.headers_mut() = template.3.clone();
+            req = r;
+        }
     }
 
     /// Resolves the request's target: an endpoint of a logical destination when one is known
@@ -414,6 +700,7 @@ impl HttpConn {
             authority: authority.clone(),
             name: name.clone(),
             balancer: balancer.clone(),
+            policy: None,
         });
         (name, balancer)
     }
@@ -591,7 +878,7 @@ fn prepare_request(
     authority: &HeaderValue,
     proto: client::Protocol,
     upgrade: bool,
-) -> Result<Request<ProxyBody>, ProxyError> {
+) -> Result<Request<Incoming>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
     match proto {
@@ -630,5 +917,5 @@ fn prepare_request(
             parts.version = Version::HTTP_2;
         }
     }
-    Ok(Request::from_parts(parts, ProxyBody::stream(body, None)))
+    Ok(Request::from_parts(parts, body))
 }

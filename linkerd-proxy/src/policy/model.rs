@@ -212,7 +212,7 @@ pub struct RequestMatch {
 }
 
 impl RequestMatch {
-    fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+    pub(crate) fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
         if self.unsupported {
             return false;
         }
@@ -269,28 +269,32 @@ impl Route {
         path: &str,
         headers: &HeaderMap,
     ) -> bool {
-        let host_ok = self.hosts.is_empty()
-            || host.is_some_and(|h| {
-                let h = h
-                    .rsplit_once(':')
-                    .map_or(h, |(h, _)| h)
-                    .trim_end_matches('.');
-                self.hosts.iter().any(|m| match m {
-                    HostMatch::Exact(e) => e.eq_ignore_ascii_case(h),
-                    HostMatch::Suffix(s) => {
-                        h.len() > s.len()
-                            && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
-                            && h.as_bytes()[h.len() - s.len() - 1] == b'.'
-                    }
-                })
-            });
-        host_ok
+        hosts_match(&self.hosts, host)
             && (self.matches.is_empty()
                 || self
                     .matches
                     .iter()
                     .any(|m| m.matches(method, path, headers)))
     }
+}
+
+/// Whether a request's host (`host[:port]`) is one of `hosts` (no hosts: any).
+pub(crate) fn hosts_match(hosts: &[HostMatch], host: Option<&str>) -> bool {
+    hosts.is_empty()
+        || host.is_some_and(|h| {
+            let h = h
+                .rsplit_once(':')
+                .map_or(h, |(h, _)| h)
+                .trim_end_matches('.');
+            hosts.iter().any(|m| match m {
+                HostMatch::Exact(e) => e.eq_ignore_ascii_case(h),
+                HostMatch::Suffix(s) => {
+                    h.len() > s.len()
+                        && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
+                        && h.as_bytes()[h.len() - s.len() - 1] == b'.'
+                }
+            })
+        })
 }
 
 /// How the server's traffic is to be treated.
@@ -561,7 +565,7 @@ struct RouteSpec {
     authorizations: Vec<Authorization>,
 }
 
-fn metadata_name(m: Option<meta::Metadata>, fallback: &str) -> (Arc<str>, Arc<str>) {
+pub(crate) fn metadata_name(m: Option<meta::Metadata>, fallback: &str) -> (Arc<str>, Arc<str>) {
     match m.and_then(|m| m.kind) {
         Some(meta::metadata::Kind::Default(name)) => ("default".into(), name.into()),
         Some(meta::metadata::Kind::Resource(r)) => {
@@ -628,7 +632,7 @@ fn authorization(a: api::Authz) -> Result<Authorization, String> {
     })
 }
 
-fn hosts(hosts: Vec<api_route::HostMatch>) -> Vec<HostMatch> {
+pub(crate) fn hosts(hosts: Vec<api_route::HostMatch>) -> Vec<HostMatch> {
     hosts
         .into_iter()
         .filter_map(|h| match h.r#match? {
@@ -668,27 +672,7 @@ fn http_routes(routes: Vec<api::HttpRoute>) -> Result<Vec<RouteSpec>, String> {
                     matches.push(RequestMatch::default());
                 }
                 for m in rule.matches {
-                    let mut out = RequestMatch::default();
-                    match m.path.and_then(|p| p.kind) {
-                        Some(api_route::path_match::Kind::Exact(p)) => {
-                            out.path = Some(PathMatch::Exact(p))
-                        }
-                        Some(api_route::path_match::Kind::Prefix(p)) => {
-                            out.path = Some(PathMatch::Prefix(p))
-                        }
-                        Some(api_route::path_match::Kind::Regex(_)) => out.unsupported = true,
-                        None => {}
-                    }
-                    if let Some(method) = m.method {
-                        out.method = Some(
-                            Method::try_from(method).map_err(|e| format!("a route method: {e}"))?,
-                        );
-                    }
-                    if !m.query_params.is_empty() {
-                        out.unsupported = true;
-                    }
-                    header_matches(m.headers, &mut out)?;
-                    matches.push(out);
+                    matches.push(http_match(m)?);
                 }
             }
             Ok(RouteSpec {
@@ -716,26 +700,7 @@ fn grpc_routes(routes: Vec<api::GrpcRoute>) -> Result<Vec<RouteSpec>, String> {
                     matches.push(RequestMatch::default());
                 }
                 for m in rule.matches {
-                    let mut out = RequestMatch {
-                        method: Some(Method::POST),
-                        ..RequestMatch::default()
-                    };
-                    if let Some(rpc) = m.rpc {
-                        out.path = match (rpc.service.is_empty(), rpc.method.is_empty()) {
-                            (false, false) => {
-                                Some(PathMatch::Exact(format!("/{}/{}", rpc.service, rpc.method)))
-                            }
-                            (false, true) => Some(PathMatch::Prefix(format!("/{}", rpc.service))),
-                            // A method in any service needs a pattern we do not evaluate.
-                            (true, false) => {
-                                out.unsupported = true;
-                                None
-                            }
-                            (true, true) => None,
-                        };
-                    }
-                    header_matches(m.headers, &mut out)?;
-                    matches.push(out);
+                    matches.push(grpc_match(m)?);
                 }
             }
             Ok(RouteSpec {
@@ -750,4 +715,47 @@ fn grpc_routes(routes: Vec<api::GrpcRoute>) -> Result<Vec<RouteSpec>, String> {
             })
         })
         .collect()
+}
+
+/// One HTTPRoute match in the proxy's form.
+pub(crate) fn http_match(m: api_route::HttpRouteMatch) -> Result<RequestMatch, String> {
+    let mut out = RequestMatch::default();
+    match m.path.and_then(|p| p.kind) {
+        Some(api_route::path_match::Kind::Exact(p)) => out.path = Some(PathMatch::Exact(p)),
+        Some(api_route::path_match::Kind::Prefix(p)) => out.path = Some(PathMatch::Prefix(p)),
+        Some(api_route::path_match::Kind::Regex(_)) => out.unsupported = true,
+        None => {}
+    }
+    if let Some(method) = m.method {
+        out.method = Some(Method::try_from(method).map_err(|e| format!("a route method: {e}"))?);
+    }
+    if !m.query_params.is_empty() {
+        out.unsupported = true;
+    }
+    header_matches(m.headers, &mut out)?;
+    Ok(out)
+}
+
+/// One GRPCRoute match in the proxy's form: a POST to `/service/method`.
+pub(crate) fn grpc_match(
+    m: proto::api::grpc_route::GrpcRouteMatch,
+) -> Result<RequestMatch, String> {
+    let mut out = RequestMatch {
+        method: Some(Method::POST),
+        ..RequestMatch::default()
+    };
+    if let Some(rpc) = m.rpc {
+        out.path = match (rpc.service.is_empty(), rpc.method.is_empty()) {
+            (false, false) => Some(PathMatch::Exact(format!("/{}/{}", rpc.service, rpc.method))),
+            (false, true) => Some(PathMatch::Prefix(format!("/{}", rpc.service))),
+            // A method in any service needs a pattern we do not evaluate.
+            (true, false) => {
+                out.unsupported = true;
+                None
+            }
+            (true, true) => None,
+        };
+    }
+    header_matches(m.headers, &mut out)?;
+    Ok(out)
 }

@@ -1,0 +1,775 @@
+//! The proxy's own form of an outbound policy: converted once per update from the API's
+//! messages, so that routing a request is a few comparisons, one random draw and, for routes
+//! that retry, a budget check.
+
+// `request_timeout` of rules and backends is deprecated in favour of `timeouts`; Linkerd's
+// controller still fills it (and ours does, mirroring `backendRequest`), so both are read.
+#![allow(deprecated)]
+
+use super::budget::Budget;
+use crate::{
+    metrics::{Metrics, RouteCounters},
+    policy::{HostMatch, RequestMatch, grpc_match, hosts, hosts_match, http_match, metadata_name},
+    resolve::Endpoint,
+};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use proto::api::{
+    http_route as api_route, http_types,
+    outbound::{self as api, proxy_protocol},
+};
+use std::{sync::Arc, time::Duration};
+
+/// One service port's outbound policy.
+#[derive(Debug)]
+pub struct OutboundPolicy {
+    /// The parent's name (the Service), for logs and metrics.
+    pub parent: Arc<str>,
+    /// Routes for HTTP/1 requests and for HTTP/2 (and gRPC) requests. Both empty for an opaque
+    /// port: its connections go to the logical name as before.
+    pub http1: Vec<Route>,
+    pub http2: Vec<Route>,
+    pub accrual: Option<Accrual>,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub hosts: Vec<HostMatch>,
+    pub rules: Vec<Arc<Rule>>,
+}
+
+/// A route rule: what it matches and what happens to the requests it matches.
+#[derive(Debug)]
+pub struct Rule {
+    /// Any one of these selects the rule; none matches every request.
+    pub matches: Vec<RequestMatch>,
+    pub filters: Vec<Filter>,
+    pub backends: Vec<Backend>,
+    total_weight: u64,
+    /// The whole request, retries included, until the response headers.
+    pub timeout: Option<Duration>,
+    pub retry: Option<Retry>,
+    /// The route's name, its parent's, and its counters.
+    pub route: Arc<str>,
+    pub counters: Arc<RouteCounters>,
+}
+
+#[derive(Debug)]
+pub struct Backend {
+    pub target: BackendTarget,
+    pub weight: u32,
+    pub filters: Vec<Filter>,
+    /// Each attempt on this backend.
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendTarget {
+    /// Balanced over the endpoints discovery gives for this `host:port`.
+    Balancer(Arc<str>),
+    /// One endpoint, as given.
+    Forward(Endpoint),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    /// Answer `ratio` of the requests with this failure instead of forwarding them.
+    Fail {
+        status: StatusCode,
+        /// gRPC routes fail with a gRPC status.
+        grpc: Option<u32>,
+        message: Arc<str>,
+        numerator: u32,
+        denominator: u32,
+    },
+    RequestHeaders(HeaderEdit),
+    ResponseHeaders(HeaderEdit),
+    /// A filter this proxy does not apply (a redirect): the route answers 500 rather than
+    /// forwarding requests the operator meant to be treated otherwise.
+    Unsupported(&'static str),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderEdit {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderEdit {
+    pub fn apply(&self, h: &mut HeaderMap) {
+        for (n, v) in &self.set {
+            h.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            h.append(n.clone(), v.clone());
+        }
+        for n in &self.remove {
+            h.remove(n);
+        }
+    }
+}
+
+/// When and how often a failed request is sent again.
+#[derive(Debug)]
+pub struct Retry {
+    pub max_retries: u32,
+    /// Requests with larger bodies are not retried (the body would have to be kept).
+    pub max_request_bytes: usize,
+    /// HTTP statuses that are retried (inclusive ranges).
+    pub statuses: Vec<(u16, u16)>,
+    /// gRPC statuses that are retried.
+    pub grpc: Vec<u32>,
+    /// Each attempt's timeout.
+    pub timeout: Option<Duration>,
+    pub backoff: Backoff,
+    pub budget: Budget,
+}
+
+impl Retry {
+    /// Whether a response with this status (and gRPC status, for gRPC) is worth retrying.
+    pub fn retryable(&self, status: StatusCode, grpc: Option<u32>) -> bool {
+        if let Some(code) = grpc
+            && !self.grpc.is_empty()
+        {
+            return self.grpc.contains(&code);
+        }
+        let s = status.as_u16();
+        self.statuses.iter().any(|&(lo, hi)| lo <= s && s <= hi)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Backoff {
+    pub min: Duration,
+    pub max: Duration,
+    pub jitter: f64,
+}
+
+impl Backoff {
+    /// The wait before retry number `n` (0-based): `min × 2ⁿ` capped at `max`, with jitter.
+    pub fn delay(&self, n: u32) -> Duration {
+        let base = self.min.saturating_mul(1u32 << n.min(16)).min(self.max);
+        let jitter = self.jitter.clamp(0.0, 1.0);
+        base.mul_f64(1.0 - jitter * fastrand::f64())
+    }
+}
+
+/// Consecutive failures take an endpoint out of its balancer for a backoff that grows while
+/// it keeps failing its probes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Accrual {
+    pub max_failures: u32,
+    pub backoff: Backoff,
+}
+
+/// What a request routed by the policy does next.
+#[derive(Debug)]
+pub enum Decision<'a> {
+    /// Forward to this backend of this rule.
+    Forward(&'a Arc<Rule>, usize),
+    /// Answer with this failure (fault injection, or a filter we cannot apply).
+    Fail(&'a Filter),
+    /// No route matches: 404.
+    NoRoute,
+}
+
+impl OutboundPolicy {
+    /// The routes for a request of this version.
+    pub fn routes(&self, version: Version) -> &[Route] {
+        if version == Version::HTTP_2 {
+            &self.http2
+        } else {
+            &self.http1
+        }
+    }
+
+    /// Whether requests are routed at all (an opaque port's are not).
+    pub fn is_http(&self) -> bool {
+        !self.http1.is_empty() || !self.http2.is_empty()
+    }
+
+    /// The most specific matching rule of any route (Gateway API precedence: an exact path,
+    /// then the longest prefix, then a method, then the most headers; the first on ties).
+    pub fn select(
+        &self,
+        version: Version,
+        host: Option<&str>,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<&Arc<Rule>> {
+        let mut best: Option<(Specificity, &Arc<Rule>)> = None;
+        for route in self.routes(version) {
+            if !hosts_match(&route.hosts, host) {
+                continue;
+            }
+            for rule in &route.rules {
+                let score = if rule.matches.is_empty() {
+                    Some(Specificity::default())
+                } else {
+                    rule.matches
+                        .iter()
+                        .filter(|m| m.matches(method, path, headers))
+                        .map(Specificity::of)
+                        .max()
+                };
+                if let Some(s) = score
+                    && best.as_ref().is_none_or(|(b, _)| s > *b)
+                {
+                    best = Some((s, rule));
+                }
+            }
+        }
+        best.map(|(_, r)| r)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Specificity {
+    exact: bool,
+    prefix_len: usize,
+    method: bool,
+    headers: usize,
+}
+
+impl Specificity {
+    fn of(m: &RequestMatch) -> Self {
+        use crate::policy::PathMatch;
+        let (exact, prefix_len) = match &m.path {
+            Some(PathMatch::Exact(p)) => (true, p.len()),
+            Some(PathMatch::Prefix(p)) => (false, p.len()),
+            None => (false, 0),
+        };
+        Self {
+            exact,
+            prefix_len,
+            method: m.method.is_some(),
+            headers: m.headers.len(),
+        }
+    }
+}
+
+impl Rule {
+    /// The rule's fate for one request: a failure filter that fires, or a backend drawn by
+    /// weight (whose own failure filters may then fire).
+    pub fn decide(self: &Arc<Self>) -> Decision<'_> {
+        if let Some(f) = fired(&self.filters) {
+            return Decision::Fail(f);
+        }
+        let Some(i) = self.pick_backend() else {
+            return Decision::NoRoute;
+        };
+        match fired(&self.backends[i].filters) {
+            Some(f) => Decision::Fail(f),
+            None => Decision::Forward(self, i),
+        }
+    }
+
+    /// A backend drawn with probability weight / total weight.
+    pub fn pick_backend(&self) -> Option<usize> {
+        match self.backends.len() {
+            0 => None,
+            1 => Some(0),
+            _ if self.total_weight == 0 => Some(fastrand::usize(..self.backends.len())),
+            _ => {
+                let mut n = fastrand::u64(..self.total_weight);
+                for (i, b) in self.backends.iter().enumerate() {
+                    let w = u64::from(b.weight);
+                    if n < w {
+                        return Some(i);
+                    }
+                    n -= w;
+                }
+                Some(self.backends.len() - 1)
+            }
+        }
+    }
+
+    /// Request header edits of the rule and of backend `i`.
+    pub fn edit_request(&self, i: usize, h: &mut HeaderMap) {
+        for f in self.filters.iter().chain(&self.backends[i].filters) {
+            if let Filter::RequestHeaders(e) = f {
+                e.apply(h);
+            }
+        }
+    }
+
+    /// Response header edits of the rule and of backend `i`.
+    pub fn edit_response(&self, i: usize, h: &mut HeaderMap) {
+        for f in self.filters.iter().chain(&self.backends[i].filters) {
+            if let Filter::ResponseHeaders(e) = f {
+                e.apply(h);
+            }
+        }
+    }
+}
+
+/// The first failure filter that applies to this request, if any.
+fn fired(filters: &[Filter]) -> Option<&Filter> {
+    filters.iter().find(|f| match f {
+        Filter::Fail {
+            numerator,
+            denominator,
+            ..
+        } => *denominator > 0 && fastrand::u32(..*denominator) < *numerator,
+        Filter::Unsupported(_) => true,
+        Filter::RequestHeaders(_) | Filter::ResponseHeaders(_) => false,
+    })
+}
+
+// ---- conversion from the API -------------------------------------------------------------
+
+/// Linkerd's defaults for a retry budget: retries may add 20% to the requests, plus 10 per
+/// second, over a 10 s window.
+pub const BUDGET_RATIO: f64 = 0.2;
+pub const BUDGET_MIN_PER_SEC: u32 = 10;
+pub const BUDGET_TTL: Duration = Duration::from_secs(10);
+/// The largest body kept for replay when the policy names no limit.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+const DEFAULT_BACKOFF: Backoff = Backoff {
+    min: Duration::from_millis(25),
+    max: Duration::from_millis(250),
+    jitter: 0.5,
+};
+
+impl OutboundPolicy {
+    pub fn from_api(p: api::OutboundPolicy, metrics: &Metrics) -> Result<Self, String> {
+        let (_, parent) = metadata_name(p.metadata, "unknown");
+        let kind = p
+            .protocol
+            .and_then(|p| p.kind)
+            .ok_or("the policy names no protocol")?;
+        let mut out = OutboundPolicy {
+            parent: parent.clone(),
+            http1: Vec::new(),
+            http2: Vec::new(),
+            accrual: None,
+        };
+        let conv = Conv { parent, metrics };
+        match kind {
+            proxy_protocol::Kind::Detect(d) => {
+                if let Some(h) = d.http1 {
+                    out.http1 = conv.http_routes(h.routes)?;
+                    out.accrual = accrual(h.failure_accrual)?;
+                }
+                if let Some(h) = d.http2 {
+                    out.http2 = conv.http_routes(h.routes)?;
+                    out.accrual = out.accrual.or(accrual(h.failure_accrual)?);
+                }
+            }
+            proxy_protocol::Kind::Http1(h) => {
+                out.http1 = conv.http_routes(h.routes)?;
+                out.accrual = accrual(h.failure_accrual)?;
+            }
+            proxy_protocol::Kind::Http2(h) => {
+                out.http2 = conv.http_routes(h.routes)?;
+                out.accrual = accrual(h.failure_accrual)?;
+            }
+            proxy_protocol::Kind::Grpc(g) => {
+                out.http2 = conv.grpc_routes(g.routes)?;
+                out.accrual = accrual(g.failure_accrual)?;
+            }
+            proxy_protocol::Kind::Opaque(_) | proxy_protocol::Kind::Tls(_) => {}
+        }
+        Ok(out)
+    }
+}
+
+struct Conv<'a> {
+    parent: Arc<str>,
+    metrics: &'a Metrics,
+}
+
+impl Conv<'_> {
+    fn http_routes(&self, routes: Vec<api::HttpRoute>) -> Result<Vec<Route>, String> {
+        routes
+            .into_iter()
+            .map(|r| {
+                let (_, name) = metadata_name(r.metadata, "default");
+                let rules = r
+                    .rules
+                    .into_iter()
+                    .map(|rule| {
+                        let matches = rule
+                            .matches
+                            .into_iter()
+                            .map(http_match)
+                            .collect::<Result<_, _>>()?;
+                        let filters = rule
+                            .filters
+                            .into_iter()
+                            .map(|f| http_filter(f.kind))
+                            .collect::<Result<_, _>>()?;
+                        let backends = http_backends(rule.backends)?;
+                        let timeout = route_timeout(rule.timeouts.as_ref(), rule.request_timeout);
+                        let retry = rule.retry.map(|r| retry(&r)).transpose()?;
+                        Ok(self.rule(&name, matches, filters, backends, timeout, retry))
+                    })
+                    .collect::<Result<_, String>>()?;
+                Ok(Route {
+                    name,
+                    hosts: hosts(r.hosts),
+                    rules,
+                })
+            })
+            .collect()
+    }
+
+    fn grpc_routes(&self, routes: Vec<api::GrpcRoute>) -> Result<Vec<Route>, String> {
+        use api::grpc_route as g;
+        routes
+            .into_iter()
+            .map(|r| {
+                let (_, name) = metadata_name(r.metadata, "default");
+                let rules = r
+                    .rules
+                    .into_iter()
+                    .map(|rule| {
+                        let matches = rule
+                            .matches
+                            .into_iter()
+                            .map(grpc_match)
+                            .collect::<Result<_, _>>()?;
+                        let filters = rule
+                            .filters
+                            .into_iter()
+                            .map(|f| grpc_filter(f.kind))
+                            .collect::<Result<_, _>>()?;
+                        let backends = distribution(
+                            rule.backends.and_then(|d| d.kind),
+                            |k| match k {
+                                g::distribution::Kind::Empty(_) => Vec::new(),
+                                g::distribution::Kind::FirstAvailable(f) => f
+                                    .backends
+                                    .into_iter()
+                                    .take(1)
+                                    .map(|b| (b.backend, b.filters, 1, b.request_timeout))
+                                    .collect(),
+                                g::distribution::Kind::RandomAvailable(r) => r
+                                    .backends
+                                    .into_iter()
+                                    .filter_map(|w| {
+                                        w.backend.map(|b| {
+                                            (b.backend, b.filters, w.weight, b.request_timeout)
+                                        })
+                                    })
+                                    .collect(),
+                            },
+                            |f| grpc_filter(f.kind),
+                        )?;
+                        let timeout = route_timeout(rule.timeouts.as_ref(), rule.request_timeout);
+                        let retry = rule.retry.map(|r| grpc_retry(&r)).transpose()?;
+                        Ok(self.rule(&name, matches, filters, backends, timeout, retry))
+                    })
+                    .collect::<Result<_, String>>()?;
+                Ok(Route {
+                    name,
+                    hosts: hosts(r.hosts),
+                    rules,
+                })
+            })
+            .collect()
+    }
+
+    fn rule(
+        &self,
+        route: &Arc<str>,
+        matches: Vec<RequestMatch>,
+        filters: Vec<Filter>,
+        backends: Vec<Backend>,
+        timeout: Option<Duration>,
+        retry: Option<Retry>,
+    ) -> Arc<Rule> {
+        let total_weight = backends.iter().map(|b| u64::from(b.weight)).sum();
+        Arc::new(Rule {
+            matches,
+            filters,
+            backends,
+            total_weight,
+            timeout,
+            retry,
+            route: route.clone(),
+            counters: self.metrics.route(self.parent.clone(), route.clone()),
+        })
+    }
+}
+
+fn http_backends(d: Option<api::http_route::Distribution>) -> Result<Vec<Backend>, String> {
+    use api::http_route as h;
+    distribution(
+        d.and_then(|d| d.kind),
+        |k| match k {
+            h::distribution::Kind::Empty(_) => Vec::new(),
+            h::distribution::Kind::FirstAvailable(f) => f
+                .backends
+                .into_iter()
+                .take(1)
+                .map(|b| (b.backend, b.filters, 1, b.request_timeout))
+                .collect(),
+            h::distribution::Kind::RandomAvailable(r) => r
+                .backends
+                .into_iter()
+                .filter_map(|w| {
+                    w.backend
+                        .map(|b| (b.backend, b.filters, w.weight, b.request_timeout))
+                })
+                .collect(),
+        },
+        |f| http_filter(f.kind),
+    )
+}
+
+/// (backend, its filters, weight, per-attempt timeout).
+type Flat<F> = (
+    Option<api::Backend>,
+    Vec<F>,
+    u32,
+    Option<prost_types::Duration>,
+);
+
+/// Backends from a distribution of either route kind: `flatten` lists (backend, filters,
+/// weight) and `filter` converts that kind's filters.
+fn distribution<K, F>(
+    kind: Option<K>,
+    flatten: impl FnOnce(K) -> Vec<Flat<F>>,
+    filter: impl Fn(F) -> Result<Filter, String>,
+) -> Result<Vec<Backend>, String> {
+    let Some(kind) = kind else {
+        return Ok(Vec::new());
+    };
+    flatten(kind)
+        .into_iter()
+        .map(|(b, filters, weight, timeout)| {
+            let b = b.ok_or("a route backend has no backend")?;
+            let target = match b.kind.ok_or("a backend has no kind")? {
+                api::backend::Kind::Balancer(p2c) => {
+                    let path = match p2c.discovery.and_then(|d| d.kind) {
+                        Some(api::backend::endpoint_discovery::Kind::Dst(d)) => d.path,
+                        None => return Err("a balancer backend has no discovery path".into()),
+                    };
+                    BackendTarget::Balancer(path.into())
+                }
+                api::backend::Kind::Forward(wa) => {
+                    let addr = wa
+                        .addr
+                        .as_ref()
+                        .ok_or("a forward backend has no address")
+                        .and_then(|a| {
+                            proto::net::to_socket_addr(a).map_err(|_| "a forward address")
+                        })?;
+                    let identity = wa
+                        .tls_identity
+                        .and_then(|t| t.strategy)
+                        .and_then(|s| match s {
+                            proto::api::destination::tls_identity::Strategy::DnsLikeIdentity(d) => {
+                                Some(Arc::from(d.name.as_str()))
+                            }
+                            _ => None,
+                        });
+                    BackendTarget::Forward(Endpoint { addr, identity })
+                }
+            };
+            Ok(Backend {
+                target,
+                weight,
+                filters: filters.into_iter().map(&filter).collect::<Result<_, _>>()?,
+                timeout: timeout.and_then(duration).filter(|d| !d.is_zero()),
+            })
+        })
+        .collect()
+}
+
+fn route_timeout(
+    t: Option<&api_route::Timeouts>,
+    legacy: Option<prost_types::Duration>,
+) -> Option<Duration> {
+    let t = t.and_then(|t| t.request.or(t.response)).or(legacy)?;
+    duration(t).filter(|d| !d.is_zero())
+}
+
+fn duration(d: prost_types::Duration) -> Option<Duration> {
+    Duration::try_from(d).ok()
+}
+
+fn backoff(b: Option<&api::ExponentialBackoff>) -> Backoff {
+    match b {
+        None => DEFAULT_BACKOFF,
+        Some(b) => {
+            let min = b
+                .min_backoff
+                .and_then(duration)
+                .unwrap_or(DEFAULT_BACKOFF.min);
+            let max = b
+                .max_backoff
+                .and_then(duration)
+                .unwrap_or(DEFAULT_BACKOFF.max)
+                .max(min);
+            Backoff {
+                min,
+                max,
+                jitter: f64::from(b.jitter_ratio).clamp(0.0, 1.0),
+            }
+        }
+    }
+}
+
+fn new_budget() -> Budget {
+    Budget::new(BUDGET_RATIO, BUDGET_MIN_PER_SEC, BUDGET_TTL)
+}
+
+fn retry(r: &api::http_route::Retry) -> Result<Retry, String> {
+    let statuses = match &r.conditions {
+        Some(c) if !c.status_ranges.is_empty() => c
+            .status_ranges
+            .iter()
+            .map(|s| {
+                let (lo, hi) = (s.start, if s.end == 0 { s.start } else { s.end });
+                if !(100..=599).contains(&lo) || !(lo..=599).contains(&hi) {
+                    return Err(format!("retry status range {lo}-{hi}"));
+                }
+                Ok((lo as u16, hi as u16))
+            })
+            .collect::<Result<_, _>>()?,
+        _ => vec![(500, 599)],
+    };
+    Ok(Retry {
+        max_retries: r.max_retries,
+        max_request_bytes: max_bytes(r.max_request_bytes),
+        statuses,
+        grpc: Vec::new(),
+        timeout: r.timeout.and_then(duration).filter(|d| !d.is_zero()),
+        backoff: backoff(r.backoff.as_ref()),
+        budget: new_budget(),
+    })
+}
+
+fn grpc_retry(r: &api::grpc_route::Retry) -> Result<Retry, String> {
+    let mut grpc = Vec::new();
+    if let Some(c) = &r.conditions {
+        for (on, code) in [
+            (c.cancelled, 1),
+            (c.deadine_exceeded, 4),
+            (c.resource_exhausted, 8),
+            (c.internal, 13),
+            (c.unavailable, 14),
+        ] {
+            if on {
+                grpc.push(code);
+            }
+        }
+    }
+    if grpc.is_empty() {
+        grpc.push(14);
+    }
+    Ok(Retry {
+        max_retries: r.max_retries,
+        max_request_bytes: max_bytes(r.max_request_bytes),
+        statuses: Vec::new(),
+        grpc,
+        timeout: r.timeout.and_then(duration).filter(|d| !d.is_zero()),
+        backoff: backoff(r.backoff.as_ref()),
+        budget: new_budget(),
+    })
+}
+
+fn max_bytes(n: u32) -> usize {
+    if n == 0 {
+        DEFAULT_MAX_REQUEST_BYTES
+    } else {
+        n as usize
+    }
+}
+
+fn accrual(fa: Option<api::FailureAccrual>) -> Result<Option<Accrual>, String> {
+    use api::failure_accrual::Kind;
+    match fa.and_then(|f| f.kind) {
+        None => Ok(None),
+        Some(Kind::ConsecutiveFailures(c)) => Ok(Some(Accrual {
+            max_failures: c.max_failures.max(1),
+            backoff: backoff(c.backoff.as_ref()),
+        })),
+        Some(Kind::Unified(u)) => Ok(Some(Accrual {
+            max_failures: u.max_consecutive_failures.max(1),
+            backoff: backoff(u.backoff.as_ref()),
+        })),
+    }
+}
+
+fn headers(h: Option<http_types::Headers>) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    h.map(|h| h.headers)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| {
+            let n = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| format!("header name {:?}", h.name))?;
+            let v = HeaderValue::from_bytes(&h.value)
+                .map_err(|_| format!("a value of header {:?}", h.name))?;
+            Ok((n, v))
+        })
+        .collect()
+}
+
+fn edit(
+    add: Option<http_types::Headers>,
+    set: Option<http_types::Headers>,
+    remove: Vec<String>,
+) -> Result<HeaderEdit, String> {
+    Ok(HeaderEdit {
+        add: headers(add)?,
+        set: headers(set)?,
+        remove: remove
+            .iter()
+            .map(|n| HeaderName::from_bytes(n.as_bytes()).map_err(|_| format!("header name {n:?}")))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn ratio(r: Option<api_route::Ratio>) -> (u32, u32) {
+    match r {
+        // No ratio: every request.
+        None => (1, 1),
+        Some(r) => (r.numerator.min(r.denominator), r.denominator),
+    }
+}
+
+fn http_filter(kind: Option<api::http_route::filter::Kind>) -> Result<Filter, String> {
+    use api::http_route::filter::Kind;
+    Ok(match kind.ok_or("a filter has no kind")? {
+        Kind::FailureInjector(f) => {
+            let status = u16::try_from(f.status)
+                .ok()
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .ok_or_else(|| format!("failure injector status {}", f.status))?;
+            let (numerator, denominator) = ratio(f.ratio);
+            Filter::Fail {
+                status,
+                grpc: None,
+                message: f.message.into(),
+                numerator,
+                denominator,
+            }
+        }
+        Kind::RequestHeaderModifier(m) => Filter::RequestHeaders(edit(m.add, m.set, m.remove)?),
+        Kind::ResponseHeaderModifier(m) => Filter::ResponseHeaders(edit(m.add, m.set, m.remove)?),
+        Kind::Redirect(_) => Filter::Unsupported("RequestRedirect"),
+    })
+}
+
+fn grpc_filter(kind: Option<api::grpc_route::filter::Kind>) -> Result<Filter, String> {
+    use api::grpc_route::filter::Kind;
+    Ok(match kind.ok_or("a filter has no kind")? {
+        Kind::FailureInjector(f) => {
+            let (numerator, denominator) = ratio(f.ratio);
+            Filter::Fail {
+                status: StatusCode::OK,
+                grpc: Some(f.code),
+                message: f.message.into(),
+                numerator,
+                denominator,
+            }
+        }
+        Kind::RequestHeaderModifier(m) => Filter::RequestHeaders(edit(m.add, m.set, m.remove)?),
+    })
+}
