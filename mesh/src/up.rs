@@ -481,6 +481,19 @@ fn registry_yaml(file: &MeshFile, workloads: &[Workload]) -> String {
             ));
         }
     }
+    // Each workload of a shared service is also its own service, for routes that split.
+    for w in workloads.iter().filter(|w| w.service() != w.name()) {
+        out.push_str(&format!(
+            "  - name: {}\n    namespace: {}\n    ports: [{}]\n    endpoints:\n      - {{ip: {}, port: {INBOUND_PORT}, identity: {}, labels: {{pod: {}, app: {}}}}}\n",
+            w.name(),
+            file.namespace,
+            w.spec.port,
+            w.ip,
+            w.identity(),
+            w.name(),
+            w.service()
+        ));
+    }
     // The file's policy sections, for the policy service (JSON is YAML).
     if let Some(policy) = &file.policy {
         for (section, value) in policy {
@@ -1106,5 +1119,12 @@ mod tests {
         assert_eq!(backend.matches("port: 4143").count(), 2, "{yaml}");
         assert!(backend.contains("backend-v1.demo.serviceaccount.identity.linkerd.cluster.local"));
         assert!(yaml.contains("ports: [9090]"), "{yaml}");
+        // Each version is also a service of its own, for the 90/10 HTTPRoute.
+        let v2 = yaml
+            .split("- name: ")
+            .find(|s| s.starts_with("backend-v2\n"))
+            .unwrap();
+        assert_eq!(v2.matches("port: 4143").count(), 1, "{yaml}");
+        assert!(yaml.contains("httpRoutes"), "{yaml}");
     }
 }

@@ -200,6 +200,12 @@ fn mesh_up_demo_serves_traffic_through_every_sidecar() {
     assert!((backends - front).abs() <= 2.0, "{summary}");
     assert!((quotes - front).abs() <= 2.0, "{summary}");
     assert!((ratings - backends).abs() <= 2.0, "{summary}");
+    // The demo's HTTPRoute splits the backend 90/10: the frontend's sidecar applies it.
+    let v2 = w["backend-v2"]["requests"].as_f64().unwrap();
+    assert!(
+        v2 > 0.0 && v2 < 0.3 * backends,
+        "backend-v2 got {v2} of {backends}: {summary}"
+    );
 }
 
 #[test]

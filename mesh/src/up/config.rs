@@ -32,7 +32,9 @@ pub struct MeshFile {
 pub struct WorkloadSpec {
     /// Unique; also the workload's service account, hence its identity.
     pub name: String,
-    /// The service it serves (default: its name). Several workloads may serve one service:
+    /// The service it serves (default: its name). Several workloads may serve one service;
+    /// each of them is then also a service of its own name (an HTTPRoute can split the shared
+    /// service between them):
     /// the callers' sidecars balance over them.
     #[serde(default)]
     pub service: Option<String>,
@@ -150,6 +152,18 @@ impl MeshFile {
                     "service {:?} is served on ports {prev} and {} by different workloads; one service has one port here",
                     w.service(),
                     w.port
+                );
+            }
+        }
+        // A workload serving a shared service is also its own service (for routes that split
+        // traffic between versions), so its name must not be another service's.
+        for w in &self.workloads {
+            if w.service() != w.name && ports.contains_key(w.name.as_str()) {
+                bail!(
+                    "workload {:?} serves service {:?}, and its name is also a service: a workload \
+                     of a shared service is addressable by its own name too, so rename one",
+                    w.name,
+                    w.service()
                 );
             }
         }
