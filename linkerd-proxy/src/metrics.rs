@@ -76,6 +76,8 @@ pub struct Metrics {
     authz: Mutex<HashMap<AuthzKey, Arc<AtomicU64>>>,
     /// Outbound policy routes, by (parent, route).
     routes: Mutex<HashMap<RouteKey, Arc<RouteCounters>>>,
+    /// Inbound requests refused by a local rate limit, by (server, rate limit).
+    rate_limited: Mutex<HashMap<RouteKey, Arc<AtomicU64>>>,
 }
 
 /// (parent, route) of an outbound policy route.
@@ -172,6 +174,41 @@ impl Metrics {
             tap: Arc::default(),
             authz: Mutex::default(),
             routes: Mutex::default(),
+            rate_limited: Mutex::default(),
+        }
+    }
+
+    /// The counter of requests one server's rate limit refused.
+    pub fn rate_limited(&self, server: Arc<str>, limit: Arc<str>) -> Arc<AtomicU64> {
+        lock(&self.rate_limited)
+            .entry((server, limit))
+            .or_default()
+            .clone()
+    }
+
+    fn encode_rate_limited(&self, out: &mut String) {
+        let mut all: Vec<(RouteKey, u64)> = lock(&self.rate_limited)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
+            .collect();
+        if all.is_empty() {
+            return;
+        }
+        all.sort();
+        let name = "inbound_http_local_ratelimit_rate_limited_total";
+        family(
+            out,
+            name,
+            "Inbound requests refused by a server's local rate limit.",
+            "counter",
+        );
+        for ((srv, rl), n) in all {
+            let _ = writeln!(
+                out,
+                "{name}{{srv_name=\"{}\",ratelimit_name=\"{}\"}} {n}",
+                escape(&srv),
+                escape(&rl)
+            );
         }
     }
 
@@ -352,6 +389,7 @@ impl Metrics {
         self.encode_detect(out);
         self.encode_authz(out);
         self.encode_routes(out);
+        self.encode_rate_limited(out);
         if let Some((expiry, refresh)) = *lock(&self.identity) {
             family(
                 out,

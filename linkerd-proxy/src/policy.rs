@@ -11,10 +11,12 @@
 //! opaque connection ─► authorize(client ip, client identity) ─► allow: forward │ deny: close
 //! HTTP request ─► route (hosts, path, method, headers) ─► no route: 404
 //!              └► route authorizations + server authorizations ─► allow │ deny: 403 / PERMISSION_DENIED
+//!                   └► local rate limit (total, per identity, overrides) ─► over: 429 / RESOURCE_EXHAUSTED
 //! ```
 
 pub mod client;
 mod model;
+pub mod ratelimit;
 #[cfg(test)]
 mod tests;
 

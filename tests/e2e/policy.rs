@@ -14,7 +14,7 @@ use linkerd_proxy::{
 use linkerd_tests::{
     assert_eventually, client,
     mesh::{self, IdentityService, identity, leaf_policy, meshed_endpoint},
-    policy::{PolicyServer, mtls_identities, server},
+    policy::{PolicyServer, mtls_identities, server, unauthenticated, with_rate_limit},
     proxy::TestProxy,
     run,
     server::TestServer,
@@ -307,6 +307,89 @@ async fn readiness_waits_for_the_first_policy_and_the_default_serves_meanwhile()
         // The local default (all-unauthenticated) decides until the service answers.
         let rsp = client::get(proxy.inbound, "/echo").await;
         assert_eq!(rsp.status, 200, "{}", rsp.text());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_rate_limit_answers_429_beyond_each_identitys_budget() {
+    run(async {
+        let svc = IdentityService::start(policy()).await;
+        let (web, batch, api) = (identity("web"), identity("batch"), identity("api"));
+        let app = TestServer::start().await;
+        let port = app.addr().port();
+        let policies = PolicyServer::start(WORKLOAD).await;
+        // 40 requests per second in total, 15 per client identity.
+        policies.set(
+            port,
+            with_rate_limit(
+                server("api-http", false, vec![unauthenticated("anyone")]),
+                40,
+                Some(15),
+            ),
+        );
+        let (app_addr, port_s, policy_addr) = (
+            app.addr().to_string(),
+            port.to_string(),
+            policies.addr.to_string(),
+        );
+        let proxy_api = svc
+            .proxy(
+                &api,
+                &[
+                    (ENV_INBOUND_FORWARD_ADDR, &app_addr),
+                    (ENV_POLICY_SVC_ADDR, &policy_addr),
+                    (ENV_POLICY_WORKLOAD, WORKLOAD),
+                    (ENV_INBOUND_PORTS, &port_s),
+                ],
+            )
+            .await;
+        let endpoints = meshed_endpoint(WEB, proxy_api.inbound, &api);
+        let proxy_web = svc.proxy(&web, &[(ENV_STATIC_ENDPOINTS, &endpoints)]).await;
+        let proxy_batch = svc
+            .proxy(&batch, &[(ENV_STATIC_ENDPOINTS, &endpoints)])
+            .await;
+        let url = format!("http://{WEB}/echo");
+
+        // A burst of 30 from one identity: its 15 pass (plus what refills meanwhile).
+        let mut conn = client::http1(proxy_web.outbound).await;
+        let mut statuses = Vec::new();
+        for _ in 0..30 {
+            let rsp = client::send1(&mut conn, client::get_request(&url)).await;
+            if rsp.status == 429 {
+                let err = rsp.header(L5D_PROXY_ERROR).unwrap_or_default().to_string();
+                assert!(err.contains("rate limited"), "{err}");
+            }
+            statuses.push(rsp.status.as_u16());
+        }
+        let ok = statuses.iter().filter(|s| **s == 200).count();
+        let limited = statuses.iter().filter(|s| **s == 429).count();
+        assert_eq!(ok + limited, 30, "{statuses:?}");
+        assert!((15..=20).contains(&ok), "{ok} of 30 passed: {statuses:?}");
+        // Another identity has its own budget.
+        let mut conn_b = client::http1(proxy_batch.outbound).await;
+        let rsp = client::send1(&mut conn_b, client::get_request(&url)).await;
+        assert_eq!(rsp.status, 200, "{}", rsp.text());
+        let mut ok_b = 1;
+        // gRPC callers get RESOURCE_EXHAUSTED once the identity's budget is spent.
+        for _ in 0..20 {
+            let rsp = client::send1(&mut conn_b, client::get_request(&url)).await;
+            ok_b += usize::from(rsp.status == 200);
+        }
+        let mut req = client::request(http::Method::POST, &url, client::empty());
+        req.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        let rsp = client::send1(&mut conn_b, req).await;
+        assert_eq!(rsp.header("grpc-status"), Some("8"), "{:?}", rsp.headers);
+
+        let m = proxy_api.metrics().await;
+        let counted = m.sum(
+            "inbound_http_local_ratelimit_rate_limited_total",
+            &[("srv_name", "api-http"), ("ratelimit_name", "api-limit")],
+        );
+        assert!(counted >= (limited + 1) as f64, "{}", m.text);
+        // Only requests within the limits reached the app.
+        assert_eq!(app.request_count(), ok + ok_b);
     })
     .await;
 }

@@ -236,3 +236,32 @@ pub fn server(name: &str, opaque: bool, authorizations: Vec<Authz>) -> Server {
         .collect(),
     }
 }
+
+/// `server` with a local rate limit: `total` requests per second for everyone, and
+/// `per_identity` for each client identity.
+pub fn with_rate_limit(mut server: Server, total: u32, per_identity: Option<u32>) -> Server {
+    use linkerd2_proxy_api::inbound::{HttpLocalRateLimit, http_local_rate_limit::Limit};
+    if let Some(ProxyProtocol {
+        kind: Some(proxy_protocol::Kind::Http1(h)),
+    }) = server.protocol.as_mut()
+    {
+        h.local_rate_limit = Some(HttpLocalRateLimit {
+            metadata: Some(Metadata {
+                kind: Some(metadata::Kind::Resource(Resource {
+                    group: "policy.linkerd.io".into(),
+                    kind: "HTTPLocalRateLimitPolicy".into(),
+                    name: "api-limit".into(),
+                    ..Default::default()
+                })),
+            }),
+            total: Some(Limit {
+                requests_per_second: total,
+            }),
+            identity: per_identity.map(|rps| Limit {
+                requests_per_second: rps,
+            }),
+            overrides: vec![],
+        });
+    }
+    server
+}

@@ -37,6 +37,9 @@ pub enum ProxyError {
         grpc: Option<u32>,
         message: std::sync::Arc<str>,
     },
+    /// The inbound server's local rate limit refused the request.
+    #[error("rate limited by {0}")]
+    RateLimited(std::sync::Arc<str>),
     /// The route asks for something this proxy does not do.
     #[error("{0}")]
     Unsupported(&'static str),
@@ -69,6 +72,7 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::NoRoute => "no_route",
             ProxyError::Injected { .. } => "fault_injected",
+            ProxyError::RateLimited(_) => "rate_limited",
             ProxyError::Unsupported(_) => "unsupported_route",
         }
     }
@@ -79,6 +83,7 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => StatusCode::FORBIDDEN,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Injected { status, .. } => *status,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Unsupported(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Resolve(_) | ProxyError::Tls(TlsError::NoCredentials) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -109,6 +114,7 @@ impl ProxyError {
         }
         match self.http_status() {
             StatusCode::FORBIDDEN => 7,
+            StatusCode::TOO_MANY_REQUESTS => 8,
             StatusCode::NOT_FOUND => 5,
             StatusCode::GATEWAY_TIMEOUT => 4,
             StatusCode::BAD_REQUEST => 13,

@@ -224,7 +224,8 @@ impl HttpConn {
             return Ok(());
         };
         let host = authority.to_str().ok().filter(|h| !h.is_empty());
-        match policy.current().authorize_http(
+        let policy = policy.current();
+        match policy.authorize_http(
             *client,
             &self.tls,
             host,
@@ -232,7 +233,10 @@ impl HttpConn {
             req.uri().path(),
             req.headers(),
         ) {
-            HttpDecision::Allow => Ok(()),
+            HttpDecision::Allow => match &policy.rate_limit {
+                Some(rl) if !rl.admit(&self.tls) => Err(ProxyError::RateLimited(rl.name.clone())),
+                _ => Ok(()),
+            },
             HttpDecision::Deny { route } => Err(ProxyError::Unauthorized(route)),
             HttpDecision::NoRoute => Err(ProxyError::NoRoute),
         }

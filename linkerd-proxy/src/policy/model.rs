@@ -320,6 +320,8 @@ pub struct ServerPolicy {
     tcp_deny: Arc<AtomicU64>,
     /// Requests that matched no route (answered 404).
     no_route: Arc<AtomicU64>,
+    /// The server's local rate limit, if any.
+    pub rate_limit: Option<super::ratelimit::RateLimit>,
 }
 
 /// What to do with an HTTP request.
@@ -498,6 +500,7 @@ impl ServerPolicy {
             tcp_allow,
             tcp_deny,
             no_route,
+            rate_limit: None,
         }
     }
 
@@ -519,13 +522,26 @@ impl ServerPolicy {
             .and_then(|p| p.kind)
             .ok_or("the server has no protocol")?;
         use api::proxy_protocol::Kind;
-        let (protocol, routes) = match kind_proto {
-            Kind::Detect(d) => (ServerProtocol::Detect, http_routes(d.http_routes)?),
-            Kind::Http1(h) => (ServerProtocol::Http1, http_routes(h.routes)?),
-            Kind::Http2(h) => (ServerProtocol::Http2, http_routes(h.routes)?),
-            Kind::Grpc(g) => (ServerProtocol::Grpc, grpc_routes(g.routes)?),
-            Kind::Opaque(_) => (ServerProtocol::Opaque, vec![]),
-            Kind::Tls(_) => (ServerProtocol::Tls, vec![]),
+        let (protocol, routes, rate_limit) = match kind_proto {
+            Kind::Detect(d) => (
+                ServerProtocol::Detect,
+                http_routes(d.http_routes)?,
+                d.http_local_rate_limit,
+            ),
+            Kind::Http1(h) => (
+                ServerProtocol::Http1,
+                http_routes(h.routes)?,
+                h.local_rate_limit,
+            ),
+            Kind::Http2(h) => (
+                ServerProtocol::Http2,
+                http_routes(h.routes)?,
+                h.local_rate_limit,
+            ),
+            // The API has no rate limit for gRPC servers.
+            Kind::Grpc(g) => (ServerProtocol::Grpc, grpc_routes(g.routes)?, None),
+            Kind::Opaque(_) => (ServerProtocol::Opaque, vec![], None),
+            Kind::Tls(_) => (ServerProtocol::Tls, vec![], None),
         };
         // A server with HTTP traffic and no routes gets Linkerd's implicit default route, so
         // that its authorizations apply to every request instead of none matching.
@@ -546,14 +562,18 @@ impl ServerPolicy {
             .into_iter()
             .map(authorization)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(ServerPolicy::build(
-            kind,
-            name,
-            protocol,
-            authorizations,
-            routes,
-            metrics,
-        ))
+        // Linkerd's controller sends an empty limit object when none applies.
+        let rate_limit = rate_limit
+            .filter(|r| r.total.is_some() || r.identity.is_some() || !r.overrides.is_empty())
+            .map(|r| {
+                let (_, rl_name) = metadata_name(r.metadata.clone(), "ratelimit");
+                let counter = metrics.rate_limited(name.clone(), rl_name);
+                super::ratelimit::RateLimit::from_api(r, counter)
+            })
+            .transpose()?;
+        let mut policy = ServerPolicy::build(kind, name, protocol, authorizations, routes, metrics);
+        policy.rate_limit = rate_limit;
+        Ok(policy)
     }
 }
 
