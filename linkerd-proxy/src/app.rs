@@ -86,8 +86,10 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         }
         None => None,
     };
-    let policies = crate::policy::client::start(&config.policy, creds.clone(), metrics.clone())
+    let policy_channel = crate::policy::client::channel(&config.policy, creds.clone())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let policies =
+        crate::policy::client::start(&config.policy, policy_channel.clone(), metrics.clone());
     let statics = StaticResolve::new(&config.outbound.static_endpoints);
     let resolve: Arc<dyn Resolve> = match &config.destination {
         Some(d) => {
@@ -99,16 +101,11 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
     };
     let balancers = Arc::new(Balancers::new(resolve, config.outbound.balance));
     // Outbound policies come from the same policy service as the inbound ones.
-    let outbound_policies = Arc::new(match &config.policy.service {
-        Some(svc) => OutboundPolicies::new(
-            &svc.svc_addr,
-            svc.svc_name.as_deref(),
-            svc.workload.clone(),
-            creds.clone(),
-            metrics.clone(),
-        )
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
-        None => OutboundPolicies::disabled(metrics.clone()),
+    let outbound_policies = Arc::new(match (&config.policy.service, policy_channel) {
+        (Some(svc), Some(channel)) => {
+            OutboundPolicies::new(channel, svc.workload.clone(), metrics.clone())
+        }
+        _ => OutboundPolicies::disabled(metrics.clone()),
     });
     tokio::spawn(
         outbound_policies

@@ -22,7 +22,7 @@ mod tests;
 
 pub use model::*;
 
-use crate::{metrics::Metrics, tls::CredsRx};
+use crate::metrics::Metrics;
 use proto::api::outbound::{
     TrafficSpec, outbound_policies_client::OutboundPoliciesClient, traffic_spec,
 };
@@ -120,26 +120,14 @@ impl OutboundPolicies {
         }
     }
 
-    /// Outbound policies from the policy service (`LINKERD2_PROXY_POLICY_SVC_*`), asked on
-    /// behalf of `workload`.
-    pub fn new(
-        svc_addr: &str,
-        svc_name: Option<&str>,
-        workload: String,
-        creds: Option<CredsRx>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
-        let channel = crate::destination::control_channel(
-            svc_addr,
-            svc_name,
-            creds,
-            "LINKERD2_PROXY_POLICY_SVC_NAME",
-        )?;
-        Ok(Self {
+    /// Outbound policies from the policy service (`LINKERD2_PROXY_POLICY_SVC_*`) over
+    /// `channel` (shared with the inbound policy client), asked on behalf of `workload`.
+    pub fn new(channel: Channel, workload: String, metrics: Arc<Metrics>) -> Self {
+        Self {
             client: Some((OutboundPoliciesClient::new(channel), workload)),
             metrics,
             map: Mutex::default(),
-        })
+        }
     }
 
     pub fn is_enabled(&self) -> bool {

@@ -61,9 +61,11 @@ pub struct Args {
     /// plane), for `mesh stat`, `mesh edges`, `mesh graph` and `mesh check`.
     #[arg(long, default_value_os_t = crate::viz::default_state_file())]
     state: PathBuf,
-    /// The sidecar: `builtin` (default) runs `mesh proxy`, the proxy code inside this binary;
-    /// or the path of a `linkerd-proxy` binary (`cargo build --release -p linkerd-proxy`),
-    /// the same code in a binary a third the size, so fewer resident pages per sidecar.
+    /// The sidecar: the path of a `linkerd-proxy` binary, or `builtin` for `mesh proxy` (the
+    /// same proxy code inside this binary). By default the standalone `linkerd-proxy` next to
+    /// this binary when it was built with it (`cargo build --release -p mesh -p
+    /// linkerd-proxy`), else `builtin`. The standalone binary is a quarter the size, so each
+    /// sidecar maps fewer of its (shared) pages: RSS ≈ 7 MB instead of ≈ 13 MB.
     #[arg(long)]
     proxy_bin: Option<PathBuf>,
     /// How long a workload has to listen on its port and its sidecar to be ready.
@@ -545,7 +547,7 @@ impl ProxyCommand {
             args: vec!["proxy"],
         };
         match explicit {
-            None => Ok(builtin),
+            None => Ok(Self::standalone_beside(exe).unwrap_or(builtin)),
             Some(p) if p.as_os_str() == "builtin" => Ok(builtin),
             Some(p) if p.is_file() => Ok(Self {
                 program: p.to_path_buf(),
@@ -553,6 +555,26 @@ impl ProxyCommand {
             }),
             Some(p) => bail!("--proxy-bin {}: no such file", p.display()),
         }
+    }
+
+    /// `linkerd-proxy` in this binary's directory, if it was built with this binary (not more
+    /// than ten minutes before it: an older one may be another version of the proxy).
+    fn standalone_beside(exe: &Path) -> Option<Self> {
+        let path = exe.parent()?.join("linkerd-proxy");
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let (proxy, mesh) = (modified(&path)?, modified(exe)?);
+        let fresh = proxy + Duration::from_secs(600) >= mesh;
+        if !fresh {
+            eprintln!(
+                "mesh up: not using {} (older than this binary; rebuild it with \
+                 `cargo build --release -p mesh -p linkerd-proxy`): sidecars run `mesh proxy`",
+                path.display()
+            );
+        }
+        fresh.then(|| Self {
+            program: path,
+            args: vec![],
+        })
     }
 
     fn describe(&self) -> String {

@@ -336,6 +336,18 @@ impl KubeWatch {
                 Ok(e) => e,
                 Err(e) => {
                     self.metrics.kube_error();
+                    if first && resource_missing(&e) {
+                        // The kind's CRD is not installed (the Gateway API ones are optional):
+                        // it has no objects, which must not keep the controller unready. The
+                        // watch keeps retrying, so installing the CRD later is picked up.
+                        first = false;
+                        listed.send_modify(|n| *n += 1);
+                        tracing::warn!(
+                            kind = K::NAME,
+                            "the API server does not serve this kind (CRD not installed?); treating it as empty"
+                        );
+                        continue;
+                    }
                     tracing::warn!(kind = K::NAME, error = %e, "watch failed; retrying");
                     continue;
                 }
@@ -371,5 +383,46 @@ impl KubeWatch {
                 }
             }
         }
+    }
+}
+
+/// Whether a watch failed because the API server does not serve the kind at all (404 on the
+/// list: its CustomResourceDefinition is not installed).
+fn resource_missing(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 404,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            message: "the server could not find the requested resource".into(),
+            reason: "NotFound".into(),
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn a_kind_the_api_server_does_not_serve_counts_as_listed_and_empty() {
+        assert!(resource_missing(&watcher::Error::InitialListFailed(
+            api_error(404)
+        )));
+        assert!(resource_missing(&watcher::Error::WatchStartFailed(
+            api_error(404)
+        )));
+        // Forbidden (RBAC) or a server error is a real failure: keep retrying, stay unready.
+        assert!(!resource_missing(&watcher::Error::InitialListFailed(
+            api_error(403)
+        )));
+        assert!(!resource_missing(&watcher::Error::InitialListFailed(
+            api_error(500)
+        )));
     }
 }

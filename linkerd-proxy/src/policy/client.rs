@@ -65,30 +65,39 @@ impl Default for InboundPolicyConfig {
     }
 }
 
-/// Builds every port's policy watch and starts the streams.
-pub fn start(
+/// The channel to the policy service, when one is configured (shared by the inbound and
+/// outbound policy clients: one HTTP/2 connection).
+pub fn channel(
     cfg: &InboundPolicyConfig,
     creds: Option<CredsRx>,
+) -> Result<Option<Channel>, String> {
+    cfg.service
+        .as_ref()
+        .map(|svc| {
+            crate::destination::control_channel(
+                &svc.svc_addr,
+                svc.svc_name.as_deref(),
+                creds,
+                "LINKERD2_PROXY_POLICY_SVC_NAME",
+            )
+        })
+        .transpose()
+}
+
+/// Builds every port's policy watch and starts the streams over `channel` (from [`channel`]).
+pub fn start(
+    cfg: &InboundPolicyConfig,
+    channel: Option<Channel>,
     metrics: Arc<Metrics>,
-) -> Result<Policies, String> {
-    let Some(svc) = &cfg.service else {
-        return Ok(Policies::fixed(
-            cfg.default,
-            &cfg.cluster_networks,
-            &metrics,
-        ));
+) -> Policies {
+    let (Some(svc), Some(channel)) = (&cfg.service, channel) else {
+        return Policies::fixed(cfg.default, &cfg.cluster_networks, &metrics);
     };
     let default = Arc::new(ServerPolicy::default_for(
         cfg.default,
         &cfg.cluster_networks,
         &metrics,
     ));
-    let channel = crate::destination::control_channel(
-        &svc.svc_addr,
-        svc.svc_name.as_deref(),
-        creds,
-        "LINKERD2_PROXY_POLICY_SVC_NAME",
-    )?;
     let mut ports = HashMap::new();
     let pending = Arc::new(AtomicUsize::new(svc.ports.len()));
     for &port in &svc.ports {
@@ -105,7 +114,7 @@ pub fn start(
         tokio::spawn(watch_port(client, spec, tx, metrics.clone(), first));
         ports.insert(port, rx);
     }
-    Ok(Policies::new(ports, default, pending))
+    Policies::new(ports, default, pending)
 }
 
 /// The longest readiness waits for a port's first policy; after it, the default serves on and
