@@ -22,6 +22,7 @@ use crate::{
     certify,
     load::{self, LoadOpts},
     mesh::{self, Counters, Mesh, MeshOpts, ProxyAddrs, ProxyProc},
+    policy::{self, Case, PolicyMesh, PolicyOpts},
     procfs::{self, Guarded, Scratch},
     tools,
 };
@@ -45,6 +46,9 @@ pub struct AllOpts {
     pub certify_concurrency: usize,
     /// Run only scenarios whose name starts with one of these.
     pub only: Vec<String>,
+    /// Rounds of each scenario's paths (direct, proxy, mesh, policy cases, then again); with
+    /// more than one, every row carries its `round` and a `median` row follows each path.
+    pub repeats: usize,
     pub proxy_log: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
 }
@@ -70,6 +74,9 @@ enum Via {
     Proxy,
     /// Load generator -> client proxy (outbound) -> mTLS -> server proxy (inbound) -> upstream.
     Mesh,
+    /// The mesh path with the destination and policy services, and one policy case enabled
+    /// (HTTP/1.1 saturation only).
+    MeshPolicy(Case),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -92,6 +99,7 @@ impl Scenario {
             Via::Direct => "direct",
             Via::Proxy => "proxy",
             Via::Mesh => "mesh",
+            Via::MeshPolicy(case) => return case.name().to_string(),
         };
         format!("{proto}_{kind}_{path}")
     }
@@ -121,10 +129,22 @@ fn plan(opts: &AllOpts) -> Vec<(Scenario, Vec<Via>)> {
     scenarios
         .into_iter()
         .filter_map(|sc| {
-            let others: Vec<Via> = [Via::Proxy, Via::Mesh]
+            let mut others: Vec<Via> = [Via::Proxy, Via::Mesh]
                 .into_iter()
                 .filter(|v| selected(opts, &sc.name(*v)))
                 .collect();
+            // The policy cases: HTTP/1.1 saturation, against the plain mesh of the same run.
+            if sc.proto == Proto::Http1 && sc.kind == Kind::Saturation {
+                let cases: Vec<Via> = Case::ALL
+                    .into_iter()
+                    .map(Via::MeshPolicy)
+                    .filter(|v| selected(opts, &sc.name(*v)))
+                    .collect();
+                if !cases.is_empty() && !others.contains(&Via::Mesh) {
+                    others.push(Via::Mesh);
+                }
+                others.extend(cases);
+            }
             let mut paths = Vec::new();
             if selected(opts, &sc.name(Via::Direct)) || !others.is_empty() {
                 paths.push(Via::Direct);
@@ -417,6 +437,7 @@ struct Procs {
     server_addr: SocketAddr,
     proxy: Option<ProxyProc>,
     mesh: Option<Mesh>,
+    policy: Option<PolicyMesh>,
 }
 
 impl Procs {
@@ -428,6 +449,9 @@ impl Procs {
         }
         if let Some(m) = &self.mesh {
             pids.extend([m.identity.pid, m.client.child.pid, m.server.child.pid]);
+        }
+        if let Some(pm) = &self.policy {
+            pids.extend(pm.pids());
         }
         pids
     }
@@ -447,6 +471,18 @@ impl Procs {
             })?;
             proxies.push(&mut m.client);
             proxies.push(&mut m.server);
+        }
+        if let Some(pm) = &mut self.policy {
+            for (child, log) in [
+                (&mut pm.destination, &pm.destination_log),
+                (&mut pm.policy, &pm.policy_log),
+            ] {
+                child.check_running().map_err(|e| {
+                    anyhow::anyhow!("{e} during {during}\nlog:\n{}", mesh::log_tail(log))
+                })?;
+            }
+            proxies.push(&mut pm.client);
+            proxies.extend(pm.servers.values_mut());
         }
         for p in proxies {
             p.child.check_running().map_err(|e| {
@@ -468,7 +504,7 @@ fn cpu_of(pids: &[u32]) -> anyhow::Result<f64> {
 async fn run_http(opts: &AllOpts, env: &Env, plan: &[(Scenario, Vec<Via>)]) -> anyhow::Result<()> {
     let pid_file = opts.pid_file.as_deref();
     let uses = |via: Via| plan.iter().any(|(_, paths)| paths.contains(&via));
-    let ports = free_ports(12)?;
+    let ports = free_ports(28)?;
     let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let server_addr = loopback(ports[0]);
 
@@ -497,6 +533,7 @@ async fn run_http(opts: &AllOpts, env: &Env, plan: &[(Scenario, Vec<Via>)]) -> a
         server_addr,
         proxy: None,
         mesh: None,
+        policy: None,
     };
     // Peak RSS per proxy role over the run.
     let mut peaks: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -639,109 +676,282 @@ async fn run_http(opts: &AllOpts, env: &Env, plan: &[(Scenario, Vec<Via>)]) -> a
         ])?;
     }
 
+    let cases: Vec<Case> = plan
+        .iter()
+        .flat_map(|(_, paths)| paths)
+        .filter_map(|v| match v {
+            Via::MeshPolicy(c) => Some(*c),
+            _ => None,
+        })
+        .collect();
+    if !cases.is_empty() {
+        let m = procs
+            .mesh
+            .as_ref()
+            .context("the policy cases need the mesh")?;
+        let pm = policy::start(
+            &PolicyOpts {
+                mesh_bin: &env.mesh_bin,
+                proxy_bin: &env.proxy_bin,
+                proxy_cores: opts.proxy_cores,
+                upstream: server_addr,
+                scratch: &env.scratch.0,
+                log_dir: &env.log_dir,
+                pid_file,
+            },
+            m,
+            &ports[12..28],
+        )
+        .await?;
+        procs.policy = Some(pm);
+        let pm = procs.policy.as_ref().context("policy mesh")?;
+        // One request per case end to end: the first waits for the Service's policy.
+        for case in &cases {
+            let url = format!("http://{}/", case.authority());
+            let status = request_via_proxy(pm.client.outbound, &url)
+                .await
+                .with_context(|| format!("a request for {url} through the policy mesh"))?;
+            if status != StatusCode::OK {
+                let mut logs = format!(
+                    "client proxy log:\n{}\npolicy log:\n{}",
+                    mesh::log_tail(&pm.client.log),
+                    mesh::log_tail(&pm.policy_log)
+                );
+                for p in pm.servers.values() {
+                    logs.push_str(&format!("\n{} log:\n{}", p.role, mesh::log_tail(&p.log)));
+                }
+                bail!(
+                    "{}: a request for {url} answered {status}\n{logs}",
+                    case.name()
+                );
+            }
+        }
+        let mut proxies = serde_json::Map::new();
+        for p in std::iter::once(&pm.client).chain(pm.servers.values()) {
+            let pid = p.child.pid;
+            let hwm = procfs::status_number(pid, "VmHWM")?;
+            peaks.insert(p.role, hwm);
+            proxies.insert(
+                p.role.to_string(),
+                json!({
+                    "rss_kb": procfs::status_number(pid, "VmRSS")?,
+                    "hwm_kb": hwm,
+                    "identity": p.identity,
+                    "listener": listener(p.role),
+                }),
+            );
+            hwm_resettable &= procfs::reset_peak_rss(pid);
+        }
+        emit(&[
+            ("scenario", json!("mesh_policy_idle")),
+            ("proxies", Value::Object(proxies)),
+            (
+                "destination_rss_kb",
+                json!(procfs::status_number(pm.destination.pid, "VmRSS").ok()),
+            ),
+            (
+                "policy_rss_kb",
+                json!(procfs::status_number(pm.policy.pid, "VmRSS").ok()),
+            ),
+            (
+                "ready_in_ms",
+                json!(round(pm.ready_in.as_secs_f64() * 1e3, 1)),
+            ),
+            (
+                "services",
+                json!(cases.iter().map(|c| c.authority()).collect::<Vec<_>>()),
+            ),
+            ("loadavg_1m", json!(loadavg())),
+        ])?;
+    }
+
     let cpu_start: BTreeMap<u32, f64> = procs
         .pids()
         .into_iter()
         .filter_map(|p| Some((p, procfs::cpu_seconds(p).ok()?)))
         .collect();
     let mut total_errors = 0u64;
+    let mut policy_failures: Vec<String> = Vec::new();
+    let repeats = opts.repeats.max(1);
     for (sc, paths) in plan {
-        let mut direct: Option<Measured> = None;
-        for &path in paths {
-            let name = sc.name(path);
-            let (url, via_proxy, probes) = match path {
-                Via::Direct => (format!("http://{}/", procs.server_addr), None, vec![]),
-                Via::Proxy => {
-                    let p = procs.proxy.as_ref().context("no proxy")?;
-                    (format!("http://{}/", p.inbound), None, vec![Probe::of(p)])
+        let mut rounds: BTreeMap<String, Vec<RoundOf>> = BTreeMap::new();
+        for r in 0..repeats {
+            let mut direct: Option<Measured> = None;
+            let mut plain_mesh: Option<Measured> = None;
+            for &path in paths {
+                let name = sc.name(path);
+                let (url, via_proxy, probes) = match path {
+                    Via::Direct => (format!("http://{}/", procs.server_addr), None, vec![]),
+                    Via::Proxy => {
+                        let p = procs.proxy.as_ref().context("no proxy")?;
+                        (format!("http://{}/", p.inbound), None, vec![Probe::of(p)])
+                    }
+                    Via::Mesh => {
+                        let m = procs.mesh.as_ref().context("no mesh")?;
+                        (
+                            format!("http://{}/", mesh::SERVICE),
+                            Some(m.client.outbound),
+                            vec![Probe::of(&m.client), Probe::of(&m.server)],
+                        )
+                    }
+                    Via::MeshPolicy(case) => {
+                        let pm = procs.policy.as_ref().context("no policy mesh")?;
+                        let mut probes = vec![Probe::of(&pm.client)];
+                        for s in case.servers() {
+                            probes.push(Probe::of(pm.server(*s)?));
+                        }
+                        (
+                            format!("http://{}/", case.authority()),
+                            Some(pm.client.outbound),
+                            probes,
+                        )
+                    }
+                };
+                // Let sockets from the previous run close and the machine go quiet.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let of = if repeats > 1 {
+                    format!(", round {}/{repeats}", r + 1)
+                } else {
+                    String::new()
+                };
+                eprintln!(
+                    "bench: {name} ({:.0}s{of}) ...",
+                    opts.duration.as_secs_f64().ceil()
+                );
+                let mut before = Vec::new();
+                for p in &probes {
+                    if hwm_resettable {
+                        procfs::reset_peak_rss(p.pid);
+                    }
+                    before.push(Before {
+                        counters: scrape_counters(p.admin).await,
+                        cpu: procfs::cpu_seconds(p.pid)?,
+                    });
                 }
-                Via::Mesh => {
-                    let m = procs.mesh.as_ref().context("no mesh")?;
-                    (
-                        format!("http://{}/", mesh::SERVICE),
-                        Some(m.client.outbound),
-                        vec![Probe::of(&m.client), Probe::of(&m.server)],
-                    )
+                let pids = procs.pids();
+                let background_cpu0 = cpu_of(&pids)?;
+                let server_cpu0 = procfs::cpu_seconds(procs.server.pid)?;
+                let load_cpu0 = procfs::self_and_children_cpu_seconds()?;
+                let machine0 = procfs::machine_busy_seconds()?;
+                let started = Instant::now();
+                let m = measure(opts, *sc, &url, via_proxy, &env.scratch.0, pid_file).await;
+                let wall = started.elapsed().as_secs_f64();
+                procs.check_running(&name)?;
+                let m = m.with_context(|| format!("scenario {name}"))?;
+                let server_cpu = procfs::cpu_seconds(procs.server.pid)? - server_cpu0;
+                let load_cpu = procfs::self_and_children_cpu_seconds()? - load_cpu0;
+                let machine = procfs::machine_busy_seconds()? - machine0;
+                let background_cpu = cpu_of(&pids)? - background_cpu0;
+                let mut used = Vec::new();
+                for (p, b) in probes.iter().zip(before) {
+                    let after = scrape_counters(p.admin).await;
+                    let rss_kb = procfs::status_number(p.pid, "VmHWM")?;
+                    let peak = peaks.entry(p.role).or_default();
+                    *peak = (*peak).max(rss_kb);
+                    used.push(ProxyUse {
+                        role: p.role,
+                        rss_kb,
+                        cpu_s: procfs::cpu_seconds(p.pid)? - b.cpu,
+                        counters: match (b.counters, after) {
+                            (Some(b), Some(a)) => Some(a.since(&b)),
+                            _ => None,
+                        },
+                    });
                 }
-            };
-            // Let sockets from the previous run close and the machine go quiet.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            eprintln!(
-                "bench: {name} ({:.0}s) ...",
-                opts.duration.as_secs_f64().ceil()
-            );
-            let mut before = Vec::new();
-            for p in &probes {
-                if hwm_resettable {
-                    procfs::reset_peak_rss(p.pid);
-                }
-                before.push(Before {
-                    counters: scrape_counters(p.admin).await,
-                    cpu: procfs::cpu_seconds(p.pid)?,
-                });
-            }
-            let pids = procs.pids();
-            let background_cpu0 = cpu_of(&pids)?;
-            let server_cpu0 = procfs::cpu_seconds(procs.server.pid)?;
-            let load_cpu0 = procfs::self_and_children_cpu_seconds()?;
-            let machine0 = procfs::machine_busy_seconds()?;
-            let started = Instant::now();
-            let m = measure(opts, *sc, &url, via_proxy, &env.scratch.0, pid_file).await;
-            let wall = started.elapsed().as_secs_f64();
-            procs.check_running(&name)?;
-            let m = m.with_context(|| format!("scenario {name}"))?;
-            let server_cpu = procfs::cpu_seconds(procs.server.pid)? - server_cpu0;
-            let load_cpu = procfs::self_and_children_cpu_seconds()? - load_cpu0;
-            let machine = procfs::machine_busy_seconds()? - machine0;
-            let background_cpu = cpu_of(&pids)? - background_cpu0;
-            let mut used = Vec::new();
-            for (p, b) in probes.iter().zip(before) {
-                let after = scrape_counters(p.admin).await;
-                let rss_kb = procfs::status_number(p.pid, "VmHWM")?;
-                let peak = peaks.entry(p.role).or_default();
-                *peak = (*peak).max(rss_kb);
-                used.push(ProxyUse {
-                    role: p.role,
-                    rss_kb,
-                    cpu_s: procfs::cpu_seconds(p.pid)? - b.cpu,
-                    counters: match (b.counters, after) {
-                        (Some(b), Some(a)) => Some(a.since(&b)),
-                        _ => None,
-                    },
-                });
-            }
-            total_errors += m.errors;
+                total_errors += m.errors;
 
-            let mut fields: Vec<(&str, Value)> = vec![
-                ("scenario", json!(name)),
-                ("rps", json!(round(m.rps, 1))),
-                ("p50_us", json!(m.p50)),
-                ("p99_us", json!(m.p99)),
-                ("p999_us", json!(m.p999)),
-                ("max_us", json!(m.max)),
-                ("requests", json!(m.requests)),
-                ("errors", json!(m.errors)),
-            ];
-            if path == Via::Direct {
-                fields.push(("proxy_rss_kb", Value::Null));
-                fields.push(("proxy_cpu_s", Value::Null));
-            } else {
-                proxied_fields(&mut fields, path, &m, direct.as_ref(), &used);
+                let mut fields: Vec<(&str, Value)> = vec![("scenario", json!(name))];
+                if repeats > 1 {
+                    fields.push(("round", json!(r + 1)));
+                }
+                fields.extend([
+                    ("rps", json!(round(m.rps, 1))),
+                    ("p50_us", json!(m.p50)),
+                    ("p99_us", json!(m.p99)),
+                    ("p999_us", json!(m.p999)),
+                    ("max_us", json!(m.max)),
+                    ("requests", json!(m.requests)),
+                    ("errors", json!(m.errors)),
+                ]);
+                let baseline = match path {
+                    Via::MeshPolicy(_) => plain_mesh.as_ref(),
+                    _ => None,
+                };
+                if path == Via::Direct {
+                    fields.push(("proxy_rss_kb", Value::Null));
+                    fields.push(("proxy_cpu_s", Value::Null));
+                } else {
+                    proxied_fields(&mut fields, path, &m, direct.as_ref(), baseline, &used);
+                }
+                let mut applied = None;
+                if let Via::MeshPolicy(case) = path {
+                    let verdict = match used.iter().map(|u| u.counters.as_ref()).collect() {
+                        Some(cs) => {
+                            let cs: Vec<&Counters> = cs;
+                            let servers: Vec<_> = case
+                                .servers()
+                                .iter()
+                                .copied()
+                                .zip(cs[1..].iter().copied())
+                                .collect();
+                            case.check(cs[0], &servers)
+                        }
+                        None => Err("a proxy's /metrics could not be read".to_string()),
+                    };
+                    match verdict {
+                        Ok(evidence) => {
+                            applied = Some(true);
+                            fields.push(("policy", evidence));
+                        }
+                        Err(e) => {
+                            eprintln!("bench: ERROR: {name}: the policy was not applied: {e}");
+                            policy_failures.push(format!("{name}: {e}"));
+                            applied = Some(false);
+                            fields.push((
+                                "policy",
+                                json!({"enabled": case.describe(), "applied": false, "error": e}),
+                            ));
+                        }
+                    }
+                }
+                fields.push(("server_cpu_s", json!(round(server_cpu, 2))));
+                fields.push(("loadgen_cpu_s", json!(round(load_cpu, 2))));
+                // Busy CPU not accounted to our processes (server, proxies, identity service,
+                // control plane, load generator): other work on the machine (and some
+                // interrupt time). Large values mean the numbers are not trustworthy.
+                let other = (machine - background_cpu - load_cpu).max(0.0);
+                fields.push(("other_cpu_s", json!(round(other, 2))));
+                // More than a tenth of a core on average went to something else.
+                fields.push(("disturbed", json!(other > 0.1 * wall)));
+                fields.push(("wall_s", json!(round(wall, 2))));
+                fields.extend(m.extra.iter().cloned());
+                emit(&fields)?;
+                let cpu: f64 = used.iter().map(|u| u.cpu_s).sum();
+                rounds.entry(name).or_default().push(RoundOf {
+                    rps: m.rps,
+                    p50: m.p50 as f64,
+                    p99: m.p99 as f64,
+                    errors: m.errors,
+                    cpu_us_per_req: (path != Via::Direct && m.requests > 0)
+                        .then(|| cpu * 1e6 / m.requests as f64),
+                    ratio: direct.as_ref().map(|d| ratio(m.rps, d.rps)),
+                    ratio_vs_mesh: baseline.map(|b| ratio(m.rps, b.rps)),
+                    applied,
+                    disturbed: other > 0.1 * wall,
+                });
+                match path {
+                    Via::Direct => direct = Some(m),
+                    Via::Mesh => plain_mesh = Some(m),
+                    _ => {}
+                }
             }
-            fields.push(("server_cpu_s", json!(round(server_cpu, 2))));
-            fields.push(("loadgen_cpu_s", json!(round(load_cpu, 2))));
-            // Busy CPU not accounted to our processes (server, proxies, identity service, load
-            // generator): other work on the machine (and some interrupt time). Large values
-            // mean the numbers are not trustworthy.
-            let other = (machine - background_cpu - load_cpu).max(0.0);
-            fields.push(("other_cpu_s", json!(round(other, 2))));
-            // More than a tenth of a core on average went to something else.
-            fields.push(("disturbed", json!(other > 0.1 * wall)));
-            fields.push(("wall_s", json!(round(wall, 2))));
-            fields.extend(m.extra.iter().cloned());
-            emit(&fields)?;
-            if path == Via::Direct {
-                direct = Some(m);
+        }
+        if repeats > 1 {
+            for &path in paths {
+                let name = sc.name(path);
+                if let Some(rs) = rounds.get(&name) {
+                    emit(&median_row(&name, rs))?;
+                }
             }
         }
     }
@@ -767,6 +977,66 @@ async fn run_http(opts: &AllOpts, env: &Env, plan: &[(Scenario, Vec<Via>)]) -> a
             ("proxy_log_lines", json!(log_lines(&proxy.log))),
             ("proxy_exit", json!(proxy_exit)),
             ("load_errors", json!(total_errors)),
+            ("loadavg_1m", json!(loadavg())),
+        ])?;
+    }
+    if let Some(mut pm) = procs.policy.take() {
+        let mut proxies = serde_json::Map::new();
+        let mut rss_max = 0;
+        let mut peak_max = 0;
+        let mut log_total = 0;
+        for p in std::iter::once(&pm.client).chain(pm.servers.values()) {
+            let pid = p.child.pid;
+            let end_rss = procfs::status_number(pid, "VmRSS")?;
+            let end_hwm = procfs::status_number(pid, "VmHWM")?;
+            let peak = peaks.get(p.role).copied().unwrap_or(0).max(end_hwm);
+            let cpu_total = procfs::cpu_seconds(pid)? - cpu_start.get(&pid).copied().unwrap_or(0.0);
+            let failures = scrape_counters(p.admin).await.map(|c| c.failures);
+            rss_max = rss_max.max(end_rss);
+            peak_max = peak_max.max(peak);
+            let lines = log_lines(&p.log);
+            log_total += lines;
+            proxies.insert(
+                p.role.to_string(),
+                json!({
+                    "rss_end_kb": end_rss,
+                    "peak_rss_kb": peak,
+                    "cpu_total_s": round(cpu_total, 2),
+                    "failed_responses": failures,
+                    "log_lines": lines,
+                    "log": p.log.display().to_string(),
+                }),
+            );
+        }
+        let destination_rss = procfs::status_number(pm.destination.pid, "VmRSS").ok();
+        let policy_rss = procfs::status_number(pm.policy.pid, "VmRSS").ok();
+        let mut exits = Vec::new();
+        for p in std::iter::once(&mut pm.client).chain(pm.servers.values_mut()) {
+            let exit = shutdown(p).await;
+            if let Some(Value::Object(o)) = proxies.get_mut(p.role) {
+                o.insert("exit".into(), json!(exit));
+            }
+            exits.push(exit);
+        }
+        let _ = kill(&mut pm.destination).await;
+        let _ = kill(&mut pm.policy).await;
+        emit(&[
+            ("scenario", json!("mesh_policy_end")),
+            ("proxy_rss_end_kb", json!(rss_max)),
+            ("proxy_peak_rss_kb", json!(peak_max)),
+            ("proxies", Value::Object(proxies)),
+            (
+                "proxies_exit_clean",
+                json!(exits.iter().all(|e| e == "exit status: 0")),
+            ),
+            ("proxy_log_lines", json!(log_total)),
+            ("destination_rss_kb", json!(destination_rss)),
+            ("policy_rss_kb", json!(policy_rss)),
+            (
+                "control_plane_log_lines",
+                json!(log_lines(&pm.destination_log) + log_lines(&pm.policy_log)),
+            ),
+            ("policy_failures", json!(policy_failures)),
             ("loadavg_1m", json!(loadavg())),
         ])?;
     }
@@ -828,6 +1098,12 @@ async fn run_http(opts: &AllOpts, env: &Env, plan: &[(Scenario, Vec<Via>)]) -> a
             ("loadavg_1m", json!(loadavg())),
         ])?;
     }
+    if !policy_failures.is_empty() {
+        bail!(
+            "a policy scenario measured a policy that was not applied:\n{}",
+            policy_failures.join("\n")
+        );
+    }
     Ok(())
 }
 
@@ -837,6 +1113,7 @@ fn proxied_fields(
     path: Via,
     m: &Measured,
     direct: Option<&Measured>,
+    plain_mesh: Option<&Measured>,
     used: &[ProxyUse],
 ) {
     // With two proxies: the larger peak (each is a separate sidecar), the summed CPU.
@@ -851,10 +1128,14 @@ fn proxied_fields(
         ));
     }
     if let Some(d) = direct {
-        let ratio = if d.rps > 0.0 { m.rps / d.rps } else { 0.0 };
-        fields.push(("ratio_rps", json!(round(ratio, 3))));
+        fields.push(("ratio_rps", json!(round(ratio(m.rps, d.rps), 3))));
         fields.push(("added_p50_us", json!(m.p50 as i64 - d.p50 as i64)));
         fields.push(("added_p99_us", json!(m.p99 as i64 - d.p99 as i64)));
+    }
+    if let Some(b) = plain_mesh {
+        fields.push(("ratio_rps_vs_mesh", json!(round(ratio(m.rps, b.rps), 3))));
+        fields.push(("added_p50_us_vs_mesh", json!(m.p50 as i64 - b.p50 as i64)));
+        fields.push(("added_p99_us_vs_mesh", json!(m.p99 as i64 - b.p99 as i64)));
     }
     let counters: Option<Vec<&Counters>> = used.iter().map(|u| u.counters.as_ref()).collect();
     if let Some(cs) = &counters {
@@ -872,9 +1153,25 @@ fn proxied_fields(
     }
     match path {
         Via::Proxy | Via::Direct => fields.push(("listener", json!("inbound"))),
-        Via::Mesh => {
-            let server = used.iter().find(|u| u.role == "server");
-            let server_counters = server.and_then(|u| u.counters.as_ref());
+        Via::Mesh | Via::MeshPolicy(_) => {
+            // Every server proxy the requests reached (two for the weighted split).
+            let servers: Option<Vec<&Counters>> = used
+                .iter()
+                .filter(|u| !is_client(u.role))
+                .map(|u| u.counters.as_ref())
+                .collect();
+            let merged = servers.map(|cs| {
+                let mut all = Counters::default();
+                for c in cs {
+                    all.inbound_requests += c.inbound_requests;
+                    all.inbound_tls_requests += c.inbound_tls_requests;
+                    for (k, v) in &c.inbound_client_ids {
+                        *all.inbound_client_ids.entry(k.clone()).or_default() += v;
+                    }
+                }
+                all
+            });
+            let server_counters = merged.as_ref();
             fields.push((
                 "mtls_fraction",
                 json!(server_counters.and_then(Counters::mtls_fraction)),
@@ -896,8 +1193,8 @@ fn proxied_fields(
                     // Connections the proxy opened: to the server proxy (client), to the
                     // upstream server (server).
                     o.insert("tcp_connects".into(), json!(c.tcp_connects));
-                    match u.role {
-                        "client" => {
+                    match is_client(u.role) {
+                        true => {
                             o.insert("outbound_requests".into(), json!(c.outbound_requests));
                             o.insert("mtls_server_ids".into(), json!(c.outbound_server_ids));
                         }
@@ -922,9 +1219,113 @@ fn proxied_fields(
 fn listener(role: &str) -> &'static str {
     match role {
         "client" => "outbound (HTTP proxy, absolute-form / :authority)",
+        "policy-client" => {
+            "outbound (HTTP proxy, :authority; destination + OutboundPolicies/Watch)"
+        }
         "server" => "inbound (mTLS, MESH_PROXY_INBOUND_FORWARD_ADDR -> upstream server)",
+        r if r.starts_with("policy-server") => {
+            "inbound (mTLS, InboundServerPolicies/WatchPort, MESH_PROXY_INBOUND_FORWARD_ADDR -> upstream server)"
+        }
         _ => "inbound (MESH_PROXY_INBOUND_FORWARD_ADDR -> upstream server)",
     }
+}
+
+/// The mesh's client side (`client`, `policy-client`); the others are server proxies.
+fn is_client(role: &str) -> bool {
+    role.ends_with("client")
+}
+
+/// `a / b`, 0 when `b` is 0.
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+/// One round of one path, for the medians.
+#[derive(Clone, Debug)]
+struct RoundOf {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    errors: u64,
+    cpu_us_per_req: Option<f64>,
+    /// Against direct, and (policy cases) against the plain mesh, of the same round.
+    ratio: Option<f64>,
+    ratio_vs_mesh: Option<f64>,
+    /// Policy cases: whether the check passed.
+    applied: Option<bool>,
+    disturbed: bool,
+}
+
+/// The median (the mean of the middle two for an even count); `None` when empty.
+fn median(mut xs: Vec<f64>) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    Some(if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    })
+}
+
+/// The `median` row of a path over its rounds. The ratios are medians of each round's own
+/// ratio (each against the baselines measured just before it), not ratios of medians.
+fn median_row(name: &str, rs: &[RoundOf]) -> Vec<(&'static str, Value)> {
+    let med = |f: fn(&RoundOf) -> Option<f64>, places: i32| {
+        json!(median(rs.iter().filter_map(f).collect()).map(|x| round(x, places)))
+    };
+    let mut row = vec![
+        ("scenario", json!(name)),
+        ("round", json!("median")),
+        ("rounds", json!(rs.len())),
+        ("rps", med(|r| Some(r.rps), 1)),
+        (
+            "rps_all",
+            json!(rs.iter().map(|r| round(r.rps, 1)).collect::<Vec<_>>()),
+        ),
+        ("p50_us", med(|r| Some(r.p50), 0)),
+        ("p99_us", med(|r| Some(r.p99), 0)),
+        ("errors", json!(rs.iter().map(|r| r.errors).sum::<u64>())),
+    ];
+    if rs.iter().any(|r| r.cpu_us_per_req.is_some()) {
+        row.push(("proxy_cpu_us_per_req", med(|r| r.cpu_us_per_req, 2)));
+    }
+    if rs.iter().any(|r| r.ratio.is_some()) {
+        row.push(("ratio_rps", med(|r| r.ratio, 3)));
+        row.push((
+            "ratio_rps_all",
+            json!(
+                rs.iter()
+                    .filter_map(|r| r.ratio.map(|x| round(x, 3)))
+                    .collect::<Vec<_>>()
+            ),
+        ));
+    }
+    if rs.iter().any(|r| r.ratio_vs_mesh.is_some()) {
+        row.push(("ratio_rps_vs_mesh", med(|r| r.ratio_vs_mesh, 3)));
+        row.push((
+            "ratio_rps_vs_mesh_all",
+            json!(
+                rs.iter()
+                    .filter_map(|r| r.ratio_vs_mesh.map(|x| round(x, 3)))
+                    .collect::<Vec<_>>()
+            ),
+        ));
+    }
+    if rs.iter().any(|r| r.applied.is_some()) {
+        row.push((
+            "policy_applied",
+            json!(rs.iter().all(|r| r.applied == Some(true))),
+        ));
+    }
+    row.push((
+        "disturbed_rounds",
+        json!(rs.iter().filter(|r| r.disturbed).count()),
+    ));
+    row.push(("loadavg_1m", json!(loadavg())));
+    row
 }
 
 fn log_lines(path: &Path) -> usize {
@@ -1083,6 +1484,7 @@ mod tests {
             rates: vec![1000, 5000],
             certify_concurrency: 4,
             only: only.iter().map(|s| s.to_string()).collect(),
+            repeats: 1,
             proxy_log: None,
             pid_file: None,
         }
@@ -1129,6 +1531,39 @@ mod tests {
         assert_eq!(names(&p), ["http1_rate5000_direct"]);
         assert!(plan(&opts(&["certify"])).is_empty());
         assert_eq!(plan(&opts(&[])).len(), 6);
-        assert_eq!(names(&plan(&opts(&[]))).len(), 18);
+        assert_eq!(names(&plan(&opts(&[]))).len(), 18 + Case::ALL.len());
+    }
+
+    #[test]
+    fn plan_brings_both_baselines_for_the_policy_cases() {
+        let p = plan(&opts(&["mesh_policy_route_retry_authz"]));
+        assert_eq!(
+            names(&p),
+            [
+                "http1_saturation_direct",
+                "http1_saturation_mesh",
+                "mesh_policy_route_retry_authz"
+            ]
+        );
+        let all = names(&plan(&opts(&["mesh_policy"])));
+        assert_eq!(all.len(), 2 + Case::ALL.len());
+        assert_eq!(all[2], "mesh_policy_none");
+        // The policy cases are HTTP/1.1 saturation only, and not part of the mesh prefix.
+        assert_eq!(
+            names(&plan(&opts(&["http1_saturation_mesh"]))),
+            ["http1_saturation_direct", "http1_saturation_mesh"]
+        );
+        assert!(
+            !names(&plan(&opts(&["http2_saturation"])))
+                .iter()
+                .any(|n| n.starts_with("mesh_policy"))
+        );
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
     }
 }

@@ -10,6 +10,7 @@ mod certify;
 mod destination;
 mod load;
 mod mesh;
+mod policy;
 mod procfs;
 mod server;
 mod stats;
@@ -74,6 +75,10 @@ enum Cmd {
         /// `_proxy` or `_mesh` scenario always brings its `_direct` baseline along.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Run each scenario's paths this many times in turn (direct, proxy, mesh, the policy
+        /// cases, then again) and add a `median` row per path.
+        #[arg(long, default_value_t = 1)]
+        repeats: usize,
         /// Where to write the proxy's stderr [default: a temporary file]. The mesh's logs
         /// (`identity.log`, `mesh-client-proxy.log`, `mesh-server-proxy.log`) go next to it.
         #[arg(long)]
@@ -146,6 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rates,
             certify_concurrency,
             only,
+            repeats,
             proxy_log,
             pid_file,
         } => {
@@ -162,6 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 rates,
                 certify_concurrency,
                 only,
+                repeats,
                 proxy_log,
                 pid_file,
             };

@@ -95,6 +95,12 @@ pub struct Mesh {
     pub identity: Guarded,
     pub identity_admin: SocketAddr,
     pub identity_log: PathBuf,
+    /// What a proxy needs to be certified by this identity service (more proxies, e.g. the
+    /// policy scenarios', certify against the same one).
+    pub identity_addr: SocketAddr,
+    pub trust_anchors: String,
+    /// Holds `client.token` and `server.token`.
+    pub identity_dir: PathBuf,
     pub client: ProxyProc,
     pub server: ProxyProc,
     /// From spawning the proxies until both were certified and ready.
@@ -206,17 +212,7 @@ pub async fn start(o: &MeshOpts<'_>, ports: &[u16]) -> anyhow::Result<Mesh> {
     .map_err(|e| anyhow::anyhow!("{e:#}\nidentity log:\n{}", log_tail(&identity_log)))?;
 
     let anchors = std::fs::read_to_string(dir.join("ca.crt")).context("reading ca.crt")?;
-    let identity_env = |name: &str, id: &str| -> Vec<(&'static str, String)> {
-        vec![
-            ("LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS", anchors.clone()),
-            ("LINKERD2_PROXY_IDENTITY_LOCAL_NAME", id.to_string()),
-            ("LINKERD2_PROXY_IDENTITY_SVC_ADDR", lo(id_addr).to_string()),
-            (
-                "LINKERD2_PROXY_IDENTITY_TOKEN_FILE",
-                dir.join(format!("{name}.token")).display().to_string(),
-            ),
-        ]
-    };
+    let id_env = |name: &str, id: &str| identity_env(&anchors, lo(id_addr), &dir, name, id);
     let server_addrs = ProxyAddrs {
         inbound: lo(s_in),
         outbound: lo(s_out),
@@ -227,9 +223,9 @@ pub async fn start(o: &MeshOpts<'_>, ports: &[u16]) -> anyhow::Result<Mesh> {
         outbound: lo(c_out),
         admin: lo(c_admin),
     };
-    let mut server_env = identity_env("server", SERVER_ID);
+    let mut server_env = id_env("server", SERVER_ID);
     server_env.push(("MESH_PROXY_INBOUND_FORWARD_ADDR", o.upstream.to_string()));
-    let mut client_env = identity_env("client", CLIENT_ID);
+    let mut client_env = id_env("client", CLIENT_ID);
     client_env.push((
         "MESH_PROXY_STATIC_ENDPOINTS",
         format!("{SERVICE}={}#{SERVER_ID}", server_addrs.inbound),
@@ -272,10 +268,35 @@ pub async fn start(o: &MeshOpts<'_>, ports: &[u16]) -> anyhow::Result<Mesh> {
         identity,
         identity_admin,
         identity_log,
+        identity_addr: lo(id_addr),
+        trust_anchors: anchors,
+        identity_dir: dir,
         client,
         server,
         certified_in,
     })
+}
+
+/// The environment that has a proxy certified as `id` with the token `<dir>/<token>.token`.
+pub fn identity_env(
+    anchors: &str,
+    identity_addr: SocketAddr,
+    dir: &Path,
+    token: &str,
+    id: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS", anchors.to_string()),
+        ("LINKERD2_PROXY_IDENTITY_LOCAL_NAME", id.to_string()),
+        (
+            "LINKERD2_PROXY_IDENTITY_SVC_ADDR",
+            identity_addr.to_string(),
+        ),
+        (
+            "LINKERD2_PROXY_IDENTITY_TOKEN_FILE",
+            dir.join(format!("{token}.token")).display().to_string(),
+        ),
+    ]
 }
 
 /// Waits for the proxy's `/ready` (with an identity: once it holds a certificate).
@@ -311,6 +332,15 @@ pub struct Counters {
     /// `tcp_open_total{peer="dst"}`: connections the proxy opened (to the server, the peer
     /// proxy or an endpoint).
     pub tcp_connects: u64,
+    /// Outbound `request_total` by `target_addr` (which endpoint a request went to).
+    pub outbound_by_target: BTreeMap<String, u64>,
+    /// `outbound_http_route_<counter>_total` by `"<counter> <parent_name>/<route_name>"`, e.g.
+    /// `"requests bench-retry"`: what the outbound policy's routes did.
+    pub routes: BTreeMap<String, u64>,
+    /// `inbound_http_authz_{allow,deny}_total` by
+    /// `"<allow|deny> <srv_kind>:<srv_name> <authz_kind>:<authz_name>"` (the authz part only
+    /// for allowed requests).
+    pub authz: BTreeMap<String, u64>,
 }
 
 fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
@@ -337,6 +367,35 @@ pub fn parse_counters(metrics: &str) -> Counters {
         };
         let labels = labels.trim_end_matches('}');
         let v = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+        if let Some(counter) = name
+            .strip_prefix("outbound_http_route_")
+            .and_then(|n| n.strip_suffix("_total"))
+        {
+            let key = format!(
+                "{counter} {}/{}",
+                label(labels, "parent_name").unwrap_or(""),
+                label(labels, "route_name").unwrap_or("")
+            );
+            *c.routes.entry(key).or_default() += v;
+            continue;
+        }
+        if let Some(decision) = name
+            .strip_prefix("inbound_http_authz_")
+            .and_then(|n| n.strip_suffix("_total"))
+        {
+            let mut key = format!(
+                "{decision} {}:{}",
+                label(labels, "srv_kind").unwrap_or(""),
+                label(labels, "srv_name").unwrap_or("")
+            );
+            if let (Some(kind), Some(name)) =
+                (label(labels, "authz_kind"), label(labels, "authz_name"))
+            {
+                key.push_str(&format!(" {kind}:{name}"));
+            }
+            *c.authz.entry(key).or_default() += v;
+            continue;
+        }
         let tls = label(labels, "tls") == Some("true");
         match (name, label(labels, "direction")) {
             ("request_total", Some("inbound")) => {
@@ -349,6 +408,8 @@ pub fn parse_counters(metrics: &str) -> Counters {
             }
             ("request_total", Some("outbound")) => {
                 c.outbound_requests += v;
+                let target = label(labels, "target_addr").unwrap_or("").to_string();
+                *c.outbound_by_target.entry(target).or_default() += v;
                 if tls {
                     let id = label(labels, "server_id").unwrap_or("").to_string();
                     *c.outbound_server_ids.entry(id).or_default() += v;
@@ -407,6 +468,9 @@ impl Counters {
                 .outbound_requests
                 .saturating_sub(before.outbound_requests),
             tcp_connects: self.tcp_connects.saturating_sub(before.tcp_connects),
+            outbound_by_target: delta_map(&before.outbound_by_target, &self.outbound_by_target),
+            routes: delta_map(&before.routes, &self.routes),
+            authz: delta_map(&before.authz, &self.authz),
         }
     }
 
@@ -428,7 +492,11 @@ request_total{direction=\"outbound\",authority=\"svc.bench:80\",target_addr=\"12
 response_total{direction=\"inbound\",authority=\"svc.bench:80\",target_addr=\"127.0.0.1:1\",tls=\"true\",status_code=\"502\",classification=\"failure\",error=\"connect\"} 2\n\
 response_total{direction=\"inbound\",authority=\"svc.bench:80\",target_addr=\"127.0.0.1:1\",tls=\"true\",status_code=\"200\",classification=\"success\"} 88\n\
 tcp_open_total{direction=\"inbound\",peer=\"dst\",target_addr=\"127.0.0.1:1\",tls=\"no_identity\",no_tls_reason=\"no_tls_from_remote\"} 5\n\
-tcp_open_total{direction=\"inbound\",peer=\"src\",target_addr=\"127.0.0.1:1\",tls=\"true\"} 3\n";
+tcp_open_total{direction=\"inbound\",peer=\"src\",target_addr=\"127.0.0.1:1\",tls=\"true\"} 3\n\
+outbound_http_route_requests_total{parent_name=\"route\",route_name=\"bench-retry\"} 40\n\
+outbound_http_route_retry_requests_total{parent_name=\"route\",route_name=\"bench-retry\"} 0\n\
+inbound_http_authz_allow_total{srv_kind=\"server\",srv_name=\"bench-authz\",route_name=\"default\",authz_kind=\"authorizationpolicy\",authz_name=\"bench-from-client\"} 12\n\
+inbound_http_authz_deny_total{srv_kind=\"server\",srv_name=\"bench-authz\",route_name=\"default\"} 1\n";
 
     #[test]
     fn parses_counters() {
@@ -442,6 +510,15 @@ tcp_open_total{direction=\"inbound\",peer=\"src\",target_addr=\"127.0.0.1:1\",tl
         assert_eq!(c.failures.len(), 1);
         assert_eq!(c.tcp_connects, 5);
         assert_eq!(c.mtls_fraction(), Some(0.9));
+        assert_eq!(c.outbound_by_target.get("127.0.0.1:2"), Some(&7));
+        assert_eq!(c.routes.get("requests route/bench-retry"), Some(&40));
+        assert_eq!(c.routes.get("retry_requests route/bench-retry"), Some(&0));
+        assert_eq!(
+            c.authz
+                .get("allow server:bench-authz authorizationpolicy:bench-from-client"),
+            Some(&12)
+        );
+        assert_eq!(c.authz.get("deny server:bench-authz"), Some(&1));
     }
 
     #[test]
