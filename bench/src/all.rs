@@ -504,7 +504,7 @@ fn cpu_of(pids: &[u32]) -> anyhow::Result<f64> {
 async fn run_http(opts: &AllOpts, env: &Env, plan: &[(Scenario, Vec<Via>)]) -> anyhow::Result<()> {
     let pid_file = opts.pid_file.as_deref();
     let uses = |via: Via| plan.iter().any(|(_, paths)| paths.contains(&via));
-    let ports = free_ports(28)?;
+    let ports = free_ports(31)?;
     let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let server_addr = loopback(ports[0]);
 
@@ -700,7 +700,7 @@ async fn run_http(opts: &AllOpts, env: &Env, plan: &[(Scenario, Vec<Via>)]) -> a
                 pid_file,
             },
             m,
-            &ports[12..28],
+            &ports[12..31],
         )
         .await?;
         procs.policy = Some(pm);

@@ -341,6 +341,9 @@ pub struct Counters {
     /// `"<allow|deny> <srv_kind>:<srv_name> <authz_kind>:<authz_name>"` (the authz part only
     /// for allowed requests).
     pub authz: BTreeMap<String, u64>,
+    /// `inbound_http_local_ratelimit_rate_limited_total` by `"<srv_name>/<ratelimit_name>"`.
+    /// A key (even at 0) means the proxy loaded that server's rate limit.
+    pub rate_limited: BTreeMap<String, u64>,
 }
 
 fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
@@ -377,6 +380,15 @@ pub fn parse_counters(metrics: &str) -> Counters {
                 label(labels, "route_name").unwrap_or("")
             );
             *c.routes.entry(key).or_default() += v;
+            continue;
+        }
+        if name == "inbound_http_local_ratelimit_rate_limited_total" {
+            let key = format!(
+                "{}/{}",
+                label(labels, "srv_name").unwrap_or(""),
+                label(labels, "ratelimit_name").unwrap_or("")
+            );
+            *c.rate_limited.entry(key).or_default() += v;
             continue;
         }
         if let Some(decision) = name
@@ -471,6 +483,15 @@ impl Counters {
             outbound_by_target: delta_map(&before.outbound_by_target, &self.outbound_by_target),
             routes: delta_map(&before.routes, &self.routes),
             authz: delta_map(&before.authz, &self.authz),
+            // Zeros kept: a key says the limit is loaded.
+            rate_limited: self
+                .rate_limited
+                .iter()
+                .map(|(k, v)| {
+                    let b = before.rate_limited.get(k).copied().unwrap_or(0);
+                    (k.clone(), v.saturating_sub(b))
+                })
+                .collect(),
         }
     }
 

@@ -9,7 +9,7 @@
 //!
 //! One client proxy serves every case: each case sends its load to its own Service
 //! (`<service>.bench.svc.cluster.local:80`), and the policy for that Service is what the case
-//! measures. Inbound policy is per workload, so there are three server proxies, all forwarding
+//! measures. Inbound policy is per workload, so there are four server proxies, all forwarding
 //! to the same upstream server: `server-open` (no Server: the default policy), `server-authz`
 //! (a Server with an AuthorizationPolicy naming the client's identity) and `server-b` (the 10%
 //! side of the weighted split). They are certified by the plain mesh's identity service.
@@ -42,6 +42,10 @@ const CLIENT_POD: &str = "client-0";
 const SERVER_NAME: &str = "bench-authz";
 const AUTHN_NAME: &str = "bench-client";
 const AUTHZ_NAME: &str = "bench-from-client";
+/// The rate-limited Server of `server-limited`, its AuthorizationPolicy and its limit.
+const LIMITED_SERVER: &str = "bench-limited";
+const LIMITED_AUTHZ: &str = "bench-limited-from-client";
+const RATE_LIMIT: &str = "bench-limit";
 
 /// One policy scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -63,10 +67,13 @@ pub enum Case {
     FailureAccrual,
     /// An HTTPRoute with a FailureInjector filter at 0%.
     Fault0,
+    /// A Server with an AuthorizationPolicy and an HTTPLocalRateLimitPolicy far above the load
+    /// (1,000,000 requests per second in total and per identity).
+    RateLimit,
 }
 
 impl Case {
-    pub const ALL: [Case; 7] = [
+    pub const ALL: [Case; 8] = [
         Case::None,
         Case::RouteRetry,
         Case::Authz,
@@ -74,6 +81,7 @@ impl Case {
         Case::Split,
         Case::FailureAccrual,
         Case::Fault0,
+        Case::RateLimit,
     ];
 
     /// The scenario's name (also what `--only` matches).
@@ -86,6 +94,7 @@ impl Case {
             Case::Split => "mesh_policy_split",
             Case::FailureAccrual => "mesh_policy_failure_accrual",
             Case::Fault0 => "mesh_policy_fault0",
+            Case::RateLimit => "mesh_policy_ratelimit",
         }
     }
 
@@ -99,6 +108,7 @@ impl Case {
             Case::Split => "split",
             Case::FailureAccrual => "accrual",
             Case::Fault0 => "fault",
+            Case::RateLimit => "limited",
         }
     }
 
@@ -114,7 +124,7 @@ impl Case {
             Case::RouteRetryAuthz => Some("bench-retry-authz"),
             Case::Split => Some("bench-split"),
             Case::Fault0 => Some("bench-fault0"),
-            Case::None | Case::Authz | Case::FailureAccrual => None,
+            Case::None | Case::Authz | Case::FailureAccrual | Case::RateLimit => None,
         }
     }
 
@@ -123,6 +133,7 @@ impl Case {
         match self {
             Case::Authz | Case::RouteRetryAuthz => &[Server::Authz],
             Case::Split => &[Server::Open, Server::B],
+            Case::RateLimit => &[Server::Limited],
             _ => &[Server::Open],
         }
     }
@@ -139,6 +150,9 @@ impl Case {
             Case::Split => "HTTPRoute: backends split-a 90, split-b 10 (two server proxies)",
             Case::FailureAccrual => "Service annotation balancer.linkerd.io/failure-accrual",
             Case::Fault0 => "HTTPRoute: FailureInjector 503 at 0%",
+            Case::RateLimit => {
+                "Server + AuthorizationPolicy + HTTPLocalRateLimitPolicy (1,000,000/s total and per identity)"
+            }
         }
     }
 
@@ -186,17 +200,25 @@ impl Case {
                     format!("allow server:{SERVER_NAME} "),
                     format!("Server {SERVER_NAME} by {AUTHZ_NAME}"),
                 ),
+                Server::Limited => (
+                    format!("allow server:{LIMITED_SERVER} "),
+                    format!("Server {LIMITED_SERVER} by {LIMITED_AUTHZ}"),
+                ),
                 Server::Open | Server::B => (
                     "allow default:".to_string(),
                     "the default policy".to_string(),
                 ),
             };
+            let want_authz = match server {
+                Server::Authz => Some(AUTHZ_NAME),
+                Server::Limited => Some(LIMITED_AUTHZ),
+                Server::Open | Server::B => None,
+            };
             let n: u64 = c
                 .authz
                 .iter()
                 .filter(|(k, _)| {
-                    k.starts_with(&want)
-                        && (*server != Server::Authz || k.ends_with(&format!(":{AUTHZ_NAME}")))
+                    k.starts_with(&want) && want_authz.is_none_or(|a| k.ends_with(&format!(":{a}")))
                 })
                 .map(|(_, v)| v)
                 .sum();
@@ -247,6 +269,22 @@ impl Case {
                 );
             }
         }
+        if self == Case::RateLimit {
+            let key = format!("{LIMITED_SERVER}/{RATE_LIMIT}");
+            let limited = servers
+                .iter()
+                .find(|(s, _)| *s == Server::Limited)
+                .and_then(|(_, c)| c.rate_limited.get(&key).copied());
+            match limited {
+                None => problems.push(format!(
+                    "the server-limited proxy has no rate limit {key} loaded \
+                     (inbound_http_local_ratelimit_rate_limited_total)"
+                )),
+                Some(n) if n > 0 => problems.push(format!("{n} requests rate limited: triggered")),
+                Some(_) => {}
+            }
+            evidence.insert("rate_limit".into(), json!(key));
+        }
         if self == Case::FailureAccrual {
             evidence.insert(
                 "note".into(),
@@ -271,10 +309,11 @@ pub enum Server {
     Open,
     Authz,
     B,
+    Limited,
 }
 
 impl Server {
-    const ALL: [Server; 3] = [Server::Open, Server::Authz, Server::B];
+    const ALL: [Server; 4] = [Server::Open, Server::Authz, Server::B, Server::Limited];
 
     /// The proxy's role in rows and logs.
     pub fn role(self) -> &'static str {
@@ -282,6 +321,7 @@ impl Server {
             Server::Open => "policy-server",
             Server::Authz => "policy-server-authz",
             Server::B => "policy-server-b",
+            Server::Limited => "policy-server-limited",
         }
     }
 
@@ -291,6 +331,7 @@ impl Server {
             Server::Open => "server-open",
             Server::Authz => "server-authz",
             Server::B => "server-b",
+            Server::Limited => "server-limited",
         }
     }
 
@@ -300,6 +341,7 @@ impl Server {
             Server::Open => "open",
             Server::Authz => "authz",
             Server::B => "b",
+            Server::Limited => "limited",
         }
     }
 }
@@ -321,7 +363,7 @@ pub fn registry_yaml(inbound: &BTreeMap<Server, SocketAddr>, upstream_port: u16)
             s.app()
         )
     };
-    let services: [(&str, Server); 9] = [
+    let services: [(&str, Server); 10] = [
         ("open", Server::Open),
         ("route", Server::Open),
         ("authz", Server::Authz),
@@ -331,6 +373,7 @@ pub fn registry_yaml(inbound: &BTreeMap<Server, SocketAddr>, upstream_port: u16)
         ("split-b", Server::B),
         ("accrual", Server::Open),
         ("fault", Server::Open),
+        ("limited", Server::Limited),
     ];
     let mut out = String::from("services:\n");
     for (name, server) in services {
@@ -351,6 +394,9 @@ servers:
   - name: {SERVER_NAME}
     namespace: {NAMESPACE}
     spec: {{podSelector: {{matchLabels: {{app: {authz_app}}}}}, port: {upstream_port}}}
+  - name: {LIMITED_SERVER}
+    namespace: {NAMESPACE}
+    spec: {{podSelector: {{matchLabels: {{app: {limited_app}}}}}, port: {upstream_port}}}
 meshTLSAuthentications:
   - name: {AUTHN_NAME}
     namespace: {NAMESPACE}
@@ -362,6 +408,19 @@ authorizationPolicies:
       targetRef: {{group: policy.linkerd.io, kind: Server, name: {SERVER_NAME}}}
       requiredAuthenticationRefs:
         - {{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: {AUTHN_NAME}}}
+  - name: {LIMITED_AUTHZ}
+    namespace: {NAMESPACE}
+    spec:
+      targetRef: {{group: policy.linkerd.io, kind: Server, name: {LIMITED_SERVER}}}
+      requiredAuthenticationRefs:
+        - {{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: {AUTHN_NAME}}}
+httpLocalRateLimitPolicies:
+  - name: {RATE_LIMIT}
+    namespace: {NAMESPACE}
+    spec:
+      targetRef: {{group: policy.linkerd.io, kind: Server, name: {LIMITED_SERVER}}}
+      total: {{requestsPerSecond: 1000000}}
+      identity: {{requestsPerSecond: 1000000}}
 httpRoutes:
   - name: bench-retry
     namespace: {NAMESPACE}
@@ -391,6 +450,7 @@ httpRoutes:
         - filters: [{{type: FailureInjector, failureInjector: {{status: 503, percent: 0}}}}]
 ",
         authz_app = Server::Authz.app(),
+        limited_app = Server::Limited.app(),
     ));
     out
 }
@@ -461,7 +521,7 @@ fn control_plane(
 }
 
 /// Writes the registry, starts the destination and policy services, then the client proxy and
-/// the three server proxies (certified by `identity`'s service); returns once all are ready.
+/// the server proxies (certified by `identity`'s service); returns once all are ready.
 /// `ports`: 4 for the control plane, then 3 per proxy.
 pub async fn start(
     o: &PolicyOpts<'_>,
@@ -582,6 +642,7 @@ pub async fn start(
             Server::Open => "policy server proxy (server-open)",
             Server::Authz => "policy server proxy (server-authz)",
             Server::B => "policy server proxy (server-b)",
+            Server::Limited => "policy server proxy (server-limited)",
         };
         servers.insert(*s, spawn(s.role(), name, *a, e, SERVER_ID)?);
     }
