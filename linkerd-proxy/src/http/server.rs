@@ -495,6 +495,16 @@ impl HttpConn {
             Route::Proxy if req.uri().scheme() == Some(&uri::Scheme::HTTPS) => 443,
             Route::Proxy => 80,
         };
+        {
+            // The connection's last authority, already looked up: one lock.
+            let last = lock(&self.dst);
+            if let Some(d) = last.as_ref()
+                && d.authority == *authority
+                && d.policy.is_some()
+            {
+                return d.policy.clone();
+            }
+        }
         self.destination(authority, default_port);
         let mut last = lock(&self.dst);
         let d = last.as_mut()?;
@@ -514,10 +524,13 @@ impl HttpConn {
 
     /// An endpoint of the plan's backend.
     async fn backend_target(&self, plan: &Plan) -> Result<Target, ProxyError> {
-        match &plan.rule.backends[plan.backend].target {
+        let backend = &plan.rule.backends[plan.backend];
+        match &backend.target {
             BackendTarget::Forward(ep) => Ok(Target::Direct(ep.clone())),
             BackendTarget::Balancer(path) => {
-                let balancer = self.shared.balancers.get(path);
+                let balancer = backend
+                    .balancer
+                    .get_or_init(|| self.shared.balancers.get(path));
                 let fallback = match self.route {
                     Route::OrigDst(addr) => Some(addr),
                     _ => None,

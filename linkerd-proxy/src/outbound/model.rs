@@ -61,6 +61,9 @@ pub struct Backend {
     pub filters: Vec<Filter>,
     /// Each attempt on this backend.
     pub timeout: Option<Duration>,
+    /// The balancer of a `Balancer` target, looked up on first use and kept while this policy
+    /// lives (so a routed request does no name lookup, and the backend's discovery stays).
+    pub balancer: std::sync::OnceLock<Option<Arc<crate::balance::Balancer>>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -576,6 +579,7 @@ fn distribution<K, F>(
                 weight,
                 filters: filters.into_iter().map(&filter).collect::<Result<_, _>>()?,
                 timeout: timeout.and_then(duration).filter(|d| !d.is_zero()),
+                balancer: std::sync::OnceLock::new(),
             })
         })
         .collect()
