@@ -208,14 +208,13 @@ impl Picked {
     pub fn connect_failed(&self) {
         let mut s = self.load.lock();
         s.failures = s.failures.saturating_add(1);
-        let exp = self
-            .cfg
-            .backoff_min
-            .saturating_mul(1u32 << (s.failures - 1).min(16));
-        let base = exp.min(self.cfg.backoff_max);
-        // Full jitter over the upper half, so endpoints that failed together come back apart.
-        let jittered = base.mul_f64(0.5 + fastrand::f64() * 0.5);
-        s.down_until = Some(Instant::now() + jittered);
+        // Jitter over the upper half, so endpoints that failed together come back apart.
+        let backoff = crate::backoff::Backoff {
+            min: self.cfg.backoff_min,
+            max: self.cfg.backoff_max,
+            jitter: 0.5,
+        };
+        s.down_until = Some(Instant::now() + backoff.delay(s.failures - 1));
     }
 
     /// Failure accrual: a response (or error) counted as a success or a failure. After

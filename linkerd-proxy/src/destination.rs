@@ -11,6 +11,7 @@
 //! last receiver) is dropped.
 
 use crate::{
+    backoff::Backoff,
     identity::{Io, tower_service_fn},
     resolve::{Endpoint, Resolution, Resolve},
     tls::{self, CredsRx},
@@ -104,7 +105,7 @@ async fn watch_loop(
     req: GetDestination,
     tx: &watch::Sender<Resolution>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut failures = 0;
     loop {
         match client.get(req.clone()).await {
             Ok(rsp) => {
@@ -118,7 +119,7 @@ async fn watch_loop(
                                 // A new stream's first message is the whole state.
                                 set.clear();
                                 first = false;
-                                backoff = Duration::from_millis(100);
+                                failures = 0;
                             }
                             let res = set.apply(update);
                             tx.send_if_modified(|cur| {
@@ -152,9 +153,8 @@ async fn watch_loop(
                 }
             },
         }
-        let jittered = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
-        tokio::time::sleep(jittered).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+        tokio::time::sleep(Backoff::RECONNECT.delay(failures)).await;
+        failures = failures.saturating_add(1);
     }
 }
 

@@ -8,7 +8,7 @@
 //! Module tiers (a module may use only lower tiers):
 //!
 //! ```text
-//! tier 0  io, transport, drain, metrics, log             plumbing, no knowledge of the proxy
+//! tier 0  io, transport, drain, metrics, log, backoff    plumbing, no knowledge of the proxy
 //! tier 1  detect, resolve, balance, tls, tcp, http      one concern each; no config, no app
 //! tier 2  identity, destination, policy, outbound        control-plane clients (use tls, proto)
 //! tier 3  config, admin, app                             the only place everything meets
@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod backoff;
 pub mod balance;
 pub mod config;
 pub mod destination;

@@ -194,6 +194,9 @@ impl OutboundPolicies {
     }
 }
 
+/// The first reconnect try whose wait reaches [`Backoff::RECONNECT`]'s maximum (100 ms × 2⁷).
+const SLOWEST: u32 = 7;
+
 /// Follows one destination's policy until nobody holds its watch. An answer that cannot be
 /// understood keeps the previous policy; `NOT_FOUND` / `INVALID_ARGUMENT` mean no policy (asked
 /// again slowly, the service may appear); a broken stream reconnects with a jittered backoff.
@@ -204,7 +207,7 @@ async fn watch_loop(
     metrics: Arc<Metrics>,
     target: String,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut failures = 0;
     loop {
         let stream = tokio::select! {
             r = client.watch(spec.clone()) => r,
@@ -220,7 +223,7 @@ async fn watch_loop(
                     };
                     match msg {
                         Ok(Some(p)) => {
-                            backoff = Duration::from_millis(100);
+                            failures = 0;
                             match OutboundPolicy::from_api(p, &metrics) {
                                 Ok(p) => {
                                     debug!(%target, parent = %p.parent, "outbound policy");
@@ -246,17 +249,17 @@ async fn watch_loop(
             {
                 debug!(%target, %status, "no outbound policy");
                 tx.send_replace(PolicyState::None);
-                backoff = Duration::from_secs(10);
+                // Asked again at the slowest pace: the service may appear.
+                failures = failures.max(SLOWEST);
             }
             Err(status) => {
                 info!(%target, code = ?status.code(), message = status.message(), "policy service unavailable; keeping the current outbound policy");
             }
         }
-        let jittered = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
         tokio::select! {
-            _ = tokio::time::sleep(jittered) => {}
+            _ = tokio::time::sleep(Backoff::RECONNECT.delay(failures)) => {}
             _ = tx.closed() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+        failures = failures.saturating_add(1);
     }
 }

@@ -7,6 +7,7 @@
 #![allow(deprecated)]
 
 use super::budget::Budget;
+pub use crate::backoff::Backoff;
 use crate::{
     metrics::{Metrics, RouteCounters},
     policy::{HostMatch, RequestMatch, grpc_match, hosts, hosts_match, http_match, metadata_name},
@@ -139,22 +140,6 @@ impl Retry {
         }
         let s = status.as_u16();
         self.statuses.iter().any(|&(lo, hi)| lo <= s && s <= hi)
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Backoff {
-    pub min: Duration,
-    pub max: Duration,
-    pub jitter: f64,
-}
-
-impl Backoff {
-    /// The wait before retry number `n` (0-based): `min × 2ⁿ` capped at `max`, with jitter.
-    pub fn delay(&self, n: u32) -> Duration {
-        let base = self.min.saturating_mul(1u32 << n.min(16)).min(self.max);
-        let jitter = self.jitter.clamp(0.0, 1.0);
-        base.mul_f64(1.0 - jitter * fastrand::f64())
     }
 }
 

@@ -6,7 +6,7 @@
 //! wrong, retrying cannot help), as Linkerd's proxy does.
 
 use super::{DefaultPolicy, Net, Policies, ServerPolicy};
-use crate::{metrics::Metrics, tls::CredsRx};
+use crate::{backoff::Backoff, metrics::Metrics, tls::CredsRx};
 use proto::api::inbound::{PortSpec, inbound_server_policies_client::InboundServerPoliciesClient};
 use std::{
     collections::HashMap,
@@ -157,7 +157,7 @@ async fn watch_port(
     first: Heard,
 ) {
     let port = spec.port;
-    let mut backoff = Duration::from_millis(100);
+    let mut failures = 0;
     loop {
         match client.watch_port(spec.clone()).await {
             Ok(rsp) => {
@@ -165,7 +165,7 @@ async fn watch_port(
                 loop {
                     match stream.message().await {
                         Ok(Some(server)) => {
-                            backoff = Duration::from_millis(100);
+                            failures = 0;
                             match ServerPolicy::from_api(server, &metrics) {
                                 Ok(p) => {
                                     debug!(port, kind = %p.kind, name = %p.name, "inbound policy");
@@ -202,9 +202,8 @@ async fn watch_port(
                 info!(port, code = ?status.code(), message = status.message(), "policy service unavailable; keeping the current policy");
             }
         }
-        let jittered = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
-        tokio::time::sleep(jittered).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+        tokio::time::sleep(Backoff::RECONNECT.delay(failures)).await;
+        failures = failures.saturating_add(1);
     }
 }
 
