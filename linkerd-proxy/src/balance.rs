@@ -15,9 +15,11 @@
 //! that stay across updates. [`Balancers`] caches one balancer per name and evicts those that
 //! nobody used for the idle timeout.
 
-use crate::resolve::{Endpoint, Resolution, Resolve, ResolveError};
+use crate::{
+    idle::{IdleMap, Touched},
+    resolve::{Endpoint, Resolution, Resolve, ResolveError},
+};
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{
         Arc, Mutex, MutexGuard,
@@ -514,7 +516,7 @@ pub async fn target_for(
 pub struct Balancers {
     resolve: Arc<dyn Resolve>,
     cfg: BalanceConfig,
-    map: Mutex<HashMap<String, Arc<Balancer>>>,
+    map: Arc<IdleMap<Balancer>>,
 }
 
 impl std::fmt::Debug for Balancers {
@@ -525,63 +527,50 @@ impl std::fmt::Debug for Balancers {
     }
 }
 
+impl Touched for Balancer {
+    fn touched(&self) -> &AtomicBool {
+        &self.used
+    }
+}
+
 impl Balancers {
     pub fn new(resolve: Arc<dyn Resolve>, cfg: BalanceConfig) -> Self {
         Self {
             resolve,
             cfg,
-            map: Mutex::new(HashMap::new()),
+            map: Arc::default(),
         }
     }
 
     /// The balancer for `authority` (`host:port`), or `None` when no resolver serves the name.
     pub fn get(&self, authority: &str) -> Option<Arc<Balancer>> {
         let key = authority.trim_end_matches('.').to_ascii_lowercase();
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = map.get(&key) {
-            b.used.store(true, Ordering::Relaxed);
-            return Some(b.clone());
-        }
-        let rx = self.resolve.resolve(&key)?;
-        let b = Arc::new(Balancer::new(key.clone(), rx, self.cfg));
-        map.insert(key, b.clone());
-        Some(b)
+        self.map.get_or_insert_with(&key, || {
+            let rx = self.resolve.resolve(&key)?;
+            Some(Balancer::new(key.clone(), rx, self.cfg))
+        })
     }
 
     /// Drops balancers that nobody holds and nobody used since the previous sweep; dropping
     /// one releases its discovery watch.
     pub fn sweep(&self) -> usize {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let before = map.len();
-        map.retain(|_, b| Arc::strong_count(b) > 1 || b.used.swap(false, Ordering::Relaxed));
-        before - map.len()
+        self.map.sweep()
     }
 
     pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.map.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.map.is_empty()
     }
 
-    /// Sweeps every `idle / 2` until the returned task is dropped, so an unused balancer lives
-    /// between `idle / 2` and `idle`.
+    /// Sweeps every `idle / 2` while the balancers live, so an unused balancer lives between
+    /// `idle / 2` and `idle`.
     pub async fn evict_idle(self: Arc<Self>, idle: Duration) {
-        let mut tick = tokio::time::interval((idle / 2).max(Duration::from_millis(10)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        let weak = Arc::downgrade(&self);
+        let map = Arc::downgrade(&self.map);
         drop(self);
-        loop {
-            tick.tick().await;
-            match weak.upgrade() {
-                Some(b) => {
-                    b.sweep();
-                }
-                None => return,
-            }
-        }
+        crate::idle::evict_idle(&map, idle).await;
     }
 }
 

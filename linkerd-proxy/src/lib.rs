@@ -8,7 +8,8 @@
 //! Module tiers (a module may use only lower tiers):
 //!
 //! ```text
-//! tier 0  io, transport, drain, metrics, log, backoff    plumbing, no knowledge of the proxy
+//! tier 0  io, transport, drain, metrics, log, backoff,   plumbing, no knowledge of the proxy
+//!         idle
 //! tier 1  detect, resolve, balance, tls, tcp, http      one concern each; no config, no app
 //! tier 2  identity, destination, policy, outbound        control-plane clients (use tls, proto)
 //! tier 3  config, admin, app                             the only place everything meets
@@ -27,6 +28,7 @@ pub mod detect;
 pub mod drain;
 pub mod http;
 pub mod identity;
+pub mod idle;
 pub mod init;
 pub mod io;
 pub mod log;

@@ -22,14 +22,16 @@ mod tests;
 
 pub use model::*;
 
-use crate::metrics::Metrics;
+use crate::{
+    idle::{IdleMap, Touched},
+    metrics::Metrics,
+};
 use proto::api::outbound::{
     TrafficSpec, outbound_policies_client::OutboundPoliciesClient, traffic_spec,
 };
 use std::{
-    collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -99,7 +101,13 @@ impl PolicyWatch {
 pub struct OutboundPolicies {
     client: Option<(OutboundPoliciesClient<Channel>, String)>,
     metrics: Arc<Metrics>,
-    map: Mutex<HashMap<String, Arc<PolicyWatch>>>,
+    map: Arc<IdleMap<PolicyWatch>>,
+}
+
+impl Touched for PolicyWatch {
+    fn touched(&self) -> &AtomicBool {
+        &self.used
+    }
 }
 
 impl std::fmt::Debug for OutboundPolicies {
@@ -116,7 +124,7 @@ impl OutboundPolicies {
         Self {
             client: None,
             metrics,
-            map: Mutex::default(),
+            map: Arc::default(),
         }
     }
 
@@ -126,7 +134,7 @@ impl OutboundPolicies {
         Self {
             client: Some((OutboundPoliciesClient::new(channel), workload)),
             metrics,
-            map: Mutex::default(),
+            map: Arc::default(),
         }
     }
 
@@ -138,59 +146,40 @@ impl OutboundPolicies {
     /// there is no policy service.
     pub fn get(&self, target: &str) -> Option<Arc<PolicyWatch>> {
         let (client, workload) = self.client.as_ref()?;
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(w) = map.get(target) {
-            w.used.store(true, Ordering::Relaxed);
-            return Some(w.clone());
-        }
-        let (tx, rx) = watch::channel(PolicyState::Pending);
-        let spec = TrafficSpec {
-            source_workload: workload.clone(),
-            target: Some(match target.parse::<std::net::SocketAddr>() {
-                Ok(addr) => traffic_spec::Target::Addr(proto::net::to_tcp_address(addr)),
-                Err(_) => traffic_spec::Target::Authority(target.to_string()),
-            }),
-        };
-        tokio::spawn(watch_loop(
-            client.clone(),
-            spec,
-            tx,
-            self.metrics.clone(),
-            target.to_string(),
-        ));
-        let w = Arc::new(PolicyWatch {
-            rx,
-            used: AtomicBool::new(true),
-        });
-        map.insert(target.to_string(), w.clone());
-        Some(w)
+        self.map.get_or_insert_with(target, || {
+            let (tx, rx) = watch::channel(PolicyState::Pending);
+            let spec = TrafficSpec {
+                source_workload: workload.clone(),
+                target: Some(match target.parse::<std::net::SocketAddr>() {
+                    Ok(addr) => traffic_spec::Target::Addr(proto::net::to_tcp_address(addr)),
+                    Err(_) => traffic_spec::Target::Authority(target.to_string()),
+                }),
+            };
+            tokio::spawn(watch_loop(
+                client.clone(),
+                spec,
+                tx,
+                self.metrics.clone(),
+                target.to_string(),
+            ));
+            Some(PolicyWatch {
+                rx,
+                used: AtomicBool::new(true),
+            })
+        })
     }
 
     /// Drops watches that nobody holds and nobody used since the previous sweep; each stream
     /// ends when its receiver is gone.
     pub fn sweep(&self) -> usize {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let before = map.len();
-        map.retain(|_, w| Arc::strong_count(w) > 1 || w.used.swap(false, Ordering::Relaxed));
-        before - map.len()
+        self.map.sweep()
     }
 
     /// Sweeps every `idle / 2` while the cache lives.
     pub async fn evict_idle(self: Arc<Self>, idle: Duration) {
-        let mut tick = tokio::time::interval((idle / 2).max(Duration::from_millis(10)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        let weak = Arc::downgrade(&self);
+        let map = Arc::downgrade(&self.map);
         drop(self);
-        loop {
-            tick.tick().await;
-            match weak.upgrade() {
-                Some(p) => {
-                    p.sweep();
-                }
-                None => return,
-            }
-        }
+        crate::idle::evict_idle(&map, idle).await;
     }
 }
 
