@@ -7,6 +7,7 @@
 //! streams the difference (`add` / `remove`) to every watcher, as the real service does. An
 //! unknown name gets `NOT_FOUND`.
 
+use crate::watched::{Streamed, Watched, publish};
 use linkerd2_proxy_api::destination::{
     AddrSet, DestinationProfile, GetDestination, NoEndpoints, Update, WeightedAddr,
     WeightedAddrSet,
@@ -14,32 +15,28 @@ use linkerd2_proxy_api::destination::{
     update,
 };
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::BTreeSet,
     convert::Infallible,
     net::SocketAddr,
-    pin::Pin,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
 use tonic::{
-    Request, Response, Status,
-    codegen::tokio_stream::{Stream, wrappers::ReceiverStream},
+    Request, Response, Status, codegen::tokio_stream::wrappers::ReceiverStream,
     transport::server::TcpIncoming,
 };
 
-type Names = Arc<Mutex<HashMap<String, watch::Sender<BTreeSet<SocketAddr>>>>>;
+type Names = Watched<String, BTreeSet<SocketAddr>>;
 
 #[derive(Clone)]
 struct Svc {
     names: Names,
     watchers: Arc<AtomicUsize>,
 }
-
-type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 fn tcp(a: SocketAddr) -> linkerd2_proxy_api::net::TcpAddress {
     use linkerd2_proxy_api::net::{IpAddress, TcpAddress, ip_address::Ip};
@@ -187,15 +184,7 @@ impl Discovery {
     /// Sets the endpoints of `name` (`host:port`), creating it if needed.
     pub fn set(&self, name: &str, addrs: &[SocketAddr]) {
         let set: BTreeSet<SocketAddr> = addrs.iter().copied().collect();
-        let mut names = self.names.lock().expect("names lock");
-        match names.get(name) {
-            Some(tx) => {
-                tx.send_replace(set);
-            }
-            None => {
-                names.insert(name.to_string(), watch::Sender::new(set));
-            }
-        }
+        publish(&self.names, name.to_string(), set);
     }
 
     /// Open `Get` streams.

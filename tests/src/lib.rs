@@ -9,6 +9,7 @@
 //! - [`proxy`]: the proxy in-process ([`proxy::TestProxy`]) or as a process
 //!   ([`proxy::ProxyProcess`]).
 //! - [`metrics`]: scraping and parsing the admin server's `/metrics`.
+//! - [`watched`]: per-key `watch` values and their gRPC streams, for the fake services.
 //! - [`outbound`]: a controllable `OutboundPolicies` gRPC server and policy builders.
 //! - [`mesh`]: mTLS support: a CA made at test time, the identity service in-process, meshed
 //!   proxies, raw TLS clients and a fake meshed peer, steady traffic.
@@ -25,6 +26,7 @@ pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod tcp;
+pub mod watched;
 
 use std::{future::Future, time::Duration};
 

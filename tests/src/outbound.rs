@@ -2,6 +2,7 @@
 //! gRPC, serving whatever policy a test sets for each authority and streaming every change to
 //! its watchers; an unknown target gets `NOT_FOUND`. Plus builders for the policies tests use.
 
+use crate::watched::{Streamed, Watched, publish, stream};
 use linkerd2_proxy_api::{
     http_route::{
         self as hr, HttpFailureInjector, HttpRouteMatch, PathMatch, Ratio, Timeouts, path_match,
@@ -14,22 +15,11 @@ use linkerd2_proxy_api::{
         proxy_protocol, traffic_spec,
     },
 };
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    pin::Pin,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::watch};
-use tonic::{
-    Request, Response, Status,
-    codegen::tokio_stream::{Stream, wrappers::ReceiverStream},
-    transport::server::TcpIncoming,
-};
+use tonic::{Request, Response, Status, transport::server::TcpIncoming};
 
-type Targets = Arc<Mutex<HashMap<String, watch::Sender<OutboundPolicy>>>>;
-type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+type Targets = Watched<String, OutboundPolicy>;
 
 #[derive(Clone)]
 struct Svc {
@@ -68,21 +58,8 @@ impl OutboundPolicies for Svc {
         &self,
         req: Request<TrafficSpec>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let mut rx = self.target(req.get_ref())?;
-        let (tx, out) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            let first = rx.borrow_and_update().clone();
-            if tx.send(Ok(first)).await.is_err() {
-                return;
-            }
-            while rx.changed().await.is_ok() {
-                let next = rx.borrow_and_update().clone();
-                if tx.send(Ok(next)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+        let rx = self.target(req.get_ref())?;
+        Ok(Response::new(stream(rx)))
     }
 }
 
@@ -117,15 +94,7 @@ impl OutboundPolicyServer {
 
     /// Sets the policy of `target` (`host:port` or `ip:port`), streaming it to every watcher.
     pub fn set(&self, target: &str, policy: OutboundPolicy) {
-        let mut targets = self.targets.lock().expect("targets lock");
-        match targets.get(target) {
-            Some(tx) => {
-                tx.send_replace(policy);
-            }
-            None => {
-                targets.insert(target.to_string(), watch::Sender::new(policy));
-            }
-        }
+        publish(&self.targets, target.to_string(), policy);
     }
 }
 

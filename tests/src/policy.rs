@@ -2,6 +2,7 @@
 //! whatever `Server` a test sets for each port and streaming every change to its watchers.
 //! An unknown port gets `NOT_FOUND`; a workload other than the expected one, `INVALID_ARGUMENT`.
 
+use crate::watched::{Streamed, Watched, publish, stream};
 use linkerd2_proxy_api::{
     inbound::{
         Authn, Authz, Identity, Network, PortSpec, ProxyProtocol, Server,
@@ -13,27 +14,19 @@ use linkerd2_proxy_api::{
     net::IpNetwork,
 };
 use std::{
-    collections::HashMap,
     net::{IpAddr, SocketAddr},
-    pin::Pin,
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 use tokio::{net::TcpListener, sync::watch};
-use tonic::{
-    Request, Response, Status,
-    codegen::tokio_stream::{Stream, wrappers::ReceiverStream},
-    transport::server::TcpIncoming,
-};
+use tonic::{Request, Response, Status, transport::server::TcpIncoming};
 
-type Ports = Arc<Mutex<HashMap<u32, watch::Sender<Server>>>>;
+type Ports = Watched<u32, Server>;
 
 #[derive(Clone)]
 struct Svc {
     workload: String,
     ports: Ports,
 }
-
-type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 impl Svc {
     fn port(&self, spec: &PortSpec) -> Result<watch::Receiver<Server>, Status> {
@@ -66,21 +59,8 @@ impl InboundServerPolicies for Svc {
         &self,
         req: Request<PortSpec>,
     ) -> Result<Response<Self::WatchPortStream>, Status> {
-        let mut rx = self.port(req.get_ref())?;
-        let (tx, out) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            let first = rx.borrow_and_update().clone();
-            if tx.send(Ok(first)).await.is_err() {
-                return;
-            }
-            while rx.changed().await.is_ok() {
-                let next = rx.borrow_and_update().clone();
-                if tx.send(Ok(next)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+        let rx = self.port(req.get_ref())?;
+        Ok(Response::new(stream(rx)))
     }
 }
 
@@ -118,15 +98,7 @@ impl PolicyServer {
 
     /// Sets the policy of `port`, streaming it to every watcher.
     pub fn set(&self, port: u16, server: Server) {
-        let mut ports = self.ports.lock().expect("ports lock");
-        match ports.get(&u32::from(port)) {
-            Some(tx) => {
-                tx.send_replace(server);
-            }
-            None => {
-                ports.insert(u32::from(port), watch::Sender::new(server));
-            }
-        }
+        publish(&self.ports, u32::from(port), server);
     }
 }
 
