@@ -16,7 +16,9 @@ use crate::{
     detect,
     drain::Drain,
     metrics::{Direction, HttpKey, HttpStats, Metrics, ResponseClass, RouteCounters, Tls},
-    outbound::{Accrual, BackendTarget, Decision, Filter, OutboundPolicies, PolicyWatch, Rule},
+    outbound::{
+        Accrual, BackendTarget, Decision, Filter, OutboundPolicies, PolicyWatch, Retry, Rule,
+    },
     policy::{HttpDecision, PortPolicy},
     resolve::Endpoint,
     tap::{Pending, TapEvent},
@@ -106,7 +108,9 @@ struct LastDst {
     authority: HeaderValue,
     name: Option<Arc<str>>,
     balancer: Option<Arc<Balancer>>,
-    policy: Option<Arc<PolicyWatch>>,
+    /// The destination's outbound policy watch: `None` until looked up, then the answer
+    /// (`Some(None)`: the destination gets no policy lookups).
+    policy: Option<Option<Arc<PolicyWatch>>>,
 }
 
 /// Where a request routed by an outbound policy goes.
@@ -354,10 +358,13 @@ impl HttpConn {
             .as_ref()
             .and_then(|p| p.rule.timeout)
             .or(self.shared.response_timeout);
-        let retry = plan.as_ref().filter(|p| p.rule.retry.is_some() && !upgrade);
+        let retry = plan
+            .as_ref()
+            .and_then(|p| Some((p, p.rule.retry.as_ref()?)))
+            .filter(|_| !upgrade);
         let sent = async {
             match retry {
-                Some(plan) => self.send_with_retries(plan, target, &how, req).await,
+                Some((plan, retry)) => self.send_with_retries(plan, retry, target, &how, req).await,
                 None => {
                     let req = req.map(|b| ProxyBody::stream(b, None));
                     let rsp = self.attempt(&target, &how, req).await;
@@ -500,26 +507,25 @@ impl HttpConn {
             let last = lock(&self.dst);
             if let Some(d) = last.as_ref()
                 && d.authority == *authority
-                && d.policy.is_some()
+                && let Some(policy) = &d.policy
             {
-                return d.policy.clone();
+                return policy.clone();
             }
         }
         self.destination(authority, default_port);
         let mut last = lock(&self.dst);
         let d = last.as_mut()?;
-        if d.policy.is_none() {
-            let covered = d
-                .name
-                .as_deref()
-                .filter(|n| self.shared.discovery.as_ref().is_some_and(|c| c.covers(n)));
-            d.policy = match (covered, self.route) {
-                (Some(name), _) => self.shared.policies.get(name),
-                (None, Route::OrigDst(addr)) => self.shared.policies.get(&addr.to_string()),
-                (None, _) => None,
-            };
-        }
-        d.policy.clone()
+        let covered = d
+            .name
+            .as_deref()
+            .filter(|n| self.shared.discovery.as_ref().is_some_and(|c| c.covers(n)));
+        let policy = match (covered, self.route) {
+            (Some(name), _) => self.shared.policies.get(name),
+            (None, Route::OrigDst(addr)) => self.shared.policies.get(&addr.to_string()),
+            (None, _) => None,
+        };
+        d.policy = Some(policy.clone());
+        policy
     }
 
     /// An endpoint of the plan's backend.
@@ -591,16 +597,11 @@ impl HttpConn {
     async fn send_with_retries(
         &self,
         plan: &Plan,
+        retry: &Retry,
         mut target: Target,
         how: &Attempt,
         req: Request<Incoming>,
     ) -> (Result<Response<Incoming>, ProxyError>, Target) {
-        let Some(retry) = plan.rule.retry.as_ref() else {
-            let rsp = self
-                .attempt(&target, how, req.map(|b| ProxyBody::stream(b, None)))
-                .await;
-            return (rsp, target);
-        };
         let counters = &plan.rule.counters;
         let (parts, body) = req.into_parts();
         if http_body::Body::size_hint(&body).lower() > retry.max_request_bytes as u64 {
