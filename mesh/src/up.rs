@@ -468,33 +468,31 @@ async fn serve(
 /// listens on the inbound port), each with the workload's identity.
 fn registry_yaml(file: &MeshFile, workloads: &[Workload]) -> String {
     let mut out = String::from("services:\n");
-    for (svc, port) in file.services() {
+    let mut service = |name: &str, port: u16, members: &mut dyn Iterator<Item = &Workload>| {
         out.push_str(&format!(
-            "  - name: {svc}\n    namespace: {}\n    ports: [{port}]\n    endpoints:\n",
+            "  - name: {name}\n    namespace: {}\n    ports: [{port}]\n    endpoints:\n",
             file.namespace
         ));
-        for w in workloads.iter().filter(|w| w.service() == svc) {
+        for w in members {
             out.push_str(&format!(
                 "      - {{ip: {}, port: {INBOUND_PORT}, identity: {}, labels: {{pod: {}, app: {}}}}}\n",
                 w.ip,
                 w.identity(),
                 w.name(),
-                svc
+                w.service()
             ));
         }
+    };
+    for (svc, port) in file.services() {
+        service(
+            svc,
+            port,
+            &mut workloads.iter().filter(|w| w.service() == svc),
+        );
     }
     // Each workload of a shared service is also its own service, for routes that split.
     for w in workloads.iter().filter(|w| w.service() != w.name()) {
-        out.push_str(&format!(
-            "  - name: {}\n    namespace: {}\n    ports: [{}]\n    endpoints:\n      - {{ip: {}, port: {INBOUND_PORT}, identity: {}, labels: {{pod: {}, app: {}}}}}\n",
-            w.name(),
-            file.namespace,
-            w.spec.port,
-            w.ip,
-            w.identity(),
-            w.name(),
-            w.service()
-        ));
+        service(w.name(), w.spec.port, &mut std::iter::once(w));
     }
     // The file's policy sections, for the policy service (JSON is YAML).
     if let Some(policy) = &file.policy {
