@@ -25,6 +25,31 @@ use std::time::Duration;
 const WEB: &str = "web.test:80";
 const WORKLOAD: &str = r#"{"ns":"shop","pod":"api-0"}"#;
 
+/// A proxy certified as `id` in front of `app`, whose inbound follows `policies` for the
+/// app's port.
+async fn policed(
+    svc: &IdentityService,
+    id: &str,
+    app: std::net::SocketAddr,
+    policies: &PolicyServer,
+) -> TestProxy {
+    let (app_addr, port, policy_addr) = (
+        app.to_string(),
+        app.port().to_string(),
+        policies.addr.to_string(),
+    );
+    svc.proxy(
+        id,
+        &[
+            (ENV_INBOUND_FORWARD_ADDR, &app_addr),
+            (ENV_POLICY_SVC_ADDR, &policy_addr),
+            (ENV_POLICY_WORKLOAD, WORKLOAD),
+            (ENV_INBOUND_PORTS, &port),
+        ],
+    )
+    .await
+}
+
 fn policy() -> linkerd_identity::ca::LeafPolicy {
     leaf_policy(Duration::from_secs(3600), Duration::from_secs(20))
 }
@@ -45,22 +70,7 @@ async fn only_authorized_identities_reach_the_app() {
                 vec![mtls_identities("web-only", &[&web])],
             ),
         );
-        let (app_addr, port_s, policy_addr) = (
-            app.addr().to_string(),
-            port.to_string(),
-            policies.addr.to_string(),
-        );
-        let proxy_api = svc
-            .proxy(
-                &api,
-                &[
-                    (ENV_INBOUND_FORWARD_ADDR, &app_addr),
-                    (ENV_POLICY_SVC_ADDR, &policy_addr),
-                    (ENV_POLICY_WORKLOAD, WORKLOAD),
-                    (ENV_INBOUND_PORTS, &port_s),
-                ],
-            )
-            .await;
+        let proxy_api = policed(&svc, &api, app.addr(), &policies).await;
         let endpoints = meshed_endpoint(WEB, proxy_api.inbound, &api);
         let proxy_web = svc.proxy(&web, &[(ENV_STATIC_ENDPOINTS, &endpoints)]).await;
         let proxy_batch = svc
@@ -141,22 +151,7 @@ async fn opaque_connections_are_authorized_once_and_closed_when_refused() {
         let policies = PolicyServer::start(WORKLOAD).await;
         // Nobody is authorized yet.
         policies.set(port, server("db-tcp", true, vec![]));
-        let (echo_addr, port_s, policy_addr) = (
-            echo.addr().to_string(),
-            port.to_string(),
-            policies.addr.to_string(),
-        );
-        let proxy_db = svc
-            .proxy(
-                &db,
-                &[
-                    (ENV_INBOUND_FORWARD_ADDR, &echo_addr),
-                    (ENV_POLICY_SVC_ADDR, &policy_addr),
-                    (ENV_POLICY_WORKLOAD, WORKLOAD),
-                    (ENV_INBOUND_PORTS, &port_s),
-                ],
-            )
-            .await;
+        let proxy_db = policed(&svc, &db, echo.addr(), &policies).await;
         let target = "db.test:5000";
         let endpoints = meshed_endpoint(target, proxy_db.inbound, &db);
         let local = format!("tcp=127.0.0.1:0>{target}");
@@ -328,22 +323,7 @@ async fn a_local_rate_limit_answers_429_beyond_each_identitys_budget() {
                 Some(15),
             ),
         );
-        let (app_addr, port_s, policy_addr) = (
-            app.addr().to_string(),
-            port.to_string(),
-            policies.addr.to_string(),
-        );
-        let proxy_api = svc
-            .proxy(
-                &api,
-                &[
-                    (ENV_INBOUND_FORWARD_ADDR, &app_addr),
-                    (ENV_POLICY_SVC_ADDR, &policy_addr),
-                    (ENV_POLICY_WORKLOAD, WORKLOAD),
-                    (ENV_INBOUND_PORTS, &port_s),
-                ],
-            )
-            .await;
+        let proxy_api = policed(&svc, &api, app.addr(), &policies).await;
         let endpoints = meshed_endpoint(WEB, proxy_api.inbound, &api);
         let proxy_web = svc.proxy(&web, &[(ENV_STATIC_ENDPOINTS, &endpoints)]).await;
         let proxy_batch = svc
