@@ -113,15 +113,18 @@ impl Drop for App {
     }
 }
 
-/// A client proxy that asks `policies` for outbound policies and resolves names from
-/// `endpoints` (`MESH_PROXY_STATIC_ENDPOINTS`), with an (empty) destination service so that
+/// A policy service whose policy for [`WEB`] is `policy`, and a client proxy (certified by
+/// `ids` if given) that asks it for outbound policies and resolves names from `endpoints`
+/// (`MESH_PROXY_STATIC_ENDPOINTS`), with an (empty) destination service so that
 /// `*.svc.cluster.local` names are in discovery's scope.
-async fn client_proxy(
+async fn routed(
     ids: Option<&IdentityService>,
-    policies: &OutboundPolicyServer,
-    discovery: &Discovery,
+    policy: linkerd2_proxy_api::outbound::OutboundPolicy,
     endpoints: &str,
-) -> TestProxy {
+) -> (OutboundPolicyServer, Discovery, TestProxy) {
+    let policies = OutboundPolicyServer::start().await;
+    policies.set(WEB, policy);
+    let discovery = Discovery::start();
     let (p, d) = (policies.addr.to_string(), discovery.addr.to_string());
     let env = [
         (ENV_POLICY_SVC_ADDR, p.as_str()),
@@ -129,10 +132,11 @@ async fn client_proxy(
         (ENV_DESTINATION_SVC_ADDR, d.as_str()),
         (ENV_STATIC_ENDPOINTS, endpoints),
     ];
-    match ids {
+    let client = match ids {
         Some(ids) => ids.proxy(&identity("client"), &env).await,
         None => TestProxy::start(&env).await,
-    }
+    };
+    (policies, discovery, client)
 }
 
 /// `app` behind its own proxy, certified as `sa`: the endpoint entry naming it meshed.
@@ -205,18 +209,17 @@ async fn a_weighted_split_lands_within_a_few_percent_of_90_10_and_updates_apply_
         let (_p2, ep2) = meshed(&ids, WEB_V2, "web-v2", &v2).await;
         // The parent service itself resolves to v1 only: a 90/10 outcome needs the policy.
         let ep_parent = ep1.replacen(WEB_V1, WEB, 1);
-        let policies = OutboundPolicyServer::start().await;
-        policies.set(
-            WEB,
+        let eps = format!("{ep1};{ep2};{ep_parent}");
+        let (policies, _discovery, client) = routed(
+            Some(&ids),
             http_policy(
                 WEB,
                 vec![route("web", vec![split(&[(WEB_V1, 90), (WEB_V2, 10)])])],
                 None,
             ),
-        );
-        let d = Discovery::start();
-        let eps = format!("{ep1};{ep2};{ep_parent}");
-        let client = client_proxy(Some(&ids), &policies, &d, &eps).await;
+            &eps,
+        )
+        .await;
 
         let replies = send(&client, 2000, 4, URL).await;
         let ok = count(&replies, |r| r.0 == 200);
@@ -265,9 +268,9 @@ async fn matches_route_requests_by_header_and_path_and_unmatched_get_404() {
             App::start("v1", Behaviour::default()).await,
             App::start("v2", Behaviour::default()).await,
         );
-        let policies = OutboundPolicyServer::start().await;
-        policies.set(
-            WEB,
+        let eps = format!("{WEB_V1}={};{WEB_V2}={}", v1.addr, v2.addr);
+        let (_policies, _discovery, client) = routed(
+            None,
             http_policy(
                 WEB,
                 vec![route(
@@ -283,10 +286,9 @@ async fn matches_route_requests_by_header_and_path_and_unmatched_get_404() {
                 )],
                 None,
             ),
-        );
-        let d = Discovery::start();
-        let eps = format!("{WEB_V1}={};{WEB_V2}={}", v1.addr, v2.addr);
-        let client = client_proxy(None, &policies, &d, &eps).await;
+            &eps,
+        )
+        .await;
         let api = format!("{URL}api/items");
         let rsp = client::get(client.outbound, &api).await;
         assert_eq!((rsp.status.as_u16(), rsp.text()), (200, "v1 ".to_string()));
@@ -320,17 +322,16 @@ async fn retries_hide_a_backend_that_fails_a_fifth_of_requests() {
         )
         .await;
         let (_p, ep) = meshed(&ids, WEB, "web", &flaky).await;
-        let policies = OutboundPolicyServer::start().await;
-        policies.set(
-            WEB,
+        let (_policies, _discovery, client) = routed(
+            Some(&ids),
             http_policy(
                 WEB,
                 vec![route("web", vec![with_retries(split(&[(WEB, 1)]), 2)])],
                 None,
             ),
-        );
-        let d = Discovery::start();
-        let client = client_proxy(Some(&ids), &policies, &d, &ep).await;
+            &ep,
+        )
+        .await;
 
         let replies = send(&client, 500, 2, URL).await;
         let failed: Vec<_> = replies.iter().filter(|r| r.0 != 200).collect();
@@ -360,17 +361,16 @@ async fn the_retry_budget_stops_retries_multiplying_load_on_a_failing_backend() 
         let broken = Behaviour::default();
         broken.broken.store(true, Ordering::SeqCst);
         let app = App::start("down", broken).await;
-        let policies = OutboundPolicyServer::start().await;
-        policies.set(
-            WEB,
+        let (_policies, _discovery, client) = routed(
+            None,
             http_policy(
                 WEB,
                 vec![route("web", vec![with_retries(split(&[(WEB, 1)]), 3)])],
                 None,
             ),
-        );
-        let d = Discovery::start();
-        let client = client_proxy(None, &policies, &d, &format!("{WEB}={}", app.addr)).await;
+            &format!("{WEB}={}", app.addr),
+        )
+        .await;
         let replies = send(&client, 400, 2, URL).await;
         assert_eq!(count(&replies, |r| r.0 == 500), 400);
         let m = client.metrics().await;
@@ -396,20 +396,19 @@ async fn failure_accrual_ejects_a_failing_endpoint_and_readmits_it_when_it_recov
         let sick = Behaviour::default();
         sick.broken.store(true, Ordering::SeqCst);
         let bad = App::start("bad", sick.clone()).await;
-        let policies = OutboundPolicyServer::start().await;
         let accrual =
             consecutive_failures(3, Duration::from_millis(500), Duration::from_millis(500));
-        policies.set(
-            WEB,
+        let eps = format!("{WEB}={}|{}", good.addr, bad.addr);
+        let (_policies, _discovery, client) = routed(
+            None,
             http_policy(
                 WEB,
                 vec![route("web", vec![split(&[(WEB, 1)])])],
                 Some(accrual),
             ),
-        );
-        let d = Discovery::start();
-        let eps = format!("{WEB}={}|{}", good.addr, bad.addr);
-        let client = client_proxy(None, &policies, &d, &eps).await;
+            &eps,
+        )
+        .await;
 
         // A fast 500 looks cheap to the latency balancer: without accrual the failing
         // endpoint would take most requests. Ejected after 3 failures and probed once per
@@ -451,9 +450,8 @@ async fn a_slow_backend_hits_the_route_timeout_with_a_504() {
             },
         )
         .await;
-        let policies = OutboundPolicyServer::start().await;
-        policies.set(
-            WEB,
+        let (_policies, _discovery, client) = routed(
+            None,
             http_policy(
                 WEB,
                 vec![route(
@@ -462,9 +460,9 @@ async fn a_slow_backend_hits_the_route_timeout_with_a_504() {
                 )],
                 None,
             ),
-        );
-        let d = Discovery::start();
-        let client = client_proxy(None, &policies, &d, &format!("{WEB}={}", slow.addr)).await;
+            &format!("{WEB}={}", slow.addr),
+        )
+        .await;
         let started = tokio::time::Instant::now();
         let rsp = client::get(client.outbound, URL).await;
         assert_eq!(rsp.status, 504, "{}", rsp.text());
@@ -496,9 +494,8 @@ async fn a_slow_backend_hits_the_route_timeout_with_a_504() {
 async fn fault_injection_fails_the_configured_share_without_reaching_the_backend() {
     run(async {
         let app = App::start("app", Behaviour::default()).await;
-        let policies = OutboundPolicyServer::start().await;
-        policies.set(
-            WEB,
+        let (_policies, _discovery, client) = routed(
+            None,
             http_policy(
                 WEB,
                 vec![route(
@@ -507,9 +504,9 @@ async fn fault_injection_fails_the_configured_share_without_reaching_the_backend
                 )],
                 None,
             ),
-        );
-        let d = Discovery::start();
-        let client = client_proxy(None, &policies, &d, &format!("{WEB}={}", app.addr)).await;
+            &format!("{WEB}={}", app.addr),
+        )
+        .await;
         let replies = send(&client, 800, 2, URL).await;
         let injected = count(&replies, |r| r.0 == 503 && r.2.contains("injected"));
         let ok = count(&replies, |r| r.0 == 200);
