@@ -18,7 +18,7 @@ use crate::{
     drain::{self, Drain},
     http::{self, HttpConn, Route, Shared},
     identity,
-    io::CountingIo,
+    io::{BoxIo, CountingIo},
     log::LogLevel,
     metrics::{Direction, Metrics, Tls},
     outbound::OutboundPolicies,
@@ -277,7 +277,7 @@ async fn outbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
         orig.unwrap_or(acc.local),
         OUTBOUND_TLS,
     );
-    let io = CountingIo::new(acc.stream, src.counters());
+    let io: BoxIo = Box::new(CountingIo::new(acc.stream, src.counters()));
     let cfg = &ctx.config.outbound;
 
     if let Some(orig) = orig.filter(|o| cfg.opaque_ports.contains(&o.port())) {
@@ -312,7 +312,7 @@ async fn outbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
         }
         (Protocol::Opaque, Some(orig)) => {
             let target = Target::direct(orig);
-            forward(&ctx, io, &target, Direction::Outbound, drain).await
+            forward(&ctx, Box::new(io), &target, Direction::Outbound, drain).await
         }
         (Protocol::Opaque, None) => {
             debug!(client = %acc.client, "opaque connection with no original destination; closing");
@@ -375,7 +375,8 @@ async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
                 let label = Tls::Established { peer_id: client_id };
                 let src = SrcConn::open(&ctx.metrics, Direction::Inbound, target, label.clone());
                 tls.get_mut().0.get_mut().rebind(src.counters());
-                serve_inbound(&ctx, tls, acc.client, target, port, label, drain).await;
+                let io = Box::new(tls);
+                serve_inbound(&ctx, io, acc.client, target, port, label, drain).await;
                 drop(src);
             }
             // TLS for someone else (the application's own, end to end) or plaintext.
@@ -386,6 +387,7 @@ async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
                 };
                 let src = SrcConn::open(&ctx.metrics, Direction::Inbound, target, label.clone());
                 io.get_mut().rebind(src.counters());
+                let io = Box::new(io);
                 serve_inbound(&ctx, io, acc.client, target, port, label, drain).await;
                 drop(src);
             }
@@ -394,6 +396,7 @@ async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
         let mut io = io;
         let src = SrcConn::open(&ctx.metrics, Direction::Inbound, target, INBOUND_TLS);
         io.rebind(src.counters());
+        let io = Box::new(io);
         serve_inbound(&ctx, io, acc.client, target, port, INBOUND_TLS, drain).await;
         drop(src);
     }
@@ -401,17 +404,15 @@ async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
 
 /// Detects the protocol of an inbound stream (plaintext or the inside of mTLS), checks the
 /// port's policy and serves it: opaque connections are authorized once, HTTP requests each.
-async fn serve_inbound<I>(
+async fn serve_inbound(
     ctx: &Ctx,
-    io: I,
+    io: BoxIo,
     client: SocketAddr,
     target: SocketAddr,
     port: u16,
     tls: Tls,
     drain: Drain,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let cfg = &ctx.config.inbound;
     let ep = Target::direct(target);
     let policy = ctx.policies.port(port);
@@ -455,7 +456,7 @@ async fn serve_inbound<I>(
             if !current.authorize_tcp(client.ip(), &tls) {
                 return debug!(%client, port, server = %current.name, "connection not authorized; closing");
             }
-            forward(ctx, io, &ep, Direction::Inbound, drain).await
+            forward(ctx, Box::new(io), &ep, Direction::Inbound, drain).await
         }
     }
 }
@@ -472,14 +473,11 @@ async fn local_conn(ctx: Arc<Ctx>, listener: Arc<LocalListener>, acc: Accepted, 
     };
     let addr = target.endpoint().addr;
     let src = SrcConn::open(&ctx.metrics, Direction::Outbound, addr, OUTBOUND_TLS);
-    let io = CountingIo::new(acc.stream, src.counters());
+    let io = Box::new(CountingIo::new(acc.stream, src.counters()));
     forward(&ctx, io, &target, Direction::Outbound, drain).await;
 }
 
-async fn forward<I>(ctx: &Ctx, io: I, target: &Target, direction: Direction, drain: Drain)
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
+async fn forward(ctx: &Ctx, io: BoxIo, target: &Target, direction: Direction, drain: Drain) {
     let (plaintext, connect_timeout, creds) = match direction {
         Direction::Inbound => (INBOUND_TLS, ctx.config.inbound.connect_timeout, None),
         Direction::Outbound => (

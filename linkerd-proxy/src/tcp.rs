@@ -4,20 +4,14 @@
 use crate::{
     balance::Target,
     drain::Drain,
-    io::CountingIo,
+    io::{BoxIo, CountingIo, Io},
     metrics::{Direction, Metrics, Peer, TcpKey, TcpStats, Tls},
     resolve::Endpoint,
     tls::{self, CredsRx, TlsError},
     transport::{self, ConnectError},
 };
 use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
-
-/// Any byte stream the proxy dials.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
-pub type BoxIo = Box<dyn Io>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
@@ -76,10 +70,7 @@ pub struct Forward<'a> {
 /// finishes sending, its write-half is shut down on the other side (half-close), so protocols
 /// that end a request by closing keep working. A balanced target counts as in flight on its
 /// endpoint for as long as the connection lasts, and is backed off if it cannot be reached.
-pub async fn forward<I>(mut io: I, target: &Target, f: Forward<'_>, _drain: Drain)
-where
-    I: AsyncRead + AsyncWrite + Unpin,
-{
+pub async fn forward(mut io: BoxIo, target: &Target, f: Forward<'_>, _drain: Drain) {
     let ep = target.endpoint();
     let stream = match transport::connect(ep.addr, f.connect_timeout).await {
         Ok(s) => s,

@@ -15,6 +15,7 @@ use crate::{
     balance::{Balancer, Balancers, Target, target_for},
     detect,
     drain::Drain,
+    io::{BoxIo, PrefixedIo},
     metrics::{Direction, HttpKey, HttpStats, Metrics, ResponseClass, RouteCounters, Tls},
     outbound::{
         Accrual, BackendTarget, Decision, Filter, OutboundPolicies, PolicyWatch, Retry, Rule,
@@ -41,7 +42,6 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 /// How one attempt is sent.
@@ -138,10 +138,7 @@ impl std::fmt::Debug for HttpConn {
 }
 
 /// Serves HTTP on `io` until the client closes it or the proxy drains.
-pub async fn serve<I>(io: I, proto: detect::Protocol, http: HttpConn)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+pub async fn serve(io: PrefixedIo<BoxIo>, proto: detect::Protocol, http: HttpConn) {
     let drain = http.drain.clone();
     let http = Arc::new(http);
     let svc = service_fn(move |req: Request<Incoming>| {
