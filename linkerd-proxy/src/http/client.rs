@@ -163,7 +163,7 @@ impl Client {
     ) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
         match self.checkout_h1(key) {
             Some(s) => Ok(s),
-            None => self.connect_h1(key).await,
+            None => Box::pin(self.connect_h1(key)).await,
         }
     }
 
@@ -173,7 +173,7 @@ impl Client {
         ep: &Endpoint,
         req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let mut sender = self.connect_h1(&(ep.addr, ep.identity.clone())).await?;
+        let mut sender = Box::pin(self.connect_h1(&(ep.addr, ep.identity.clone()))).await?;
         sender.send_request(req).await.map_err(ProxyError::Upstream)
     }
 
@@ -184,7 +184,7 @@ impl Client {
     ) -> Result<Response<Incoming>, ProxyError> {
         let mut sender = match self.checkout_h1(&key) {
             Some(s) => s,
-            None => self.connect_h1(&key).await?,
+            None => Box::pin(self.connect_h1(&key)).await?,
         };
         let rsp = sender
             .send_request(req)
@@ -213,6 +213,9 @@ impl Client {
         None
     }
 
+    /// Callers box this future (and [`Client::connect_h2`]'s): connecting (TCP, TLS, the HTTP
+    /// handshake) is rare next to sending, and its state is large; awaited inline it would
+    /// make every request's future, which hyper moves around per request, that much larger.
     async fn connect_h1(&self, key: &Key) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
         let (io, stats) = self.inner.connect(key).await?;
         let (sender, conn) = http1::Builder::new()
@@ -251,7 +254,7 @@ impl Client {
                 match open(&self.inner) {
                     Some(s) => s,
                     None => {
-                        let res = self.connect_h2(&key).await;
+                        let res = Box::pin(self.connect_h2(&key)).await;
                         lock(&self.inner.h2_connecting).remove(&key);
                         let s = res?;
                         lock(&self.inner.h2).insert(key, s.clone());

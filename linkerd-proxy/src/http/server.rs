@@ -141,13 +141,18 @@ impl std::fmt::Debug for HttpConn {
 pub async fn serve(io: PrefixedIo<BoxIo>, proto: detect::Protocol, http: HttpConn) {
     let drain = http.drain.clone();
     let http = Arc::new(http);
-    let svc = service_fn(move |req: Request<Incoming>| {
-        let http = http.clone();
-        async move { Ok::<_, Infallible>(http.proxy(req).await) }
-    });
     let io = TokioIo::new(io);
     let res = match proto {
         detect::Protocol::Http2 => {
+            // hyper spawns a task per HTTP/2 request and moves the request's future into it:
+            // boxed, that is a pointer instead of the future's few KiB copied on the way in.
+            // (HTTP/1 keeps one future slot per connection: boxing would only add an
+            // allocation per request.)
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let http = http.clone();
+                let rsp = Box::pin(async move { http.proxy(req).await });
+                async move { Ok::<_, Infallible>(rsp.await) }
+            });
             let conn = conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Duration::from_secs(10))
@@ -163,6 +168,10 @@ pub async fn serve(io: PrefixedIo<BoxIo>, proto: detect::Protocol, http: HttpCon
             }
         }
         _ => {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let http = http.clone();
+                async move { Ok::<_, Infallible>(http.proxy(req).await) }
+            });
             // No header-read timer: hyper would arm a 30 s timer for every request, and each
             // registration wakes tokio's driver through its eventfd (one `write` and one
             // `epoll_wait` more per request). Idle keep-alive connections are bounded by the
@@ -288,7 +297,7 @@ impl HttpConn {
             t.event.peer_id = id.map(str::to_string);
         }
         if req.method() == Method::CONNECT && matches!(self.route, Route::Proxy) {
-            return self.tunnel(req, target, &authority, start, tap).await;
+            return Box::pin(self.tunnel(req, target, &authority, start, tap)).await;
         }
 
         let stats = self.stats(&authority, target.endpoint());
@@ -359,18 +368,8 @@ impl HttpConn {
             .as_ref()
             .and_then(|p| Some((p, p.rule.retry.as_ref()?)))
             .filter(|_| !upgrade);
-        let sent = async {
-            match retry {
-                Some((plan, retry)) => self.send_with_retries(plan, retry, target, &how, req).await,
-                None => {
-                    let req = req.map(|b| ProxyBody::stream(b, None));
-                    let rsp = self.attempt(&target, &how, req).await;
-                    (rsp, target)
-                }
-            }
-        };
         let (rsp, target) = match total {
-            Some(t) => match tokio::time::timeout(t, sent).await {
+            Some(t) => match tokio::time::timeout(t, self.send(retry, target, &how, req)).await {
                 Ok(r) => r,
                 Err(_) => {
                     if let Some(p) = &plan {
@@ -380,7 +379,7 @@ impl HttpConn {
                     return self.fail(e, grpc, &authority, Some(&stats), start, tap);
                 }
             },
-            None => sent.await,
+            None => self.send(retry, target, &how, req).await,
         };
         let mut rsp = match rsp {
             Ok(r) => r,
@@ -543,6 +542,26 @@ impl HttpConn {
         }
     }
 
+    /// Sends the request, with the route's retries if it has any.
+    async fn send(
+        &self,
+        retry: Option<(&Plan, &Retry)>,
+        target: Target,
+        how: &Attempt,
+        req: Request<Incoming>,
+    ) -> (Result<Response<Incoming>, ProxyError>, Target) {
+        match retry {
+            Some((plan, retry)) => {
+                Box::pin(self.send_with_retries(plan, retry, target, how, req)).await
+            }
+            None => {
+                let req = req.map(|b| ProxyBody::stream(b, None));
+                let rsp = self.attempt(&target, how, req).await;
+                (rsp, target)
+            }
+        }
+    }
+
     /// Sends one attempt and reports its outcome to the endpoint's load and failure accrual.
     async fn attempt(
         &self,
@@ -551,24 +570,12 @@ impl HttpConn {
         req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let ep = target.endpoint();
-        let send = async {
-            if how.upgrade {
-                self.shared.client.send_upgrade(ep, req).await
-            } else if how.affine {
-                let mut slot = lock(&self.affine).take();
-                let rsp = self.shared.client.send_h1_affine(ep, req, &mut slot).await;
-                *lock(&self.affine) = slot;
-                rsp
-            } else {
-                self.shared.client.send(ep, how.proto, req).await
-            }
-        };
         let rsp = match how.timeout {
-            Some(t) => match tokio::time::timeout(t, send).await {
+            Some(t) => match tokio::time::timeout(t, self.send_once(ep, how, req)).await {
                 Ok(r) => r,
                 Err(_) => Err(ProxyError::ResponseTimeout(t)),
             },
-            None => send.await,
+            None => self.send_once(ep, how, req).await,
         };
         match &rsp {
             Ok(r) => {
@@ -587,6 +594,25 @@ impl HttpConn {
             }
         }
         rsp
+    }
+
+    /// Sends one request to the endpoint on a connection of the attempt's kind.
+    async fn send_once(
+        &self,
+        ep: &Endpoint,
+        how: &Attempt,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        if how.upgrade {
+            Box::pin(self.shared.client.send_upgrade(ep, req)).await
+        } else if how.affine {
+            let mut slot = lock(&self.affine).take();
+            let rsp = self.shared.client.send_h1_affine(ep, req, &mut slot).await;
+            *lock(&self.affine) = slot;
+            rsp
+        } else {
+            self.shared.client.send(ep, how.proto, req).await
+        }
     }
 
     /// Sends a request on a route that retries: again on a retryable status or error, while
