@@ -2,6 +2,7 @@
 
 use crate::{
     Error, IdentityConfig,
+    get::Routes,
     grpc::DestinationGrpc,
     index::Index,
     k8s_watch::{self, KubeApiConfig},
@@ -146,12 +147,11 @@ impl Bound {
         if let Ok(addr) = self.grpc.local_addr() {
             tracing::info!(%addr, "destination gRPC listening");
         }
-        let svc = DestinationGrpc::new(
+        let svc = Routes::new(DestinationGrpc::new(
             self.index.clone(),
             self.metrics.clone(),
             &self.config.cluster_domain,
-        )
-        .into_server();
+        ));
         let (draining, drain_rx) = watch::channel(false);
         let server = tokio::spawn(serve_h2(self.grpc, svc, drain_rx));
         shutdown.await;
