@@ -32,10 +32,8 @@ use tokio_stream::{Stream, wrappers::WatchStream};
 use tonic::{Request, Response, Status};
 
 /// The size an `Add` message is cut at. A large set goes out in pieces, produced only as
-/// fast as the client reads them. It also keeps each stream's encode buffer at tonic's 8 KB:
-/// the buffer is reused in place (bytes' `BytesMut`), and doubles whenever a message does not
-/// fit behind the previous one and is longer than the space before it, which a message under
-/// half the buffer never is. With 6 KB messages the buffers crept to ~23 KB per watcher.
+/// fast as the client reads them (each piece is one allocation, freed once h2 has written it:
+/// see [`crate::get`]).
 pub const MESSAGE_BYTES: usize = 3 * 1024;
 
 /// Addresses per `Remove` message (about 5 KB).
@@ -115,7 +113,24 @@ impl destination_server::Destination for DestinationGrpc {
     type GetProfileStream = ProfileStream;
 
     async fn get(&self, req: Request<GetDestination>) -> Result<Response<EndpointStream>, Status> {
+        self.get_stream(req.into_inner()).map(Response::new)
+    }
+
+    async fn get_profile(
+        &self,
+        req: Request<GetDestination>,
+    ) -> Result<Response<ProfileStream>, Status> {
         let path = req.into_inner().path;
+        let result = parse_target(&path, &self.cluster_domain).map(|t| self.profile(t));
+        self.metrics.lookup(Api::Profile, result.as_ref().err());
+        result.map(Response::new)
+    }
+}
+
+impl DestinationGrpc {
+    /// A `Get`: the watch of a service port, or why there is none.
+    pub fn get_stream(&self, req: GetDestination) -> Result<EndpointStream, Status> {
+        let path = req.path;
         let result = match parse_target(&path, &self.cluster_domain) {
             Ok(Target::Service {
                 key,
@@ -142,21 +157,9 @@ impl destination_server::Destination for DestinationGrpc {
             Ok(_) => tracing::debug!(%path, "Get"),
             Err(e) => tracing::debug!(%path, error = %e.message(), "Get refused"),
         }
-        result.map(Response::new)
+        result
     }
 
-    async fn get_profile(
-        &self,
-        req: Request<GetDestination>,
-    ) -> Result<Response<ProfileStream>, Status> {
-        let path = req.into_inner().path;
-        let result = parse_target(&path, &self.cluster_domain).map(|t| self.profile(t));
-        self.metrics.lookup(Api::Profile, result.as_ref().err());
-        result.map(Response::new)
-    }
-}
-
-impl DestinationGrpc {
     fn profile(&self, target: Target) -> ProfileStream {
         let (key, port) = match target {
             Target::Service { key, port, .. } => (key, port),
@@ -356,8 +359,25 @@ impl EndpointStream {
             metric_labels: self.set_labels.clone(),
         })
     }
+
+    /// The next message, when there is one; `None` once the index is closed.
+    pub fn poll_update(&mut self, cx: &mut Context<'_>) -> Poll<Option<Update>> {
+        loop {
+            if let Some(u) = self.next_update() {
+                self.guard.sent();
+                return Poll::Ready(Some(u));
+            }
+            // Only look for a newer snapshot once the current one is fully sent.
+            match ready!(Pin::new(&mut self.rx).poll_next(cx)) {
+                Some(next) => self.plan(next),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
 }
 
+/// For tonic (`Destination::get`; the server itself answers `Get` through
+/// [`crate::get::Routes`]).
 impl Stream for EndpointStream {
     type Item = Result<Update, Status>;
 
@@ -366,18 +386,9 @@ impl Stream for EndpointStream {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        loop {
-            if let Some(u) = self.next_update() {
-                self.guard.sent();
-                self.pace = !self.queue.is_empty();
-                return Poll::Ready(Some(Ok(u)));
-            }
-            // Only look for a newer snapshot once the current one is fully sent.
-            match ready!(Pin::new(&mut self.rx).poll_next(cx)) {
-                Some(next) => self.plan(next),
-                None => return Poll::Ready(None),
-            }
-        }
+        let u = ready!(self.poll_update(cx));
+        self.pace = u.is_some() && !self.queue.is_empty();
+        Poll::Ready(u.map(Ok))
     }
 }
 

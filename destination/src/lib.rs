@@ -14,12 +14,14 @@
 //!   watchers: versioned snapshots, each with the diff from the previous one.
 //! * [`registry`] and [`k8s`]: the two sources; [`k8s_watch`] is the thin API-server layer.
 //! * [`grpc`]: the streams. Each `Get` stream holds only the last snapshot it sent, and
-//!   computes what to send next when the client is ready for it.
+//!   computes what to send next when the client is ready for it. [`get`] serves `Get` on
+//!   hyper with no per-stream encode buffer; tonic serves the rest.
 //! * [`metrics`], [`server`], [`args`]: the admin server, wiring and the command line.
 //! * [`bench`]: 10,000 endpoints, 1,000 watchers, the time for one change to reach them all.
 
 pub mod args;
 pub mod bench;
+pub mod get;
 pub mod grpc;
 pub mod index;
 pub mod k8s;

