@@ -189,6 +189,19 @@ fn count(replies: &[Reply], f: impl Fn(&Reply) -> bool) -> usize {
     replies.iter().filter(|r| f(r)).count()
 }
 
+/// Asserts that `part` of `total` replies falls in `expected` (a share, 0 to 1); prints it.
+fn assert_share(what: &str, part: usize, total: usize, expected: std::ops::RangeInclusive<f64>) {
+    let share = part as f64 / total as f64;
+    eprintln!("{what}: {:.1}% ({part} of {total})", share * 100.0);
+    assert!(
+        expected.contains(&share),
+        "{what}: {:.1}% ({part} of {total}), expected {:.1}%..={:.1}%",
+        share * 100.0,
+        expected.start() * 100.0,
+        expected.end() * 100.0
+    );
+}
+
 fn route_counter(m: &Metrics, name: &str) -> f64 {
     m.sum(name, &[("route_name", "web")])
 }
@@ -225,13 +238,7 @@ async fn a_weighted_split_lands_within_a_few_percent_of_90_10_and_updates_apply_
         let ok = count(&replies, |r| r.0 == 200);
         assert_eq!(ok, 2000, "{:?}", replies.iter().find(|r| r.0 != 200));
         let to_v2 = count(&replies, |r| r.1.starts_with("v2 "));
-        let share = to_v2 as f64 / 2000.0;
-        eprintln!("v2 share {:.1}% ({to_v2} of 2000)", share * 100.0);
-        assert!(
-            (0.075..=0.125).contains(&share),
-            "v2 got {:.1}%",
-            share * 100.0
-        );
+        assert_share("to v2", to_v2, 2000, 0.075..=0.125);
         // Bodies arrive intact through the split and the mTLS hop.
         assert_eq!(count(&replies, |r| r.3), 2000);
         assert_eq!(v1.hits() + v2.hits(), 2000);
@@ -511,13 +518,7 @@ async fn fault_injection_fails_the_configured_share_without_reaching_the_backend
         let injected = count(&replies, |r| r.0 == 503 && r.2.contains("injected"));
         let ok = count(&replies, |r| r.0 == 200);
         assert_eq!(injected + ok, 800);
-        let share = injected as f64 / 800.0;
-        eprintln!("injected {:.1}%", share * 100.0);
-        assert!(
-            (0.19..=0.31).contains(&share),
-            "{:.1}% injected",
-            share * 100.0
-        );
+        assert_share("injected", injected, 800, 0.19..=0.31);
         // Injected failures never reach the app.
         assert_eq!(app.hits(), ok);
         let m = client.metrics().await;
