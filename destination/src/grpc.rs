@@ -199,9 +199,6 @@ pub struct EndpointStream {
     set_labels: HashMap<String, String>,
     hostname: Option<String>,
     guard: WatcherGuard,
-    /// Set after a message when more are queued: the next poll yields once, so tonic
-    /// encodes (and buffers) one message at a time instead of batching up to 32 KB.
-    pace: bool,
 }
 
 /// Messages still to produce for the current snapshot.
@@ -232,7 +229,6 @@ impl EndpointStream {
             set_labels,
             hostname,
             guard,
-            pace: false,
         }
     }
 
@@ -382,13 +378,7 @@ impl Stream for EndpointStream {
     type Item = Result<Update, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if std::mem::take(&mut self.pace) {
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        let u = ready!(self.poll_update(cx));
-        self.pace = u.is_some() && !self.queue.is_empty();
-        Poll::Ready(u.map(Ok))
+        self.poll_update(cx).map(|u| u.map(Ok))
     }
 }
 
