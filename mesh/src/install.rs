@@ -2,6 +2,7 @@
 //! trust anchor, the identity issuer and the injector's webhook certificate filled in.
 //! `--ha` applies `deploy/overlays/ha`'s patches, as `kubectl kustomize` would.
 
+use crate::out;
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use serde_json::Value;
@@ -121,7 +122,7 @@ impl std::fmt::Debug for Secrets {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let secrets = secrets(&args)?;
     let docs = render(Some(&secrets), args.ha)?;
-    print!("{}", linkerd_injector::workload::to_yaml(&docs)?);
+    out::print(&linkerd_injector::workload::to_yaml(&docs)?)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 mod demo;
 mod install;
+mod out;
 mod stat;
 mod up;
 mod viz;
@@ -87,10 +88,17 @@ fn main() -> ExitCode {
 
 /// For commands that need no runtime.
 fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
-    result.unwrap_or_else(|e| {
-        eprintln!("mesh: {e:#}");
-        ExitCode::FAILURE
-    })
+    result.unwrap_or_else(failed)
+}
+
+/// The exit of a command that failed. A reader that stopped reading our output
+/// (`mesh stat | head -1`) is not a failure of ours: exit quietly and successfully.
+fn failed(e: anyhow::Error) -> ExitCode {
+    if out::is_broken_pipe(&e) {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("mesh: {e:#}");
+    ExitCode::FAILURE
 }
 
 fn run(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
@@ -104,11 +112,5 @@ fn run(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> Exit
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(fut) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("mesh: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    rt.block_on(fut).unwrap_or_else(failed)
 }

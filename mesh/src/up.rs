@@ -17,6 +17,7 @@ mod config;
 
 pub use config::MeshFile;
 
+use crate::out::{self, outln};
 use crate::stat::{self, Scrape, Window};
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -338,22 +339,22 @@ async fn serve(
             .map(|r| (r, l))
     });
     if !args.json {
-        println!(
+        outln!(
             "mesh up: {} workloads on loopback; logs in {}; state in {}",
             running.len(),
             logs.display(),
             args.state.display()
-        );
+        )?;
         if let Some(r) = running.iter().find(|r| r.failed.is_none()) {
-            println!(
+            outln!(
                 "Try: curl -H 'Host: {}:{}' http://{}/",
                 r.workload.fqdn(),
                 r.workload.spec.port,
                 inbound(r.workload.ip)
-            );
+            )?;
         }
-        println!("Sidecars: {}", proxy.describe());
-        println!("Other terminals: mesh stat | mesh edges | mesh graph | mesh check");
+        outln!("Sidecars: {}", proxy.describe())?;
+        outln!("Other terminals: mesh stat | mesh edges | mesh graph | mesh check")?;
     }
     let sent = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -413,7 +414,7 @@ async fn serve(
                 &now,
                 sent.load(Ordering::Relaxed),
                 failed.load(Ordering::Relaxed),
-            );
+            )?;
         }
         prev = now;
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
@@ -442,19 +443,19 @@ async fn serve(
     );
     let ok = summary["ok"] == serde_json::Value::Bool(true);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?)?;
     } else {
         for problem in summary["problems"].as_array().into_iter().flatten() {
-            println!("problem: {}", problem.as_str().unwrap_or_default());
+            outln!("problem: {}", problem.as_str().unwrap_or_default())?;
         }
-        println!(
+        outln!(
             "\n{}",
             if ok {
                 "every workload ran, every request succeeded, all traffic between workloads was mTLS"
             } else {
                 "not everything went well: see the problems above and the logs"
             }
-        );
+        )?;
     }
     Ok(if ok {
         ExitCode::SUCCESS
@@ -897,9 +898,15 @@ async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
     Ok(rsp.status().as_u16())
 }
 
-fn print_table(running: &[Running], prev: &[Scrape], now: &[Scrape], sent: u64, failed: u64) {
+fn print_table(
+    running: &[Running],
+    prev: &[Scrape],
+    now: &[Scrape],
+    sent: u64,
+    failed: u64,
+) -> std::io::Result<()> {
     if std::io::stdout().is_terminal() {
-        print!("\x1b[2J\x1b[H");
+        out::print("\x1b[2J\x1b[H")?;
     }
     let mut rows = Vec::new();
     for (i, r) in running.iter().enumerate() {
@@ -909,15 +916,16 @@ fn print_table(running: &[Running], prev: &[Scrape], now: &[Scrape], sent: u64, 
         }
         rows.extend(crate::viz::rows(r.workload.name(), &prev[i], &now[i], 1.0));
     }
-    crate::viz::print_rows(&rows);
+    crate::viz::print_rows(&rows)?;
     if sent > 0 {
-        println!("\nload generator: {sent} sent, {failed} failed. Ctrl-C to stop.");
+        outln!("\nload generator: {sent} sent, {failed} failed. Ctrl-C to stop.")?;
     } else {
-        println!("\nCtrl-C to stop.");
+        outln!("\nCtrl-C to stop.")?;
     }
-    println!(
+    outln!(
         "MTLS: share of a route's responses carried over mTLS between sidecars (a front door called from outside the mesh is plaintext)."
-    );
+    )?;
+    Ok(())
 }
 
 /// Resident memory of a process, from /proc.

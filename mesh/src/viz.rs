@@ -2,6 +2,7 @@
 //! from the sidecars' and control plane's admin servers. They find a local mesh through the
 //! state file `mesh up` writes, or take any set of proxy admin addresses (`--admin`).
 
+use crate::out::{self, outln};
 use crate::stat::{self, Scrape, Window};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
@@ -173,15 +174,22 @@ pub fn rows(workload: &str, before: &Scrape, after: &Scrape, secs: f64) -> Vec<R
     out
 }
 
-pub fn print_rows(rows: &[Row]) {
+pub fn print_rows(rows: &[Row]) -> std::io::Result<()> {
     let route_width = rows.iter().map(|r| r.route.len()).max().unwrap_or(5).max(5);
-    println!(
+    outln!(
         "{:<12} {:<route_width$} {:>7} {:>8} {:>8} {:>8} {:>7} {:>6}",
-        "WORKLOAD", "ROUTE", "RPS", "SUCCESS", "P50", "P99", "MTLS", "RSS"
-    );
+        "WORKLOAD",
+        "ROUTE",
+        "RPS",
+        "SUCCESS",
+        "P50",
+        "P99",
+        "MTLS",
+        "RSS"
+    )?;
     for r in rows {
         if let Some(e) = &r.error {
-            println!("{:<12} {:<route_width$} {e}", r.workload, r.route);
+            outln!("{:<12} {:<route_width$} {e}", r.workload, r.route)?;
             continue;
         }
         let w = &r.window;
@@ -190,7 +198,7 @@ pub fn print_rows(rows: &[Row]) {
         } else {
             format!("{:.1}M", r.rss_bytes / 1e6)
         };
-        println!(
+        outln!(
             "{:<12} {:<route_width$} {:>7.1} {:>8} {:>8} {:>8} {:>7} {:>6}",
             r.workload,
             r.route,
@@ -200,8 +208,9 @@ pub fn print_rows(rows: &[Row]) {
             ms(w.p99_ms),
             pct(w.tls_fraction),
             rss,
-        );
+        )?;
     }
+    Ok(())
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -243,9 +252,9 @@ pub async fn stat(args: StatArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
     } else {
-        print_rows(&out);
+        print_rows(&out)?;
     }
     Ok(if reachable == proxies.len() {
         ExitCode::SUCCESS
@@ -373,13 +382,22 @@ impl Top {
     }
 }
 
-fn print_top(rows: &[TopRow], limit: usize, lost: u64) {
-    println!(
+fn print_top(rows: &[TopRow], limit: usize, lost: u64) -> std::io::Result<()> {
+    outln!(
         "{:<12} {:<4} {:<6} {:<40} {:<24} {:>7} {:>8} {:>8} {:>8} {:>5}",
-        "WORKLOAD", "DIR", "METHOD", "AUTHORITY", "PATH", "COUNT", "SUCCESS", "P50", "MAX", "MTLS"
-    );
+        "WORKLOAD",
+        "DIR",
+        "METHOD",
+        "AUTHORITY",
+        "PATH",
+        "COUNT",
+        "SUCCESS",
+        "P50",
+        "MAX",
+        "MTLS"
+    )?;
     for r in rows.iter().take(limit) {
-        println!(
+        outln!(
             "{:<12} {:<4} {:<6} {:<40} {:<24} {:>7} {:>8} {:>8} {:>8} {:>5}",
             r.workload,
             if r.direction == "inbound" {
@@ -401,11 +419,12 @@ fn print_top(rows: &[TopRow], limit: usize, lost: u64) {
             } else {
                 "some"
             },
-        );
+        )?;
     }
     if lost > 0 {
-        println!("({lost} events lost: the proxies produced them faster than we read)");
+        outln!("({lost} events lost: the proxies produced them faster than we read)")?;
     }
+    Ok(())
 }
 
 /// Reads one proxy's `/tap` stream line by line into `tx`.
@@ -480,10 +499,10 @@ pub async fn top(args: TopArgs) -> anyhow::Result<ExitCode> {
             },
             _ = tick.tick(), if !args.json => {
                 if std::io::stdout().is_terminal() {
-                    print!("\x1b[2J\x1b[H");
+                    out::print("\x1b[2J\x1b[H")?;
                 }
-                print_top(&top.sorted(), args.rows, top.lost);
-                println!();
+                print_top(&top.sorted(), args.rows, top.lost)?;
+                out::print("\n")?;
             }
             _ = &mut deadline => break,
             _ = tokio::signal::ctrl_c() => break,
@@ -498,14 +517,14 @@ pub async fn top(args: TopArgs) -> anyhow::Result<ExitCode> {
     }
     let rows = top.sorted();
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(
                 &serde_json::json!({"rows": rows, "lost": top.lost, "errors": errors})
             )?
-        );
+        )?;
     } else {
-        print_top(&rows, args.rows, top.lost);
+        print_top(&rows, args.rows, top.lost)?;
         for e in &errors {
             eprintln!("mesh top: {e}");
         }
@@ -581,19 +600,23 @@ pub async fn edges(args: EdgesArgs) -> anyhow::Result<ExitCode> {
     }
     let edges = edges_of(&proxies, &scrapes);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&edges)?);
+        outln!("{}", serde_json::to_string_pretty(&edges)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     if edges.is_empty() {
-        println!("no traffic between workloads yet");
+        outln!("no traffic between workloads yet")?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<12} {:<40} {:>9} {:<5} {:<55} SERVER_ID",
-        "SRC", "DST", "REQUESTS", "MTLS", "CLIENT_ID"
-    );
+        "SRC",
+        "DST",
+        "REQUESTS",
+        "MTLS",
+        "CLIENT_ID"
+    )?;
     for e in &edges {
-        println!(
+        outln!(
             "{:<12} {:<40} {:>9} {:<5} {:<55} {}",
             e.src,
             e.dst,
@@ -601,7 +624,7 @@ pub async fn edges(args: EdgesArgs) -> anyhow::Result<ExitCode> {
             if e.mtls { "yes" } else { "no" },
             e.client_id.as_deref().unwrap_or("-"),
             e.server_id.as_deref().unwrap_or("-"),
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -672,7 +695,7 @@ pub async fn graph(args: GraphArgs) -> anyhow::Result<ExitCode> {
     let (proxies, state) = args.target.resolve()?;
     let scrapes = scrape_all(&proxies).await;
     let text = dot(&proxies, state.as_ref(), &edges_of(&proxies, &scrapes));
-    print!("{text}");
+    out::print(&text)?;
     if let Some(svg) = args.svg {
         let mut child = tokio::process::Command::new("dot")
             .arg("-Tsvg")
@@ -887,30 +910,30 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     let ok = results.iter().all(|r| r.ok);
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({"ok": ok, "checks": results}))?
-        );
+        )?;
     } else {
         for r in &results {
-            println!(
+            outln!(
                 "{} {} ({})",
                 if r.ok { "√" } else { "×" },
                 r.check,
                 r.detail
-            );
+            )?;
             if let Some(h) = &r.hint {
-                println!("    hint: {h}");
+                outln!("    hint: {h}")?;
             }
         }
-        println!(
+        outln!(
             "\n{}",
             if ok {
                 "Status check results are √"
             } else {
                 "Some checks failed"
             }
-        );
+        )?;
     }
     Ok(if ok {
         ExitCode::SUCCESS

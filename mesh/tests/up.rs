@@ -102,6 +102,21 @@ fn mesh_up_demo_serves_traffic_through_every_sidecar() {
         assert!(routes.iter().any(|r| r == want), "{want}: {rows}");
     }
 
+    // `mesh stat | head -0`: the reader is gone before the table is written (after the
+    // 1 s window). That ends the command quietly and successfully, not in a panic.
+    let mut piped = mesh()
+        .args(["stat", "--window", "1", "--state"])
+        .arg(&state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(piped.stdout.take());
+    let piped = piped.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(piped.status.success(), "{:?}: {stderr}", piped.status);
+    assert!(stderr.is_empty(), "{stderr}");
+
     let edges = mesh()
         .args(["edges", "--json", "--state"])
         .arg(&state)
