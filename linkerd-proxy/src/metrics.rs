@@ -23,14 +23,14 @@ pub const LATENCY_BUCKETS_MS: [u64; 25] = [
     10000, 20000, 30000, 40000, 50000,
 ];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Direction {
     Inbound,
     Outbound,
 }
 
-/// The `tls` label and its companions. Only plaintext exists until mTLS lands.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// The `tls` label and its companions.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Tls {
     /// `tls="true"`, with the peer's identity when it is known.
     Established { peer_id: Option<Arc<str>> },
@@ -39,13 +39,13 @@ pub enum Tls {
 }
 
 /// Which side of the proxy a TCP connection is on: `src` (accepted) or `dst` (dialled).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Peer {
     Src,
     Dst,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HttpKey {
     pub direction: Direction,
     pub authority: Arc<str>,
@@ -53,7 +53,7 @@ pub struct HttpKey {
     pub tls: Tls,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TcpKey {
     pub direction: Direction,
     pub peer: Peer,
@@ -104,7 +104,7 @@ impl RouteCounters {
 }
 
 /// One authorization counter's labels: Linkerd's `inbound_{http,tcp}_authz_{allow,deny}_total`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AuthzKey {
     /// `http` or `tcp`.
     pub proto: &'static str,
@@ -187,29 +187,25 @@ impl Metrics {
     }
 
     fn encode_rate_limited(&self, out: &mut String) {
-        let mut all: Vec<(RouteKey, u64)> = lock(&self.rate_limited)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
-            .collect();
+        let all = snapshot(&self.rate_limited);
         if all.is_empty() {
             return;
         }
-        all.sort();
-        let name = "inbound_http_local_ratelimit_rate_limited_total";
-        family(
+        samples(
             out,
-            name,
+            "inbound_http_local_ratelimit_rate_limited_total",
             "Inbound requests refused by a server's local rate limit.",
             "counter",
+            &all,
+            |((srv, rl), _)| {
+                format!(
+                    "srv_name=\"{}\",ratelimit_name=\"{}\"",
+                    escape(srv),
+                    escape(rl)
+                )
+            },
+            |(_, n)| n.load(Ordering::Relaxed),
         );
-        for ((srv, rl), n) in all {
-            let _ = writeln!(
-                out,
-                "{name}{{srv_name=\"{}\",ratelimit_name=\"{}\"}} {n}",
-                escape(&srv),
-                escape(&rl)
-            );
-        }
     }
 
     /// The counters of one outbound route (resolved once per policy update).
@@ -221,14 +217,10 @@ impl Metrics {
     }
 
     fn encode_routes(&self, out: &mut String) {
-        let mut all: Vec<(RouteKey, Arc<RouteCounters>)> = lock(&self.routes)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let all = snapshot(&self.routes);
         if all.is_empty() {
             return;
         }
-        all.sort_by(|a, b| a.0.cmp(&b.0));
         type Get = fn(&RouteCounters) -> &AtomicU64;
         let families: [(&str, &str, Get); 6] = [
             (
@@ -263,16 +255,21 @@ impl Metrics {
             ),
         ];
         for (name, help, get) in families {
-            family(out, name, help, "counter");
-            for ((parent, route), c) in &all {
-                let _ = writeln!(
-                    out,
-                    "{name}{{parent_name=\"{}\",route_name=\"{}\"}} {}",
-                    escape(parent),
-                    escape(route),
-                    get(c).load(Ordering::Relaxed)
-                );
-            }
+            samples(
+                out,
+                name,
+                help,
+                "counter",
+                &all,
+                |((parent, route), _)| {
+                    format!(
+                        "parent_name=\"{}\",route_name=\"{}\"",
+                        escape(parent),
+                        escape(route)
+                    )
+                },
+                |(_, c)| get(c).load(Ordering::Relaxed),
+            );
         }
     }
 
@@ -282,29 +279,10 @@ impl Metrics {
     }
 
     fn encode_authz(&self, out: &mut String) {
-        let mut all: Vec<(AuthzKey, u64)> = lock(&self.authz)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
-            .collect();
+        let all = snapshot(&self.authz);
         if all.is_empty() {
             return;
         }
-        all.sort_by(|a, b| {
-            (
-                a.0.proto,
-                a.0.allow,
-                &a.0.srv_name,
-                &a.0.route_name,
-                &a.0.authz_name,
-            )
-                .cmp(&(
-                    b.0.proto,
-                    b.0.allow,
-                    &b.0.srv_name,
-                    &b.0.route_name,
-                    &b.0.authz_name,
-                ))
-        });
         for (proto, allow) in [
             ("http", true),
             ("http", false),
@@ -323,30 +301,19 @@ impl Metrics {
                 ("tcp", true) => "Opaque TCP connections authorized by an inbound policy.",
                 _ => "Opaque TCP connections refused by an inbound policy.",
             };
-            family(out, &name, help, "counter");
-            for (k, v) in all
+            let series: Vec<_> = all
                 .iter()
                 .filter(|(k, _)| k.proto == proto && k.allow == allow)
-            {
-                let _ = write!(
-                    out,
-                    "{name}{{srv_kind=\"{}\",srv_name=\"{}\"",
-                    escape(&k.srv_kind),
-                    escape(&k.srv_name)
-                );
-                if let Some(r) = &k.route_name {
-                    let _ = write!(out, ",route_name=\"{}\"", escape(r));
-                }
-                if let (Some(kind), Some(n)) = (&k.authz_kind, &k.authz_name) {
-                    let _ = write!(
-                        out,
-                        ",authz_kind=\"{}\",authz_name=\"{}\"",
-                        escape(kind),
-                        escape(n)
-                    );
-                }
-                let _ = writeln!(out, "}} {v}");
-            }
+                .collect();
+            samples(
+                out,
+                &name,
+                help,
+                "counter",
+                &series,
+                |(k, _)| authz_labels(k),
+                |(_, n)| n.load(Ordering::Relaxed),
+            );
         }
     }
 
@@ -410,24 +377,16 @@ impl Metrics {
     }
 
     fn encode_http(&self, out: &mut String) {
-        let http: Vec<(HttpKey, Arc<HttpStats>)> = lock(&self.http)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        family(
+        let http = snapshot(&self.http);
+        samples(
             out,
             "request_total",
             "Total count of HTTP requests.",
             "counter",
+            &http,
+            |(k, _)| http_labels(k),
+            |(_, s)| s.requests.load(Ordering::Relaxed),
         );
-        for (k, s) in &http {
-            let _ = writeln!(
-                out,
-                "request_total{{{}}} {}",
-                http_labels(k),
-                s.requests.load(Ordering::Relaxed)
-            );
-        }
         family(
             out,
             "response_total",
@@ -474,10 +433,7 @@ impl Metrics {
     }
 
     fn encode_tcp(&self, out: &mut String) {
-        let tcp: Vec<(TcpKey, Arc<TcpStats>)> = lock(&self.tcp)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let tcp = snapshot(&self.tcp);
         type Family = (
             &'static str,
             &'static str,
@@ -521,27 +477,33 @@ impl Metrics {
             ),
         ];
         for (name, help, kind, value) in families {
-            family(out, name, help, kind);
-            for (k, s) in &tcp {
-                let _ = writeln!(out, "{name}{{{}}} {}", tcp_labels(k), value(s));
-            }
+            samples(
+                out,
+                name,
+                help,
+                kind,
+                &tcp,
+                |(k, _)| tcp_labels(k),
+                |(_, s)| value(s),
+            );
         }
     }
 
     fn encode_detect(&self, out: &mut String) {
-        family(
+        samples(
             out,
             "protocol_detect_total",
             "Protocol detection results, by protocol and why detection ended.",
             "counter",
+            &snapshot(&self.detect),
+            |((dir, proto, reason), _)| {
+                format!(
+                    "direction=\"{}\",protocol=\"{proto}\",reason=\"{reason}\"",
+                    dir.as_str()
+                )
+            },
+            |(_, n)| *n,
         );
-        for ((dir, proto, reason), n) in lock(&self.detect).iter() {
-            let _ = writeln!(
-                out,
-                "protocol_detect_total{{direction=\"{}\",protocol=\"{proto}\",reason=\"{reason}\"}} {n}",
-                dir.as_str()
-            );
-        }
     }
 }
 
@@ -665,8 +627,56 @@ fn response_labels(c: &ResponseClass, classification: bool) -> String {
     s
 }
 
+fn authz_labels(k: &AuthzKey) -> String {
+    let mut s = format!(
+        "srv_kind=\"{}\",srv_name=\"{}\"",
+        escape(&k.srv_kind),
+        escape(&k.srv_name)
+    );
+    if let Some(r) = &k.route_name {
+        let _ = write!(s, ",route_name=\"{}\"", escape(r));
+    }
+    if let (Some(kind), Some(n)) = (&k.authz_kind, &k.authz_name) {
+        let _ = write!(
+            s,
+            ",authz_kind=\"{}\",authz_name=\"{}\"",
+            escape(kind),
+            escape(n)
+        );
+    }
+    s
+}
+
 fn family(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// One metric family: its HELP and TYPE lines, then one sample per series.
+fn samples<T>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    series: &[T],
+    labels: impl Fn(&T) -> String,
+    value: impl Fn(&T) -> u64,
+) {
+    family(out, name, help, kind);
+    for t in series {
+        let _ = writeln!(out, "{name}{{{}}} {}", labels(t), value(t));
+    }
+}
+
+/// A registry map's entries, copied out from under its lock (values are counters or `Arc`s of
+/// them) and sorted by label set: a scrape renders in a stable order and formats nothing while
+/// the hot path could be waiting on the lock.
+fn snapshot<K: Clone + Ord, V: Clone>(map: &Mutex<HashMap<K, V>>) -> Vec<(K, V)> {
+    let mut all: Vec<(K, V)> = lock(map)
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
 }
 
 fn escape(v: &str) -> String {
