@@ -924,6 +924,14 @@ async fn run_http(opts: &AllOpts, env: &Env, plan: &[(Scenario, Vec<Via>)]) -> a
                 // More than a tenth of a core on average went to something else.
                 fields.push(("disturbed", json!(other > 0.1 * wall)));
                 fields.push(("wall_s", json!(round(wall, 2))));
+                // The share of the machine's CPU time nobody used. Well above zero in a
+                // saturation run means the path did not run out of CPU but out of
+                // concurrency: its processes waited on each other (or on the scheduler).
+                let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+                fields.push((
+                    "machine_idle",
+                    json!(round((1.0 - machine / (wall * cpus)).clamp(0.0, 1.0), 3)),
+                ));
                 fields.extend(m.extra.iter().cloned());
                 emit(&fields)?;
                 let cpu: f64 = used.iter().map(|u| u.cpu_s).sum();
