@@ -67,4 +67,6 @@ pub enum Error {
     Usage(String),
     #[error("bench: {0}")]
     Bench(String),
+    #[error("cannot write to stdout: {0}")]
+    Stdout(#[source] std::io::Error),
 }

@@ -48,5 +48,10 @@ mod tests {
             .unwrap_err();
         assert!(!is_broken_pipe(&e));
         assert!(!is_broken_pipe(&anyhow::anyhow!("no mesh is running")));
+        // As the control-plane commands return it (`mesh policy crds - | head -1`).
+        let e = anyhow::Error::from(linkerd_policy::Error::Stdout(io::Error::from(
+            io::ErrorKind::BrokenPipe,
+        )));
+        assert!(is_broken_pipe(&e));
     }
 }

@@ -49,4 +49,6 @@ pub enum Error {
     Usage(String),
     #[error("crds: {0}")]
     Crds(String),
+    #[error("cannot write to stdout: {0}")]
+    Stdout(#[source] std::io::Error),
 }
