@@ -243,12 +243,4 @@ where
     Ok(())
 }
 
-/// Completes when the stop flag turns true (or its sender is gone).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    loop {
-        let done = *stop.borrow_and_update();
-        if done || stop.changed().await.is_err() {
-            return;
-        }
-    }
-}
+pub(crate) use linkerd_control::stopped;

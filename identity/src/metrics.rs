@@ -1,12 +1,7 @@
 //! Metrics and the admin server (`/metrics`, `/ready`, `/live`).
 
 use crate::ca::Ca;
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
 use std::{
-    convert::Infallible,
     fmt::Write,
     sync::{
         Arc,
@@ -123,55 +118,14 @@ impl Metrics {
     }
 }
 
-/// Serves the admin endpoints until `shutdown` turns true.
+/// Serves `/metrics`, `/ready` and `/live` until `shutdown` turns true.
 pub(crate) async fn serve_admin(
     listener: TcpListener,
     ca: Arc<Ca>,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let (io, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
-            _ = crate::server::stopped(&mut shutdown) => return,
-        };
-        let (ca, metrics) = (ca.clone(), metrics.clone());
-        let svc = service_fn(move |req| {
-            let rsp = admin(&req, &ca, &metrics);
-            async move { Ok::<_, Infallible>(rsp) }
-        });
-        tokio::spawn(async move {
-            let conn =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin connection failed");
-            }
-        });
-    }
-}
-
-fn admin(req: &Request<Incoming>, ca: &Ca, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let (status, body) = match req.uri().path() {
-        "/metrics" => (StatusCode::OK, metrics.render(ca)),
-        "/live" => (StatusCode::OK, "live\n".to_string()),
-        "/ready" if ca.issuer().is_some() => (StatusCode::OK, "ready\n".to_string()),
-        "/ready" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no issuer loaded\n".to_string(),
-        ),
-        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
-    };
-    let mut rsp = Response::new(Full::new(Bytes::from(body)));
-    *rsp.status_mut() = status;
-    rsp.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    rsp
+    let issuer = ca.clone();
+    let ready = move || issuer.issuer().map(drop).ok_or("no issuer loaded");
+    linkerd_control::serve_admin(listener, shutdown, move || metrics.render(&ca), ready).await
 }

@@ -273,15 +273,7 @@ impl IssuerWatcher {
     }
 }
 
-/// Completes when the stop flag turns true (or its sender is gone).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    loop {
-        let done = *stop.borrow_and_update();
-        if done || stop.changed().await.is_err() {
-            return;
-        }
-    }
-}
+pub(crate) use linkerd_control::stopped;
 
 async fn read(path: &Path) -> Result<Vec<u8>, Error> {
     tokio::fs::read(path).await.map_err(|source| Error::Read {

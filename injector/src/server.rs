@@ -310,58 +310,14 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     rsp
 }
 
-/// Serves the admin endpoints until `shutdown` turns true.
+/// Serves `/metrics`, `/ready` and `/live` until `shutdown` turns true. Always ready: the
+/// certificate is loaded and the webhook listener bound before this server starts.
 async fn serve_admin(
     listener: TcpListener,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let (io, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut shutdown) => return,
-        };
-        let metrics = metrics.clone();
-        let svc = service_fn(move |req: Request<Incoming>| {
-            let rsp = match req.uri().path() {
-                "/metrics" => {
-                    let mut r = text(StatusCode::OK, &metrics.render());
-                    r.headers_mut().insert(
-                        hyper::header::CONTENT_TYPE,
-                        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
-                    );
-                    r
-                }
-                // The certificate is loaded and the listener bound before this server starts.
-                "/ready" => text(StatusCode::OK, "ready\n"),
-                "/live" => text(StatusCode::OK, "live\n"),
-                _ => text(StatusCode::NOT_FOUND, "not found\n"),
-            };
-            async move { Ok::<_, Infallible>(rsp) }
-        });
-        tokio::spawn(async move {
-            let conn =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin connection failed");
-            }
-        });
-    }
+    linkerd_control::serve_admin(listener, shutdown, move || metrics.render(), || Ok(())).await
 }
 
-/// Completes when the stop flag turns true (or its sender is gone).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    loop {
-        let done = *stop.borrow_and_update();
-        if done || stop.changed().await.is_err() {
-            return;
-        }
-    }
-}
+pub(crate) use linkerd_control::stopped;

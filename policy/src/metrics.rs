@@ -1,12 +1,7 @@
 //! Metrics and the admin server (`/metrics`, `/ready`, `/live`).
 
 use crate::index::Index;
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
 use std::{
-    convert::Infallible,
     fmt::Write,
     sync::{
         Arc,
@@ -231,55 +226,19 @@ impl Drop for WatcherGuard {
     }
 }
 
-/// Serves the admin endpoints until `shutdown` turns true.
+/// Serves `/metrics`, `/ready` and `/live` until `shutdown` turns true.
 pub(crate) async fn serve_admin(
     listener: TcpListener,
     index: Arc<Index>,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let (io, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
-            _ = crate::server::stopped(&mut shutdown) => return,
-        };
-        let (index, metrics) = (index.clone(), metrics.clone());
-        let svc = service_fn(move |req| {
-            let rsp = admin(&req, &index, &metrics);
-            async move { Ok::<_, Infallible>(rsp) }
-        });
-        tokio::spawn(async move {
-            let conn =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin connection failed");
-            }
-        });
-    }
-}
-
-fn admin(req: &Request<Incoming>, index: &Index, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let (status, body) = match req.uri().path() {
-        "/metrics" => (StatusCode::OK, metrics.render(index)),
-        "/live" => (StatusCode::OK, "live\n".to_string()),
-        "/ready" if metrics.is_ready() => (StatusCode::OK, "ready\n".to_string()),
-        "/ready" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no policy state loaded yet\n".to_string(),
-        ),
-        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+    let m = metrics.clone();
+    let ready = move || {
+        metrics
+            .is_ready()
+            .then_some(())
+            .ok_or("no policy state loaded yet")
     };
-    let mut rsp = Response::new(Full::new(Bytes::from(body)));
-    *rsp.status_mut() = status;
-    rsp.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    rsp
+    linkerd_control::serve_admin(listener, shutdown, move || m.render(&index), ready).await
 }

@@ -213,12 +213,4 @@ where
     while conns.join_next().await.is_some() {}
 }
 
-/// Completes when the stop flag turns true (or its sender is gone).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    loop {
-        let done = *stop.borrow_and_update();
-        if done || stop.changed().await.is_err() {
-            return;
-        }
-    }
-}
+pub(crate) use linkerd_control::stopped;
