@@ -1,5 +1,6 @@
 //! What the control-plane services (identity, destination, policy, the injector) share: the admin
-//! server with `/metrics`, `/ready` and `/live`, and the stop signal their loops select on.
+//! server with `/metrics`, `/ready` and `/live`, the stop signal their loops select on, and
+//! stdout for their commands (and the rest of `mesh`'s) that a closed pipe does not crash.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -7,6 +8,16 @@ use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use tokio::{net::TcpListener, sync::watch};
+
+/// Writes `text` to stdout in one go and flushes it. `println!` panics when the reader has gone
+/// (`mesh policy crds - | head -1`: Rust ignores SIGPIPE, so the write fails with `EPIPE`);
+/// here that is an `io::ErrorKind::BrokenPipe` error, on which `mesh` exits quietly.
+pub fn print(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
 
 /// Completes once `stop` holds `true` (or its sender is gone).
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {

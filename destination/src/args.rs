@@ -121,7 +121,7 @@ pub async fn run(args: Args) -> Result<ExitCode, Error> {
             .await?;
             let json =
                 serde_json::to_string_pretty(&report).map_err(|e| Error::Bench(e.to_string()))?;
-            print_stdout(&format!("{json}\n"))?;
+            linkerd_control::print(&format!("{json}\n")).map_err(Error::Stdout)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchClient(a) => {
@@ -159,16 +159,6 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
 }
 
 /// In-cluster by default; with `--kube-api-url`, only what the flags say.
-/// Writes `text` to stdout. A reader that went away (`| head`) is an error for `mesh` to end
-/// on quietly, where `println!` would panic.
-fn print_stdout(text: &str) -> Result<(), Error> {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(Error::Stdout)
-}
-
 fn kube_config(a: &ServeArgs) -> Result<KubeApiConfig, Error> {
     let mut c = match &a.kube_api_url {
         None => KubeApiConfig::in_cluster()?,

@@ -165,10 +165,8 @@ pub async fn run(args: Args) -> Result<ExitCode, Error> {
                 .identity
                 .parse()
                 .map_err(|e| Error::Usage(format!("--identity: {e}")))?;
-            print_stdout(&format!(
-                "{}\n",
-                tokens.mint(&id, a.ttl, std::time::SystemTime::now())
-            ))?;
+            let token = tokens.mint(&id, a.ttl, std::time::SystemTime::now());
+            print(&format!("{token}\n"))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(a) => {
@@ -180,20 +178,15 @@ pub async fn run(args: Args) -> Result<ExitCode, Error> {
             .await?;
             let json =
                 serde_json::to_string_pretty(&report).map_err(|e| Error::Bench(e.to_string()))?;
-            print_stdout(&format!("{json}\n"))?;
+            print(&format!("{json}\n"))?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-/// Writes `text` to stdout. A reader that went away (`| head`) is an error for `mesh` to end
-/// on quietly, where `println!` would panic.
-fn print_stdout(text: &str) -> Result<(), Error> {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(Error::Write)
+/// Stdout for the subcommands' output; see [`linkerd_control::print`].
+fn print(text: &str) -> Result<(), Error> {
+    linkerd_control::print(text).map_err(Error::Write)
 }
 
 async fn init(a: InitArgs) -> Result<ExitCode, Error> {
@@ -236,7 +229,7 @@ async fn init(a: InitArgs) -> Result<ExitCode, Error> {
         &paths.issuer_key,
         &key,
     ] {
-        print_stdout(&format!("wrote {}\n", p.display()))?;
+        print(&format!("wrote {}\n", p.display()))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -268,7 +261,7 @@ async fn rotate(a: RotateArgs) -> Result<ExitCode, Error> {
             .map_err(Error::Write)?;
         trust::write_file(&dir.join(trust::ISSUER_CERT_FILE), cert.as_bytes(), 0o644)
             .map_err(Error::Write)?;
-        print_stdout(&format!(
+        print(&format!(
             "wrote {}\nwrote {}\n",
             dir.join(trust::ISSUER_CERT_FILE).display(),
             dir.join(trust::ISSUER_KEY_FILE).display()

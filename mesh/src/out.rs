@@ -7,14 +7,10 @@
 //! normal path, so `mesh up | head -3` shuts its sidecars and control plane down as it would on
 //! Ctrl-C, and `main` then exits quietly and successfully, as `cat` or `grep` would.
 
-use std::io::{self, Write};
+use std::io;
 
 /// Writes `text` to stdout in one go and flushes it.
-pub fn print(text: &str) -> io::Result<()> {
-    let mut out = io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()
-}
+pub use linkerd_control::print;
 
 /// `println!` that returns the write's `io::Result` instead of panicking.
 macro_rules! outln {

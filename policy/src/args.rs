@@ -94,7 +94,7 @@ pub async fn run(args: Args) -> Result<ExitCode, Error> {
             let crds = crate::resources::crd_yamls().map_err(Error::Crds)?;
             if dir.as_os_str() == "-" {
                 for (_, yaml) in crds {
-                    print_stdout(&yaml)?;
+                    linkerd_control::print(&yaml).map_err(Error::Stdout)?;
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -104,7 +104,7 @@ pub async fn run(args: Args) -> Result<ExitCode, Error> {
                 let path = dir.join(format!("{name}.yaml"));
                 std::fs::write(&path, yaml)
                     .map_err(|e| Error::Crds(format!("{}: {e}", path.display())))?;
-                print_stdout(&format!("{}\n", path.display()))?;
+                linkerd_control::print(&format!("{}\n", path.display())).map_err(Error::Stdout)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -150,16 +150,6 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
     };
     crate::serve(config, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Writes `text` to stdout. A reader that went away (`| head`) is an error for `mesh` to end
-/// on quietly, where `println!` would panic.
-fn print_stdout(text: &str) -> Result<(), Error> {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(Error::Stdout)
 }
 
 fn kube_config(a: &ServeArgs) -> Result<KubeApiConfig, Error> {
