@@ -331,6 +331,10 @@ async fn serve(
 ) -> anyhow::Result<ExitCode> {
     wait_control_plane(cp, logs).await?;
     wait_ready(running, logs, Duration::from_secs(args.ready_timeout_secs)).await;
+    // The summary's baseline, taken before the state file announces the mesh: whatever anyone
+    // sends once they can find it (`mesh stat`, a test, the load below) falls in the window.
+    let first = scrape_all(running).await;
+    let started = tokio::time::Instant::now();
     write_state(&args.state, file, running, cp, logs)?;
     let front = file.load.as_ref().and_then(|l| {
         running
@@ -373,9 +377,7 @@ async fn serve(
         eprintln!("mesh up: no workload serving the load's service is running; no load sent");
     }
 
-    let first = scrape_all(running).await;
     let mut prev = first.clone();
-    let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let deadline = args.seconds.map(|s| started + Duration::from_secs(s));
