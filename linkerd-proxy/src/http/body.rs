@@ -3,6 +3,7 @@
 //! nothing for it. A streamed body can carry a [`Recorder`] that reports the response to metrics
 //! when its stream ends, with the gRPC status from the trailers.
 
+use super::h1;
 use crate::metrics::{HttpStats, ResponseClass};
 use bytes::Bytes;
 use http::HeaderMap;
@@ -15,10 +16,18 @@ use std::{
 };
 use tokio::time::Instant;
 
+/// A body's error: hyper's or the proxy's own HTTP/1 client's.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug)]
 pub enum ProxyBody {
     Stream {
         body: Incoming,
+        recorder: Option<Recorder>,
+    },
+    /// A response read by the proxy's own HTTP/1 client.
+    H1 {
+        body: h1::RecvBody,
         recorder: Option<Recorder>,
     },
     Full(Option<Bytes>),
@@ -49,6 +58,15 @@ impl ProxyBody {
 
     pub fn stream(body: Incoming, recorder: Option<Recorder>) -> Self {
         ProxyBody::Stream { body, recorder }
+    }
+
+    /// Reports the response this body carries to `recorder` when it ends (an upstream body;
+    /// other bodies have nothing to report).
+    pub fn with_recorder(mut self, rec: Recorder) -> Self {
+        if let ProxyBody::Stream { recorder, .. } | ProxyBody::H1 { recorder, .. } = &mut self {
+            *recorder = Some(rec);
+        }
+        self
     }
 }
 
@@ -198,38 +216,20 @@ impl ReplayBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Replay(r) => r.poll_frame(cx),
+            ProxyBody::Replay(r) => r.poll_frame(cx).map_err(Into::into),
             ProxyBody::Stream { body, recorder } => {
-                let res = Pin::new(body).poll_frame(cx);
-                match &res {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let (Some(t), Some(r)) = (frame.trailers_ref(), recorder.as_mut())
-                            && let Some(g) = grpc_status(t)
-                        {
-                            r.grpc_status = Some(g);
-                        }
-                    }
-                    Poll::Ready(None) => {
-                        if let Some(r) = recorder.take() {
-                            r.record(None);
-                        }
-                    }
-                    Poll::Ready(Some(Err(_))) => {
-                        if let Some(r) = recorder.take() {
-                            r.record(Some("stream"));
-                        }
-                    }
-                    Poll::Pending => {}
-                }
-                res
+                observe(Pin::new(body).poll_frame(cx), recorder).map_err(Into::into)
+            }
+            ProxyBody::H1 { body, recorder } => {
+                observe(Pin::new(body).poll_frame(cx), recorder).map_err(Into::into)
             }
         }
     }
@@ -239,6 +239,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Replay(r) => r.is_end_stream(),
             ProxyBody::Stream { body, .. } => body.is_end_stream(),
+            ProxyBody::H1 { body, .. } => body.is_end_stream(),
         }
     }
 
@@ -247,18 +248,50 @@ impl Body for ProxyBody {
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Replay(r) => r.size_hint(),
             ProxyBody::Stream { body, .. } => body.size_hint(),
+            ProxyBody::H1 { body, .. } => body.size_hint(),
         }
     }
 }
 
+/// Passes an upstream body's frame on, reporting the response to its recorder at the end of
+/// the stream (with the gRPC status from the trailers) or at an error.
+fn observe<E>(
+    res: Poll<Option<Result<Frame<Bytes>, E>>>,
+    recorder: &mut Option<Recorder>,
+) -> Poll<Option<Result<Frame<Bytes>, E>>> {
+    match &res {
+        Poll::Ready(Some(Ok(frame))) => {
+            if let (Some(t), Some(r)) = (frame.trailers_ref(), recorder.as_mut())
+                && let Some(g) = grpc_status(t)
+            {
+                r.grpc_status = Some(g);
+            }
+        }
+        Poll::Ready(None) => {
+            if let Some(r) = recorder.take() {
+                r.record(None);
+            }
+        }
+        Poll::Ready(Some(Err(_))) => {
+            if let Some(r) = recorder.take() {
+                r.record(Some("stream"));
+            }
+        }
+        Poll::Pending => {}
+    }
+    res
+}
+
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        if let ProxyBody::Stream { body, recorder } = self
-            && let Some(r) = recorder.take()
-        {
+        let (ended, recorder) = match self {
+            ProxyBody::Stream { body, recorder } => (body.is_end_stream(), recorder),
+            ProxyBody::H1 { body, recorder } => (body.is_end_stream(), recorder),
+            _ => return,
+        };
+        if let Some(r) = recorder.take() {
             // Dropped with data still to come: the client went away mid-stream.
-            let error = (!body.is_end_stream()).then_some("stream_cancelled");
-            r.record(error);
+            r.record((!ended).then_some("stream_cancelled"));
         }
     }
 }

@@ -2,13 +2,14 @@
 //!
 //! The pool is keyed by endpoint (address and expected TLS identity), not by the request's
 //! authority, so requests keep their original `Host`/`:authority` whatever endpoint the
-//! balancer chose. HTTP/1 connections are reused one request at a time (keep-alive) and
-//! returned to the pool once the previous response has been read; HTTP/2 connections are shared
-//! by every request to the endpoint. An endpoint with an identity is dialled with mTLS.
+//! balancer chose. HTTP/1 connections (the proxy's own client, `h1.rs`) are reused one request
+//! at a time (keep-alive) and return to the pool when their response body has been read;
+//! HTTP/2 connections (hyper's) are shared by every request to the endpoint. An endpoint with
+//! an identity is dialled with mTLS.
 
-use super::{body::ProxyBody, errors::ProxyError};
+use super::{body::ProxyBody, errors::ProxyError, h1};
 use crate::{
-    io::CountingIo,
+    io::{BoxIo, CountingIo},
     metrics::{Direction, Metrics, Peer, TcpKey, TcpStats, Tls},
     resolve::Endpoint,
     tls::{self, CredsRx},
@@ -27,14 +28,10 @@ use std::{
     sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 /// Endpoint address and the identity its proxy must present.
 pub type Key = (SocketAddr, Option<Arc<str>>);
-
-/// An upstream HTTP/1 connection held by one downstream connection between its requests.
-pub type Affine = Option<(Key, http1::SendRequest<ProxyBody>)>;
 
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -43,13 +40,12 @@ pub struct Client {
 
 #[derive(Debug)]
 struct Inner {
-    h1_idle: Mutex<KeyMap<Vec<http1::SendRequest<ProxyBody>>>>,
+    h1: Arc<h1::Pool>,
     h2: Mutex<KeyMap<http2::SendRequest<ProxyBody>>>,
     /// One connect at a time per HTTP/2 endpoint: concurrent first requests wait for it and
     /// share the connection instead of each dialling their own.
     h2_connecting: Mutex<KeyMap<Arc<tokio::sync::Mutex<()>>>>,
     connect_timeout: Duration,
-    max_idle_per_endpoint: usize,
     metrics: Arc<Metrics>,
     direction: Direction,
     tls: Tls,
@@ -61,9 +57,6 @@ pub enum Protocol {
     Http1,
     Http2,
 }
-
-trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 impl Client {
     /// A client whose upstream connections are counted in the `peer="dst"` TCP metrics of
@@ -78,11 +71,10 @@ impl Client {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                h1_idle: Mutex::default(),
+                h1: Arc::new(h1::Pool::new(max_idle_per_endpoint)),
                 h2: Mutex::default(),
                 h2_connecting: Mutex::default(),
                 connect_timeout,
-                max_idle_per_endpoint,
                 metrics,
                 direction,
                 tls,
@@ -100,71 +92,35 @@ impl Client {
         ep: &Endpoint,
         proto: Protocol,
         req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let key = (ep.addr, ep.identity.clone());
         match proto {
             Protocol::Http1 => self.send_h1(key, req).await,
-            Protocol::Http2 => self.send_h2(key, req).await,
+            Protocol::Http2 => {
+                let rsp = self.send_h2(key, req).await?;
+                Ok(rsp.map(|body| ProxyBody::stream(body, None)))
+            }
         }
     }
 
-    /// Sends an HTTP/1 request, preferring the upstream connection the caller's downstream
-    /// connection used last (`slot`). A downstream HTTP/1 connection carries one request at a
-    /// time, so keeping "its" upstream connection between requests needs no pool lock and no
-    /// background task per request; the connection is returned to the shared pool when the
-    /// downstream connection ends (see [`Client::release`]).
-    pub async fn send_h1_affine(
+    /// Sends an HTTP/1 request on an idle pooled connection to the endpoint, or a new one.
+    /// The connection returns to the pool when the response body has been read.
+    async fn send_h1(
         &self,
-        ep: &Endpoint,
+        key: Key,
         req: Request<ProxyBody>,
-        slot: &mut Affine,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let key = (ep.addr, ep.identity.clone());
-        let mut sender = match slot.take() {
-            Some((k, mut s)) if k == key => {
-                if s.ready().await.is_ok() {
-                    s
-                } else {
-                    self.checkout_or_connect(&key).await?
-                }
-            }
-            Some((k, s)) => {
-                self.release(k, s);
-                self.checkout_or_connect(&key).await?
-            }
-            None => self.checkout_or_connect(&key).await?,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let inner = &self.inner;
+        let (conn, reused) = match inner.h1.checkout(&key) {
+            Some(c) => (c, true),
+            None => (Box::pin(inner.connect_h1(&key)).await?, false),
         };
-        let rsp = sender
-            .send_request(req)
-            .await
-            .map_err(ProxyError::Upstream)?;
-        *slot = Some((key, sender));
-        Ok(rsp)
-    }
-
-    /// Offers an upstream HTTP/1 connection back to the shared pool once it is idle.
-    pub fn release(&self, key: Key, mut sender: http1::SendRequest<ProxyBody>) {
-        if sender.is_ready() {
-            self.inner.checkin_h1(key, sender);
-        } else if let (false, Ok(rt)) = (sender.is_closed(), tokio::runtime::Handle::try_current())
-        {
-            let inner = self.inner.clone();
-            rt.spawn(async move {
-                if sender.ready().await.is_ok() {
-                    inner.checkin_h1(key, sender);
-                }
-            });
-        }
-    }
-
-    async fn checkout_or_connect(
-        &self,
-        key: &Key,
-    ) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
-        match self.checkout_h1(key) {
-            Some(s) => Ok(s),
-            None => Box::pin(self.connect_h1(key)).await,
-        }
+        let reconnect = || Box::pin(inner.connect_h1(&key));
+        let rsp = h1::send(&inner.h1, conn, reused, req, reconnect).await?;
+        Ok(rsp.map(|body| ProxyBody::H1 {
+            body,
+            recorder: None,
+        }))
     }
 
     /// Sends an HTTP/1 request on a new, unpooled connection that supports upgrades.
@@ -172,51 +128,22 @@ impl Client {
         &self,
         ep: &Endpoint,
         req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let mut sender = Box::pin(self.connect_h1(&(ep.addr, ep.identity.clone()))).await?;
-        sender.send_request(req).await.map_err(ProxyError::Upstream)
-    }
-
-    async fn send_h1(
-        &self,
-        key: Key,
-        req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let mut sender = match self.checkout_h1(&key) {
-            Some(s) => s,
-            None => Box::pin(self.connect_h1(&key)).await?,
-        };
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let mut sender = Box::pin(self.connect_upgradable(&(ep.addr, ep.identity.clone()))).await?;
         let rsp = sender
             .send_request(req)
             .await
             .map_err(ProxyError::Upstream)?;
-        // The connection can carry another request once this response has been read; wait for
-        // that in the background and then offer it back to the pool.
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                inner.checkin_h1(key, sender);
-            }
-        });
-        Ok(rsp)
-    }
-
-    fn checkout_h1(&self, key: &Key) -> Option<http1::SendRequest<ProxyBody>> {
-        let mut idle = lock(&self.inner.h1_idle);
-        let conns = idle.get_mut(key)?;
-        while let Some(s) = conns.pop() {
-            if s.is_ready() {
-                return Some(s);
-            }
-        }
-        idle.remove(key);
-        None
+        Ok(rsp.map(|body| ProxyBody::stream(body, None)))
     }
 
     /// Callers box this future (and [`Client::connect_h2`]'s): connecting (TCP, TLS, the HTTP
     /// handshake) is rare next to sending, and its state is large; awaited inline it would
     /// make every request's future, which hyper moves around per request, that much larger.
-    async fn connect_h1(&self, key: &Key) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
+    async fn connect_upgradable(
+        &self,
+        key: &Key,
+    ) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
         let (io, stats) = self.inner.connect(key).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
@@ -293,11 +220,14 @@ impl Client {
 }
 
 impl Inner {
+    /// A new connection for the proxy's own HTTP/1 client.
+    async fn connect_h1(&self, key: &Key) -> Result<h1::Conn, ProxyError> {
+        let (io, stats) = self.connect(key).await?;
+        Ok(h1::Conn::new(io, stats, key.clone()))
+    }
+
     /// Dials the endpoint (with mTLS when it has an identity) and counts the connection.
-    async fn connect(
-        &self,
-        (addr, identity): &Key,
-    ) -> Result<(Box<dyn Io>, Arc<TcpStats>), ProxyError> {
+    async fn connect(&self, (addr, identity): &Key) -> Result<(BoxIo, Arc<TcpStats>), ProxyError> {
         let stream = transport::connect(*addr, self.connect_timeout).await?;
         let tls = match identity {
             Some(id) => Tls::Established {
@@ -313,7 +243,7 @@ impl Inner {
         });
         stats.open_total.fetch_add(1, Ordering::Relaxed);
         let io = CountingIo::new(stream, stats.bytes.clone());
-        let io: Box<dyn Io> = match (identity, &self.creds) {
+        let io: BoxIo = match (identity, &self.creds) {
             (None, _) => Box::new(io),
             (Some(id), Some(creds)) => {
                 match tls::connect_within(creds, id, io, self.connect_timeout).await {
@@ -331,15 +261,6 @@ impl Inner {
         };
         Ok((io, stats))
     }
-
-    fn checkin_h1(&self, key: Key, sender: http1::SendRequest<ProxyBody>) {
-        let mut idle = lock(&self.h1_idle);
-        let conns = idle.entry(key).or_default();
-        conns.retain(|s| !s.is_closed());
-        if conns.len() < self.max_idle_per_endpoint {
-            conns.push(sender);
-        }
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -349,10 +270,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Pool maps are looked up on every request and keyed by local data (endpoint address and
 /// identity), so they use a cheap multiplicative hash instead of SipHash, which cost ~600
 /// instructions per HTTP/2 request hashing the identity name.
-type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<FastHasher>>;
+pub(super) type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<FastHasher>>;
 
 #[derive(Default)]
-struct FastHasher(u64);
+pub(super) struct FastHasher(u64);
 
 impl Hasher for FastHasher {
     fn finish(&self) -> u64 {

@@ -22,6 +22,8 @@ pub enum ProxyError {
     Handshake(#[source] hyper::Error),
     #[error("upstream request failed: {0}")]
     Upstream(#[source] hyper::Error),
+    #[error("upstream request failed: {0}")]
+    Http1(#[from] super::h1::Error),
     #[error("response timed out after {0:?}")]
     ResponseTimeout(Duration),
     /// The inbound policy does not authorize this client on this route.
@@ -67,7 +69,7 @@ impl ProxyError {
             ProxyError::Tls(TlsError::NoCredentials) => "no_credentials",
             ProxyError::Tls(_) => "tls",
             ProxyError::Handshake(_) => "handshake",
-            ProxyError::Upstream(_) => "upstream",
+            ProxyError::Upstream(_) | ProxyError::Http1(_) => "upstream",
             ProxyError::ResponseTimeout(_) => "response_timeout",
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::NoRoute => "no_route",
@@ -97,9 +99,10 @@ impl ProxyError {
             ProxyError::Connect(ConnectError::Timeout { .. }) | ProxyError::ResponseTimeout(_) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            ProxyError::Connect(_) | ProxyError::Handshake(_) | ProxyError::Upstream(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::Connect(_)
+            | ProxyError::Handshake(_)
+            | ProxyError::Upstream(_)
+            | ProxyError::Http1(_) => StatusCode::BAD_GATEWAY,
         }
     }
 

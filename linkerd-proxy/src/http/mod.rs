@@ -1,9 +1,11 @@
-//! HTTP proxying: serving detected connections, the pooled upstream client, and the error
+//! HTTP proxying: serving detected connections, the pooled upstream clients (hyper's
+//! for HTTP/2 and upgrades, `h1` for the rest of HTTP/1), and the error
 //! responses the proxy writes itself.
 
 pub mod body;
 pub mod client;
 pub mod errors;
+pub mod h1;
 pub mod headers;
 pub mod server;
 

@@ -48,7 +48,6 @@ use tracing::debug;
 struct Attempt {
     proto: client::Protocol,
     upgrade: bool,
-    affine: bool,
     /// gRPC: retried on its `grpc-status`.
     grpc: bool,
     /// Each attempt's own timeout.
@@ -91,8 +90,6 @@ pub struct HttpConn {
     pub route: Route,
     pub shared: Shared,
     pub drain: Drain,
-    /// The upstream HTTP/1 connection this (HTTP/1) connection used last.
-    affine: Mutex<client::Affine>,
     /// Inbound over mTLS: the verified client identity, set as `l5d-client-id`.
     client_id: Option<HeaderValue>,
     /// The last label set used on this connection, so a connection reusing one authority
@@ -205,7 +202,6 @@ impl HttpConn {
             _ => None,
         };
         Self {
-            affine: Mutex::new(None),
             client_id,
             direction,
             tls,
@@ -344,14 +340,9 @@ impl HttpConn {
             Err(e) => return self.fail(e, grpc, &authority, Some(&stats), start, tap),
         };
 
-        // Per-connection upstream affinity only when requests arrive one at a time (an HTTP/1
-        // downstream connection); HTTP/2 downstream (e.g. HTTP/1 carried between proxies) has
-        // concurrent requests, which share the pool.
-        let affine = proto == client::Protocol::Http1 && !upgrade && !downstream_h2;
         let how = Attempt {
             proto,
             upgrade,
-            affine,
             grpc,
             timeout: plan.as_ref().and_then(|p| {
                 p.rule.backends[p.backend]
@@ -420,7 +411,7 @@ impl HttpConn {
             start,
             tap,
         };
-        rsp.map(|body| ProxyBody::stream(body, Some(recorder)))
+        rsp.map(|body| body.with_recorder(recorder))
     }
 
     /// The outbound policy's plan for a request: `None` when its destination has no policy
@@ -549,7 +540,7 @@ impl HttpConn {
         target: Target,
         how: &Attempt,
         req: Request<Incoming>,
-    ) -> (Result<Response<Incoming>, ProxyError>, Target) {
+    ) -> (Result<Response<ProxyBody>, ProxyError>, Target) {
         match retry {
             Some((plan, retry)) => {
                 Box::pin(self.send_with_retries(plan, retry, target, how, req)).await
@@ -568,7 +559,7 @@ impl HttpConn {
         target: &Target,
         how: &Attempt,
         req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let ep = target.endpoint();
         let rsp = match how.timeout {
             Some(t) => match tokio::time::timeout(t, self.send_once(ep, how, req)).await {
@@ -602,14 +593,9 @@ impl HttpConn {
         ep: &Endpoint,
         how: &Attempt,
         req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         if how.upgrade {
             Box::pin(self.shared.client.send_upgrade(ep, req)).await
-        } else if how.affine {
-            let mut slot = lock(&self.affine).take();
-            let rsp = self.shared.client.send_h1_affine(ep, req, &mut slot).await;
-            *lock(&self.affine) = slot;
-            rsp
         } else {
             self.shared.client.send(ep, how.proto, req).await
         }
@@ -624,7 +610,7 @@ impl HttpConn {
         mut target: Target,
         how: &Attempt,
         req: Request<Incoming>,
-    ) -> (Result<Response<Incoming>, ProxyError>, Target) {
+    ) -> (Result<Response<ProxyBody>, ProxyError>, Target) {
         let counters = &plan.rule.counters;
         let (parts, body) = req.into_parts();
         if http_body::Body::size_hint(&body).lower() > retry.max_request_bytes as u64 {
@@ -877,14 +863,6 @@ impl HttpConn {
             }
         }
         rsp
-    }
-}
-
-impl Drop for HttpConn {
-    fn drop(&mut self) {
-        if let Some((key, sender)) = lock(&self.affine).take() {
-            self.shared.client.release(key, sender);
-        }
     }
 }
 
