@@ -133,6 +133,11 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         policies: outbound_policies.clone(),
         discovery: config.destination.clone(),
     };
+    tokio::spawn(
+        outbound_shared
+            .client
+            .evict_idle(http::client::HTTP1_IDLE_TIMEOUT),
+    );
     let inbound_shared = Shared {
         client: http::Client::new(
             config.inbound.connect_timeout,
@@ -149,6 +154,11 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         policies: outbound_policies,
         discovery: None,
     };
+    tokio::spawn(
+        inbound_shared
+            .client
+            .evict_idle(http::client::HTTP1_IDLE_TIMEOUT),
+    );
     let (drain_ctl, drain) = drain::channel();
     let (shutdown, shutdown_rx) = watch::channel(false);
 

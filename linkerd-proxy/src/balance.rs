@@ -554,7 +554,7 @@ impl Balancers {
     /// Drops balancers that nobody holds and nobody used since the previous sweep; dropping
     /// one releases its discovery watch.
     pub fn sweep(&self) -> usize {
-        self.map.sweep()
+        crate::idle::Sweep::sweep(&*self.map)
     }
 
     pub fn len(&self) -> usize {

@@ -11,6 +11,12 @@ use std::{
     time::Duration,
 };
 
+/// What [`evict_idle`] sweeps: it drops what was not used since the previous sweep and says
+/// how many it dropped.
+pub trait Sweep {
+    fn sweep(&self) -> usize;
+}
+
 /// An entry's "used since the last sweep" flag.
 pub trait Touched {
     fn touched(&self) -> &AtomicBool;
@@ -51,14 +57,6 @@ impl<V: Touched> IdleMap<V> {
         Some(v)
     }
 
-    /// Drops the entries that nobody holds and nobody used since the previous sweep.
-    pub fn sweep(&self) -> usize {
-        let mut map = self.lock();
-        let before = map.len();
-        map.retain(|_, v| Arc::strong_count(v) > 1 || v.touched().swap(false, Ordering::Relaxed));
-        before - map.len()
-    }
-
     pub fn len(&self) -> usize {
         self.lock().len()
     }
@@ -68,9 +66,19 @@ impl<V: Touched> IdleMap<V> {
     }
 }
 
+impl<V: Touched> Sweep for IdleMap<V> {
+    /// Drops the entries that nobody holds and nobody used since the previous sweep.
+    fn sweep(&self) -> usize {
+        let mut map = self.lock();
+        let before = map.len();
+        map.retain(|_, v| Arc::strong_count(v) > 1 || v.touched().swap(false, Ordering::Relaxed));
+        before - map.len()
+    }
+}
+
 /// Sweeps `cache` every `idle / 2` until it is dropped, so an unused entry lives between
 /// `idle / 2` and `idle`.
-pub async fn evict_idle<V: Touched>(cache: &std::sync::Weak<IdleMap<V>>, idle: Duration) {
+pub async fn evict_idle<S: Sweep>(cache: &std::sync::Weak<S>, idle: Duration) {
     let mut tick = tokio::time::interval((idle / 2).max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;

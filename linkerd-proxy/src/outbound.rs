@@ -172,7 +172,7 @@ impl OutboundPolicies {
     /// Drops watches that nobody holds and nobody used since the previous sweep; each stream
     /// ends when its receiver is gone.
     pub fn sweep(&self) -> usize {
-        self.map.sweep()
+        crate::idle::Sweep::sweep(&*self.map)
     }
 
     /// Sweeps every `idle / 2` while the cache lives.

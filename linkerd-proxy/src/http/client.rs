@@ -30,6 +30,10 @@ use std::{
 };
 use tracing::debug;
 
+/// How long an idle HTTP/1 upstream connection is kept: below the keep-alive timeouts of
+/// common servers (nginx 75 s, Go 90 s), so the server rarely closes one just as it is reused.
+pub const HTTP1_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Endpoint address and the identity its proxy must present.
 pub type Key = (SocketAddr, Option<Arc<str>>);
 
@@ -81,6 +85,13 @@ impl Client {
                 creds,
             }),
         }
+    }
+
+    /// Closes idle HTTP/1 connections (between `idle / 2` and `idle` unused, or closed by the
+    /// server) for as long as the client lives.
+    pub fn evict_idle(&self, idle: Duration) -> impl Future<Output = ()> + Send + 'static {
+        let pool = Arc::downgrade(&self.inner.h1);
+        async move { crate::idle::evict_idle(&pool, idle).await }
     }
 
     pub fn connect_timeout(&self) -> Duration {

@@ -435,3 +435,21 @@ fn lengths_and_chunk_sizes_parse_strictly() {
     assert_eq!(parse_hex(b"10000000000000000"), None, "17 digits");
     assert_eq!(parse_hex(b"g"), None);
 }
+
+#[tokio::test]
+async fn sweeps_close_connections_idle_for_a_whole_period() {
+    use crate::idle::Sweep;
+    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+    let srv = server(vec![Reply::Bytes(ok), Reply::Bytes(ok)]).await;
+    let (pool, stats) = fixture();
+    drop(request(&pool, &stats, srv.addr, get("/")).await.unwrap());
+    assert_eq!(pool.sweep(), 0, "checked in since the last sweep");
+    assert_eq!(pool.idle(&key(srv.addr)), 1);
+    // Used again between sweeps: kept.
+    drop(request(&pool, &stats, srv.addr, get("/")).await.unwrap());
+    assert_eq!(pool.sweep(), 0);
+    assert_eq!(pool.sweep(), 1, "idle through a whole period");
+    assert_eq!(pool.idle(&key(srv.addr)), 0);
+    assert_eq!(stats.close_total.load(SeqCst), 1);
+    assert_eq!(srv.accepted.load(SeqCst), 1);
+}
