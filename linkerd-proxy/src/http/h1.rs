@@ -41,8 +41,9 @@ use std::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// The largest response head (status line and headers) accepted.
-const MAX_HEAD: usize = 64 * 1024;
+/// The largest response head (status line and headers) accepted: about hyper's limit, so
+/// responses with large cookies or policies pass as they did through hyper's client.
+const MAX_HEAD: usize = 400 * 1024;
 /// The most response headers (or trailers) accepted.
 const MAX_HEADERS: usize = 100;
 /// How much room each read of the socket has, at least.
@@ -266,12 +267,26 @@ struct Exchange<B> {
     idempotent: bool,
     head_method: bool,
     keep_alive: bool,
+    /// Written but not yet flushed (a TLS stream may hold written bytes until flushed).
+    unflushed: bool,
 }
 
 impl<B> Exchange<B> {
-    /// Whether some of the request is still to be written.
+    /// Whether some of the request is still to be written (or flushed).
     fn sending(&self) -> bool {
-        self.body.is_some() || self.has_pending()
+        self.body.is_some() || self.unflushed || self.has_pending()
+    }
+
+    /// Stops writing the request (the server answered and the rest cannot be sent): the
+    /// connection is not reused.
+    fn abandon_send(&mut self) {
+        self.body = None;
+        self.unflushed = false;
+        let st = &mut *self.conn;
+        st.wpos = st.wbuf.len();
+        st.data = Bytes::new();
+        st.tail = b"";
+        self.keep_alive = false;
     }
 
     fn has_pending(&self) -> bool {
@@ -348,6 +363,7 @@ where
             head_method: parts.method == Method::HEAD,
             // An HTTP/1.0 request asks for nothing more on its connection.
             keep_alive: !http10,
+            unflushed: false,
         })
     }
 
@@ -368,10 +384,12 @@ where
                     return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
                 }
                 self.advance(n);
+                self.unflushed = true;
                 continue;
             }
             if self.body.is_none() {
                 ready!(Pin::new(&mut self.conn.io).poll_flush(cx))?;
+                self.unflushed = false;
                 return Poll::Ready(Ok(()));
             }
         }
@@ -470,10 +488,17 @@ where
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(http::response::Parts, Recv), Error>> {
+        let mut send_failed = None;
         if self.sending()
             && let Poll::Ready(Err(e)) = self.poll_send(cx)
         {
-            return Poll::Ready(Err(e));
+            // The caller's body failed: the server would wait for the rest forever.
+            if matches!(e, Error::RequestBody(_) | Error::RequestLength) {
+                return Poll::Ready(Err(e));
+            }
+            // The server stopped reading; it may have answered (say, 413) before it did.
+            self.abandon_send();
+            send_failed = Some(e);
         }
         loop {
             if !self.conn.rbuf.is_empty()
@@ -485,7 +510,12 @@ where
                 return Poll::Ready(Err(Error::HeadTooLarge));
             }
             let empty = self.conn.rbuf.is_empty();
-            if ready!(self.conn.poll_read_more(cx))? == 0 {
+            let read = match (ready!(self.conn.poll_read_more(cx)), send_failed.take()) {
+                (Ok(n), _) if n > 0 => n,
+                (_, Some(e)) if empty => return Poll::Ready(Err(e)),
+                (r, _) => r?,
+            };
+            if read == 0 {
                 return Poll::Ready(Err(if empty {
                     Error::Closed
                 } else {
@@ -548,7 +578,7 @@ where
                     .map_err(|_| Error::Invalid("header value"))?;
                 map.append(name, value);
             }
-            let recv = self.response_framing(status, version, &map)?;
+            let recv = self.response_framing(status, version, &mut map)?;
             let mut parts = Response::new(()).into_parts().0;
             parts.status = status;
             parts.version = version;
@@ -562,7 +592,7 @@ where
         &mut self,
         status: StatusCode,
         version: Version,
-        headers: &HeaderMap,
+        headers: &mut HeaderMap,
     ) -> Result<Recv, Error> {
         let connection = |token: &str| {
             headers
@@ -583,20 +613,22 @@ where
         {
             return Ok(Recv::Done);
         }
-        if let Some(te) = headers
+        let te_chunked = headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
             .next_back()
-        {
-            // A message with both is a smuggling vector: never reuse its connection.
-            if headers.contains_key(header::CONTENT_LENGTH) {
+            .map(|te| {
+                te.to_str()
+                    .ok()
+                    .and_then(|v| v.rsplit(',').next())
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"))
+            });
+        if let Some(chunked) = te_chunked {
+            // A message with both is a smuggling vector: never reuse its connection, and do not
+            // pass the length on (RFC 9112 section 6.3). HTTP/1.0 has no transfer codings.
+            if headers.remove(header::CONTENT_LENGTH).is_some() || version == Version::HTTP_10 {
                 self.keep_alive = false;
             }
-            let chunked = te
-                .to_str()
-                .ok()
-                .and_then(|v| v.rsplit(',').next())
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
             return Ok(if chunked {
                 Recv::Chunked(Chunk::Size)
             } else {
@@ -651,7 +683,7 @@ pub async fn send<B, F, Fut, E>(
     reconnect: F,
 ) -> Result<Response<RecvBody<B>>, E>
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Conn, E>>,
@@ -660,7 +692,19 @@ where
     let mut ex = Exchange::new(conn, req)?;
     let (parts, recv) = match std::future::poll_fn(|cx| ex.poll_head(cx)).await {
         Ok(head) => head,
-        Err(Error::Closed | Error::Io(_)) if reused && ex.retryable() => {
+        // The server closed (or reset) the idle connection as the request reached it.
+        Err(Error::Closed) if reused && ex.retryable() => {
+            ex.retry_on(reconnect().await?);
+            std::future::poll_fn(|cx| ex.poll_head(cx)).await?
+        }
+        Err(Error::Io(e))
+            if reused
+                && ex.retryable()
+                && matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                ) =>
+        {
             ex.retry_on(reconnect().await?);
             std::future::poll_fn(|cx| ex.poll_head(cx)).await?
         }
@@ -670,6 +714,7 @@ where
         ex: Some(ex),
         recv,
         pool: pool.clone(),
+        finish: finish_sending::<B>,
     };
     Ok(Response::from_parts(parts, body))
 }
@@ -681,6 +726,8 @@ pub struct RecvBody<B = ProxyBody> {
     ex: Option<Exchange<B>>,
     recv: Recv,
     pool: Arc<Pool>,
+    /// What becomes of a request still being written when its response has ended.
+    finish: fn(Exchange<B>, Arc<Pool>),
 }
 
 impl<B> RecvBody<B>
@@ -694,8 +741,13 @@ where
         };
         if ex.sending() {
             // A server that answers before reading the whole request still gets the rest.
-            if let Poll::Ready(Err(e)) = ex.poll_send(cx) {
-                return Poll::Ready(Some(Err(e)));
+            match ex.poll_send(cx) {
+                Poll::Ready(Err(e @ (Error::RequestBody(_) | Error::RequestLength))) => {
+                    return Poll::Ready(Some(Err(e)));
+                }
+                // The server stopped reading; what it answered can still be read.
+                Poll::Ready(Err(_)) => ex.abandon_send(),
+                _ => {}
             }
         }
         loop {
@@ -784,12 +836,34 @@ impl<B> Drop for RecvBody<B> {
         if let Some(ex) = self.ex.take()
             && self.recv == Recv::Done
             && ex.keep_alive
-            && !ex.sending()
             && ex.conn.rbuf.is_empty()
         {
-            self.pool.checkin(ex.conn);
+            if ex.sending() {
+                (self.finish)(ex, self.pool.clone());
+            } else {
+                self.pool.checkin(ex.conn);
+            }
         }
     }
+}
+
+/// A response that ended before its request did (a server may answer early and go on
+/// reading): the rest of the request is written in the background, as hyper's client did,
+/// and the connection then returns to the pool.
+fn finish_sending<B>(mut ex: Exchange<B>, pool: Arc<Pool>)
+where
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        let sent = std::future::poll_fn(|cx| ex.poll_send(cx)).await;
+        if sent.is_ok() && ex.conn.rbuf.is_empty() {
+            pool.checkin(ex.conn);
+        }
+    });
 }
 
 enum Decoded {

@@ -22,7 +22,7 @@ enum Reply {
     ThenClose(&'static [u8]),
     /// Close without answering.
     Close,
-    /// Answer as soon as the head is read, without reading the body.
+    /// Answer as soon as the head is read, then read the (chunked) body and go on.
     Early(&'static [u8]),
 }
 
@@ -62,10 +62,15 @@ async fn server(replies: Vec<Reply>) -> Server {
                         Reply::Close => return,
                         Reply::Early(b) => {
                             s.write_all(b).await.unwrap();
-                            // Keep the connection open, unread, until the client gives up.
-                            let mut sink = Vec::new();
-                            let _ = s.read_to_end(&mut sink).await;
-                            return;
+                            let mut body = Vec::new();
+                            let mut byte = [0u8; 1];
+                            while !body.ends_with(b"\r\n0\r\n\r\n") {
+                                if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                                    return;
+                                }
+                                body.push(byte[0]);
+                            }
+                            let _ = tx.send(body);
                         }
                     }
                 }
@@ -136,7 +141,7 @@ async fn request<B>(
     req: Request<B>,
 ) -> Result<Response<RecvBody<B>>, Error>
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let (conn, reused) = match pool.checkout(&key(addr)) {
@@ -320,24 +325,39 @@ async fn request_bodies_are_framed_by_length_or_chunked() {
 
 #[tokio::test]
 async fn a_response_can_arrive_while_the_request_body_is_still_streaming() {
-    let srv = server(vec![Reply::Early(
-        b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\n\r\nbig",
-    )])
+    let mut srv = server(vec![
+        Reply::Early(b"HTTP/1.1 202 Accepted\r\ncontent-length: 3\r\n\r\nyes"),
+        Reply::Bytes(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
+    ])
     .await;
     let (pool, stats) = fixture();
     let (tx, rx) = mpsc::unbounded_channel();
-    tx.send(Bytes::from_static(b"first chunk")).unwrap();
+    tx.send(Bytes::from_static(b"first")).unwrap();
     let req = Request::post("/upload").body(Feed(rx)).unwrap();
     let rsp = request(&pool, &stats, srv.addr, req).await.unwrap();
-    assert_eq!(rsp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(rsp.status(), StatusCode::ACCEPTED);
     let body = rsp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(body, "big");
+    assert_eq!(body, "yes");
+    // The response has ended; the rest of the upload still goes out.
+    tx.send(Bytes::from_static(b"second")).unwrap();
     drop(tx);
+    let _head = srv.requests.recv().await.unwrap();
     assert_eq!(
-        pool.idle(&key(srv.addr)),
-        0,
-        "a connection whose request was not finished is not reused"
+        srv.requests.recv().await.unwrap(),
+        b"5\r\nfirst\r\n6\r\nsecond\r\n0\r\n\r\n"
     );
+    // ... and then the connection serves the next request.
+    for _ in 0..100 {
+        if pool.idle(&key(srv.addr)) == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let rsp = request(&pool, &stats, srv.addr, get("/next"))
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), StatusCode::OK);
+    assert_eq!(srv.accepted.load(SeqCst), 1);
 }
 
 #[tokio::test]
@@ -452,4 +472,32 @@ async fn sweeps_close_connections_idle_for_a_whole_period() {
     assert_eq!(pool.idle(&key(srv.addr)), 0);
     assert_eq!(stats.close_total.load(SeqCst), 1);
     assert_eq!(srv.accepted.load(SeqCst), 1);
+}
+
+#[tokio::test]
+async fn chunked_wins_over_content_length_and_such_a_connection_is_not_kept() {
+    let srv = server(vec![
+        Reply::Bytes(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        Reply::Bytes(
+            b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        ),
+    ])
+    .await;
+    let (pool, stats) = fixture();
+    let rsp = request(&pool, &stats, srv.addr, get("/")).await.unwrap();
+    assert!(
+        rsp.headers().get("content-length").is_none(),
+        "not passed on"
+    );
+    assert_eq!(rsp.into_body().collect().await.unwrap().to_bytes(), "hello");
+    assert_eq!(pool.idle(&key(srv.addr)), 0);
+    let rsp = request(&pool, &stats, srv.addr, get("/")).await.unwrap();
+    assert_eq!(rsp.into_body().collect().await.unwrap().to_bytes(), "hi");
+    assert_eq!(
+        pool.idle(&key(srv.addr)),
+        0,
+        "HTTP/1.0 has no transfer codings"
+    );
 }
