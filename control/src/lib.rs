@@ -1,13 +1,20 @@
 //! What the control-plane services (identity, destination, policy, the injector) share: the admin
-//! server with `/metrics`, `/ready` and `/live`, the stop signal their loops select on, and
-//! stdout for their commands (and the rest of `mesh`'s) that a closed pipe does not crash.
+//! server with `/metrics`, `/ready` and `/live`, the gRPC server loop of destination and policy,
+//! the stop signal their loops select on, and stdout for their commands (and the rest of
+//! `mesh`'s) that a closed pipe does not crash.
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
-use std::convert::Infallible;
-use tokio::{net::TcpListener, sync::watch};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    service::TowerToHyperService,
+};
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
 
 /// Writes `text` to stdout in one go and flushes it. `println!` panics when the reader has gone
 /// (`mesh policy crds - | head -1`: Rust ignores SIGPIPE, so the write fails with `EPIPE`);
@@ -41,19 +48,7 @@ pub async fn serve_admin<M, R>(
     M: Fn() -> String + Clone + Send + Sync + 'static,
     R: Fn() -> Result<(), &'static str> + Clone + Send + Sync + 'static,
 {
-    loop {
-        let (io, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors, say: back off instead of spinning on accept.
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut shutdown) => return,
-        };
+    while let Some((io, _)) = accept(&listener, &mut shutdown).await {
         let (metrics, ready) = (metrics.clone(), ready.clone());
         let svc = service_fn(move |req: Request<Incoming>| {
             let rsp = answer(req.uri().path(), &metrics, &ready);
@@ -67,6 +62,71 @@ pub async fn serve_admin<M, R>(
             }
         });
     }
+}
+
+/// The next connection on `listener`, or `None` once `stop` holds `true`. A failed accept (out
+/// of file descriptors, say) is logged and retried after a short pause instead of spinning.
+pub async fn accept(
+    listener: &TcpListener,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => return Some(a),
+                Err(e) => {
+                    tracing::warn!(error = %e, addr = ?listener.local_addr().ok(), "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stopped(stop) => return None,
+        }
+    }
+}
+
+/// Serves gRPC (HTTP/2 only, on hyper directly: tonic's transport server does not expose the
+/// per-stream send buffer, `max_send_buf`) on `listener` until `drain` turns true, then asks
+/// every connection to finish and waits for them.
+pub async fn serve_h2<S, B>(
+    listener: TcpListener,
+    svc: S,
+    mut drain: watch::Receiver<bool>,
+    max_send_buf: usize,
+) where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.max_send_buf_size(max_send_buf);
+    let mut conns = tokio::task::JoinSet::new();
+    while let Some((io, peer)) = accept(&listener, &mut drain).await {
+        let _ = io.set_nodelay(true);
+        let conn = h2.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc.clone()));
+        let mut drain = drain.clone();
+        conns.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended");
+                    }
+                    return;
+                }
+                _ = stopped(&mut drain) => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+        // Reap finished connections so the set holds only live ones.
+        while conns.try_join_next().is_some() {}
+    }
+    while conns.join_next().await.is_some() {}
 }
 
 fn answer(

@@ -9,10 +9,6 @@ use crate::{
     metrics::{Metrics, serve_admin},
     registry::{self, RegistryWatcher},
 };
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    service::TowerToHyperService,
-};
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::watch};
 
@@ -153,26 +149,29 @@ impl Bound {
             &self.config.cluster_domain,
         ));
         let (draining, drain_rx) = watch::channel(false);
-        let server = tokio::spawn(serve_h2(self.grpc, svc, drain_rx));
+        let mut server = tokio::spawn(linkerd_control::serve_h2(
+            self.grpc,
+            svc,
+            drain_rx,
+            MAX_SEND_BUF,
+        ));
         shutdown.await;
         // Watch streams never end on their own: end them so connections can close.
         self.index.close();
         let _ = draining.send(true);
-        let mut server = server;
-        let result = match tokio::time::timeout(self.config.grace, &mut server).await {
-            Ok(r) => r.unwrap_or(Ok(())),
-            Err(_) => {
-                tracing::warn!("connections still open after the grace period; closing them");
-                server.abort();
-                Ok(())
-            }
-        };
+        if tokio::time::timeout(self.config.grace, &mut server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the grace period; closing them");
+            server.abort();
+        }
         let _ = stop.send(true);
         let _ = admin.await;
         if let Some(s) = source {
             let _ = s.await;
         }
-        result
+        Ok(())
     }
 }
 
@@ -185,62 +184,5 @@ impl Bound {
 /// 4 KB (less data in flight at once: a lower heap high-water mark, and a smaller per-connection
 /// frame queue in h2, which never shrinks), and the sync itself got faster, not slower.
 const MAX_SEND_BUF: usize = 4 * 1024;
-
-/// The gRPC server: HTTP/2 only, on hyper directly (tonic's transport server does not expose
-/// the per-stream send buffer). Stops accepting when `drain` turns true, then asks every
-/// connection to finish and waits for them.
-async fn serve_h2<S>(
-    listener: TcpListener,
-    svc: S,
-    mut drain: watch::Receiver<bool>,
-) -> Result<(), Error>
-where
-    S: tonic::codegen::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    h2.max_send_buf_size(MAX_SEND_BUF);
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let (io, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut drain) => break,
-        };
-        let _ = io.set_nodelay(true);
-        let conn = h2.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc.clone()));
-        let mut drain = drain.clone();
-        conns.spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "connection ended");
-                    }
-                    return;
-                }
-                _ = stopped(&mut drain) => {}
-            }
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        });
-        // Reap finished connections so the set holds only live ones.
-        while conns.try_join_next().is_some() {}
-    }
-    while conns.join_next().await.is_some() {}
-    Ok(())
-}
 
 pub(crate) use linkerd_control::stopped;

@@ -9,10 +9,6 @@ use crate::{
     model::ClusterConfig,
     registry::{self, RegistryWatcher},
 };
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    service::TowerToHyperService,
-};
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::watch};
 
@@ -139,7 +135,12 @@ impl Bound {
             .add_service(grpc.outbound_server())
             .prepare();
         let (draining, drain_rx) = watch::channel(false);
-        let mut server = tokio::spawn(serve_h2(self.grpc, routes, drain_rx));
+        let mut server = tokio::spawn(linkerd_control::serve_h2(
+            self.grpc,
+            routes,
+            drain_rx,
+            MAX_SEND_BUF,
+        ));
         shutdown.await;
         // Watch streams never end on their own: end them so connections can close.
         self.index.close();
@@ -162,55 +163,5 @@ impl Bound {
 
 /// Per-stream bytes h2 may buffer beyond what the socket took (as the destination service).
 const MAX_SEND_BUF: usize = 32 * 1024;
-
-/// The gRPC server: HTTP/2 on hyper. Stops accepting when `drain` turns true, then asks every
-/// connection to finish and waits for them.
-async fn serve_h2<S>(listener: TcpListener, svc: S, mut drain: watch::Receiver<bool>)
-where
-    S: tonic::codegen::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    h2.max_send_buf_size(MAX_SEND_BUF);
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let (io, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut drain) => break,
-        };
-        let _ = io.set_nodelay(true);
-        let conn = h2.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc.clone()));
-        let mut drain = drain.clone();
-        conns.spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "connection ended");
-                    }
-                    return;
-                }
-                _ = stopped(&mut drain) => {}
-            }
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        });
-        while conns.try_join_next().is_some() {}
-    }
-    while conns.join_next().await.is_some() {}
-}
 
 pub(crate) use linkerd_control::stopped;
