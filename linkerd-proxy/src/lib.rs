@@ -43,6 +43,12 @@ pub mod transport;
 
 use std::process::ExitCode;
 
+/// Locks `m`, going on with the data if a task panicked while holding the lock: one
+/// connection's bug does not take a shared map down with it.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Exit status for a configuration error (EX_USAGE), as linkerd2-proxy uses.
 pub const EX_USAGE: u8 = 64;
 

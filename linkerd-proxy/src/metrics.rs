@@ -5,7 +5,7 @@
 //! a per-label-set lock that is held for a few instructions. Exported as Prometheus text by the
 //! admin server.
 
-use crate::io::ByteCounters;
+use crate::{io::ByteCounters, lock};
 use std::{
     collections::HashMap,
     fmt::Write as _,
@@ -683,10 +683,6 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `process_*` from /proc, as the Prometheus client libraries export them.

@@ -10,6 +10,7 @@
 use super::{body::ProxyBody, errors::ProxyError, h1};
 use crate::{
     io::{BoxIo, CountingIo},
+    lock,
     metrics::{Direction, Metrics, Peer, TcpKey, TcpStats, Tls},
     resolve::Endpoint,
     tls::{self, CredsRx},
@@ -272,10 +273,6 @@ impl Inner {
         };
         Ok((io, stats))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Pool maps are looked up on every request and keyed by local data (endpoint address and

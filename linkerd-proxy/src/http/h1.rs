@@ -23,7 +23,7 @@ use super::{
     body::{BoxError, ProxyBody},
     client::{Key, KeyMap},
 };
-use crate::{io::BoxIo, metrics::TcpStats};
+use crate::{io::BoxIo, lock, metrics::TcpStats};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header,
@@ -975,10 +975,6 @@ fn parse_length(v: &[u8]) -> Option<u64> {
     v.iter().try_fold(0u64, |n, d| {
         n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
     })
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use crate::{
     detect,
     drain::Drain,
     io::{BoxIo, PrefixedIo},
+    lock,
     metrics::{Direction, HttpKey, HttpStats, Metrics, ResponseClass, RouteCounters, Tls},
     outbound::{
         Accrual, BackendTarget, Decision, Filter, OutboundPolicies, PolicyWatch, Retry, Rule,
@@ -864,10 +865,6 @@ impl HttpConn {
         }
         rsp
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The request's authority: the URI's (absolute-form, HTTP/2) or the `Host` header.
