@@ -69,6 +69,20 @@ pub enum Error {
     RequestLength,
 }
 
+impl Error {
+    /// The server closed (or reset) an idle connection as the request reached it.
+    fn is_stale_connection(&self) -> bool {
+        match self {
+            Error::Closed => true,
+            Error::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// One upstream connection. Boxed once for its lifetime: the response body that reads from
 /// it is moved a few times on the way to the downstream server, and a pointer moves cheaper
 /// than the connection's state.
@@ -692,19 +706,7 @@ where
     let mut ex = Exchange::new(conn, req)?;
     let (parts, recv) = match std::future::poll_fn(|cx| ex.poll_head(cx)).await {
         Ok(head) => head,
-        // The server closed (or reset) the idle connection as the request reached it.
-        Err(Error::Closed) if reused && ex.retryable() => {
-            ex.retry_on(reconnect().await?);
-            std::future::poll_fn(|cx| ex.poll_head(cx)).await?
-        }
-        Err(Error::Io(e))
-            if reused
-                && ex.retryable()
-                && matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-                ) =>
-        {
+        Err(e) if reused && e.is_stale_connection() && ex.retryable() => {
             ex.retry_on(reconnect().await?);
             std::future::poll_fn(|cx| ex.poll_head(cx)).await?
         }
