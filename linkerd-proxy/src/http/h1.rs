@@ -497,23 +497,30 @@ where
         st.tail = &st.tail[n.min(st.tail.len())..];
     }
 
+    /// Writes what it can of the request while the response is being read. A failure of the
+    /// caller's body is an error (the server would wait for the rest forever); a failure to
+    /// write stops the sending (the server stopped reading, and may have answered, say 413) and
+    /// is returned to report if no answer comes.
+    fn progress_send(&mut self, cx: &mut Context<'_>) -> Result<Option<Error>, Error> {
+        if !self.sending() {
+            return Ok(None);
+        }
+        match self.poll_send(cx) {
+            Poll::Ready(Err(e @ (Error::RequestBody(_) | Error::RequestLength))) => Err(e),
+            Poll::Ready(Err(e)) => {
+                self.abandon_send();
+                Ok(Some(e))
+            }
+            Poll::Ready(Ok(())) | Poll::Pending => Ok(None),
+        }
+    }
+
     /// Drives the request forward (if it is still being written) and reads the response head.
     fn poll_head(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(http::response::Parts, Recv), Error>> {
-        let mut send_failed = None;
-        if self.sending()
-            && let Poll::Ready(Err(e)) = self.poll_send(cx)
-        {
-            // The caller's body failed: the server would wait for the rest forever.
-            if matches!(e, Error::RequestBody(_) | Error::RequestLength) {
-                return Poll::Ready(Err(e));
-            }
-            // The server stopped reading; it may have answered (say, 413) before it did.
-            self.abandon_send();
-            send_failed = Some(e);
-        }
+        let mut send_failed = self.progress_send(cx)?;
         loop {
             if !self.conn.rbuf.is_empty()
                 && let Some(head) = self.parse_head()?
@@ -741,17 +748,8 @@ where
         let Some(ex) = self.ex.as_mut() else {
             return Poll::Ready(None);
         };
-        if ex.sending() {
-            // A server that answers before reading the whole request still gets the rest.
-            match ex.poll_send(cx) {
-                Poll::Ready(Err(e @ (Error::RequestBody(_) | Error::RequestLength))) => {
-                    return Poll::Ready(Some(Err(e)));
-                }
-                // The server stopped reading; what it answered can still be read.
-                Poll::Ready(Err(_)) => ex.abandon_send(),
-                _ => {}
-            }
-        }
+        // A server that answers before reading the whole request still gets the rest.
+        ex.progress_send(cx)?;
         loop {
             let buf = &mut ex.conn.rbuf;
             match &mut self.recv {
