@@ -3,7 +3,7 @@
 //! nothing for it. A streamed body can carry a [`Recorder`] that reports the response to metrics
 //! when its stream ends, with the gRPC status from the trailers.
 
-use super::h1;
+use super::{h1, h2};
 use crate::metrics::{HttpStats, ResponseClass};
 use bytes::Bytes;
 use http::HeaderMap;
@@ -16,7 +16,7 @@ use std::{
 };
 use tokio::time::Instant;
 
-/// A body's error: hyper's or the proxy's own HTTP/1 client's.
+/// A body's error: hyper's, or one of the proxy's own HTTP/1 and HTTP/2 clients'.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug)]
@@ -28,6 +28,11 @@ pub enum ProxyBody {
     /// A response read by the proxy's own HTTP/1 client.
     H1 {
         body: h1::RecvBody,
+        recorder: Option<Recorder>,
+    },
+    /// A response read by the proxy's HTTP/2 client.
+    H2 {
+        body: h2::RecvBody,
         recorder: Option<Recorder>,
     },
     Full(Option<Bytes>),
@@ -63,7 +68,10 @@ impl ProxyBody {
     /// Reports the response this body carries to `recorder` when it ends (an upstream body;
     /// other bodies have nothing to report).
     pub fn with_recorder(mut self, rec: Recorder) -> Self {
-        if let ProxyBody::Stream { recorder, .. } | ProxyBody::H1 { recorder, .. } = &mut self {
+        if let ProxyBody::Stream { recorder, .. }
+        | ProxyBody::H1 { recorder, .. }
+        | ProxyBody::H2 { recorder, .. } = &mut self
+        {
             *recorder = Some(rec);
         }
         self
@@ -231,6 +239,9 @@ impl Body for ProxyBody {
             ProxyBody::H1 { body, recorder } => {
                 observe(Pin::new(body).poll_frame(cx), recorder).map_err(Into::into)
             }
+            ProxyBody::H2 { body, recorder } => {
+                observe(Pin::new(body).poll_frame(cx), recorder).map_err(Into::into)
+            }
         }
     }
 
@@ -240,6 +251,7 @@ impl Body for ProxyBody {
             ProxyBody::Replay(r) => r.is_end_stream(),
             ProxyBody::Stream { body, .. } => body.is_end_stream(),
             ProxyBody::H1 { body, .. } => body.is_end_stream(),
+            ProxyBody::H2 { body, .. } => body.is_end_stream(),
         }
     }
 
@@ -249,6 +261,7 @@ impl Body for ProxyBody {
             ProxyBody::Replay(r) => r.size_hint(),
             ProxyBody::Stream { body, .. } => body.size_hint(),
             ProxyBody::H1 { body, .. } => body.size_hint(),
+            ProxyBody::H2 { body, .. } => body.size_hint(),
         }
     }
 }
@@ -287,6 +300,7 @@ impl Drop for ProxyBody {
         let (ended, recorder) = match self {
             ProxyBody::Stream { body, recorder } => (body.is_end_stream(), recorder),
             ProxyBody::H1 { body, recorder } => (body.is_end_stream(), recorder),
+            ProxyBody::H2 { body, recorder } => (body.is_end_stream(), recorder),
             _ => return,
         };
         if let Some(r) = recorder.take() {

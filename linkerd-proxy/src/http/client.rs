@@ -4,10 +4,11 @@
 //! authority, so requests keep their original `Host`/`:authority` whatever endpoint the
 //! balancer chose. HTTP/1 connections (the proxy's own client, `h1.rs`) are reused one request
 //! at a time (keep-alive) and return to the pool when their response body has been read;
-//! HTTP/2 connections (hyper's) are shared by every request to the endpoint. An endpoint with
-//! an identity is dialled with mTLS.
+//! HTTP/2 connections (`h2.rs`) are shared by every request to the endpoint. An endpoint with
+//! an identity is dialled with mTLS. Upgrades go over hyper's HTTP/1 client, one connection
+//! each.
 
-use super::{body::ProxyBody, errors::ProxyError, h1};
+use super::{body::ProxyBody, errors::ProxyError, h1, h2};
 use crate::{
     io::{BoxIo, CountingIo},
     lock,
@@ -17,16 +18,13 @@ use crate::{
     transport,
 };
 use http::{Request, Response};
-use hyper::{
-    body::Incoming,
-    client::conn::{http1, http2},
-};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use std::{
     collections::HashMap,
     hash::{BuildHasherDefault, Hasher},
     net::SocketAddr,
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, Mutex, Weak, atomic::Ordering},
     time::Duration,
 };
 use tracing::debug;
@@ -46,7 +44,7 @@ pub struct Client {
 #[derive(Debug)]
 struct Inner {
     h1: Arc<h1::Pool>,
-    h2: Mutex<KeyMap<http2::SendRequest<ProxyBody>>>,
+    h2: Mutex<KeyMap<h2::Conn>>,
     /// One connect at a time per HTTP/2 endpoint: concurrent first requests wait for it and
     /// share the connection instead of each dialling their own.
     h2_connecting: Mutex<KeyMap<Arc<tokio::sync::Mutex<()>>>>,
@@ -108,10 +106,7 @@ impl Client {
         let key = (ep.addr, ep.identity.clone());
         match proto {
             Protocol::Http1 => self.send_h1(key, req).await,
-            Protocol::Http2 => {
-                let rsp = self.send_h2(key, req).await?;
-                Ok(rsp.map(|body| ProxyBody::stream(body, None)))
-            }
+            Protocol::Http2 => self.send_h2(key, req).await,
         }
     }
 
@@ -160,7 +155,7 @@ impl Client {
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
-            .map_err(ProxyError::Handshake)?;
+            .map_err(|e| ProxyError::Handshake(e.into()))?;
         let addr = key.0;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
@@ -171,63 +166,73 @@ impl Client {
         Ok(sender)
     }
 
+    /// Sends an HTTP/2 request on the endpoint's shared connection, opening it if there is
+    /// none. A connection found going away (or gone) before the request was sent on it is
+    /// replaced once: nothing of the request was sent, so any request may go again.
     async fn send_h2(
         &self,
         key: Key,
         req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let open = |inner: &Inner| {
-            lock(&inner.h2)
-                .get(&key)
-                .filter(|s| !s.is_closed())
-                .cloned()
-        };
-        let mut sender = match open(&self.inner) {
-            Some(s) => s,
-            None => {
-                let gate = lock(&self.inner.h2_connecting)
-                    .entry(key.clone())
-                    .or_default()
-                    .clone();
-                let _connecting = gate.lock().await;
-                match open(&self.inner) {
-                    Some(s) => s,
-                    None => {
-                        let res = Box::pin(self.connect_h2(&key)).await;
-                        lock(&self.inner.h2_connecting).remove(&key);
-                        let s = res?;
-                        lock(&self.inner.h2).insert(key, s.clone());
-                        s
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let conn = self.h2_conn(&key).await?;
+        let ready = match conn.ready().await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(addr = %key.0, error = %e, "upstream HTTP/2 connection is going away");
+                {
+                    let mut h2 = lock(&self.inner.h2);
+                    if h2.get(&key).is_some_and(|c| c.same(&conn)) {
+                        h2.remove(&key);
                     }
+                }
+                self.h2_conn(&key).await?.ready().await?
+            }
+        };
+        let rsp = ready.send(req).await?;
+        Ok(rsp.map(|body| ProxyBody::H2 {
+            body,
+            recorder: None,
+        }))
+    }
+
+    /// The endpoint's open HTTP/2 connection, or a new one. One connect at a time per
+    /// endpoint: concurrent first requests wait for it and share it.
+    async fn h2_conn(&self, key: &Key) -> Result<h2::Conn, ProxyError> {
+        let open = |inner: &Inner| lock(&inner.h2).get(key).filter(|c| !c.is_closed()).cloned();
+        if let Some(c) = open(&self.inner) {
+            return Ok(c);
+        }
+        let gate = lock(&self.inner.h2_connecting)
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _connecting = gate.lock().await;
+        if let Some(c) = open(&self.inner) {
+            return Ok(c);
+        }
+        let res = Box::pin(self.connect_h2(key)).await;
+        lock(&self.inner.h2_connecting).remove(key);
+        let c = res?;
+        lock(&self.inner.h2).insert(key.clone(), c.clone());
+        Ok(c)
+    }
+
+    async fn connect_h2(&self, key: &Key) -> Result<h2::Conn, ProxyError> {
+        let (io, stats) = self.inner.connect(key).await?;
+        let inner = Arc::downgrade(&self.inner);
+        let k = key.clone();
+        let on_close = move || {
+            stats.close_total.fetch_add(1, Ordering::Relaxed);
+            if let Some(inner) = Weak::upgrade(&inner) {
+                let mut h2 = lock(&inner.h2);
+                if h2.get(&k).is_some_and(|c| c.is_closed()) {
+                    h2.remove(&k);
                 }
             }
         };
-        sender.ready().await.map_err(ProxyError::Upstream)?;
-        sender.send_request(req).await.map_err(ProxyError::Upstream)
-    }
-
-    async fn connect_h2(&self, key: &Key) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
-        let (io, stats) = self.inner.connect(key).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(3))
-            .handshake(TokioIo::new(io))
+        h2::Conn::handshake(io, on_close)
             .await
-            .map_err(ProxyError::Handshake)?;
-        let inner = self.inner.clone();
-        let key = key.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(addr = %key.0, error = %e, "upstream HTTP/2 connection ended");
-            }
-            stats.close_total.fetch_add(1, Ordering::Relaxed);
-            let mut h2 = lock(&inner.h2);
-            if h2.get(&key).is_some_and(|s| s.is_closed()) {
-                h2.remove(&key);
-            }
-        });
-        Ok(sender)
+            .map_err(|e| ProxyError::Handshake(e.into()))
     }
 }
 

@@ -19,11 +19,13 @@ pub enum ProxyError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("upstream handshake failed: {0}")]
-    Handshake(#[source] hyper::Error),
+    Handshake(#[source] super::body::BoxError),
     #[error("upstream request failed: {0}")]
     Upstream(#[source] hyper::Error),
     #[error("upstream request failed: {0}")]
     Http1(#[from] super::h1::Error),
+    #[error("upstream request failed: {0}")]
+    Http2(#[from] ::h2::Error),
     #[error("response timed out after {0:?}")]
     ResponseTimeout(Duration),
     /// The inbound policy does not authorize this client on this route.
@@ -69,7 +71,7 @@ impl ProxyError {
             ProxyError::Tls(TlsError::NoCredentials) => "no_credentials",
             ProxyError::Tls(_) => "tls",
             ProxyError::Handshake(_) => "handshake",
-            ProxyError::Upstream(_) | ProxyError::Http1(_) => "upstream",
+            ProxyError::Upstream(_) | ProxyError::Http1(_) | ProxyError::Http2(_) => "upstream",
             ProxyError::ResponseTimeout(_) => "response_timeout",
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::NoRoute => "no_route",
@@ -102,7 +104,8 @@ impl ProxyError {
             ProxyError::Connect(_)
             | ProxyError::Handshake(_)
             | ProxyError::Upstream(_)
-            | ProxyError::Http1(_) => StatusCode::BAD_GATEWAY,
+            | ProxyError::Http1(_)
+            | ProxyError::Http2(_) => StatusCode::BAD_GATEWAY,
         }
     }
 

@@ -1,11 +1,12 @@
-//! HTTP proxying: serving detected connections, the pooled upstream clients (hyper's
-//! for HTTP/2 and upgrades, `h1` for the rest of HTTP/1), and the error
-//! responses the proxy writes itself.
+//! HTTP proxying: serving detected connections, the pooled upstream clients (`h1` for
+//! HTTP/1, `h2` for HTTP/2, hyper's for upgrades), and the error responses the proxy writes
+//! itself.
 
 pub mod body;
 pub mod client;
 pub mod errors;
 pub mod h1;
+pub mod h2;
 pub mod headers;
 pub mod server;
 
