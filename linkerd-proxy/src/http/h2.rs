@@ -13,7 +13,7 @@
 //! pings. Unlike hyper's client, the pings also run while the connection is idle, so a peer
 //! that went away is noticed before a request finds out.
 
-use super::body::{BoxError, ProxyBody};
+use super::body::BoxError;
 use crate::io::BoxIo;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
@@ -51,11 +51,17 @@ pub struct Conn {
 impl Conn {
     /// The HTTP/2 handshake over `io`. A task of its own drives the connection until it ends
     /// (the peer closes it, a keep-alive ping goes unanswered, or every handle is dropped and
-    /// no stream is left), then calls `on_close`.
+    /// no stream is left), then calls `on_close` (which also runs if the handshake fails).
     pub async fn handshake(
         io: BoxIo,
         on_close: impl FnOnce() + Send + 'static,
     ) -> Result<Conn, ::h2::Error> {
+        let closed = Arc::new(AtomicBool::new(false));
+        // Runs `on_close` also when the handshake fails.
+        let guard = OnClose {
+            closed: closed.clone(),
+            on_close: Some(on_close),
+        };
         let (tx, mut conn) = ::h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -65,12 +71,7 @@ impl Conn {
             .enable_push(false)
             .handshake::<_, Bytes>(io)
             .await?;
-        let closed = Arc::new(AtomicBool::new(false));
         let ping = conn.ping_pong();
-        let guard = OnClose {
-            closed: closed.clone(),
-            on_close: Some(on_close),
-        };
         let task = tokio::spawn(async move {
             let _guard = guard;
             if let Err(e) = conn.await {
@@ -109,7 +110,11 @@ impl Ready {
     /// Sends `req` and waits for the response head. A request body that is not complete
     /// at once goes on streaming from a task of its own, under the connection's flow control,
     /// while the response is read.
-    pub async fn send(self, req: Request<ProxyBody>) -> Result<Response<RecvBody>, ::h2::Error> {
+    pub async fn send<B>(self, req: Request<B>) -> Result<Response<RecvBody>, ::h2::Error>
+    where
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let mut tx = self.0;
         let (mut parts, body) = req.into_parts();
         if let Some(len) = body.size_hint().exact()
@@ -186,7 +191,11 @@ async fn keepalive(mut ping: ::h2::PingPong, conn: AbortHandle) {
 /// Starts sending `body` on `stream`: inline while it is ready, then from a task of its own.
 /// Dropping the returned guard before [`Cancel::defuse`] resets the stream (the request was
 /// cancelled before its response).
-fn pipe(body: ProxyBody, stream: ::h2::SendStream<Bytes>) -> Cancel {
+fn pipe<B>(body: B, stream: ::h2::SendStream<Bytes>) -> Cancel
+where
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let mut pipe = Pipe {
         body,
         stream,
@@ -228,14 +237,18 @@ impl Drop for Cancel {
 }
 
 /// Copies a request body onto its stream under flow control.
-struct Pipe {
-    body: ProxyBody,
+struct Pipe<B> {
+    body: B,
     stream: ::h2::SendStream<Bytes>,
     /// `Ok` = the request was cancelled; closed = its response came (stop watching).
     cancel: Option<oneshot::Receiver<()>>,
 }
 
-impl Future for Pipe {
+impl<B> Future for Pipe<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Output = Result<(), BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -287,7 +300,7 @@ impl Future for Pipe {
                 },
                 Some(Err(e)) => {
                     me.stream.send_reset(::h2::Reason::INTERNAL_ERROR);
-                    return Poll::Ready(Err(e));
+                    return Poll::Ready(Err(e.into()));
                 }
                 None => {
                     me.stream.reserve_capacity(0);
@@ -368,3 +381,6 @@ impl Body for RecvBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
