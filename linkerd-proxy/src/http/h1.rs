@@ -201,11 +201,16 @@ impl Pool {
         None
     }
 
+    /// Keeps `conn` for reuse. Idle connections the server closed meanwhile are dropped at
+    /// checkout and by the sweep, or here only when the endpoint's list is full: probing them
+    /// all at every checkin cost a poll per idle connection per request.
     fn checkin(&self, conn: Conn) {
         let now = self.sweeps.load(Ordering::Relaxed);
         let mut idle = lock(&self.idle);
         let conns = idle.entry(conn.key.clone()).or_default();
-        conns.retain_mut(|(c, _)| c.is_idle_open());
+        if conns.len() >= self.max_idle_per_endpoint {
+            conns.retain_mut(|(c, _)| c.is_idle_open());
+        }
         if conns.len() < self.max_idle_per_endpoint {
             conns.push((conn, now));
         }

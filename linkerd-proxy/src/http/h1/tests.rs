@@ -501,3 +501,34 @@ async fn chunked_wins_over_content_length_and_such_a_connection_is_not_kept() {
         "HTTP/1.0 has no transfer codings"
     );
 }
+
+#[tokio::test]
+async fn a_full_idle_list_makes_room_by_dropping_connections_the_server_closed() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let pool = Arc::new(Pool::new(2));
+    let stats = Arc::new(TcpStats::default());
+    let mut conns = Vec::new();
+    let mut accepted = Vec::new();
+    for _ in 0..3 {
+        conns.push(dial(addr, &stats).await.unwrap());
+        accepted.push(listener.accept().await.unwrap().0);
+    }
+    let (c, b, a) = (
+        conns.pop().unwrap(),
+        conns.pop().unwrap(),
+        conns.pop().unwrap(),
+    );
+    pool.checkin(a);
+    pool.checkin(b);
+    assert_eq!(pool.idle(&key(addr)), 2);
+    // The server closes the first idle connection; the list is full when the third comes.
+    drop(accepted.remove(0));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    pool.checkin(c);
+    assert_eq!(pool.idle(&key(addr)), 2);
+    // The two left are open: the third and the second.
+    assert!(pool.checkout(&key(addr)).is_some());
+    assert!(pool.checkout(&key(addr)).is_some());
+    assert!(pool.checkout(&key(addr)).is_none());
+}
