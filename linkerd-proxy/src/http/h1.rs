@@ -30,6 +30,7 @@ use http::{
 };
 use http_body::{Body, Frame, SizeHint};
 use std::{
+    collections::VecDeque,
     io::{self, IoSlice, Write as _},
     mem::MaybeUninit,
     pin::Pin,
@@ -174,7 +175,8 @@ impl State {
 /// checked in.
 #[derive(Debug)]
 pub struct Pool {
-    idle: Mutex<KeyMap<Vec<(Conn, u64)>>>,
+    /// Oldest first; checkout takes the most recent.
+    idle: Mutex<KeyMap<VecDeque<(Conn, u64)>>>,
     max_idle_per_endpoint: usize,
     sweeps: AtomicU64,
 }
@@ -192,7 +194,7 @@ impl Pool {
     pub fn checkout(&self, key: &Key) -> Option<Conn> {
         let mut idle = lock(&self.idle);
         let conns = idle.get_mut(key)?;
-        while let Some((mut c, _)) = conns.pop() {
+        while let Some((mut c, _)) = conns.pop_back() {
             if c.is_idle_open() {
                 return Some(c);
             }
@@ -201,19 +203,21 @@ impl Pool {
         None
     }
 
-    /// Keeps `conn` for reuse. Idle connections the server closed meanwhile are dropped at
-    /// checkout and by the sweep, or here only when the endpoint's list is full: probing them
-    /// all at every checkin cost a poll per idle connection per request.
+    /// Keeps `conn` for reuse; when the endpoint already has its most idle connections, the
+    /// oldest goes. Idle connections the server closed meanwhile are skipped at checkout and
+    /// dropped by the sweep: probing them all at every checkin cost a poll per idle
+    /// connection per request.
     fn checkin(&self, conn: Conn) {
+        if self.max_idle_per_endpoint == 0 {
+            return;
+        }
         let now = self.sweeps.load(Ordering::Relaxed);
         let mut idle = lock(&self.idle);
         let conns = idle.entry(conn.key.clone()).or_default();
         if conns.len() >= self.max_idle_per_endpoint {
-            conns.retain_mut(|(c, _)| c.is_idle_open());
+            conns.pop_front();
         }
-        if conns.len() < self.max_idle_per_endpoint {
-            conns.push((conn, now));
-        }
+        conns.push_back((conn, now));
     }
 }
 
@@ -238,7 +242,7 @@ impl crate::idle::Sweep for Pool {
 impl Pool {
     #[cfg(test)]
     fn idle(&self, key: &Key) -> usize {
-        lock(&self.idle).get(key).map_or(0, Vec::len)
+        lock(&self.idle).get(key).map_or(0, VecDeque::len)
     }
 }
 

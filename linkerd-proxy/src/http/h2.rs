@@ -8,10 +8,14 @@
 //! (reads, writes, flow control). What stays the same as hyper's client: its settings
 //! (windows, frame and send-buffer sizes), `Content-Length` added when the body's size is known,
 //! request bodies piped under flow control by a task of their own (only when they are not
-//! complete at once), a request cancelled before its response resets its stream, an
-//! `RST_STREAM(NO_ERROR)` after a complete response ends the body quietly, and keep-alive
-//! pings. Unlike hyper's client, the pings also run while the connection is idle, so a peer
-//! that went away is noticed before a request finds out.
+//! complete at once), a request cancelled before its response resets its stream, and
+//! keep-alive pings. Unlike hyper's client, the pings also run while the connection is idle,
+//! so a peer that went away is noticed before a request finds out, and a response cut short
+//! by a reset is an error even when the reset says `NO_ERROR` (only a reset after the
+//! response's `END_STREAM` is the RFC 9113 "stop sending" signal, and `h2` absorbs that one).
+//! `CONNECT` is sent as a stream whose bodies are the tunnel's two directions; the proxy's
+//! server does not hand HTTP/2 `CONNECT` tunnels to it (hyper's server keeps them as
+//! upgrades), so that path is as unsupported as it was with hyper's client.
 
 use super::body::BoxError;
 use crate::io::BoxIo;
@@ -37,6 +41,8 @@ const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 const MAX_FRAME_SIZE: u32 = 16 * 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Streams opened before the server's SETTINGS say how many it takes.
+const INITIAL_MAX_SEND_STREAMS: usize = 100;
 /// A ping every 10 s; no pong within 3 s closes the connection.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -63,6 +69,7 @@ impl Conn {
             on_close: Some(on_close),
         };
         let (tx, mut conn) = ::h2::client::Builder::new()
+            .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME_SIZE)
@@ -94,8 +101,9 @@ impl Conn {
         Arc::ptr_eq(&self.closed, &other.closed)
     }
 
-    /// Waits until the connection may open one more stream (the peer's concurrency limit).
-    /// An error means the connection is going away or gone, and nothing was sent on it.
+    /// Checks that the connection still takes new streams. An error means it is going away
+    /// or gone, and nothing was sent on it. Streams beyond the server's concurrency limit
+    /// wait inside `h2` until one ends (as they waited in hyper's request channel before).
     pub async fn ready(&self) -> Result<Ready, ::h2::Error> {
         let tx = self.tx.clone().ready().await?;
         Ok(Ready(tx))
@@ -353,11 +361,9 @@ impl Body for RecvBody {
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                // RFC 9113 section 8.1: a reset with NO_ERROR after a complete response
-                // (the server does not want the rest of the request) ends the body.
-                Some(Err(e)) if e.reason() == Some(::h2::Reason::NO_ERROR) => {
-                    return Poll::Ready(None);
-                }
+                // A reset after the response's END_STREAM (RFC 9113 section 8.1: the server
+                // does not want the rest of the request) is not seen here: `h2` keeps the
+                // complete response. Any reset seen here cut the response short.
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => me.data_done = true,
             }
@@ -365,7 +371,6 @@ impl Body for RecvBody {
         match ready!(me.recv.poll_trailers(cx)) {
             Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
             Ok(None) => Poll::Ready(None),
-            Err(e) if e.reason() == Some(::h2::Reason::NO_ERROR) => Poll::Ready(None),
             Err(e) => Poll::Ready(Some(Err(e))),
         }
     }

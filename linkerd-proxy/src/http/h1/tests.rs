@@ -503,32 +503,25 @@ async fn chunked_wins_over_content_length_and_such_a_connection_is_not_kept() {
 }
 
 #[tokio::test]
-async fn a_full_idle_list_makes_room_by_dropping_connections_the_server_closed() {
+async fn a_full_idle_list_drops_its_oldest_connection() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let pool = Arc::new(Pool::new(2));
     let stats = Arc::new(TcpStats::default());
-    let mut conns = Vec::new();
-    let mut accepted = Vec::new();
+    // Three connections, told apart by what their server end receives.
+    let mut ends = Vec::new();
     for _ in 0..3 {
-        conns.push(dial(addr, &stats).await.unwrap());
-        accepted.push(listener.accept().await.unwrap().0);
+        pool.checkin(dial(addr, &stats).await.unwrap());
+        ends.push(listener.accept().await.unwrap().0);
     }
-    let (c, b, a) = (
-        conns.pop().unwrap(),
-        conns.pop().unwrap(),
-        conns.pop().unwrap(),
-    );
-    pool.checkin(a);
-    pool.checkin(b);
     assert_eq!(pool.idle(&key(addr)), 2);
-    // The server closes the first idle connection; the list is full when the third comes.
-    drop(accepted.remove(0));
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    pool.checkin(c);
-    assert_eq!(pool.idle(&key(addr)), 2);
-    // The two left are open: the third and the second.
-    assert!(pool.checkout(&key(addr)).is_some());
-    assert!(pool.checkout(&key(addr)).is_some());
+    // Checkout takes the most recent first: the third, then the second; the first is gone.
+    for (i, end) in [(2usize, b'c'), (1, b'b')] {
+        let mut c = pool.checkout(&key(addr)).unwrap();
+        c.io.write_all(&[end]).await.unwrap();
+        let mut got = [0u8; 1];
+        ends[i].read_exact(&mut got).await.unwrap();
+        assert_eq!(got[0], end);
+    }
     assert!(pool.checkout(&key(addr)).is_none());
 }

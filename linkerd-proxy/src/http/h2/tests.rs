@@ -199,7 +199,7 @@ async fn request_bodies_stream_under_flow_control_with_trailers_and_sized_ones_g
 }
 
 #[tokio::test]
-async fn a_reset_with_no_error_after_an_early_response_ends_the_body_quietly() {
+async fn a_reset_with_no_error_after_an_early_response_keeps_the_response() {
     let (addr, _) = server(
         |req, mut rsp| {
             Box::pin(async move {
@@ -231,11 +231,40 @@ async fn a_reset_with_no_error_after_an_early_response_ends_the_body_quietly() {
 }
 
 #[tokio::test]
-async fn a_request_cancelled_before_its_response_resets_its_stream() {
-    static RESETS: std::sync::Mutex<Vec<::h2::Reason>> = std::sync::Mutex::new(Vec::new());
+async fn a_response_cut_short_by_a_reset_is_an_error_even_with_no_error() {
     let (addr, _) = server(
         |_req, mut rsp| {
             Box::pin(async move {
+                let r = Response::builder()
+                    .header(header::CONTENT_LENGTH, "10")
+                    .body(())
+                    .unwrap();
+                let mut s = rsp.send_response(r, false).unwrap();
+                s.send_data(Bytes::from_static(b"half"), false).unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                s.send_reset(::h2::Reason::NO_ERROR);
+            })
+        },
+        false,
+    )
+    .await;
+    let (conn, _) = connect(addr).await;
+    let rsp = conn.ready().await.unwrap().send(get(addr)).await.unwrap();
+    let mut body = rsp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"half");
+    let err = body.frame().await.unwrap().unwrap_err();
+    assert_eq!(err.reason(), Some(::h2::Reason::NO_ERROR));
+}
+
+#[tokio::test]
+async fn a_request_cancelled_before_its_response_resets_its_stream() {
+    static RESETS: std::sync::Mutex<Vec<::h2::Reason>> = std::sync::Mutex::new(Vec::new());
+    static STREAMS: AtomicUsize = AtomicUsize::new(0);
+    let (addr, _) = server(
+        |_req, mut rsp| {
+            Box::pin(async move {
+                STREAMS.fetch_add(1, SeqCst);
                 let reason = poll_fn(|cx| rsp.poll_reset(cx)).await.unwrap();
                 lock(&RESETS).push(reason);
             })
@@ -253,7 +282,11 @@ async fn a_request_cancelled_before_its_response_resets_its_stream() {
         .unwrap();
     let a = tokio::spawn(conn.ready().await.unwrap().send(get(addr)));
     let b = tokio::spawn(conn.ready().await.unwrap().send(post));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Both streams reached the server before the requests are cancelled.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while STREAMS.load(SeqCst) < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     a.abort();
     b.abort();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
