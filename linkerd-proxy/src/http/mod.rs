@@ -9,6 +9,8 @@ pub mod h1;
 pub mod h2;
 pub mod headers;
 pub mod server;
+#[cfg(test)]
+mod test_support;
 
 pub use self::{
     body::ProxyBody,

@@ -2,6 +2,7 @@
 //! frames what it reads, and when a connection goes back to the pool.
 
 use super::*;
+use crate::http::test_support::{data, feed};
 use http_body_util::BodyExt;
 use std::{
     net::SocketAddr,
@@ -158,22 +159,6 @@ fn get(path: &str) -> Request<http_body_util::Empty<Bytes>> {
         .unwrap()
 }
 
-/// A request body the test feeds chunk by chunk, of unknown length.
-#[derive(Debug)]
-struct Feed(mpsc::UnboundedReceiver<Bytes>);
-
-impl Body for Feed {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.0.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b))))
-    }
-}
-
 fn fixture() -> (Arc<Pool>, Arc<TcpStats>) {
     (Arc::new(Pool::new(4)), Arc::new(TcpStats::default()))
 }
@@ -307,11 +292,11 @@ async fn request_bodies_are_framed_by_length_or_chunked() {
         b"POST /sized HTTP/1.1\r\ncontent-length: 5\r\n\r\n12345"
     );
 
-    let (tx, rx) = mpsc::unbounded_channel();
-    tx.send(Bytes::from_static(b"hello")).unwrap();
-    tx.send(Bytes::from_static(b", streamed body")).unwrap();
+    let (tx, body) = feed();
+    tx.send(data(b"hello")).unwrap();
+    tx.send(data(b", streamed body")).unwrap();
     drop(tx);
-    let req = Request::post("/streamed").body(Feed(rx)).unwrap();
+    let req = Request::post("/streamed").body(body).unwrap();
     let rsp = request(&pool, &stats, srv.addr, req).await.unwrap();
     assert_eq!(rsp.status(), StatusCode::OK);
     drop(rsp);
@@ -331,15 +316,15 @@ async fn a_response_can_arrive_while_the_request_body_is_still_streaming() {
     ])
     .await;
     let (pool, stats) = fixture();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tx.send(Bytes::from_static(b"first")).unwrap();
-    let req = Request::post("/upload").body(Feed(rx)).unwrap();
+    let (tx, body) = feed();
+    tx.send(data(b"first")).unwrap();
+    let req = Request::post("/upload").body(body).unwrap();
     let rsp = request(&pool, &stats, srv.addr, req).await.unwrap();
     assert_eq!(rsp.status(), StatusCode::ACCEPTED);
     let body = rsp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "yes");
     // The response has ended; the rest of the upload still goes out.
-    tx.send(Bytes::from_static(b"second")).unwrap();
+    tx.send(data(b"second")).unwrap();
     drop(tx);
     let _head = srv.requests.recv().await.unwrap();
     assert_eq!(

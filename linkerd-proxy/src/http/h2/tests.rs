@@ -4,7 +4,11 @@
 
 use super::*;
 use crate::{
-    http::{ProxyBody, client::Client},
+    http::{
+        ProxyBody,
+        client::Client,
+        test_support::{data, feed},
+    },
     lock,
     metrics::{Direction, Metrics, Tls},
     resolve::Endpoint,
@@ -19,7 +23,6 @@ use std::{
 use tokio::{
     io::AsyncReadExt,
     net::{TcpListener, TcpStream},
-    sync::mpsc,
 };
 
 type Handler = fn(
@@ -71,27 +74,6 @@ fn get(addr: SocketAddr) -> Request<http_body_util::Empty<Bytes>> {
         .header("x-a", "1")
         .body(http_body_util::Empty::new())
         .unwrap()
-}
-
-/// A request body the test feeds frame by frame (data or trailers), of unknown length.
-#[derive(Debug)]
-struct Feed(mpsc::UnboundedReceiver<Frame<Bytes>>);
-
-impl Body for Feed {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.0.poll_recv(cx).map(|f| f.map(Ok))
-    }
-}
-
-fn feed() -> (mpsc::UnboundedSender<Frame<Bytes>>, Feed) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (tx, Feed(rx))
 }
 
 /// Reads a request body to its end (giving the window back) and returns it with its trailers.
@@ -219,8 +201,7 @@ async fn a_reset_with_no_error_after_an_early_response_keeps_the_response() {
     .await;
     let (conn, _) = connect(addr).await;
     let (tx, body) = feed();
-    tx.send(Frame::data(Bytes::from_static(b"more to come")))
-        .unwrap();
+    tx.send(data(b"more to come")).unwrap();
     let req = Request::post(format!("http://svc.test:{}/", addr.port()))
         .body(body)
         .unwrap();
@@ -276,7 +257,7 @@ async fn a_request_cancelled_before_its_response_resets_its_stream() {
     // Without a body (h2 resets the stream when its last handle goes) and with one still
     // streaming from its pipe task (the proxy's guard resets it).
     let (tx, body) = feed();
-    tx.send(Frame::data(Bytes::from_static(b"part"))).unwrap();
+    tx.send(data(b"part")).unwrap();
     let post = Request::post(format!("http://svc.test:{}/", addr.port()))
         .body(body)
         .unwrap();
