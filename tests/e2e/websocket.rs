@@ -1,5 +1,6 @@
-//! HTTP/1.1 upgrades (WebSocket-style): 101, then raw bytes both ways; and `CONNECT` tunnels
-//! through the outbound listener in proxy mode.
+//! HTTP/1.1 upgrades (WebSocket-style): 101, then raw bytes both ways; `CONNECT` tunnels
+//! through the outbound listener in proxy mode; and an HTTP/2 `CONNECT` to an application
+//! that is itself a forward proxy.
 
 use http::header;
 use hyper_util::rt::TokioIo;
@@ -111,6 +112,74 @@ async fn connect_tunnel_in_proxy_mode() {
         let rsp = c.send_request(req).await.expect("CONNECT response");
         assert_eq!(rsp.status(), 502);
         assert!(rsp.headers().contains_key("l5d-proxy-error"));
+    })
+    .await
+}
+
+/// An application that is itself a forward proxy: it answers an HTTP/1.1 `CONNECT` with 200,
+/// then echoes. Returns its address and the request heads it read.
+async fn connect_echo_app() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connect_reaches_the_app_as_an_http1_connect_tunnel() {
+    run(async {
+        let (app, heads) = connect_echo_app().await;
+        let proxy = TestProxy::inbound_to(app).await;
+        let mut c = client::http2(proxy.inbound).await;
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("example.test:443")
+            .body(client::empty())
+            .unwrap();
+        let rsp = c.send_request(req).await.expect("CONNECT response");
+        assert_eq!(rsp.status(), 200);
+        assert!(!rsp.headers().contains_key(header::CONNECTION));
+        let mut io = TokioIo::new(hyper::upgrade::on(rsp).await.expect("tunnel"));
+        within(
+            Duration::from_secs(10),
+            "echo through the HTTP/2 tunnel",
+            async {
+                io.write_all(b"over one stream").await.unwrap();
+                let mut buf = [0u8; 15];
+                io.read_exact(&mut buf).await.unwrap();
+                assert_eq!(&buf, b"over one stream");
+            },
+        )
+        .await;
+        let heads = heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), 1);
+        assert!(
+            heads[0].starts_with("CONNECT example.test:443 HTTP/1.1\r\n"),
+            "{heads:?}"
+        );
     })
     .await
 }

@@ -13,9 +13,8 @@
 //! so a peer that went away is noticed before a request finds out, and a response cut short
 //! by a reset is an error even when the reset says `NO_ERROR` (only a reset after the
 //! response's `END_STREAM` is the RFC 9113 "stop sending" signal, and `h2` absorbs that one).
-//! `CONNECT` is sent as a stream whose bodies are the tunnel's two directions; the proxy's
-//! server does not hand HTTP/2 `CONNECT` tunnels to it (hyper's server keeps them as
-//! upgrades), so that path is as unsupported as it was with hyper's client.
+//! The proxy sends no `CONNECT` here: its server tunnels an HTTP/2 `CONNECT` over an
+//! HTTP/1.1 `CONNECT` upstream (`Client::send_upgrade`), as it does an HTTP/1 one.
 
 use super::body::BoxError;
 use crate::io::BoxIo;

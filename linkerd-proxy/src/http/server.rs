@@ -299,11 +299,13 @@ impl HttpConn {
 
         let stats = self.stats(&authority, target.endpoint());
         stats.request();
-        let upgrade = req.version() <= Version::HTTP_11
-            && (wants_upgrade(req.headers()) || req.method() == Method::CONNECT);
+        // A `CONNECT` over HTTP/2 (RFC 9113 section 8.5) is tunnelled like one over HTTP/1:
+        // an HTTP/1.1 `CONNECT` upstream, and the two connections spliced once it succeeds.
+        let upgrade = req.method() == Method::CONNECT
+            || (req.version() <= Version::HTTP_11 && wants_upgrade(req.headers()));
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let downstream_h2 = req.version() == Version::HTTP_2;
-        let mut proto = if downstream_h2 {
+        let mut proto = if downstream_h2 && !upgrade {
             client::Protocol::Http2
         } else {
             client::Protocol::Http1
@@ -400,7 +402,8 @@ impl HttpConn {
             });
         }
         let status = rsp.status();
-        strip_hop_by_hop(rsp.headers_mut(), switching);
+        // HTTP/2 has no `Connection` or `Upgrade` headers: its tunnel is the stream itself.
+        strip_hop_by_hop(rsp.headers_mut(), switching && !downstream_h2);
         if to_h2 {
             rsp.headers_mut().remove(&L5D_ORIG_PROTO);
             *rsp.version_mut() = Version::HTTP_11;
