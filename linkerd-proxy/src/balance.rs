@@ -108,7 +108,7 @@ impl Load {
     }
 
     fn lock(&self) -> MutexGuard<'_, LoadState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.state)
     }
 
     /// `rtt × (pending + 1)` with the estimate decayed to `now`.
@@ -349,7 +349,7 @@ impl Balancer {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.state)
     }
 
     fn try_pick(&self) -> Choice {

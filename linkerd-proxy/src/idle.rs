@@ -37,7 +37,7 @@ impl<V> Default for IdleMap<V> {
 
 impl<V: Touched> IdleMap<V> {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<V>>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.map)
     }
 
     /// The entry for `key`, marked used; or the one `make` builds (none if it builds none).

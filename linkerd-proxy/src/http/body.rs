@@ -126,7 +126,7 @@ impl ReplayBody {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ReplayState> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.shared)
     }
 
     /// A handle that makes the bodies of later attempts.
@@ -142,7 +142,7 @@ pub struct ReplayHandle(Arc<Mutex<ReplayState>>);
 impl ReplayHandle {
     /// The body for the next attempt, or `None` when what was already sent was not kept.
     pub fn replay(&self) -> Option<ReplayBody> {
-        let mut st = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = crate::lock(&self.0);
         if st.spoiled {
             return None;
         }
@@ -162,7 +162,7 @@ impl ReplayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let shared = self.shared.clone();
-        let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = crate::lock(&shared);
         if st.generation != self.generation {
             // A newer attempt owns the body now.
             return Poll::Ready(None);

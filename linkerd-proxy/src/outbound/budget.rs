@@ -41,7 +41,7 @@ impl Budget {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut (u64, u64), &[(u64, u64)]) -> T) -> T {
-        let mut w = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = crate::lock(&self.inner);
         let now_sec = w.start.elapsed().as_secs();
         // Clear the buckets of the seconds that went by.
         let len = w.buckets.len();

@@ -43,7 +43,7 @@ impl Bucket {
     }
 
     fn take(&self) -> bool {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = crate::lock(&self.state);
         let now = Instant::now();
         let refill = now.saturating_duration_since(s.1).as_secs_f64() * self.rps;
         s.0 = (s.0 + refill).min(self.rps);
@@ -95,7 +95,7 @@ impl RateLimit {
         };
         let ok = per_client.is_none_or(|rps| {
             let bucket = {
-                let mut map = self.per_identity.lock().unwrap_or_else(|p| p.into_inner());
+                let mut map = crate::lock(&self.per_identity);
                 match map.get(id) {
                     Some(b) => b.clone(),
                     None => {
