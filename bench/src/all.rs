@@ -22,6 +22,7 @@ use crate::{
     certify,
     load::{self, LoadOpts},
     mesh::{self, Counters, Mesh, MeshOpts, ProxyAddrs, ProxyProc},
+    pair::{self, Pair, PairOpts},
     policy::{self, Case, PolicyMesh, PolicyOpts},
     procfs::{self, Guarded, Scratch},
     tools,
@@ -77,6 +78,9 @@ enum Via {
     /// The mesh path with the destination and policy services, and one policy case enabled
     /// (HTTP/1.1 saturation only).
     MeshPolicy(Case),
+    /// Load generator -> two plaintext proxies in a row -> upstream: the floor the mesh is
+    /// read against (HTTP/1.1 scenarios only; see `pair.rs`).
+    Pair(Pair),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -100,6 +104,7 @@ impl Scenario {
             Via::Proxy => "proxy",
             Via::Mesh => "mesh",
             Via::MeshPolicy(case) => return case.name().to_string(),
+            Via::Pair(p) => p.path(),
         };
         format!("{proto}_{kind}_{path}")
     }
@@ -131,6 +136,12 @@ fn plan(opts: &AllOpts) -> Vec<(Scenario, Vec<Via>)> {
         .filter_map(|sc| {
             let mut others: Vec<Via> = [Via::Proxy, Via::Mesh]
                 .into_iter()
+                .chain(
+                    Pair::ALL
+                        .into_iter()
+                        .map(Via::Pair)
+                        .filter(|_| sc.proto == Proto::Http1),
+                )
                 .filter(|v| selected(opts, &sc.name(*v)))
                 .collect();
             // The policy cases: HTTP/1.1 saturation, against the plain mesh of the same run.
@@ -438,6 +449,7 @@ struct Procs {
     proxy: Option<ProxyProc>,
     mesh: Option<Mesh>,
     policy: Option<PolicyMesh>,
+    pairs: Vec<pair::Running>,
 }
 
 impl Procs {
@@ -453,7 +465,17 @@ impl Procs {
         if let Some(pm) = &self.policy {
             pids.extend(pm.pids());
         }
+        for p in &self.pairs {
+            pids.extend([p.front.child.pid, p.back.child.pid]);
+        }
         pids
+    }
+
+    fn pair(&self, kind: Pair) -> anyhow::Result<&pair::Running> {
+        self.pairs
+            .iter()
+            .find(|p| p.kind == kind)
+            .with_context(|| format!("no {} proxies", kind.path()))
     }
 
     fn check_running(&mut self, during: &str) -> anyhow::Result<()> {
@@ -484,6 +506,10 @@ impl Procs {
             proxies.push(&mut pm.client);
             proxies.extend(pm.servers.values_mut());
         }
+        for p in &mut self.pairs {
+            proxies.push(&mut p.front);
+            proxies.push(&mut p.back);
+        }
         for p in proxies {
             p.child.check_running().map_err(|e| {
                 anyhow::anyhow!(
@@ -504,7 +530,7 @@ fn cpu_of(pids: &[u32]) -> anyhow::Result<f64> {
 async fn run_http(opts: &AllOpts, env: &Env, plan: &[(Scenario, Vec<Via>)]) -> anyhow::Result<()> {
     let pid_file = opts.pid_file.as_deref();
     let uses = |via: Via| plan.iter().any(|(_, paths)| paths.contains(&via));
-    let ports = free_ports(31)?;
+    let ports = free_ports(43)?;
     let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let server_addr = loopback(ports[0]);
 
@@ -534,6 +560,7 @@ async fn run_http(opts: &AllOpts, env: &Env, plan: &[(Scenario, Vec<Via>)]) -> a
         proxy: None,
         mesh: None,
         policy: None,
+        pairs: Vec::new(),
     };
     // Peak RSS per proxy role over the run.
     let mut peaks: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -676,6 +703,33 @@ async fn run_http(opts: &AllOpts, env: &Env, plan: &[(Scenario, Vec<Via>)]) -> a
         ])?;
     }
 
+    for (kind, ports) in Pair::ALL.into_iter().zip([&ports[31..37], &ports[37..43]]) {
+        if !uses(Via::Pair(kind)) {
+            continue;
+        }
+        let p = pair::start(
+            kind,
+            &PairOpts {
+                proxy_bin: &env.proxy_bin,
+                proxy_cores: opts.proxy_cores,
+                upstream: server_addr,
+                log_dir: &env.log_dir,
+                pid_file,
+            },
+            ports,
+        )
+        .await?;
+        match request_once(p.front.inbound, Method::GET, "/").await? {
+            (StatusCode::OK, _) => {}
+            (s, _) => bail!("a request through {} failed: {s}", kind.path()),
+        }
+        for q in [&p.front, &p.back] {
+            peaks.insert(q.role, procfs::status_number(q.child.pid, "VmHWM")?);
+            hwm_resettable &= procfs::reset_peak_rss(q.child.pid);
+        }
+        procs.pairs.push(p);
+    }
+
     let cases: Vec<Case> = plan
         .iter()
         .flat_map(|(_, paths)| paths)
@@ -792,6 +846,14 @@ async fn run_http(opts: &AllOpts, env: &Env, plan: &[(Scenario, Vec<Via>)]) -> a
                             format!("http://{}/", mesh::SERVICE),
                             Some(m.client.outbound),
                             vec![Probe::of(&m.client), Probe::of(&m.server)],
+                        )
+                    }
+                    Via::Pair(kind) => {
+                        let p = procs.pair(kind)?;
+                        (
+                            format!("http://{}/", p.front.inbound),
+                            None,
+                            vec![Probe::of(&p.front), Probe::of(&p.back)],
                         )
                     }
                     Via::MeshPolicy(case) => {
@@ -1106,6 +1168,25 @@ async fn run_http(opts: &AllOpts, env: &Env, plan: &[(Scenario, Vec<Via>)]) -> a
             ("loadavg_1m", json!(loadavg())),
         ])?;
     }
+    for mut p in std::mem::take(&mut procs.pairs) {
+        let mut proxies = serde_json::Map::new();
+        for q in [&mut p.front, &mut p.back] {
+            let pid = q.child.pid;
+            let end_hwm = procfs::status_number(pid, "VmHWM")?;
+            let peak = peaks.get(q.role).copied().unwrap_or(0).max(end_hwm);
+            let failures = scrape_counters(q.admin).await.map(|c| c.failures);
+            let exit = shutdown(q).await;
+            proxies.insert(
+                q.role.to_string(),
+                json!({"peak_rss_kb": peak, "failed_responses": failures, "exit": exit}),
+            );
+        }
+        emit(&[
+            ("scenario", json!(format!("{}_end", p.kind.path()))),
+            ("proxies", Value::Object(proxies)),
+            ("loadavg_1m", json!(loadavg())),
+        ])?;
+    }
     if !policy_failures.is_empty() {
         bail!(
             "a policy scenario measured a policy that was not applied:\n{}",
@@ -1161,6 +1242,33 @@ fn proxied_fields(
     }
     match path {
         Via::Proxy | Via::Direct => fields.push(("listener", json!("inbound"))),
+        Via::Pair(kind) => {
+            // Evidence of what the proxies did: HTTP requests seen (none for `pair_tcp`, whose
+            // proxies only copy bytes; every request, twice, for `pair_http`).
+            let http: Option<u64> = counters
+                .as_ref()
+                .map(|cs| cs.iter().map(|c| c.inbound_requests).sum());
+            fields.push(("proxy_http_requests", json!(http)));
+            let as_meant = match kind {
+                Pair::Tcp => http == Some(0),
+                Pair::Http => http.is_some_and(|n| n > 0),
+            };
+            if http.is_some() && !as_meant {
+                eprintln!(
+                    "bench: warning: {}: the proxies saw {http:?} HTTP requests",
+                    kind.path()
+                );
+            }
+            let mut proxies = serde_json::Map::new();
+            for u in used {
+                proxies.insert(
+                    u.role.to_string(),
+                    json!({"rss_kb": u.rss_kb, "cpu_s": round(u.cpu_s, 2)}),
+                );
+            }
+            fields.push(("proxies", Value::Object(proxies)));
+            fields.push(("listener", json!(kind.describe())));
+        }
         Via::Mesh | Via::MeshPolicy(_) => {
             // Every server proxy the requests reached (two for the weighted split).
             let servers: Option<Vec<&Counters>> = used
@@ -1539,7 +1647,35 @@ mod tests {
         assert_eq!(names(&p), ["http1_rate5000_direct"]);
         assert!(plan(&opts(&["certify"])).is_empty());
         assert_eq!(plan(&opts(&[])).len(), 6);
-        assert_eq!(names(&plan(&opts(&[]))).len(), 18 + Case::ALL.len());
+        // HTTP/1.1 scenarios: direct, proxy, mesh and the two pairs; HTTP/2: three paths.
+        assert_eq!(names(&plan(&opts(&[]))).len(), 3 * 5 + 3 * 3 + Case::ALL.len());
+    }
+
+    #[test]
+    fn plan_brings_the_pairs_for_http1_only() {
+        assert_eq!(
+            names(&plan(&opts(&["http1_saturation_pair"]))),
+            [
+                "http1_saturation_direct",
+                "http1_saturation_pair_tcp",
+                "http1_saturation_pair_http"
+            ]
+        );
+        assert_eq!(
+            names(&plan(&opts(&["http1_rate1000"]))),
+            [
+                "http1_rate1000_direct",
+                "http1_rate1000_proxy",
+                "http1_rate1000_mesh",
+                "http1_rate1000_pair_tcp",
+                "http1_rate1000_pair_http"
+            ]
+        );
+        assert!(
+            !names(&plan(&opts(&["http2"])))
+                .iter()
+                .any(|n| n.contains("pair"))
+        );
     }
 
     #[test]

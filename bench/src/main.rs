@@ -10,6 +10,7 @@ mod certify;
 mod destination;
 mod load;
 mod mesh;
+mod pair;
 mod policy;
 mod procfs;
 mod server;
