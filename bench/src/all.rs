@@ -1648,7 +1648,10 @@ mod tests {
         assert!(plan(&opts(&["certify"])).is_empty());
         assert_eq!(plan(&opts(&[])).len(), 6);
         // HTTP/1.1 scenarios: direct, proxy, mesh and the two pairs; HTTP/2: three paths.
-        assert_eq!(names(&plan(&opts(&[]))).len(), 3 * 5 + 3 * 3 + Case::ALL.len());
+        assert_eq!(
+            names(&plan(&opts(&[]))).len(),
+            3 * 5 + 3 * 3 + Case::ALL.len()
+        );
     }
 
     #[test]

@@ -152,56 +152,23 @@ impl Bound {
             tracing::info!(%addr, "injector webhook listening");
         }
         let mut conns = JoinSet::new();
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let (tcp, peer) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = &mut shutdown => break,
+        let accepting = async {
+            let mut unset = stopped.clone();
+            while let Some((tcp, peer)) = linkerd_control::accept(&self.listener, &mut unset).await
+            {
                 // Reap finished connections so the set does not grow.
-                Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            };
-            let _ = tcp.set_nodelay(true);
-            let (tls, state, mut stop) = (self.tls.clone(), self.state.clone(), stopped.clone());
-            conns.spawn(async move {
-                let io = match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await
-                {
-                    Ok(Ok(io)) => io,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-                let svc = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(webhook(req, &state).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(io), svc);
-                let mut conn = std::pin::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, error = %e, "connection failed");
-                        }
-                        return;
-                    }
-                    _ = crate::server::stopped(&mut stop) => {}
-                }
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            });
+                while conns.try_join_next().is_some() {}
+                let _ = tcp.set_nodelay(true);
+                let (tls, state, stop) = (self.tls.clone(), self.state.clone(), stopped.clone());
+                conns.spawn(serve_conn(tcp, peer, tls, state, stop));
+            }
+        };
+        // `stop` is set only below, so accepting ends with the shutdown future.
+        tokio::select! {
+            _ = accepting => {}
+            _ = shutdown => {}
         }
+        while conns.try_join_next().is_some() {}
         tracing::info!(in_flight = conns.len(), "shutting down");
         let _ = stop.send(true);
         let drained = async { while conns.join_next().await.is_some() {} };
@@ -214,6 +181,39 @@ impl Bound {
 }
 
 /// One review: POST `/` (or `/inject`) with an AdmissionReview.
+/// One webhook connection: TLS, then HTTP/1.1 until the client closes it or `stop` turns true,
+/// when it finishes the request in hand and closes.
+async fn serve_conn(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: TlsAcceptor,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let io = match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await {
+        Ok(Ok(io)) => io,
+        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+    };
+    let svc = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(webhook(req, &state).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "connection failed");
+            }
+            return;
+        }
+        _ = stopped(&mut stop) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
 async fn webhook(req: Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
     if !matches!(req.uri().path(), "/" | "/inject") {
         return text(StatusCode::NOT_FOUND, "not found\n");

@@ -368,3 +368,64 @@ async fn a_missing_certificate_is_a_clear_error() {
     .unwrap_err();
     assert!(err.to_string().contains("/nonexistent/tls.crt"), "{err}");
 }
+
+#[tokio::test]
+async fn a_review_in_flight_at_shutdown_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut w = start().await;
+    let tcp = TcpStream::connect(w.addr).await.unwrap();
+    let name = ServerName::try_from("linkerd-proxy-injector.linkerd.svc").unwrap();
+    let tls = client_config(&w.ca_pem, rustls::DEFAULT_VERSIONS);
+    let mut io = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let body = serde_json::to_vec(&recorded_review()).unwrap();
+    // `expect: 100-continue`: the interim response says the server has taken the request and
+    // is reading its body, so the shutdown below finds it in flight, not yet unread.
+    let head = format!(
+        "POST /inject HTTP/1.1\r\nhost: injector\r\ncontent-type: application/json\r\n\
+         expect: 100-continue\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    io.write_all(head.as_bytes()).await.unwrap();
+    io.flush().await.unwrap();
+    let mut interim = Vec::new();
+    while !interim.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(io.read(&mut b).await.unwrap(), 1, "closed before 100 Continue");
+        interim.push(b[0]);
+    }
+    assert!(interim.starts_with(b"HTTP/1.1 100"), "{interim:?}");
+
+    // Shut down with the review's body not sent. The admin listener closes with the same
+    // signal that tells each connection to finish: once it refuses, the drain has begun.
+    let _ = w.stop.take().unwrap().send(());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(w.admin).await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "admin still up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!w.task.is_finished(), "gave up on the review in flight");
+
+    io.write_all(&body).await.unwrap();
+    io.flush().await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut raw))
+        .await
+        .expect("the connection closes after the answer")
+        .unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(
+        raw.to_ascii_lowercase().contains("connection: close"),
+        "{raw}"
+    );
+    let (_, json) = raw.split_once("\r\n\r\n").unwrap();
+    let review: Value = serde_json::from_str(json).unwrap();
+    assert_eq!(review["response"]["allowed"], true, "{review}");
+    tokio::time::timeout(Duration::from_secs(5), &mut w.task)
+        .await
+        .unwrap()
+        .unwrap();
+}
