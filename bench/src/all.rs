@@ -562,6 +562,11 @@ async fn run_http(opts: &AllOpts, env: &Env, plan: &[(Scenario, Vec<Via>)]) -> a
         policy: None,
         pairs: Vec::new(),
     };
+    let launch = mesh::Launch {
+        bin: &env.proxy_bin,
+        cores: opts.proxy_cores,
+        pid_file,
+    };
     // Peak RSS per proxy role over the run.
     let mut peaks: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut hwm_resettable = true;
@@ -573,26 +578,14 @@ async fn run_http(opts: &AllOpts, env: &Env, plan: &[(Scenario, Vec<Via>)]) -> a
             admin: loopback(ports[3]),
         };
         let env_vars = [("MESH_PROXY_INBOUND_FORWARD_ADDR", server_addr.to_string())];
-        let child = Guarded::spawn(
+        let mut proxy = launch.spawn(
             "proxy",
-            &mut mesh::proxy_command(
-                &env.proxy_bin,
-                opts.proxy_cores,
-                addrs,
-                &env_vars,
-                &env.proxy_log,
-            )?,
-            pid_file,
+            "proxy",
+            addrs,
+            &env_vars,
+            env.proxy_log.clone(),
+            None,
         )?;
-        let mut proxy = ProxyProc {
-            role: "proxy",
-            child,
-            admin: addrs.admin,
-            inbound: addrs.inbound,
-            outbound: addrs.outbound,
-            log: env.proxy_log.clone(),
-            identity: None,
-        };
         mesh::wait_ready(&mut proxy).await?;
         // Idle footprint: started, and one request served end to end.
         match request_once(proxy.inbound, Method::GET, "/").await? {
@@ -710,11 +703,9 @@ async fn run_http(opts: &AllOpts, env: &Env, plan: &[(Scenario, Vec<Via>)]) -> a
         let p = pair::start(
             kind,
             &PairOpts {
-                proxy_bin: &env.proxy_bin,
-                proxy_cores: opts.proxy_cores,
+                launch,
                 upstream: server_addr,
                 log_dir: &env.log_dir,
-                pid_file,
             },
             ports,
         )

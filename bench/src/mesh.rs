@@ -89,6 +89,42 @@ pub fn proxy_command(
     Ok(cmd)
 }
 
+/// How the proxies of a run are started: the binary, `LINKERD2_PROXY_CORES`, the pid file.
+#[derive(Clone, Copy, Debug)]
+pub struct Launch<'a> {
+    pub bin: &'a Path,
+    pub cores: usize,
+    pub pid_file: Option<&'a Path>,
+}
+
+impl Launch<'_> {
+    /// Starts one proxy ([`proxy_command`], stderr to `log`); [`wait_ready`] waits for it.
+    pub fn spawn(
+        &self,
+        role: &'static str,
+        name: &'static str,
+        addrs: ProxyAddrs,
+        env: &[(&str, String)],
+        log: PathBuf,
+        identity: Option<&'static str>,
+    ) -> anyhow::Result<ProxyProc> {
+        let child = Guarded::spawn(
+            name,
+            &mut proxy_command(self.bin, self.cores, addrs, env, &log)?,
+            self.pid_file,
+        )?;
+        Ok(ProxyProc {
+            role,
+            child,
+            admin: addrs.admin,
+            inbound: addrs.inbound,
+            outbound: addrs.outbound,
+            log,
+            identity,
+        })
+    }
+}
+
 /// The identity service and the two certified proxies.
 #[derive(Debug)]
 pub struct Mesh {
@@ -120,6 +156,16 @@ pub struct MeshOpts<'a> {
     /// Logs go here (`identity.log`, `mesh-client-proxy.log`, `mesh-server-proxy.log`).
     pub log_dir: &'a Path,
     pub pid_file: Option<&'a Path>,
+}
+
+impl MeshOpts<'_> {
+    pub fn launch(&self) -> Launch<'_> {
+        Launch {
+            bin: self.proxy_bin,
+            cores: self.proxy_cores,
+            pid_file: self.pid_file,
+        }
+    }
 }
 
 /// Runs `mesh <args>` to completion and returns its stdout.
@@ -242,20 +288,7 @@ pub async fn start(o: &MeshOpts<'_>, ports: &[u16]) -> anyhow::Result<Mesh> {
             "server" => "server proxy",
             _ => "client proxy",
         };
-        let child = Guarded::spawn(
-            name,
-            &mut proxy_command(o.proxy_bin, o.proxy_cores, addrs, &env, &log)?,
-            o.pid_file,
-        )?;
-        procs.push(ProxyProc {
-            role,
-            child,
-            admin: addrs.admin,
-            inbound: addrs.inbound,
-            outbound: addrs.outbound,
-            log,
-            identity: Some(id),
-        });
+        procs.push(o.launch().spawn(role, name, addrs, &env, log, Some(id))?);
     }
     for p in &mut procs {
         wait_ready(p).await?;

@@ -16,10 +16,7 @@
 
 use std::{net::SocketAddr, path::Path};
 
-use crate::{
-    mesh::{self, ProxyAddrs, ProxyProc},
-    procfs::Guarded,
-};
+use crate::mesh::{self, ProxyAddrs, ProxyProc};
 
 /// Which two-proxy reference path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,12 +69,10 @@ pub struct Running {
 /// What `start` needs.
 #[derive(Debug)]
 pub struct PairOpts<'a> {
-    pub proxy_bin: &'a Path,
-    pub proxy_cores: usize,
+    pub launch: mesh::Launch<'a>,
     pub upstream: SocketAddr,
     /// Logs go here (`pair-tcp-front-proxy.log`, ...).
     pub log_dir: &'a Path,
-    pub pid_file: Option<&'a Path>,
 }
 
 /// Starts the back proxy, then the front one, and waits until both are ready. `ports`: six
@@ -119,20 +114,7 @@ async fn spawn(
         ));
     }
     let log = o.log_dir.join(format!("{role}-proxy.log"));
-    let child = Guarded::spawn(
-        role,
-        &mut mesh::proxy_command(o.proxy_bin, o.proxy_cores, addrs, &env, &log)?,
-        o.pid_file,
-    )?;
-    let mut p = ProxyProc {
-        role,
-        child,
-        admin: addrs.admin,
-        inbound: addrs.inbound,
-        outbound: addrs.outbound,
-        log,
-        identity: None,
-    };
+    let mut p = o.launch.spawn(role, role, addrs, &env, log, None)?;
     mesh::wait_ready(&mut p).await?;
     Ok(p)
 }

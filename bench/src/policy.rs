@@ -608,6 +608,11 @@ pub async fn start(
         env
     };
     let started = Instant::now();
+    let launch = mesh::Launch {
+        bin: o.proxy_bin,
+        cores: o.proxy_cores,
+        pid_file: o.pid_file,
+    };
     let spawn = |role: &'static str,
                  name: &'static str,
                  addrs: ProxyAddrs,
@@ -615,20 +620,7 @@ pub async fn start(
                  id: &'static str|
      -> anyhow::Result<ProxyProc> {
         let log = o.log_dir.join(format!("mesh-{role}-proxy.log"));
-        let child = Guarded::spawn(
-            name,
-            &mut mesh::proxy_command(o.proxy_bin, o.proxy_cores, addrs, &env, &log)?,
-            o.pid_file,
-        )?;
-        Ok(ProxyProc {
-            role,
-            child,
-            admin: addrs.admin,
-            inbound: addrs.inbound,
-            outbound: addrs.outbound,
-            log,
-            identity: Some(id),
-        })
+        launch.spawn(role, name, addrs, &env, log, Some(id))
     };
     let mut servers = BTreeMap::new();
     for (s, a) in &server_addrs {

@@ -393,7 +393,11 @@ async fn a_review_in_flight_at_shutdown_is_answered() {
     let mut interim = Vec::new();
     while !interim.ends_with(b"\r\n\r\n") {
         let mut b = [0u8; 1];
-        assert_eq!(io.read(&mut b).await.unwrap(), 1, "closed before 100 Continue");
+        assert_eq!(
+            io.read(&mut b).await.unwrap(),
+            1,
+            "closed before 100 Continue"
+        );
         interim.push(b[0]);
     }
     assert!(interim.starts_with(b"HTTP/1.1 100"), "{interim:?}");
