@@ -620,12 +620,10 @@ async fn run_http(opts: &AllOpts, env: &Env, plan: &[(Scenario, Vec<Via>)]) -> a
         let m = mesh::start(
             &MeshOpts {
                 mesh_bin: &env.mesh_bin,
-                proxy_bin: &env.proxy_bin,
-                proxy_cores: opts.proxy_cores,
+                launch,
                 upstream: server_addr,
                 scratch: &env.scratch.0,
                 log_dir: &env.log_dir,
-                pid_file,
             },
             &ports[4..12],
         )
@@ -737,12 +735,10 @@ async fn run_http(opts: &AllOpts, env: &Env, plan: &[(Scenario, Vec<Via>)]) -> a
         let pm = policy::start(
             &PolicyOpts {
                 mesh_bin: &env.mesh_bin,
-                proxy_bin: &env.proxy_bin,
-                proxy_cores: opts.proxy_cores,
+                launch,
                 upstream: server_addr,
                 scratch: &env.scratch.0,
                 log_dir: &env.log_dir,
-                pid_file,
             },
             m,
             &ports[12..31],

@@ -147,25 +147,14 @@ pub struct Mesh {
 #[derive(Debug)]
 pub struct MeshOpts<'a> {
     pub mesh_bin: &'a Path,
-    pub proxy_bin: &'a Path,
-    pub proxy_cores: usize,
+    /// The proxies' binary, cores and the pid file (which every child goes into).
+    pub launch: Launch<'a>,
     /// The upstream server, where the server proxy delivers.
     pub upstream: SocketAddr,
     /// Trust material and tokens go here.
     pub scratch: &'a Path,
     /// Logs go here (`identity.log`, `mesh-client-proxy.log`, `mesh-server-proxy.log`).
     pub log_dir: &'a Path,
-    pub pid_file: Option<&'a Path>,
-}
-
-impl MeshOpts<'_> {
-    pub fn launch(&self) -> Launch<'_> {
-        Launch {
-            bin: self.proxy_bin,
-            cores: self.proxy_cores,
-            pid_file: self.pid_file,
-        }
-    }
 }
 
 /// Runs `mesh <args>` to completion and returns its stdout.
@@ -249,7 +238,7 @@ pub async fn start(o: &MeshOpts<'_>, ports: &[u16]) -> anyhow::Result<Mesh> {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file),
-        o.pid_file,
+        o.launch.pid_file,
     )?;
     crate::all::wait_until("the identity service to be ready", &mut identity, || {
         crate::all::expect_ok(identity_admin, "/ready")
@@ -288,7 +277,7 @@ pub async fn start(o: &MeshOpts<'_>, ports: &[u16]) -> anyhow::Result<Mesh> {
             "server" => "server proxy",
             _ => "client proxy",
         };
-        procs.push(o.launch().spawn(role, name, addrs, &env, log, Some(id))?);
+        procs.push(o.launch.spawn(role, name, addrs, &env, log, Some(id))?);
     }
     for p in &mut procs {
         wait_ready(p).await?;

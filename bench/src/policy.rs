@@ -488,12 +488,11 @@ impl PolicyMesh {
 #[derive(Debug)]
 pub struct PolicyOpts<'a> {
     pub mesh_bin: &'a Path,
-    pub proxy_bin: &'a Path,
-    pub proxy_cores: usize,
+    /// The proxies' binary, cores and the pid file (which every child goes into).
+    pub launch: mesh::Launch<'a>,
     pub upstream: SocketAddr,
     pub scratch: &'a Path,
     pub log_dir: &'a Path,
-    pub pid_file: Option<&'a Path>,
 }
 
 fn control_plane(
@@ -564,7 +563,7 @@ pub async fn start(
             dst_admin,
             &destination_log,
         )?,
-        o.pid_file,
+        o.launch.pid_file,
     )?;
     let policy_log = o.log_dir.join("policy.log");
     let mut policy = Guarded::spawn(
@@ -577,7 +576,7 @@ pub async fn start(
             pol_admin,
             &policy_log,
         )?,
-        o.pid_file,
+        o.launch.pid_file,
     )?;
     for (child, admin, log) in [
         (&mut destination, dst_admin, &destination_log),
@@ -608,11 +607,6 @@ pub async fn start(
         env
     };
     let started = Instant::now();
-    let launch = mesh::Launch {
-        bin: o.proxy_bin,
-        cores: o.proxy_cores,
-        pid_file: o.pid_file,
-    };
     let spawn = |role: &'static str,
                  name: &'static str,
                  addrs: ProxyAddrs,
@@ -620,7 +614,7 @@ pub async fn start(
                  id: &'static str|
      -> anyhow::Result<ProxyProc> {
         let log = o.log_dir.join(format!("mesh-{role}-proxy.log"));
-        launch.spawn(role, name, addrs, &env, log, Some(id))
+        o.launch.spawn(role, name, addrs, &env, log, Some(id))
     };
     let mut servers = BTreeMap::new();
     for (s, a) in &server_addrs {
