@@ -180,7 +180,6 @@ impl Bound {
     }
 }
 
-/// One review: POST `/` (or `/inject`) with an AdmissionReview.
 /// One webhook connection: TLS, then HTTP/1.1 until the client closes it or `stop` turns true,
 /// when it finishes the request in hand and closes.
 async fn serve_conn(
@@ -214,6 +213,7 @@ async fn serve_conn(
     let _ = conn.await;
 }
 
+/// One review: POST `/` (or `/inject`) with an AdmissionReview.
 async fn webhook(req: Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
     if !matches!(req.uri().path(), "/" | "/inject") {
         return text(StatusCode::NOT_FOUND, "not found\n");

@@ -118,6 +118,19 @@ fn client_config(
         .with_no_client_auth()
 }
 
+/// A TLS connection to the webhook, checking its certificate for the Service name.
+async fn tls_connect(
+    w: &Webhook,
+    tls: rustls::ClientConfig,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(w.addr).await.unwrap();
+    let name = ServerName::try_from("linkerd-proxy-injector.linkerd.svc").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
 async fn https(
     w: &Webhook,
     tls: rustls::ClientConfig,
@@ -125,12 +138,7 @@ async fn https(
     path: &str,
     body: Vec<u8>,
 ) -> (StatusCode, Bytes) {
-    let tcp = TcpStream::connect(w.addr).await.unwrap();
-    let name = ServerName::try_from("linkerd-proxy-injector.linkerd.svc").unwrap();
-    let io = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let io = tls_connect(w, tls).await;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .unwrap();
@@ -373,13 +381,7 @@ async fn a_missing_certificate_is_a_clear_error() {
 async fn a_review_in_flight_at_shutdown_is_answered() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut w = start().await;
-    let tcp = TcpStream::connect(w.addr).await.unwrap();
-    let name = ServerName::try_from("linkerd-proxy-injector.linkerd.svc").unwrap();
-    let tls = client_config(&w.ca_pem, rustls::DEFAULT_VERSIONS);
-    let mut io = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut io = tls_connect(&w, client_config(&w.ca_pem, rustls::DEFAULT_VERSIONS)).await;
     let body = serde_json::to_vec(&recorded_review()).unwrap();
     // `expect: 100-continue`: the interim response says the server has taken the request and
     // is reading its body, so the shutdown below finds it in flight, not yet unread.
