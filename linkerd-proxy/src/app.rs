@@ -16,25 +16,29 @@ use crate::{
     destination::DestinationResolve,
     detect::{self, Protocol},
     drain::{self, Drain},
-    http::{self, HttpConn, Route, Shared},
+    http::{self, HttpConn, Route, Shared, inflight::InFlight},
     identity,
-    io::{BoxIo, CountingIo},
+    io::{BoxIo, CountingIo, PrefixedIo},
     log::LogLevel,
-    metrics::{Direction, Metrics, Tls},
+    metrics::{Direction, LimitSeries, Metrics, Tls},
     outbound::OutboundPolicies,
-    policy::{Policies, ServerProtocol},
+    policy::{Policies, PortPolicy, ServerProtocol},
     resolve::{Chain, Resolve, StaticResolve},
     tcp::{self, SrcConn},
     tls::{CredsRx, TrustRoots, client_hello, identity_of},
-    transport::{self, Accepted},
+    transport::{self, Accepted, Listener, OwnAddrs},
 };
+use bytes::Bytes;
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::Arc,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
     time::Duration,
 };
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{io::AsyncReadExt, net::TcpListener, sync::watch};
 use tracing::{debug, info, warn};
 
 /// A running proxy.
@@ -73,6 +77,16 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
     for l in &config.outbound.local_listeners {
         locals.push((l.clone(), bind(l.listen_addr, &l.name).await?));
     }
+
+    let mut own = vec![
+        (inbound.local_addr()?, Listener::Inbound),
+        (outbound.local_addr()?, Listener::Outbound),
+        (admin.local_addr()?, Listener::Admin),
+    ];
+    for (_, l) in &locals {
+        own.push((l.local_addr()?, Listener::Local));
+    }
+    let own = Arc::new(OwnAddrs::new(own));
 
     let metrics = Arc::new(Metrics::new());
     // Identity first: the proxy is not ready until it holds a certificate.
@@ -132,6 +146,10 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         creds: creds.clone(),
         policies: outbound_policies.clone(),
         discovery: config.destination.clone(),
+        header_read_timeout: config.outbound.limits.header_read_timeout,
+        in_flight: in_flight(&metrics, Direction::Outbound, &config.outbound.limits),
+        own: own.clone(),
+        proxy_allow: Arc::new(config.outbound.proxy_allow.clone()),
     };
     tokio::spawn(
         outbound_shared
@@ -153,6 +171,10 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         creds: None,
         policies: outbound_policies,
         discovery: None,
+        header_read_timeout: config.inbound.limits.header_read_timeout,
+        in_flight: in_flight(&metrics, Direction::Inbound, &config.inbound.limits),
+        own: own.clone(),
+        proxy_allow: Arc::default(),
     };
     tokio::spawn(
         inbound_shared
@@ -196,18 +218,30 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
     tokio::spawn(admin::serve(admin, admin_state));
 
     let (c, d) = (ctx.clone(), drain.clone());
-    tokio::spawn(accept_loop(outbound, drain.clone(), move |acc| {
-        outbound_conn(c.clone(), acc, d.clone())
-    }));
+    let limit = ConnLimit::new(&ctx.metrics, "outbound", cfg_max(&ctx, Direction::Outbound));
+    tokio::spawn(accept_loop(
+        outbound,
+        limit.clone(),
+        drain.clone(),
+        move |acc| outbound_conn(c.clone(), acc, d.clone()),
+    ));
     let (c, d) = (ctx.clone(), drain.clone());
-    tokio::spawn(accept_loop(inbound, drain.clone(), move |acc| {
-        inbound_conn(c.clone(), acc, d.clone())
-    }));
+    let inbound_limit = ConnLimit::new(&ctx.metrics, "inbound", cfg_max(&ctx, Direction::Inbound));
+    tokio::spawn(accept_loop(
+        inbound,
+        inbound_limit,
+        drain.clone(),
+        move |acc| inbound_conn(c.clone(), acc, d.clone()),
+    ));
+    // Local listeners are outbound traffic: they share the outbound listener's bound.
     for (l, listener) in locals {
         let (c, d, l) = (ctx.clone(), drain.clone(), Arc::new(l));
-        tokio::spawn(accept_loop(listener, drain.clone(), move |acc| {
-            local_conn(c.clone(), l.clone(), acc, d.clone())
-        }));
+        tokio::spawn(accept_loop(
+            listener,
+            limit.clone(),
+            drain.clone(),
+            move |acc| local_conn(c.clone(), l.clone(), acc, d.clone()),
+        ));
     }
     info!(
         inbound = %running.inbound_addr,
@@ -253,7 +287,115 @@ async fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
     })
 }
 
-async fn accept_loop<F, Fut>(listener: TcpListener, drain: Drain, handle: F)
+/// The connections a listener holds open, and its bound. At the bound a new connection is
+/// closed as soon as it is accepted (counted, and logged at most every few seconds), so a flood
+/// of connections costs a bounded amount of memory and the kernel's queue does not fill with
+/// clients that will time out anyway.
+#[derive(Debug)]
+struct ConnLimit {
+    name: &'static str,
+    open: AtomicUsize,
+    max: usize,
+    refused: AtomicU64,
+    last_log: Mutex<Option<tokio::time::Instant>>,
+}
+
+/// One open connection of a listener.
+#[derive(Debug)]
+struct ConnSlot(Arc<ConnLimit>);
+
+impl ConnLimit {
+    fn new(metrics: &Metrics, name: &'static str, max: usize) -> Arc<Self> {
+        let limit = Arc::new(Self {
+            name,
+            open: AtomicUsize::new(0),
+            max,
+            refused: AtomicU64::new(0),
+            last_log: Mutex::new(None),
+        });
+        let (open, refused) = (limit.clone(), limit.clone());
+        metrics.register_limit(LimitSeries {
+            name: "proxy_connections_open",
+            help: "Connections a listener holds open.",
+            kind: "gauge",
+            labels: format!("listener=\"{name}\""),
+            value: Box::new(move || open.open.load(Ordering::Relaxed) as u64),
+        });
+        metrics.register_limit(LimitSeries {
+            name: "proxy_connections_refused_total",
+            help: "Connections closed at once because the listener held its maximum.",
+            kind: "counter",
+            labels: format!("listener=\"{name}\""),
+            value: Box::new(move || refused.refused.load(Ordering::Relaxed)),
+        });
+        limit
+    }
+
+    fn acquire(self: &Arc<Self>) -> Option<ConnSlot> {
+        let taken = self
+            .open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            });
+        if taken.is_ok() {
+            return Some(ConnSlot(self.clone()));
+        }
+        let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = tokio::time::Instant::now();
+        let mut last = crate::lock(&self.last_log);
+        if last.is_none_or(|l| now.duration_since(l) >= Duration::from_secs(10)) {
+            *last = Some(now);
+            warn!(
+                listener = self.name,
+                max = self.max,
+                refused,
+                "connection limit reached; closing new connections"
+            );
+        }
+        None
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn cfg_max(ctx: &Ctx, direction: Direction) -> usize {
+    match direction {
+        Direction::Inbound => ctx.config.inbound.limits.max_connections,
+        Direction::Outbound => ctx.config.outbound.limits.max_connections,
+    }
+}
+
+/// A direction's bound on requests in flight, exported as metrics.
+fn in_flight(
+    metrics: &Metrics,
+    direction: Direction,
+    limits: &crate::config::Limits,
+) -> Arc<InFlight> {
+    let f = InFlight::new(limits.max_in_flight);
+    let (current, shed) = (f.clone(), f.clone());
+    let labels = format!("direction=\"{}\"", direction.as_str());
+    metrics.register_limit(LimitSeries {
+        name: "proxy_http_requests_in_flight",
+        help: "HTTP requests between their head and the end of their response.",
+        kind: "gauge",
+        labels: labels.clone(),
+        value: Box::new(move || current.current() as u64),
+    });
+    metrics.register_limit(LimitSeries {
+        name: "proxy_http_requests_shed_total",
+        help: "HTTP requests refused because the direction had its maximum in flight.",
+        kind: "counter",
+        labels,
+        value: Box::new(move || shed.shed()),
+    });
+    f
+}
+
+async fn accept_loop<F, Fut>(listener: TcpListener, limit: Arc<ConnLimit>, drain: Drain, handle: F)
 where
     F: Fn(Accepted) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -263,15 +405,27 @@ where
             res = listener.accept() => res,
             _ = drain.signaled() => return,
         };
-        match accepted.and_then(|(s, client)| transport::accepted(s, client)) {
-            Ok(acc) => {
-                tokio::spawn(handle(acc));
-            }
-            Err(e) => {
+        let Ok((stream, client)) = accepted else {
+            if let Err(e) = accepted {
                 // Usually EMFILE: back off briefly instead of spinning.
                 warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let Some(slot) = limit.acquire() else {
+            drop(stream);
+            continue;
+        };
+        match transport::accepted(stream, client) {
+            Ok(acc) => {
+                let conn = handle(acc);
+                tokio::spawn(async move {
+                    conn.await;
+                    drop(slot);
+                });
+            }
+            Err(e) => debug!(error = %e, "accepted connection unusable"),
         }
     }
 }
@@ -335,13 +489,7 @@ async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
     let cfg = &ctx.config.inbound;
     let target = match acc.orig_dst {
         // Redirected: deliver to the application on the port the client dialled.
-        Some(o) if o.0.port() != cfg.listen_addr.port() => {
-            SocketAddr::new(loopback(o.0.ip()), o.0.port())
-        }
-        Some(_) => {
-            debug!(client = %acc.client, "refusing a connection redirected to the proxy itself");
-            return;
-        }
+        Some(o) => SocketAddr::new(loopback(o.0.ip()), o.0.port()),
         None => match cfg.forward_addr {
             Some(addr) => addr,
             None => {
@@ -350,7 +498,18 @@ async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
             }
         },
     };
+    // A redirected connection for one of the proxy's own ports (the inbound port itself, or
+    // the outbound or admin port on localhost) would loop back into the proxy.
+    if acc
+        .orig_dst
+        .is_some_and(|o| o.0.port() == cfg.listen_addr.port())
+        || ctx.inbound.own.find(target).is_some()
+    {
+        debug!(client = %acc.client, %target, "refusing a connection for the proxy's own listener");
+        return;
+    }
     let port = acc.orig_dst.map_or(target.port(), |o| o.0.port());
+    let policy = ctx.policies.port(port);
     // Bytes are counted from the first one; the label set is known once TLS is settled.
     let io = CountingIo::new(acc.stream, Default::default());
     let creds = ctx.creds.as_ref().and_then(|c| c.borrow().clone());
@@ -361,7 +520,14 @@ async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
         };
         match peek {
             client_hello::Peek::ClientHello(Some(sni)) if *sni == *creds.local_id => {
-                let accept = tokio_rustls::TlsAcceptor::from(creds.server.clone()).accept(io);
+                // A client certificate is required unless the port's policy can admit a TLS
+                // client without one (and then it is verified whenever it is presented).
+                let config = if policy.current().admits_anonymous {
+                    creds.server_optional.clone()
+                } else {
+                    creds.server.clone()
+                };
+                let accept = tokio_rustls::TlsAcceptor::from(config).accept(io);
                 let mut tls = match tokio::time::timeout(
                     cfg.detect_timeout.max(Duration::from_secs(1)),
                     accept,
@@ -386,7 +552,14 @@ async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
                 let src = SrcConn::open(&ctx.metrics, Direction::Inbound, target, label.clone());
                 tls.get_mut().0.get_mut().rebind(src.counters());
                 let io = Box::new(tls);
-                serve_inbound(&ctx, io, acc.client, target, port, label, drain).await;
+                let conn = InboundConn {
+                    client: acc.client,
+                    target,
+                    port,
+                    tls: label,
+                    policy,
+                };
+                serve_inbound(&ctx, io, conn, drain).await;
                 drop(src);
             }
             // TLS for someone else (the application's own, end to end) or plaintext.
@@ -398,7 +571,14 @@ async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
                 let src = SrcConn::open(&ctx.metrics, Direction::Inbound, target, label.clone());
                 io.get_mut().rebind(src.counters());
                 let io = Box::new(io);
-                serve_inbound(&ctx, io, acc.client, target, port, label, drain).await;
+                let conn = InboundConn {
+                    client: acc.client,
+                    target,
+                    port,
+                    tls: label,
+                    policy,
+                };
+                serve_inbound(&ctx, io, conn, drain).await;
                 drop(src);
             }
         }
@@ -407,68 +587,185 @@ async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
         let src = SrcConn::open(&ctx.metrics, Direction::Inbound, target, INBOUND_TLS);
         io.rebind(src.counters());
         let io = Box::new(io);
-        serve_inbound(&ctx, io, acc.client, target, port, INBOUND_TLS, drain).await;
+        let conn = InboundConn {
+            client: acc.client,
+            target,
+            port,
+            tls: INBOUND_TLS,
+            policy,
+        };
+        serve_inbound(&ctx, io, conn, drain).await;
         drop(src);
     }
 }
 
-/// Detects the protocol of an inbound stream (plaintext or the inside of mTLS), checks the
-/// port's policy and serves it: opaque connections are authorized once, HTTP requests each.
-async fn serve_inbound(
-    ctx: &Ctx,
-    io: BoxIo,
+/// An inbound connection once its TLS is settled.
+struct InboundConn {
     client: SocketAddr,
+    /// The application's address.
     target: SocketAddr,
+    /// The port the client dialled, whose policy applies.
     port: u16,
     tls: Tls,
-    drain: Drain,
-) {
+    policy: PortPolicy,
+}
+
+/// Detects the protocol of an inbound stream (plaintext or the inside of mTLS), checks the
+/// port's policy and serves it: opaque connections are authorized once, HTTP requests each.
+///
+/// What the port's policy declares decides before detection does:
+/// - opaque (configured, or a server protocol of `opaque`/`TLS`): no detection, TCP;
+/// - `HTTP/2` or `gRPC`: no detection, HTTP/2;
+/// - `HTTP/1`, or a policy with routes of the user's or a rate limit: detection only tells
+///   HTTP/2 (prior knowledge, as peer proxies send) from HTTP/1; anything else, including a
+///   client that stays silent, is served as HTTP/1 (which answers garbage `400`). Such a port
+///   never becomes opaque TCP, whatever the client sends or how long it waits;
+/// - anything else (`Detect`): HTTP if the bytes say so (also when the client paused midway),
+///   TCP if they do not. A client that sends *nothing* within the detect timeout is waiting for
+///   the server to speak first: see [`serve_after_silence`].
+async fn serve_inbound(ctx: &Ctx, io: BoxIo, conn: InboundConn, drain: Drain) {
     let cfg = &ctx.config.inbound;
-    let ep = Target::direct(target);
-    let policy = ctx.policies.port(port);
-    let current = policy.current();
-    let opaque_by_policy = matches!(
-        current.protocol,
-        ServerProtocol::Opaque | ServerProtocol::Tls
-    );
-    if cfg.opaque_ports.contains(&port) || opaque_by_policy {
-        ctx.metrics
-            .detected(Direction::Inbound, "opaque", "configured");
-        if !current.authorize_tcp(client.ip(), &tls) {
-            return debug!(%client, port, server = %current.name, "connection not authorized; closing");
-        }
-        return forward(ctx, io, &ep, Direction::Inbound, drain).await;
-    }
-    drop(current);
-    let (proto, reason, io) = match detect::detect(io, cfg.detect_timeout).await {
-        Ok(d) => d,
-        Err(e) => return debug!(error = %e, "inbound detection failed"),
+    let current = conn.policy.current();
+    let declared = match current.protocol {
+        _ if cfg.opaque_ports.contains(&conn.port) => Some(Protocol::Opaque),
+        ServerProtocol::Opaque | ServerProtocol::Tls => Some(Protocol::Opaque),
+        ServerProtocol::Http2 | ServerProtocol::Grpc => Some(Protocol::Http2),
+        _ => None,
     };
-    ctx.metrics.detected(
-        Direction::Inbound,
-        protocol_label(proto),
-        reason_label(reason),
-    );
-    match proto {
-        Protocol::Http1 | Protocol::Http2 => {
-            let conn = HttpConn::new(
-                Direction::Inbound,
-                tls,
-                Route::Fixed(target),
-                ctx.inbound.clone(),
-                drain,
-            )
-            .with_authz(policy, client.ip());
-            http::serve(io, proto, conn).await;
+    let http_only = current.requires_http();
+    drop(current);
+    let (proto, io) = match declared {
+        Some(proto) => {
+            ctx.metrics
+                .detected(Direction::Inbound, protocol_label(proto), "configured");
+            (proto, PrefixedIo::new(Bytes::new(), io))
         }
-        Protocol::Opaque => {
-            let current = policy.current();
-            if !current.authorize_tcp(client.ip(), &tls) {
-                return debug!(%client, port, server = %current.name, "connection not authorized; closing");
+        None => {
+            let (proto, reason, io) = match detect::detect(io, cfg.detect_timeout).await {
+                Ok(d) => d,
+                Err(e) => return debug!(error = %e, "inbound detection failed"),
+            };
+            let proto = match proto {
+                Protocol::Opaque if http_only => Protocol::Http1,
+                p => p,
+            };
+            ctx.metrics.detected(
+                Direction::Inbound,
+                protocol_label(proto),
+                reason_label(reason),
+            );
+            if proto == Protocol::Opaque && reason == detect::Reason::Timeout {
+                return serve_after_silence(ctx, io, conn, drain).await;
             }
+            (proto, io)
+        }
+    };
+    match proto {
+        Protocol::Http1 | Protocol::Http2 => serve_inbound_http(ctx, io, proto, conn, drain).await,
+        Protocol::Opaque => {
+            if !authorize_tcp(&conn) {
+                return;
+            }
+            let ep = Target::direct(conn.target);
             forward(ctx, Box::new(io), &ep, Direction::Inbound, drain).await
         }
     }
+}
+
+async fn serve_inbound_http(
+    ctx: &Ctx,
+    io: PrefixedIo<BoxIo>,
+    proto: Protocol,
+    conn: InboundConn,
+    drain: Drain,
+) {
+    let http = HttpConn::new(
+        Direction::Inbound,
+        conn.tls,
+        Route::Fixed(conn.target),
+        ctx.inbound.clone(),
+        drain,
+    )
+    .with_authz(conn.policy, conn.client.ip());
+    http::serve(io, proto, http).await;
+}
+
+/// The port's server authorizations for a connection relayed as opaque TCP.
+fn authorize_tcp(conn: &InboundConn) -> bool {
+    let current = conn.policy.current();
+    let allowed = current.authorize_tcp(conn.client.ip(), &conn.tls);
+    if !allowed {
+        debug!(client = %conn.client, port = conn.port, server = %current.name, "connection not authorized; closing");
+    }
+    allowed
+}
+
+/// A client on a `Detect` port sent nothing within the detect timeout: it is probably waiting
+/// for the server to speak first (SMTP, MySQL, many brokers). The connection is authorized as
+/// TCP (the server's authorizations), the application is dialled, and whichever side speaks
+/// first decides:
+/// - the application: the connection is opaque TCP from then on;
+/// - the client, after all: its bytes are detected like any client's, so an HTTP client that
+///   only waited before sending is served as HTTP, with every HTTP policy (routes, route
+///   authorizations, rate limits, the stripping of a forged `l5d-client-id`); the unused
+///   connection to the application is closed. Otherwise it is opaque TCP.
+async fn serve_after_silence(ctx: &Ctx, io: PrefixedIo<BoxIo>, conn: InboundConn, drain: Drain) {
+    if !authorize_tcp(&conn) {
+        return;
+    }
+    let cfg = &ctx.config.inbound;
+    let upstream = match transport::connect(conn.target, cfg.connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => return debug!(error = %e, "opaque forward failed"),
+    };
+    let mut io = io;
+    let mut first = bytes::BytesMut::with_capacity(detect::MAX_PEEK);
+    tokio::select! {
+        biased;
+        read = io.read_buf(&mut first) => match read {
+            Ok(0) | Err(_) => {}
+            Ok(_) => {
+                // Nothing was left to replay (the client had sent nothing).
+                let (rest, io) = io.into_parts();
+                let mut bytes = bytes::BytesMut::from(rest);
+                bytes.extend_from_slice(&first);
+                let io: BoxIo = Box::new(PrefixedIo::new(bytes.freeze(), io));
+                let (proto, reason, io) = match detect::detect(io, cfg.detect_timeout).await {
+                    Ok(d) => d,
+                    Err(e) => return debug!(error = %e, "inbound detection failed"),
+                };
+                ctx.metrics.detected(Direction::Inbound, protocol_label(proto), reason_label(reason));
+                match proto {
+                    Protocol::Http1 | Protocol::Http2 => {
+                        drop(upstream);
+                        serve_inbound_http(ctx, io, proto, conn, drain).await;
+                    }
+                    Protocol::Opaque => {
+                        forward_on(ctx, Box::new(io), upstream, conn.target, drain).await;
+                    }
+                }
+            }
+        },
+        _ = upstream.readable() => forward_on(ctx, Box::new(io), upstream, conn.target, drain).await,
+    }
+}
+
+/// Relays an inbound connection to the application over an established connection.
+async fn forward_on(
+    ctx: &Ctx,
+    io: BoxIo,
+    upstream: tokio::net::TcpStream,
+    target: SocketAddr,
+    drain: Drain,
+) {
+    let f = tcp::Forward {
+        direction: Direction::Inbound,
+        plaintext: INBOUND_TLS,
+        connect_timeout: ctx.config.inbound.connect_timeout,
+        creds: None,
+        metrics: &ctx.metrics,
+    };
+    tcp::forward_on(io, upstream, &Target::direct(target), f, drain).await;
 }
 
 async fn local_conn(ctx: Arc<Ctx>, listener: Arc<LocalListener>, acc: Accepted, drain: Drain) {
@@ -488,6 +785,9 @@ async fn local_conn(ctx: Arc<Ctx>, listener: Arc<LocalListener>, acc: Accepted, 
 }
 
 async fn forward(ctx: &Ctx, io: BoxIo, target: &Target, direction: Direction, drain: Drain) {
+    if let Some(l) = ctx.outbound.own.find(target.endpoint().addr) {
+        return debug!(target = %target.endpoint().addr, listener = l.as_str(), "not forwarding to the proxy's own listener");
+    }
     let (plaintext, connect_timeout, creds) = match direction {
         Direction::Inbound => (INBOUND_TLS, ctx.config.inbound.connect_timeout, None),
         Direction::Outbound => (

@@ -55,6 +55,12 @@ pub const ENV_POLICY_WORKLOAD: &str = "LINKERD2_PROXY_POLICY_WORKLOAD";
 pub const ENV_POLICY_CLUSTER_NETWORKS: &str = "LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS";
 pub const ENV_OUTBOUND_IDLE_CONNECTIONS: &str =
     "MESH_PROXY_OUTBOUND_MAX_IDLE_CONNECTIONS_PER_ENDPOINT";
+pub const ENV_INBOUND_MAX_IN_FLIGHT: &str = "LINKERD2_PROXY_INBOUND_MAX_IN_FLIGHT";
+pub const ENV_OUTBOUND_MAX_IN_FLIGHT: &str = "LINKERD2_PROXY_OUTBOUND_MAX_IN_FLIGHT";
+pub const ENV_INBOUND_MAX_CONNECTIONS: &str = "MESH_PROXY_INBOUND_MAX_CONNECTIONS";
+pub const ENV_OUTBOUND_MAX_CONNECTIONS: &str = "MESH_PROXY_OUTBOUND_MAX_CONNECTIONS";
+pub const ENV_HTTP_HEADER_READ_TIMEOUT: &str = "MESH_PROXY_HTTP_HEADER_READ_TIMEOUT";
+pub const ENV_OUTBOUND_PROXY_ALLOW: &str = "MESH_PROXY_OUTBOUND_PROXY_ALLOW";
 
 /// Ports on which clients do not speak first (SMTP, MySQL, ...), so detection is skipped and
 /// the connection is forwarded as opaque TCP at once. The same list as Linkerd's default.
@@ -69,6 +75,14 @@ pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// connections only to dial new ones moments later (at 100 concurrent requests, a cap of 64
 /// cost ~2.7 connects per 100 requests). 1,024 idle connections hold ~10 MB.
 pub const DEFAULT_MAX_IDLE_PER_ENDPOINT: usize = 1024;
+
+/// Requests each direction may have in flight before it sheds load (503 / `REFUSED_STREAM`).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+/// Connections each of the inbound and outbound listeners holds open at once; beyond it a new
+/// connection is closed as soon as it is accepted.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// How long an HTTP/1 client may take to send a request head once it has started one.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A source of configuration strings: the process environment, or a map in tests.
 pub trait Strings {
@@ -121,6 +135,18 @@ pub struct InboundConfig {
     pub forward_addr: Option<SocketAddr>,
     /// The pod's IPs; a redirected connection to one of these is forwarded to localhost.
     pub ips: Vec<std::net::IpAddr>,
+    pub limits: Limits,
+}
+
+/// How much one direction takes on before it sheds load.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Requests in flight (from request head to the end of the response).
+    pub max_in_flight: usize,
+    /// Open connections on the listener.
+    pub max_connections: usize,
+    /// HTTP/1: from a request head's first byte to its end.
+    pub header_read_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -141,6 +167,9 @@ pub struct OutboundConfig {
     pub balance: crate::balance::BalanceConfig,
     /// A destination nobody used for this long loses its balancer and discovery watch.
     pub discovery_idle_timeout: Duration,
+    pub limits: Limits,
+    /// What HTTP-proxy mode may dial besides mesh destinations.
+    pub proxy_allow: crate::transport::ProxyAllow,
 }
 
 #[derive(Clone, Debug)]
@@ -212,6 +241,7 @@ impl Config {
                     .collect()
             })?
             .unwrap_or_default(),
+            limits: parse_limits(s, ENV_INBOUND_MAX_IN_FLIGHT, ENV_INBOUND_MAX_CONNECTIONS)?,
         };
         let outbound = OutboundConfig {
             listen_addr: parse(s, ENV_OUTBOUND_LISTEN_ADDR, parse_addr)?
@@ -248,6 +278,16 @@ impl Config {
                 parse_nonzero_duration,
             )?
             .unwrap_or(Duration::from_secs(5)),
+            limits: parse_limits(s, ENV_OUTBOUND_MAX_IN_FLIGHT, ENV_OUTBOUND_MAX_CONNECTIONS)?,
+            proxy_allow: parse(
+                s,
+                ENV_OUTBOUND_PROXY_ALLOW,
+                crate::transport::ProxyAllow::parse,
+            )?
+            .unwrap_or_else(|| crate::transport::ProxyAllow {
+                external: true,
+                ..Default::default()
+            }),
         };
         let admin = AdminConfig {
             listen_addr: parse(s, ENV_ADMIN_LISTEN_ADDR, parse_addr)?
@@ -307,6 +347,23 @@ impl Config {
                     .into(),
             });
         }
+        let mut outbound = outbound;
+        // The control plane is never reached through HTTP-proxy mode.
+        let control_plane = [
+            identity.as_ref().map(|i| i.svc_addr.as_str()),
+            destination.as_ref().map(|d| d.svc_addr.as_str()),
+            policy.service.as_ref().map(|p| p.svc_addr.as_str()),
+        ];
+        outbound.proxy_allow.control_plane = control_plane
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.parse::<SocketAddr>().ok())
+            .collect();
+        outbound.proxy_allow.admin_ports = crate::transport::CONTROL_PLANE_ADMIN_PORTS.to_vec();
+        outbound
+            .proxy_allow
+            .admin_ports
+            .push(admin.listen_addr.port());
         let config = Config {
             identity,
             destination,
@@ -344,6 +401,16 @@ impl Config {
                     reason: format!("address is already used by {other}"),
                 });
             }
+        }
+        // Forwarding inbound connections to one of the proxy's own listeners would loop.
+        if let Some(fwd) = self.inbound.forward_addr
+            && let Some((_, other)) = seen.iter().find(|(l, _)| *l == fwd && l.port() != 0)
+        {
+            return Err(ConfigError {
+                name: ENV_INBOUND_FORWARD_ADDR,
+                value: fwd.to_string(),
+                reason: format!("is the proxy's own listener ({other}): it would loop"),
+            });
         }
         Ok(())
     }
@@ -436,6 +503,25 @@ pub fn parse_ports(v: &str) -> Result<Vec<u16>, String> {
     ports.sort_unstable();
     ports.dedup();
     Ok(ports)
+}
+
+/// One direction's limits; the header-read timeout is shared by both.
+fn parse_limits(
+    s: &dyn Strings,
+    in_flight: &'static str,
+    connections: &'static str,
+) -> Result<Limits, ConfigError> {
+    let positive = |v: &str| match v.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    };
+    Ok(Limits {
+        max_in_flight: parse(s, in_flight, positive)?.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
+        max_connections: parse(s, connections, positive)?.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        header_read_timeout: parse(s, ENV_HTTP_HEADER_READ_TIMEOUT, parse_nonzero_duration)?
+            .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+    })
 }
 
 fn parse_local_listeners(v: &str) -> Result<Vec<LocalListener>, String> {

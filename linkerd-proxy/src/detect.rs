@@ -1,11 +1,18 @@
 //! Protocol detection: a bounded read, then a decision.
 //!
-//! Detection favours availability: it reads at most [`MAX_PEEK`] bytes within the detect
-//! timeout and decides from what arrived. Bytes that look like HTTP/2's connection preface are
-//! HTTP/2 (prior knowledge, as gRPC clients speak); bytes that parse as the start of an HTTP/1
-//! request are HTTP/1; anything else, including silence until the timeout (a protocol where the
-//! server speaks first), is forwarded as opaque TCP. Nothing read is lost: the bytes are replayed
-//! by [`PrefixedIo`].
+//! Detection reads at most [`MAX_PEEK`] bytes within the detect timeout and decides from what
+//! arrived. Bytes that look like HTTP/2's connection preface are HTTP/2 (prior knowledge, as
+//! gRPC clients speak); bytes that parse as the start of an HTTP/1 request are HTTP/1, and so is
+//! a first line that ends in ` HTTP/1.x` but does not parse (an invalid method or target: the
+//! HTTP server answers it 400 instead of the bytes reaching the application as opaque TCP).
+//! Other bytes are opaque TCP.
+//!
+//! The timeout decides only for a client that sent *nothing*: that is a protocol where the
+//! server speaks first ([`Reason::Timeout`] with [`Protocol::Opaque`]). A client that sent the
+//! start of an HTTP request and paused is still HTTP ([`Reason::Timeout`] with
+//! [`Protocol::Http1`] or [`Protocol::Http2`]): the HTTP server then waits for the rest of its
+//! head under the header-read timeout, so a pause never turns HTTP into opaque TCP and past
+//! HTTP policy. Nothing read is lost: the bytes are replayed by [`PrefixedIo`].
 
 use crate::io::PrefixedIo;
 use bytes::BytesMut;
@@ -78,7 +85,31 @@ pub fn classify(buf: &[u8]) -> Verdict {
                 Verdict::NeedMore
             }
         }
+        Err(_) if http1_shaped(buf) => Verdict::Done(Protocol::Http1),
         Err(_) => Verdict::Done(Protocol::Opaque),
+    }
+}
+
+/// A first line that ends in ` HTTP/1.0` or ` HTTP/1.1` is a client speaking HTTP/1, even when
+/// its method or target is invalid.
+fn http1_shaped(buf: &[u8]) -> bool {
+    let line = match buf.iter().position(|b| *b == b'\n') {
+        Some(end) => &buf[..end],
+        None => return false,
+    };
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0")
+}
+
+/// What a client that paused after `buf` is speaking: the protocol its bytes so far begin, or
+/// opaque when it sent nothing.
+fn after_pause(buf: &[u8]) -> Protocol {
+    if buf.is_empty() {
+        Protocol::Opaque
+    } else if buf.len() >= 3 && H2_PREFACE.starts_with(buf) {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
     }
 }
 
@@ -104,8 +135,10 @@ where
         let read = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await;
         match read {
             Err(_) => {
-                let io = PrefixedIo::new(buf.freeze(), io);
-                return Ok((Protocol::Opaque, Reason::Timeout, io));
+                // Only bytes that may still become HTTP are in the buffer (anything else was
+                // decided as it arrived).
+                let proto = after_pause(&buf);
+                return Ok((proto, Reason::Timeout, PrefixedIo::new(buf.freeze(), io)));
             }
             Ok(Err(e)) => return Err(e.into()),
             Ok(Ok(0)) if buf.is_empty() => return Err(DetectError::Closed),

@@ -63,6 +63,11 @@ impl<I> PrefixedIo<I> {
     pub fn get_mut(&mut self) -> &mut I {
         &mut self.io
     }
+
+    /// The bytes not replayed yet, and the inner I/O.
+    pub fn into_parts(self) -> (Bytes, I) {
+        (self.prefix, self.io)
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for PrefixedIo<I> {

@@ -78,6 +78,29 @@ pub struct Metrics {
     routes: Mutex<HashMap<RouteKey, Arc<RouteCounters>>>,
     /// Inbound requests refused by a local rate limit, by (server, rate limit).
     rate_limited: Mutex<HashMap<RouteKey, Arc<AtomicU64>>>,
+    /// The proxy's limits (connections per listener, requests in flight, header-read
+    /// timeouts): series read from the limiters themselves at scrape time.
+    limits: Mutex<Vec<LimitSeries>>,
+}
+
+/// One series of a limit family, e.g. `proxy_connections_open{listener="inbound"}`.
+pub struct LimitSeries {
+    pub name: &'static str,
+    pub help: &'static str,
+    /// `counter` or `gauge`.
+    pub kind: &'static str,
+    /// Rendered label pairs, e.g. `listener="inbound"`.
+    pub labels: String,
+    pub value: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for LimitSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LimitSeries")
+            .field("name", &self.name)
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
+    }
 }
 
 /// (parent, route) of an outbound policy route.
@@ -175,6 +198,28 @@ impl Metrics {
             authz: Mutex::default(),
             routes: Mutex::default(),
             rate_limited: Mutex::default(),
+            limits: Mutex::default(),
+        }
+    }
+
+    /// Exports a limiter's counter or gauge.
+    pub fn register_limit(&self, series: LimitSeries) {
+        lock(&self.limits).push(series);
+    }
+
+    fn encode_limits(&self, out: &mut String) {
+        let limits = lock(&self.limits);
+        let mut names: Vec<&'static str> = limits.iter().map(|l| l.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            let mut series = limits.iter().filter(|l| l.name == name).peekable();
+            if let Some(first) = series.peek() {
+                family(out, name, first.help, first.kind);
+            }
+            for l in series {
+                let _ = writeln!(out, "{name}{{{}}} {}", l.labels, (l.value)());
+            }
         }
     }
 
@@ -357,6 +402,7 @@ impl Metrics {
         self.encode_authz(out);
         self.encode_routes(out);
         self.encode_rate_limited(out);
+        self.encode_limits(out);
         if let Some((expiry, refresh)) = *lock(&self.identity) {
             family(
                 out,

@@ -70,16 +70,26 @@ pub struct Forward<'a> {
 /// finishes sending, its write-half is shut down on the other side (half-close), so protocols
 /// that end a request by closing keep working. A balanced target counts as in flight on its
 /// endpoint for as long as the connection lasts, and is backed off if it cannot be reached.
-pub async fn forward(mut io: BoxIo, target: &Target, f: Forward<'_>, _drain: Drain) {
+pub async fn forward(io: BoxIo, target: &Target, f: Forward<'_>, drain: Drain) {
     let ep = target.endpoint();
-    let stream = match transport::connect(ep.addr, f.connect_timeout).await {
-        Ok(s) => s,
+    match transport::connect(ep.addr, f.connect_timeout).await {
+        Ok(stream) => forward_on(io, stream, target, f, drain).await,
         Err(e) => {
             target.connect_failed();
             debug!(error = %e, "opaque forward failed");
-            return;
         }
-    };
+    }
+}
+
+/// [`forward`] over a TCP connection to the target that is already established.
+pub async fn forward_on(
+    mut io: BoxIo,
+    stream: tokio::net::TcpStream,
+    target: &Target,
+    f: Forward<'_>,
+    _drain: Drain,
+) {
+    let ep = target.endpoint();
     let tls = match &ep.identity {
         Some(id) => Tls::Established {
             peer_id: Some(id.clone()),

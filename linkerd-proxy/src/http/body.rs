@@ -49,7 +49,13 @@ pub struct Recorder {
     pub start: Instant,
     /// Set only while someone watches `/tap`.
     pub tap: Option<Box<crate::tap::Pending>>,
+    /// Released when the response ends: the request's place on its connection (the
+    /// header-read timeout waits for the next head only after it) and its in-flight permit.
+    pub held: Held,
 }
+
+/// What a request holds until its response has ended.
+pub type Held = (super::header_timeout::RequestGuard, super::inflight::Permit);
 
 impl ProxyBody {
     pub fn empty() -> Self {

@@ -61,6 +61,31 @@ pub enum Protocol {
     Http2,
 }
 
+/// A request that failed, with the request itself when none of it reached the endpoint (no
+/// connection could be had), so that it may go to another endpoint.
+#[derive(Debug)]
+pub struct SendError {
+    pub error: ProxyError,
+    pub unsent: Option<Request<ProxyBody>>,
+}
+
+impl From<ProxyError> for SendError {
+    fn from(error: ProxyError) -> Self {
+        Self {
+            error,
+            unsent: None,
+        }
+    }
+}
+
+/// An error that came before `req` was used: hand the request back.
+fn unsent(error: ProxyError, req: Request<ProxyBody>) -> SendError {
+    SendError {
+        error,
+        unsent: Some(req),
+    }
+}
+
 impl Client {
     /// A client whose upstream connections are counted in the `peer="dst"` TCP metrics of
     /// `direction`, and which dials meshed endpoints with the credentials in `creds`.
@@ -102,7 +127,7 @@ impl Client {
         ep: &Endpoint,
         proto: Protocol,
         req: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Response<ProxyBody>, SendError> {
         let key = (ep.addr, ep.identity.clone());
         match proto {
             Protocol::Http1 => self.send_h1(key, req).await,
@@ -116,11 +141,14 @@ impl Client {
         &self,
         key: Key,
         req: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Response<ProxyBody>, SendError> {
         let inner = &self.inner;
         let (conn, reused) = match inner.h1.checkout(&key) {
             Some(c) => (c, true),
-            None => (Box::pin(inner.connect_h1(&key)).await?, false),
+            None => match Box::pin(inner.connect_h1(&key)).await {
+                Ok(c) => (c, false),
+                Err(e) => return Err(unsent(e, req)),
+            },
         };
         let reconnect = || Box::pin(inner.connect_h1(&key));
         let rsp = h1::send(&inner.h1, conn, reused, req, reconnect).await?;
@@ -173,8 +201,11 @@ impl Client {
         &self,
         key: Key,
         req: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let conn = self.h2_conn(&key).await?;
+    ) -> Result<Response<ProxyBody>, SendError> {
+        let conn = match self.h2_conn(&key).await {
+            Ok(c) => c,
+            Err(e) => return Err(unsent(e, req)),
+        };
         let ready = match conn.ready().await {
             Ok(r) => r,
             Err(e) => {
@@ -185,10 +216,17 @@ impl Client {
                         h2.remove(&key);
                     }
                 }
-                self.h2_conn(&key).await?.ready().await?
+                let again = match self.h2_conn(&key).await {
+                    Ok(c) => c.ready().await.map_err(ProxyError::from),
+                    Err(e) => Err(e),
+                };
+                match again {
+                    Ok(r) => r,
+                    Err(e) => return Err(unsent(e, req)),
+                }
             }
         };
-        let rsp = ready.send(req).await?;
+        let rsp = ready.send(req).await.map_err(ProxyError::from)?;
         Ok(rsp.map(|body| ProxyBody::H2 {
             body,
             recorder: None,

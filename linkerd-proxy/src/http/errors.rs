@@ -47,6 +47,19 @@ pub enum ProxyError {
     /// The route asks for something this proxy does not do.
     #[error("{0}")]
     Unsupported(&'static str),
+    /// The request's target is the proxy itself (a listener of its own, or a proxy it has
+    /// already passed through): sending it would loop.
+    #[error("loop detected: the request's target is {0}")]
+    Loop(&'static str),
+    /// HTTP-proxy mode does not dial this address (not a mesh destination, not allowed by
+    /// `MESH_PROXY_OUTBOUND_PROXY_ALLOW`).
+    #[error(
+        "the proxy does not forward to {0}: not a mesh destination nor allowed by MESH_PROXY_OUTBOUND_PROXY_ALLOW"
+    )]
+    NotAllowed(std::net::SocketAddr),
+    /// The proxy has as many requests in flight as it allows.
+    #[error("the proxy is overloaded ({0} requests in flight)")]
+    Overloaded(usize),
 }
 
 impl ProxyError {
@@ -71,6 +84,7 @@ impl ProxyError {
             ProxyError::Tls(TlsError::NoCredentials) => "no_credentials",
             ProxyError::Tls(_) => "tls",
             ProxyError::Handshake(_) => "handshake",
+            e if e.is_client_body() => "request_body",
             ProxyError::Upstream(_) | ProxyError::Http1(_) | ProxyError::Http2(_) => "upstream",
             ProxyError::ResponseTimeout(_) => "response_timeout",
             ProxyError::Unauthorized(_) => "unauthorized",
@@ -78,12 +92,38 @@ impl ProxyError {
             ProxyError::Injected { .. } => "fault_injected",
             ProxyError::RateLimited(_) => "rate_limited",
             ProxyError::Unsupported(_) => "unsupported_route",
+            ProxyError::Loop(_) => "loop",
+            ProxyError::NotAllowed(_) => "not_allowed",
+            ProxyError::Overloaded(_) => "overloaded",
+        }
+    }
+
+    /// The request failed because the client's own body did (a malformed chunk, a body shorter
+    /// or longer than its `content-length`): the client's error, not the upstream's.
+    pub fn is_client_body(&self) -> bool {
+        match self {
+            ProxyError::Http1(
+                super::h1::Error::RequestBody(_) | super::h1::Error::RequestLength,
+            ) => true,
+            // The HTTP/2 client resets a stream with INTERNAL_ERROR itself only when the request
+            // body it was sending failed (`h2.rs`, `Pipe`).
+            ProxyError::Http2(e) => {
+                e.is_reset()
+                    && !e.is_remote()
+                    && !e.is_library()
+                    && e.reason() == Some(::h2::Reason::INTERNAL_ERROR)
+            }
+            _ => false,
         }
     }
 
     pub fn http_status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            e if e.is_client_body() => StatusCode::BAD_REQUEST,
+            ProxyError::Loop(_) => StatusCode::LOOP_DETECTED,
+            ProxyError::NotAllowed(_) => StatusCode::FORBIDDEN,
+            ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Unauthorized(_) => StatusCode::FORBIDDEN,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Injected { status, .. } => *status,

@@ -7,7 +7,9 @@ pub mod client;
 pub mod errors;
 pub mod h1;
 pub mod h2;
+pub mod header_timeout;
 pub mod headers;
+pub mod inflight;
 pub mod server;
 #[cfg(test)]
 mod test_support;

@@ -6,10 +6,12 @@
 //! back with a metrics recorder on its body. Failures become responses (see `errors.rs`).
 
 use super::{
-    body::{ProxyBody, Recorder, ReplayBody, grpc_status},
-    client::{self, Client},
+    body::{Held, ProxyBody, Recorder, ReplayBody, grpc_status},
+    client::{self, Client, SendError},
     errors::{ProxyError, is_grpc},
+    header_timeout::{HeadClock, HeaderTimeout, RequestGuard},
     headers::{strip_hop_by_hop, wants_upgrade},
+    inflight::{InFlight, Permit},
 };
 use crate::{
     balance::{Balancer, Balancers, Target, target_for},
@@ -26,12 +28,23 @@ use crate::{
     tap::{Pending, TapEvent},
     tcp,
     tls::CredsRx,
+    transport::{OwnAddrs, ProxyAllow},
 };
 
 /// Marks an HTTP/1 request carried over HTTP/2 between proxies, with its original version.
 pub static L5D_ORIG_PROTO: HeaderName = HeaderName::from_static("l5d-orig-proto");
 /// The verified identity of the calling proxy, set on inbound requests for the application.
 pub static L5D_CLIENT_ID: HeaderName = HeaderName::from_static("l5d-client-id");
+/// How many outbound proxies a request has passed through: each adds one, and a request that
+/// arrives having passed [`MAX_HOPS`] is answered `508 Loop Detected` instead of sent on.
+pub static L5D_PROXY_HOPS: HeaderName = HeaderName::from_static("l5d-proxy-hops");
+/// More outbound hops than any real call chain makes, and few enough to stop a loop at once.
+pub const MAX_HOPS: usize = 32;
+/// `1` to `MAX_HOPS`, so that setting the count allocates nothing.
+static HOPS: [&str; MAX_HOPS] = [
+    "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16", "17",
+    "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31", "32",
+];
 use http::{
     HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header, uri,
 };
@@ -71,6 +84,14 @@ pub struct Shared {
     /// Which names service discovery covers: only those (or, transparently, the original
     /// destination address) are asked for a policy.
     pub discovery: Option<crate::destination::DestinationConfig>,
+    /// HTTP/1: how long a client may take to send a request head once it has started one.
+    pub header_read_timeout: Duration,
+    /// The bound on this direction's requests in flight.
+    pub in_flight: Arc<InFlight>,
+    /// The proxy's own listeners: a request is never sent to one (it would loop).
+    pub own: Arc<OwnAddrs>,
+    /// What HTTP-proxy mode may dial besides mesh destinations.
+    pub proxy_allow: Arc<ProxyAllow>,
 }
 
 /// Where a connection's requests go.
@@ -100,6 +121,8 @@ pub struct HttpConn {
     dst: Mutex<Option<LastDst>>,
     /// Inbound: the port's authorization policy and the client's address.
     authz: Option<(PortPolicy, IpAddr)>,
+    /// HTTP/1: whether a request head is being read, for the header-read timeout.
+    head_clock: Option<Arc<HeadClock>>,
 }
 
 struct LastDst {
@@ -110,6 +133,18 @@ struct LastDst {
     /// (`Some(None)`: the destination gets no policy lookups).
     policy: Option<Option<Arc<PolicyWatch>>>,
 }
+
+/// How a request's target is chosen, again when a connect fails.
+#[derive(Clone, Copy)]
+enum Retarget<'a> {
+    /// An endpoint of the outbound route's backend.
+    Plan(&'a Plan),
+    /// From the request's authority (and whether its URI is `https`).
+    Name(&'a HeaderValue, bool),
+}
+
+/// How many other endpoints a request whose endpoint could not be reached may try.
+const MAX_FAILOVERS: u32 = 2;
 
 /// Where a request routed by an outbound policy goes.
 struct Plan {
@@ -136,26 +171,39 @@ impl std::fmt::Debug for HttpConn {
 }
 
 /// Serves HTTP on `io` until the client closes it or the proxy drains.
-pub async fn serve(io: PrefixedIo<BoxIo>, proto: detect::Protocol, http: HttpConn) {
+pub async fn serve(io: PrefixedIo<BoxIo>, proto: detect::Protocol, mut http: HttpConn) {
     let drain = http.drain.clone();
-    let http = Arc::new(http);
-    let io = TokioIo::new(io);
     let res = match proto {
         detect::Protocol::Http2 => {
+            let http = Arc::new(http);
             // hyper spawns a task per HTTP/2 request and moves the request's future into it:
             // boxed, that is a pointer instead of the future's few KiB copied on the way in.
             // (HTTP/1 keeps one future slot per connection: boxing would only add an
-            // allocation per request.)
+            // allocation per request.) Over the in-flight bound, the stream is refused
+            // (`REFUSED_STREAM`) before anything is allocated for it.
             let svc = service_fn(move |req: Request<Incoming>| {
-                let http = http.clone();
-                let rsp = Box::pin(async move { http.proxy(req).await });
-                async move { Ok::<_, Infallible>(rsp.await) }
+                let permit = http.shared.in_flight.try_acquire();
+                let rsp = permit.map(|permit| {
+                    let http = http.clone();
+                    Box::pin(async move {
+                        YieldOnce(false).await;
+                        http.proxy(req, (RequestGuard::none(), permit)).await
+                    })
+                });
+                async move {
+                    match rsp {
+                        Some(rsp) => Ok(rsp.await),
+                        None => Err(::h2::Error::from(::h2::Reason::REFUSED_STREAM)),
+                    }
+                }
             });
             let conn = conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(3))
-                .serve_connection(io, svc);
+                .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+                .max_header_list_size(MAX_HEADER_LIST_SIZE)
+                .serve_connection(TokioIo::new(io), svc);
             tokio::pin!(conn);
             tokio::select! {
                 res = conn.as_mut() => res,
@@ -166,18 +214,29 @@ pub async fn serve(io: PrefixedIo<BoxIo>, proto: detect::Protocol, http: HttpCon
             }
         }
         _ => {
+            let clock = HeadClock::new();
+            http.head_clock = Some(clock.clone());
+            let io = HeaderTimeout::new(io, clock, http.shared.header_read_timeout);
+            let http = Arc::new(http);
             let svc = service_fn(move |req: Request<Incoming>| {
                 let http = http.clone();
-                async move { Ok::<_, Infallible>(http.proxy(req).await) }
+                async move {
+                    let rsp = match http.shared.in_flight.try_acquire() {
+                        Some(permit) => http.proxy(req, http.held(permit)).await,
+                        None => http.overloaded(&req),
+                    };
+                    Ok::<_, Infallible>(rsp)
+                }
             });
-            // No header-read timer: hyper would arm a 30 s timer for every request, and each
-            // registration wakes tokio's driver through its eventfd (one `write` and one
-            // `epoll_wait` more per request). Idle keep-alive connections are bounded by the
-            // client and TCP keepalive, as in linkerd2-proxy.
+            // The header-read timeout is `HeaderTimeout`'s, not hyper's: hyper arms a timer
+            // for every request, and each registration wakes tokio's driver through its
+            // eventfd (one `write` and one `epoll_wait` more per request). Idle keep-alive
+            // connections are bounded by the client, TCP keepalive and the connection limit.
             let conn = conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(None)
-                .serve_connection(io, svc)
+                .max_buf_size(MAX_H1_BUF)
+                .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
@@ -193,6 +252,37 @@ pub async fn serve(io: PrefixedIo<BoxIo>, proto: detect::Protocol, http: HttpCon
         debug!(error = %e, "HTTP connection ended with an error");
     }
 }
+
+/// Returns `Pending` once, having woken its task. hyper polls an HTTP/2 request's future before
+/// it looks at the stream's reset state, and looks only when the future is pending; h2 has
+/// already read every frame that came with the request (HEADERS and an RST_STREAM in one
+/// packet: rapid reset). So a request the client reset at once is dropped here, before any of
+/// it is sent upstream: it costs the application nothing and the shared upstream connection
+/// no reset. The price is one more poll of the request's task, without a system call.
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+/// Streams one HTTP/2 client may have open at once (hyper's default is 200).
+const MAX_CONCURRENT_STREAMS: u32 = 100;
+/// The largest request head accepted, over HTTP/2 (HPACK-decoded) and HTTP/1 alike.
+const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+/// HTTP/1: the most a connection buffers of a request head (and of pipelined requests).
+const MAX_H1_BUF: usize = 64 * 1024;
 
 impl HttpConn {
     pub fn new(direction: Direction, tls: Tls, route: Route, shared: Shared, drain: Drain) -> Self {
@@ -212,6 +302,7 @@ impl HttpConn {
             last: Mutex::new(None),
             dst: Mutex::new(None),
             authz: None,
+            head_clock: None,
         }
     }
 
@@ -249,9 +340,30 @@ impl HttpConn {
         }
     }
 
-    async fn proxy(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    /// What an HTTP/1 request holds until its response ends (see [`Held`]).
+    fn held(&self, permit: Permit) -> Held {
+        let guard = match &self.head_clock {
+            Some(c) => c.request_started(),
+            None => RequestGuard::none(),
+        };
+        (guard, permit)
+    }
+
+    /// The answer to an HTTP/1 request over the in-flight bound (HTTP/2 streams are refused).
+    fn overloaded(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+        // The head was read: the connection goes on to the next one.
+        drop(self.head_clock.as_ref().map(|c| c.request_started()));
+        let error = ProxyError::Overloaded(self.shared.in_flight.max());
+        debug!(%error, direction = self.direction.as_str(), "request shed");
+        error.into_response(is_grpc(req))
+    }
+
+    async fn proxy(&self, mut req: Request<Incoming>, held: Held) -> Response<ProxyBody> {
         let start = tokio::time::Instant::now();
         let grpc = is_grpc(&req);
+        if let Err(e) = check_host(&req) {
+            return self.fail(e, grpc, &HeaderValue::from_static(""), None, start, None);
+        }
         let authority = match authority_of(&req) {
             Some(a) => a,
             None if matches!(self.route, Route::Proxy) => {
@@ -259,6 +371,11 @@ impl HttpConn {
             }
             None => HeaderValue::from_static(""),
         };
+        if self.direction == Direction::Outbound
+            && let Err(e) = count_hop(req.headers_mut())
+        {
+            return self.fail(e, grpc, &authority, None, start, None);
+        }
         // Nobody watching `/tap`: one relaxed load, nothing built.
         let mut tap = self
             .shared
@@ -278,11 +395,12 @@ impl HttpConn {
         } else {
             None
         };
-        let target = match &plan {
-            Some(plan) => self.backend_target(plan).await,
-            None => self.target(&req, &authority).await,
+        let https = req.uri().scheme() == Some(&uri::Scheme::HTTPS);
+        let retarget = match &plan {
+            Some(plan) => Retarget::Plan(plan),
+            None => Retarget::Name(&authority, https),
         };
-        let target = match target {
+        let target = match self.retarget(retarget).await {
             Ok(t) => t,
             Err(e) => return self.fail(e, grpc, &authority, None, start, tap),
         };
@@ -294,7 +412,7 @@ impl HttpConn {
             t.event.peer_id = id.map(str::to_string);
         }
         if req.method() == Method::CONNECT && matches!(self.route, Route::Proxy) {
-            return Box::pin(self.tunnel(req, target, &authority, start, tap)).await;
+            return Box::pin(self.tunnel(req, target, &authority, start, tap, held)).await;
         }
 
         let stats = self.stats(&authority, target.endpoint());
@@ -363,17 +481,19 @@ impl HttpConn {
             .and_then(|p| Some((p, p.rule.retry.as_ref()?)))
             .filter(|_| !upgrade);
         let (rsp, target) = match total {
-            Some(t) => match tokio::time::timeout(t, self.send(retry, target, &how, req)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    if let Some(p) = &plan {
-                        RouteCounters::inc(&p.rule.counters.timeouts);
+            Some(t) => {
+                match tokio::time::timeout(t, self.send(retry, target, &how, req, retarget)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        if let Some(p) = &plan {
+                            RouteCounters::inc(&p.rule.counters.timeouts);
+                        }
+                        let e = ProxyError::ResponseTimeout(t);
+                        return self.fail(e, grpc, &authority, Some(&stats), start, tap);
                     }
-                    let e = ProxyError::ResponseTimeout(t);
-                    return self.fail(e, grpc, &authority, Some(&stats), start, tap);
                 }
-            },
-            None => self.send(retry, target, &how, req).await,
+            }
+            None => self.send(retry, target, &how, req, retarget).await,
         };
         let mut rsp = match rsp {
             Ok(r) => r,
@@ -388,6 +508,7 @@ impl HttpConn {
         let switching = rsp.status() == StatusCode::SWITCHING_PROTOCOLS
             || (upgrade && rsp.status().is_success());
         if let (true, Some(down)) = (switching, downstream_upgrade) {
+            held.0.upgraded();
             let up = hyper::upgrade::on(&mut rsp);
             let drain = self.drain.clone();
             tokio::spawn(async move {
@@ -414,6 +535,7 @@ impl HttpConn {
             grpc_status: grpc_status(rsp.headers()),
             start,
             tap,
+            held,
         };
         rsp.map(|body| body.with_recorder(recorder))
     }
@@ -541,9 +663,10 @@ impl HttpConn {
     async fn send(
         &self,
         retry: Option<(&Plan, &Retry)>,
-        target: Target,
+        mut target: Target,
         how: &Attempt,
         req: Request<Incoming>,
+        retarget: Retarget<'_>,
     ) -> (Result<Response<ProxyBody>, ProxyError>, Target) {
         match retry {
             Some((plan, retry)) => {
@@ -551,44 +674,71 @@ impl HttpConn {
             }
             None => {
                 let req = req.map(|b| ProxyBody::stream(b, None));
-                let rsp = self.attempt(&target, how, req).await;
+                let rsp = self.attempt(&mut target, how, req, retarget).await;
                 (rsp, target)
             }
         }
     }
 
     /// Sends one attempt and reports its outcome to the endpoint's load and failure accrual.
+    /// When no connection to a balanced endpoint could be had, nothing was sent: the request
+    /// goes to another endpoint of the same destination (the failed one is backed off, so the
+    /// balancer does not pick it again), up to [`MAX_FAILOVERS`] times.
     async fn attempt(
         &self,
-        target: &Target,
+        target: &mut Target,
         how: &Attempt,
-        req: Request<ProxyBody>,
+        mut req: Request<ProxyBody>,
+        retarget: Retarget<'_>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let ep = target.endpoint();
-        let rsp = match how.timeout {
-            Some(t) => match tokio::time::timeout(t, self.send_once(ep, how, req)).await {
-                Ok(r) => r,
-                Err(_) => Err(ProxyError::ResponseTimeout(t)),
-            },
-            None => self.send_once(ep, how, req).await,
-        };
-        match &rsp {
-            Ok(r) => {
-                target.complete();
-                if let Some(a) = &how.accrual {
-                    target.accrue(!r.status().is_server_error(), a);
+        let mut failovers = 0;
+        loop {
+            let ep = target.endpoint();
+            let rsp = match how.timeout {
+                Some(t) => match tokio::time::timeout(t, self.send_once(ep, how, req)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ProxyError::ResponseTimeout(t).into()),
+                },
+                None => self.send_once(ep, how, req).await,
+            };
+            let SendError { error, unsent } = match rsp {
+                Ok(r) => {
+                    target.complete();
+                    if let Some(a) = &how.accrual {
+                        target.accrue(!r.status().is_server_error(), a);
+                    }
+                    return Ok(r);
                 }
+                Err(e) => e,
+            };
+            if error.is_connect() {
+                target.connect_failed();
             }
-            Err(e) => {
-                if e.is_connect() {
-                    target.connect_failed();
+            if let Some(a) = &how.accrual {
+                target.accrue(false, a);
+            }
+            let Some(unsent) = unsent.filter(|_| {
+                error.is_connect()
+                    && failovers < MAX_FAILOVERS
+                    && matches!(target, Target::Balanced(_))
+            }) else {
+                return Err(error);
+            };
+            match self.retarget(retarget).await {
+                // The request was shaped (HTTP/2 or not) for a meshed or an unmeshed endpoint.
+                Ok(next)
+                    if next.endpoint().addr != target.endpoint().addr
+                        && next.endpoint().identity.is_some()
+                            == target.endpoint().identity.is_some() =>
+                {
+                    debug!(failed = %target.endpoint().addr, next = %next.endpoint().addr, %error, "connect failed; trying another endpoint");
+                    *target = next;
+                    req = unsent;
+                    failovers += 1;
                 }
-                if let Some(a) = &how.accrual {
-                    target.accrue(false, a);
-                }
+                _ => return Err(error),
             }
         }
-        rsp
     }
 
     /// Sends one request to the endpoint on a connection of the attempt's kind.
@@ -597,9 +747,9 @@ impl HttpConn {
         ep: &Endpoint,
         how: &Attempt,
         req: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Response<ProxyBody>, SendError> {
         if how.upgrade {
-            Box::pin(self.shared.client.send_upgrade(ep, req)).await
+            Ok(Box::pin(self.shared.client.send_upgrade(ep, req)).await?)
         } else {
             self.shared.client.send(ep, how.proto, req).await
         }
@@ -621,7 +771,9 @@ impl HttpConn {
             // Too large to keep: one attempt.
             RouteCounters::inc(&counters.retry_overflow);
             let req = Request::from_parts(parts, ProxyBody::stream(body, None));
-            let rsp = self.attempt(&target, how, req).await;
+            let rsp = self
+                .attempt(&mut target, how, req, Retarget::Plan(plan))
+                .await;
             return (rsp, target);
         }
         let body = ReplayBody::new(body, retry.max_request_bytes);
@@ -636,7 +788,9 @@ impl HttpConn {
         let mut req = Request::from_parts(parts, ProxyBody::Replay(body));
         let mut retries = 0u32;
         loop {
-            let rsp = self.attempt(&target, how, req).await;
+            let rsp = self
+                .attempt(&mut target, how, req, Retarget::Plan(plan))
+                .await;
             let retryable = match &rsp {
                 Ok(r) => {
                     retry.retryable(r.status(), grpc.then(|| grpc_status(r.headers())).flatten())
@@ -679,18 +833,45 @@ impl HttpConn {
         }
     }
 
+    /// Where a request goes: an endpoint of the route's backend, or of the logical destination
+    /// the authority names, or the original destination (transparent) or the authority itself
+    /// (HTTP-proxy mode). Never one of the proxy's own listeners.
+    async fn retarget(&self, how: Retarget<'_>) -> Result<Target, ProxyError> {
+        let target = match how {
+            Retarget::Plan(plan) => self.backend_target(plan).await?,
+            Retarget::Name(authority, https) => self.target(authority, https).await?,
+        };
+        self.check_not_own(&target)?;
+        if matches!(self.route, Route::Proxy)
+            && let Target::Direct(ep) = &target
+            && !self.shared.proxy_allow.permits(ep.addr)
+        {
+            return Err(ProxyError::NotAllowed(ep.addr));
+        }
+        Ok(target)
+    }
+
+    /// A target that is one of this proxy's listeners would loop. The one exception is the
+    /// inbound listener as an endpoint that discovery (or a static name) gave: a workload
+    /// calling its own service through the mesh, which reaches its application.
+    fn check_not_own(&self, target: &Target) -> Result<(), ProxyError> {
+        match self.shared.own.find(target.endpoint().addr) {
+            None => Ok(()),
+            Some(crate::transport::Listener::Inbound) if matches!(target, Target::Balanced(_)) => {
+                Ok(())
+            }
+            Some(l) => Err(ProxyError::Loop(l.as_str())),
+        }
+    }
+
     /// Resolves the request's target: an endpoint of a logical destination when one is known
     /// for the authority, otherwise the original destination (transparent) or the authority
     /// itself (HTTP-proxy mode).
-    async fn target(
-        &self,
-        req: &Request<Incoming>,
-        authority: &HeaderValue,
-    ) -> Result<Target, ProxyError> {
+    async fn target(&self, authority: &HeaderValue, https: bool) -> Result<Target, ProxyError> {
         let default_port = match self.route {
             Route::Fixed(addr) => return Ok(Target::direct(addr)),
             Route::OrigDst(addr) => addr.port(),
-            Route::Proxy if req.uri().scheme() == Some(&uri::Scheme::HTTPS) => 443,
+            Route::Proxy if https => 443,
             Route::Proxy => 80,
         };
         let (name, balancer) = self.destination(authority, default_port);
@@ -744,6 +925,7 @@ impl HttpConn {
         authority: &HeaderValue,
         start: tokio::time::Instant,
         tap: Option<Box<Pending>>,
+        held: Held,
     ) -> Response<ProxyBody> {
         let stats = self.stats(authority, target.endpoint());
         stats.request();
@@ -762,6 +944,10 @@ impl HttpConn {
                 return self.fail(e.into(), false, authority, Some(&stats), start, tap);
             }
         };
+        // The connection becomes the tunnel: no more request heads, and it is bounded as a
+        // connection, not as a request in flight.
+        held.0.upgraded();
+        drop(held);
         let down = hyper::upgrade::on(&mut req);
         let drain = self.drain.clone();
         tokio::spawn(async move {
@@ -879,6 +1065,39 @@ fn authority_of<B>(req: &Request<B>) -> Option<HeaderValue> {
         .get(header::HOST)
         .filter(|h| !h.is_empty())
         .cloned()
+}
+
+/// HTTP/1 requests need exactly one `Host` (RFC 9112 section 3.2; `CONNECT` names its
+/// target in the request line). Like nginx and Envoy, anything else is the client's error.
+fn check_host<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    if req.version() > Version::HTTP_11 {
+        return Ok(());
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(ProxyError::BadRequest("more than one Host header")),
+        (None, _) if req.version() == Version::HTTP_11 && req.method() != Method::CONNECT => Err(
+            ProxyError::BadRequest("an HTTP/1.1 request without a Host header"),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Adds this proxy to the request's outbound hop count, or fails when the request has been
+/// through [`MAX_HOPS`] proxies already: it is looping.
+fn count_hop(headers: &mut http::HeaderMap) -> Result<(), ProxyError> {
+    let hops = match headers.get(&L5D_PROXY_HOPS) {
+        None => 0,
+        Some(v) => std::str::from_utf8(v.as_bytes())
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .ok_or(ProxyError::BadRequest("invalid l5d-proxy-hops"))?,
+    };
+    let Some(next) = HOPS.get(hops) else {
+        return Err(ProxyError::Loop("a proxy it has been through already"));
+    };
+    headers.insert(L5D_PROXY_HOPS.clone(), HeaderValue::from_static(next));
+    Ok(())
 }
 
 /// `host` or `host:port` as `host:port`.

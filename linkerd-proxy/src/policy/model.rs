@@ -142,10 +142,13 @@ impl NetMatch {
 pub enum Authn {
     /// Anyone, with or without mTLS.
     Unauthenticated,
-    /// Any client over mesh TLS.
-    MeshTlsAny,
-    /// mTLS clients with one of these identities or under one of these suffixes (`["ns",
-    /// "serviceaccount", ...]` means `*.ns.serviceaccount...`; an empty suffix, any identity).
+    /// Any client whose TLS this proxy terminated, even one that presented no certificate (the
+    /// API's `PermitMeshTLS { clients: Unauthenticated }`, e.g. proxies that are still asking
+    /// the identity service for their first certificate).
+    TlsUnauthenticated,
+    /// mTLS clients with a verified identity: one of these identities or under one of these
+    /// suffixes (`["ns", "serviceaccount", ...]` means `*.ns.serviceaccount...`; an empty suffix,
+    /// any verified identity). A TLS client without a certificate is never admitted.
     MeshTls {
         identities: Vec<String>,
         suffixes: Vec<String>,
@@ -153,18 +156,29 @@ pub enum Authn {
 }
 
 impl Authn {
+    /// Any verified client identity: what `all-authenticated` and `cluster-authenticated` mean.
+    pub fn any_identity() -> Self {
+        Authn::MeshTls {
+            identities: vec![],
+            suffixes: vec![String::new()],
+        }
+    }
+
     fn admits(&self, tls: &Tls) -> bool {
-        let peer = match tls {
-            Tls::Established { peer_id } => peer_id.as_deref(),
-            Tls::None(_) => return matches!(self, Authn::Unauthenticated),
-        };
-        match self {
-            Authn::Unauthenticated | Authn::MeshTlsAny => true,
-            Authn::MeshTls {
-                identities,
-                suffixes,
-            } => {
-                let Some(id) = peer else { return false };
+        match (self, tls) {
+            (Authn::Unauthenticated, _) => true,
+            (_, Tls::None(_)) => false,
+            (Authn::TlsUnauthenticated, Tls::Established { .. }) => true,
+            (
+                Authn::MeshTls {
+                    identities,
+                    suffixes,
+                },
+                Tls::Established { peer_id },
+            ) => {
+                let Some(id) = peer_id.as_deref() else {
+                    return false;
+                };
                 identities.iter().any(|i| i == id)
                     || suffixes.iter().any(|s| {
                         s.is_empty()
@@ -174,6 +188,11 @@ impl Authn {
                     })
             }
         }
+    }
+
+    /// Whether a client that presents no certificate can ever be admitted.
+    fn admits_anonymous(&self) -> bool {
+        matches!(self, Authn::Unauthenticated | Authn::TlsUnauthenticated)
     }
 }
 
@@ -322,6 +341,13 @@ pub struct ServerPolicy {
     no_route: Arc<AtomicU64>,
     /// The server's local rate limit, if any.
     pub rate_limit: Option<super::ratelimit::RateLimit>,
+    /// Whether any authorization (the server's or a route's) can admit a client without a
+    /// verified identity. When none can, the mTLS handshake itself requires a client
+    /// certificate.
+    pub admits_anonymous: bool,
+    /// Routes of the user's own (not the synthesized `default`/`probe`): then the port's
+    /// traffic is only ever served as HTTP, never relayed as opaque TCP past them.
+    has_user_routes: bool,
 }
 
 /// What to do with an HTTP request.
@@ -337,6 +363,18 @@ pub enum HttpDecision {
 }
 
 impl ServerPolicy {
+    /// Whether the port's connections must be served as HTTP whatever detection finds: the
+    /// server declares an HTTP protocol, or the policy has something only HTTP can enforce
+    /// (routes of the user's, a rate limit). Opaque TCP would skip all of it, and the stripping
+    /// of a forged `l5d-client-id`.
+    pub fn requires_http(&self) -> bool {
+        matches!(
+            self.protocol,
+            ServerProtocol::Http1 | ServerProtocol::Http2 | ServerProtocol::Grpc
+        ) || self.has_user_routes
+            || self.rate_limit.is_some()
+    }
+
     /// Whether an opaque connection from `client` may proceed.
     pub fn authorize_tcp(&self, client: IpAddr, tls: &Tls) -> bool {
         match self
@@ -424,12 +462,13 @@ impl ServerPolicy {
             DefaultPolicy::AllUnauthenticated | DefaultPolicy::Audit => {
                 authz(all, Authn::Unauthenticated)
             }
-            DefaultPolicy::AllAuthenticated => authz(all, Authn::MeshTlsAny),
+            DefaultPolicy::AllAuthenticated => authz(all, Authn::any_identity()),
             DefaultPolicy::ClusterUnauthenticated => authz(cluster, Authn::Unauthenticated),
-            DefaultPolicy::ClusterAuthenticated => authz(cluster, Authn::MeshTlsAny),
+            DefaultPolicy::ClusterAuthenticated => authz(cluster, Authn::any_identity()),
             DefaultPolicy::Deny => vec![],
         };
         let route = RouteSpec {
+            synthesized: true,
             name: "default".into(),
             hosts: vec![],
             matches: vec![],
@@ -471,6 +510,11 @@ impl ServerPolicy {
             .collect();
         let tcp_deny = metrics.authz(key("tcp", false, None, None));
         let no_route = metrics.authz(key("http", false, Some(&Arc::from("")), None));
+        let has_user_routes = routes.iter().any(|r| !r.synthesized);
+        let admits_anonymous = authorizations
+            .iter()
+            .chain(routes.iter().flat_map(|r| &r.authorizations))
+            .any(|a| a.authn.admits_anonymous());
         let routes = routes
             .into_iter()
             .map(|r| {
@@ -501,6 +545,8 @@ impl ServerPolicy {
             tcp_deny,
             no_route,
             rate_limit: None,
+            admits_anonymous,
+            has_user_routes,
         }
     }
 
@@ -549,6 +595,7 @@ impl ServerPolicy {
             && !matches!(protocol, ServerProtocol::Opaque | ServerProtocol::Tls)
         {
             vec![RouteSpec {
+                synthesized: true,
                 name: "default".into(),
                 hosts: vec![],
                 matches: vec![],
@@ -579,6 +626,8 @@ impl ServerPolicy {
 
 /// A route before its counters are resolved.
 struct RouteSpec {
+    /// Made up by the policy service or the proxy (`default`, `probe`), not a user's route.
+    synthesized: bool,
     name: Arc<str>,
     hosts: Vec<HostMatch>,
     matches: Vec<RequestMatch>,
@@ -633,7 +682,9 @@ fn authorization(a: api::Authz) -> Result<Authorization, String> {
     {
         Permit::Unauthenticated(_) => Authn::Unauthenticated,
         Permit::MeshTls(m) => match m.clients {
-            Some(Clients::Unauthenticated(_)) | None => Authn::MeshTlsAny,
+            Some(Clients::Unauthenticated(_)) => Authn::TlsUnauthenticated,
+            // Fail closed: an authorization that does not say which clients it admits.
+            None => return Err(format!("authorization {name} names no mesh TLS clients")),
             Some(Clients::Identities(ids)) => Authn::MeshTls {
                 identities: ids.identities.into_iter().map(|i| i.name).collect(),
                 suffixes: ids
@@ -685,7 +736,7 @@ fn http_routes(routes: Vec<api::HttpRoute>) -> Result<Vec<RouteSpec>, String> {
     routes
         .into_iter()
         .map(|r| {
-            let (_, name) = metadata_name(r.metadata, "unnamed");
+            let (kind, name) = metadata_name(r.metadata, "unnamed");
             let mut matches = Vec::new();
             for rule in r.rules {
                 if rule.matches.is_empty() {
@@ -696,6 +747,7 @@ fn http_routes(routes: Vec<api::HttpRoute>) -> Result<Vec<RouteSpec>, String> {
                 }
             }
             Ok(RouteSpec {
+                synthesized: &*kind == "default",
                 name,
                 hosts: hosts(r.hosts),
                 matches,
@@ -713,7 +765,7 @@ fn grpc_routes(routes: Vec<api::GrpcRoute>) -> Result<Vec<RouteSpec>, String> {
     routes
         .into_iter()
         .map(|r| {
-            let (_, name) = metadata_name(r.metadata, "unnamed");
+            let (kind, name) = metadata_name(r.metadata, "unnamed");
             let mut matches = Vec::new();
             for rule in r.rules {
                 if rule.matches.is_empty() {
@@ -724,6 +776,7 @@ fn grpc_routes(routes: Vec<api::GrpcRoute>) -> Result<Vec<RouteSpec>, String> {
                 }
             }
             Ok(RouteSpec {
+                synthesized: &*kind == "default",
                 name,
                 hosts: hosts(r.hosts),
                 matches,

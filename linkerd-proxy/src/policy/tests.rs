@@ -91,6 +91,80 @@ fn default_policies_decide_as_linkerd_names_them() {
     );
 }
 
+/// TLS that this proxy terminated for a client that presented no certificate.
+fn tls_without_identity() -> Tls {
+    Tls::Established { peer_id: None }
+}
+
+#[test]
+fn tls_without_a_client_certificate_is_never_authenticated() {
+    let m = Metrics::new();
+    let cluster = client::default_cluster_networks();
+    let anon = tls_without_identity();
+    for policy in [
+        DefaultPolicy::AllAuthenticated,
+        DefaultPolicy::ClusterAuthenticated,
+    ] {
+        let p = ServerPolicy::default_for(policy, &cluster, &m);
+        assert!(!p.authorize_tcp(ip("10.3.4.5"), &anon), "{policy:?}");
+        assert!(
+            matches!(get(&p, "10.3.4.5", &anon, "/"), HttpDecision::Deny { .. }),
+            "{policy:?}"
+        );
+        assert!(p.authorize_tcp(ip("10.3.4.5"), &mtls(WEB)), "{policy:?}");
+        // So the handshake itself asks for a certificate.
+        assert!(!p.admits_anonymous, "{policy:?}");
+    }
+    assert!(
+        ServerPolicy::default_for(DefaultPolicy::AllUnauthenticated, &cluster, &m).admits_anonymous
+    );
+
+    // From the policy service: any identity (the empty suffix), named identities, and
+    // Linkerd's `PermitMeshTLS { clients: Unauthenticated }`, which does admit TLS without a
+    // certificate (proxies bootstrapping their identity).
+    let server = |authn: api::Authn| api::Server {
+        protocol: Some(api::ProxyProtocol {
+            kind: Some(api::proxy_protocol::Kind::Detect(
+                api::proxy_protocol::Detect {
+                    timeout: None,
+                    http_routes: vec![],
+                    http_local_rate_limit: None,
+                },
+            )),
+        }),
+        authorizations: vec![api::Authz {
+            networks: vec![net("0.0.0.0/0")],
+            authentication: Some(authn),
+            labels: Default::default(),
+            metadata: resource("AuthorizationPolicy", "a"),
+        }],
+        ..Default::default()
+    };
+    use api::authn::{Permit, PermitMeshTls, permit_mesh_tls::Clients};
+    let mesh = |clients: Option<Clients>| api::Authn {
+        permit: Some(Permit::MeshTls(PermitMeshTls { clients })),
+    };
+    let any_id = mesh(Some(Clients::Identities(
+        api::authn::permit_mesh_tls::PermitClientIdentities {
+            identities: vec![],
+            suffixes: vec![api::IdentitySuffix { parts: vec![] }],
+        },
+    )));
+    let p = ServerPolicy::from_api(server(any_id), &m).unwrap();
+    assert!(!p.authorize_tcp(ip("10.3.4.5"), &anon));
+    assert!(p.authorize_tcp(ip("10.3.4.5"), &mtls(WEB)));
+    assert!(!p.admits_anonymous);
+
+    let bootstrap = mesh(Some(Clients::Unauthenticated(Default::default())));
+    let p = ServerPolicy::from_api(server(bootstrap), &m).unwrap();
+    assert!(p.authorize_tcp(ip("10.3.4.5"), &anon));
+    assert!(!p.authorize_tcp(ip("10.3.4.5"), &PLAIN));
+    assert!(p.admits_anonymous);
+
+    // An authorization that names no clients is refused, not read as "any TLS".
+    assert!(ServerPolicy::from_api(server(mesh(None)), &m).is_err());
+}
+
 fn net(s: &str) -> api::Network {
     let n: Net = s.parse().unwrap();
     api::Network {

@@ -4,10 +4,14 @@
 //!
 //! Policy, shared by both sides: TLS 1.3 only, the ring provider, peers verified against the
 //! mesh trust anchors. The client checks that the server's certificate carries exactly the
-//! identity discovery named (the SNI we send is that identity). The server verifies a client
-//! certificate whenever one is presented and records its identity; a client without one (a
-//! proxy bootstrapping its identity) is let through as TLS without a client identity, and
-//! authorization policy decides what it may reach.
+//! identity discovery named (the SNI we send is that identity). The server has two configs:
+//! [`Credentials::server`] requires a client certificate and verifies it; [`Credentials::
+//! server_optional`] verifies one when it is presented and otherwise lets the client through as
+//! TLS *without* a client identity. The inbound side uses the second only for a port whose
+//! policy can admit such a client (an unauthenticated authorization, or Linkerd's
+//! `PermitMeshTLS { clients: Unauthenticated }`, which proxies bootstrapping their identity
+//! need to reach the identity service). A connection without a client identity never
+//! satisfies an authorization that asks for one.
 
 use rustls::{
     ClientConfig, RootCertStore, ServerConfig, crypto::CryptoProvider, server::WebPkiClientVerifier,
@@ -26,7 +30,10 @@ pub struct TrustRoots {
 #[derive(Debug)]
 pub struct Credentials {
     pub local_id: Arc<str>,
+    /// Client certificate required, chaining to the trust anchors.
     pub server: Arc<ServerConfig>,
+    /// Client certificate verified when presented, but not required.
+    pub server_optional: Arc<ServerConfig>,
     pub client: Arc<ClientConfig>,
     pub not_after: SystemTime,
 }
@@ -89,21 +96,32 @@ impl Credentials {
         key: PrivateKeyDer<'static>,
         not_after: SystemTime,
     ) -> Result<Self, CredsError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots.roots.clone(), provider())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| CredsError::Verifier(e.to_string()))?;
-        let server = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain.clone(), key.clone_key())?;
+        let server = |optional: bool| -> Result<Arc<ServerConfig>, CredsError> {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(roots.roots.clone(), provider());
+            let verifier = if optional {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| CredsError::Verifier(e.to_string()))?;
+            let config = ServerConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])?
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain.clone(), key.clone_key())?;
+            Ok(Arc::new(config))
+        };
+        let (server, server_optional) = (server(false)?, server(true)?);
         let client = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(roots.roots.clone())
             .with_client_auth_cert(chain, key)?;
         Ok(Self {
             local_id: Arc::from(local_id),
-            server: Arc::new(server),
+            server,
+            server_optional,
             client: Arc::new(client),
             not_after,
         })
