@@ -30,8 +30,9 @@
 //! | signing failed | `INTERNAL` |
 //!
 //! Linkerd's Go service differs: `UNAVAILABLE` with no issuer, and `FAILED_PRECONDITION` for
-//! CSR name problems, `authenticated=false` and an identity mismatch. Ours follows issue #3:
-//! the caller's mistakes are `INVALID_ARGUMENT`, bad credentials `UNAUTHENTICATED`.
+//! CSR name problems, `authenticated=false` and an identity mismatch. Ours follows the gRPC
+//! codes' meanings: the caller's mistakes are `INVALID_ARGUMENT`, bad credentials
+//! `UNAUTHENTICATED`.
 //!
 //! The gRPC port is plaintext: in a cluster the service's own proxy terminates mTLS in
 //! front of it, and locally it listens on loopback. Serving TLS directly may come later.

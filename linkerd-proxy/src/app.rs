@@ -147,6 +147,7 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         policies: outbound_policies.clone(),
         discovery: config.destination.clone(),
         header_read_timeout: config.outbound.limits.header_read_timeout,
+        header_timeouts: header_timeouts(&metrics, Direction::Outbound),
         in_flight: in_flight(&metrics, Direction::Outbound, &config.outbound.limits),
         own: own.clone(),
         proxy_allow: Arc::new(config.outbound.proxy_allow.clone()),
@@ -172,6 +173,7 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         policies: outbound_policies,
         discovery: None,
         header_read_timeout: config.inbound.limits.header_read_timeout,
+        header_timeouts: header_timeouts(&metrics, Direction::Inbound),
         in_flight: in_flight(&metrics, Direction::Inbound, &config.inbound.limits),
         own: own.clone(),
         proxy_allow: Arc::default(),
@@ -369,6 +371,20 @@ fn cfg_max(ctx: &Ctx, direction: Direction) -> usize {
     }
 }
 
+/// The counter of a direction's connections cut off by the header-read timeout.
+fn header_timeouts(metrics: &Metrics, direction: Direction) -> Arc<AtomicU64> {
+    let count = Arc::new(AtomicU64::new(0));
+    let c = count.clone();
+    metrics.register_limit(LimitSeries {
+        name: "proxy_http_header_read_timeouts_total",
+        help: "HTTP/1 connections closed because a request head took longer than the header-read timeout.",
+        kind: "counter",
+        labels: format!("direction=\"{}\"", direction.as_str()),
+        value: Box::new(move || c.load(Ordering::Relaxed)),
+    });
+    count
+}
+
 /// A direction's bound on requests in flight, exported as metrics.
 fn in_flight(
     metrics: &Metrics,
@@ -558,6 +574,7 @@ async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
                     port,
                     tls: label,
                     policy,
+                    silent: false,
                 };
                 serve_inbound(&ctx, io, conn, drain).await;
                 drop(src);
@@ -568,6 +585,8 @@ async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
                     client_hello::Peek::ClientHello(_) => Tls::None("passthru"),
                     _ => INBOUND_TLS,
                 };
+                // Nothing arrived within the detect timeout: detection would only wait again.
+                let silent = io.prefix().is_empty();
                 let src = SrcConn::open(&ctx.metrics, Direction::Inbound, target, label.clone());
                 io.get_mut().rebind(src.counters());
                 let io = Box::new(io);
@@ -577,6 +596,7 @@ async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
                     port,
                     tls: label,
                     policy,
+                    silent,
                 };
                 serve_inbound(&ctx, io, conn, drain).await;
                 drop(src);
@@ -593,6 +613,7 @@ async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
             port,
             tls: INBOUND_TLS,
             policy,
+            silent: false,
         };
         serve_inbound(&ctx, io, conn, drain).await;
         drop(src);
@@ -608,6 +629,8 @@ struct InboundConn {
     port: u16,
     tls: Tls,
     policy: PortPolicy,
+    /// The client sent nothing within the detect timeout already (waiting for a ClientHello).
+    silent: bool,
 }
 
 /// Detects the protocol of an inbound stream (plaintext or the inside of mTLS), checks the
@@ -641,7 +664,16 @@ async fn serve_inbound(ctx: &Ctx, io: BoxIo, conn: InboundConn, drain: Drain) {
             (proto, PrefixedIo::new(Bytes::new(), io))
         }
         None => {
-            let (proto, reason, io) = match detect::detect(io, cfg.detect_timeout).await {
+            let detected = if conn.silent {
+                Ok((
+                    Protocol::Opaque,
+                    detect::Reason::Timeout,
+                    PrefixedIo::new(Bytes::new(), io),
+                ))
+            } else {
+                detect::detect(io, cfg.detect_timeout).await
+            };
+            let (proto, reason, io) = match detected {
                 Ok(d) => d,
                 Err(e) => return debug!(error = %e, "inbound detection failed"),
             };

@@ -94,6 +94,7 @@ pub async fn run(
                 refresh
             }
             Err(e) => {
+                metrics.identity_refresh_failed();
                 let retry = cfg.min_refresh.mul_f64(0.5 + fastrand::f64());
                 warn!(error = %e, ?retry, "certify failed; keeping the current certificate");
                 retry

@@ -67,8 +67,8 @@ pub struct Metrics {
     http: Mutex<HashMap<HttpKey, Arc<HttpStats>>>,
     tcp: Mutex<HashMap<TcpKey, Arc<TcpStats>>>,
     detect: Mutex<HashMap<(Direction, &'static str, &'static str), u64>>,
-    /// (certificate expiry, next refresh), as unix seconds, once certified.
-    identity: Mutex<Option<(f64, f64)>>,
+    /// The identity client's certificates.
+    identity: Mutex<IdentityStats>,
     start_time: f64,
     /// Live request events for the admin server's `/tap`.
     tap: Arc<crate::tap::Tap>,
@@ -101,6 +101,15 @@ impl std::fmt::Debug for LimitSeries {
             .field("labels", &self.labels)
             .finish_non_exhaustive()
     }
+}
+
+/// What the identity client did.
+#[derive(Clone, Copy, Debug, Default)]
+struct IdentityStats {
+    /// (certificate expiry, next refresh), as unix seconds, once certified.
+    times: Option<(f64, f64)>,
+    /// Certify calls that succeeded, and that failed.
+    refreshes: [u64; 2],
 }
 
 /// (parent, route) of an outbound policy route.
@@ -391,7 +400,14 @@ impl Metrics {
 
     /// Records the current certificate's expiry and when it will be renewed.
     pub fn set_identity_times(&self, expiry: f64, refresh: f64) {
-        *lock(&self.identity) = Some((expiry, refresh));
+        let mut id = lock(&self.identity);
+        id.times = Some((expiry, refresh));
+        id.refreshes[0] += 1;
+    }
+
+    /// Counts a certificate request that failed.
+    pub fn identity_refresh_failed(&self) {
+        lock(&self.identity).refreshes[1] += 1;
     }
 
     /// Renders every family as Prometheus text.
@@ -403,21 +419,47 @@ impl Metrics {
         self.encode_routes(out);
         self.encode_rate_limited(out);
         self.encode_limits(out);
-        if let Some((expiry, refresh)) = *lock(&self.identity) {
+        let identity = *lock(&self.identity);
+        if identity.refreshes != [0, 0] {
+            // Linkerd's current names (`control_identity_cert_*`); the older
+            // `identity_cert_*` ones are not exported: no dashboard of Linkerd's reads them.
+            if let Some((expiry, refresh)) = identity.times {
+                family(
+                    out,
+                    "control_identity_cert_expiration_timestamp_seconds",
+                    "Time when this proxy's current mTLS identity certificate will expire (in seconds since the UNIX epoch).",
+                    "gauge",
+                );
+                let _ = writeln!(
+                    out,
+                    "control_identity_cert_expiration_timestamp_seconds {expiry}"
+                );
+                family(
+                    out,
+                    "control_identity_cert_refresh_timestamp_seconds",
+                    "Time when this proxy's current mTLS identity certificate will be refreshed (in seconds since the UNIX epoch).",
+                    "gauge",
+                );
+                let _ = writeln!(
+                    out,
+                    "control_identity_cert_refresh_timestamp_seconds {refresh}"
+                );
+            }
             family(
                 out,
-                "identity_cert_expiration_timestamp_seconds",
-                "Time when this proxy's current mTLS identity certificate will expire (in seconds since the UNIX epoch).",
-                "gauge",
+                "control_identity_cert_refreshes_total",
+                "Certificate requests to the identity service, by result.",
+                "counter",
             );
-            let _ = writeln!(out, "identity_cert_expiration_timestamp_seconds {expiry}");
-            family(
+            let [ok, error] = identity.refreshes;
+            let _ = writeln!(
                 out,
-                "identity_cert_refresh_timestamp_seconds",
-                "Time when this proxy's current mTLS identity certificate will be refreshed (in seconds since the UNIX epoch).",
-                "gauge",
+                "control_identity_cert_refreshes_total{{result=\"ok\"}} {ok}"
             );
-            let _ = writeln!(out, "identity_cert_refresh_timestamp_seconds {refresh}");
+            let _ = writeln!(
+                out,
+                "control_identity_cert_refreshes_total{{result=\"error\"}} {error}"
+            );
         }
         encode_process(out, self.start_time);
     }

@@ -879,10 +879,12 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             )),
         };
         results.push(result(format!("{}: the sidecar is ready", p.name), ready));
-        let cert =
-            match admin_get(p.admin, "/metrics").await {
-                Ok((200, text)) => {
-                    match metric(&text, "identity_cert_expiration_timestamp_seconds") {
+        let cert = match admin_get(p.admin, "/metrics").await {
+            Ok((200, text)) => {
+                // Linkerd's current name, and the one proxies before 2024 exported.
+                let expiry = metric(&text, "control_identity_cert_expiration_timestamp_seconds")
+                    .or_else(|| metric(&text, "identity_cert_expiration_timestamp_seconds"));
+                match expiry {
                     Some(expiry) => {
                         expiry_ok("its certificate", expiry, now, warn).map_err(|d| {
                             (
@@ -896,13 +898,13 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                         "is identity configured (LINKERD2_PROXY_IDENTITY_*)?".into(),
                     )),
                 }
-                }
-                Ok((status, _)) => Err((
-                    format!("its /metrics answered {status}"),
-                    "see the sidecar's log".into(),
-                )),
-                Err(e) => Err((format!("{e:#}"), "is the proxy running?".into())),
-            };
+            }
+            Ok((status, _)) => Err((
+                format!("its /metrics answered {status}"),
+                "see the sidecar's log".into(),
+            )),
+            Err(e) => Err((format!("{e:#}"), "is the proxy running?".into())),
+        };
         results.push(result(
             format!("{}: the sidecar's certificate is valid", p.name),
             cert,

@@ -66,7 +66,8 @@ pub enum Protocol {
 #[derive(Debug)]
 pub struct SendError {
     pub error: ProxyError,
-    pub unsent: Option<Request<ProxyBody>>,
+    /// Boxed: it is rare, and every send's result would otherwise be the size of a request.
+    pub unsent: Option<Box<Request<ProxyBody>>>,
 }
 
 impl From<ProxyError> for SendError {
@@ -82,7 +83,7 @@ impl From<ProxyError> for SendError {
 fn unsent(error: ProxyError, req: Request<ProxyBody>) -> SendError {
     SendError {
         error,
-        unsent: Some(req),
+        unsent: Some(Box::new(req)),
     }
 }
 

@@ -1,13 +1,13 @@
-//! The HTTP/1 server's header-read timeout, without a timer per request.
+//! The HTTP/1 server's header-read timeout, without a timer or a clock read per request.
 //!
-//! A client must send a whole request head within the timeout once it has sent the head's first
-//! byte; otherwise the connection is closed (slowloris: connections that trickle a header byte
-//! now and then would otherwise be held forever). hyper has such a timeout, but it creates and
-//! registers a timer for every request, which wakes the runtime's driver for each one. This one
-//! is cheaper: a connection notes when a head started (one clock read, only when the first
-//! bytes of a head arrive), and arms one timer only when a head is still incomplete when a read
-//! would wait; the timer is kept for the connection's life and moved only when it fires. A
-//! request whose head arrives in one read never touches a timer.
+//! A client must send a whole request head within the timeout once it has started one and
+//! stalled; otherwise the connection is closed (slowloris: connections that trickle a header
+//! byte now and then would otherwise be held forever). hyper has such a timeout, but it creates
+//! and registers a timer for every request, which wakes the runtime's driver for each one. This
+//! one costs nothing while heads arrive whole: bytes read between requests only set a flag. Only
+//! when a head is incomplete and a read would wait does the connection read the clock and arm
+//! its one timer (kept for the connection's life, moved only for the next stalled head). The
+//! deadline runs from that first wait, so a head has at least the timeout after its first stall.
 //!
 //! The connection's [`HeadClock`] says whether a head is being read: the service marks a request
 //! as started when hyper hands it a complete head ([`HeadClock::request_started`]) and finished
@@ -19,7 +19,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -32,15 +32,15 @@ use tokio::{
 /// In `HeadClock::active`: the connection was upgraded and carries opaque bytes now.
 const UPGRADED: u32 = u32::MAX;
 
-/// Whether a connection is reading a request head, and since when.
+/// Whether a connection is reading a request head.
 #[derive(Debug)]
 pub struct HeadClock {
     /// Requests handed to the service whose responses have not ended, or [`UPGRADED`].
     active: AtomicU32,
-    /// When the head being read started, in milliseconds after `base`, plus one; 0: no head
-    /// is being read.
-    head_since: AtomicU64,
-    base: Instant,
+    /// Heads completed so far: which head a timer was armed for.
+    heads: AtomicU64,
+    /// Bytes of the next head have been read.
+    in_head: AtomicBool,
 }
 
 impl HeadClock {
@@ -48,15 +48,16 @@ impl HeadClock {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             active: AtomicU32::new(0),
-            head_since: AtomicU64::new(1),
-            base: Instant::now(),
+            heads: AtomicU64::new(0),
+            in_head: AtomicBool::new(true),
         })
     }
 
     /// hyper has read a complete head and calls the service. The guard ends the request when
     /// it is dropped (with the response body, or with the response if it has none).
     pub fn request_started(self: &Arc<Self>) -> RequestGuard {
-        self.head_since.store(0, Ordering::Relaxed);
+        self.in_head.store(false, Ordering::Relaxed);
+        self.heads.fetch_add(1, Ordering::Relaxed);
         let _ = self
             .active
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
@@ -70,30 +71,17 @@ impl HeadClock {
         self.active.store(UPGRADED, Ordering::Relaxed);
     }
 
-    fn since_base(&self) -> u64 {
-        u64::try_from(
-            Instant::now()
-                .saturating_duration_since(self.base)
-                .as_millis(),
-        )
-        .unwrap_or(u64::MAX - 1)
-    }
-
-    /// Called after each read: `got` says whether bytes arrived. Returns when the head being
-    /// read must be complete, if one is.
-    fn after_read(&self, got: bool) -> Option<Instant> {
+    /// Called after each read (`got`: bytes arrived). Returns the head being read, if one is.
+    fn after_read(&self, got: bool) -> Option<u64> {
         if self.active.load(Ordering::Relaxed) != 0 {
             return None;
         }
-        let mut since = self.head_since.load(Ordering::Relaxed);
-        if since == 0 {
-            if !got {
-                return None;
-            }
-            since = self.since_base() + 1;
-            self.head_since.store(since, Ordering::Relaxed);
+        if got {
+            self.in_head.store(true, Ordering::Relaxed);
+        } else if !self.in_head.load(Ordering::Relaxed) {
+            return None;
         }
-        Some(self.base + Duration::from_millis(since - 1))
+        Some(self.heads.load(Ordering::Relaxed))
     }
 }
 
@@ -105,11 +93,6 @@ impl RequestGuard {
     /// A guard for a connection without a header-read timeout.
     pub fn none() -> Self {
         Self(None)
-    }
-
-    /// Whether this guard belongs to a timed connection.
-    pub fn is_timed(&self) -> bool {
-        self.0.is_some()
     }
 
     /// The connection this request arrived on is being upgraded.
@@ -132,48 +115,47 @@ impl Drop for RequestGuard {
     }
 }
 
-/// An HTTP/1 server connection's I/O, failing reads with `TimedOut` once a head has taken
-/// longer than the timeout.
+/// An HTTP/1 server connection's I/O, failing a read with `TimedOut` once the head being read
+/// has waited longer than the timeout.
 #[derive(Debug)]
 pub struct HeaderTimeout<I> {
     io: I,
     clock: Arc<HeadClock>,
     timeout: Duration,
-    /// Armed the first time a head is incomplete when a read would wait; may be earlier than the
-    /// current head's deadline (it was set for an older head) and is then moved when it fires.
-    timer: Option<Pin<Box<Sleep>>>,
+    /// The connection's one timer, and the head it was armed for.
+    timer: Option<(Pin<Box<Sleep>>, u64)>,
+    /// Counts connections cut off.
+    expired: Arc<AtomicU64>,
 }
 
 impl<I> HeaderTimeout<I> {
-    pub fn new(io: I, clock: Arc<HeadClock>, timeout: Duration) -> Self {
+    pub fn new(io: I, clock: Arc<HeadClock>, timeout: Duration, expired: Arc<AtomicU64>) -> Self {
         Self {
             io,
             clock,
             timeout,
             timer: None,
+            expired,
         }
     }
 
-    /// Whether the head being read has run out of time; arms or moves the timer so the task is
-    /// woken when it does.
-    fn expired(&mut self, cx: &mut Context<'_>, started: Instant) -> bool {
-        let deadline = started + self.timeout;
-        if Instant::now() >= deadline {
-            return true;
-        }
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        loop {
-            if timer.as_mut().poll(cx).is_pending() {
-                return false;
+    /// Whether `head` has waited out the timeout. The timer is armed (the clock read) the first
+    /// time a head stalls; polling it registers the task to be woken when it fires.
+    fn expired(&mut self, cx: &mut Context<'_>, head: u64) -> bool {
+        match &mut self.timer {
+            Some((_, armed)) if *armed == head => {}
+            Some((timer, armed)) => {
+                timer.as_mut().reset(Instant::now() + self.timeout);
+                *armed = head;
             }
-            // Fired: for this head, or an older one whose deadline was earlier.
-            if Instant::now() >= deadline {
-                return true;
+            None => {
+                let timer = Box::pin(tokio::time::sleep_until(Instant::now() + self.timeout));
+                self.timer = Some((timer, head));
             }
-            timer.as_mut().reset(deadline);
         }
+        self.timer
+            .as_mut()
+            .is_some_and(|(timer, _)| timer.as_mut().poll(cx).is_ready())
     }
 }
 
@@ -193,17 +175,17 @@ impl<I: AsyncRead + Unpin> AsyncRead for HeaderTimeout<I> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let res = Pin::new(&mut this.io).poll_read(cx, buf);
-        let got = buf.filled().len() > before;
-        let Some(started) = this.clock.after_read(got) else {
+        if res.is_ready() {
+            // Bytes (or the end of the stream, or an error) are never withheld.
+            this.clock.after_read(buf.filled().len() > before);
             return res;
-        };
-        match res {
-            // Bytes (or the end of the stream) are never withheld; the deadline is checked on
-            // the next read.
-            Poll::Ready(Ok(())) if got && Instant::now() < started + this.timeout => res,
-            Poll::Ready(Ok(())) if got => Poll::Ready(Err(timed_out())),
-            Poll::Pending if this.expired(cx, started) => Poll::Ready(Err(timed_out())),
-            other => other,
+        }
+        match this.clock.after_read(false) {
+            Some(head) if this.expired(cx, head) => {
+                this.expired.fetch_add(1, Ordering::Relaxed);
+                Poll::Ready(Err(timed_out()))
+            }
+            _ => Poll::Pending,
         }
     }
 }
@@ -245,7 +227,7 @@ mod tests {
     async fn a_head_that_trickles_is_cut_off_at_the_timeout() {
         let (mut client, server) = tokio::io::duplex(64);
         let clock = HeadClock::new();
-        let mut io = HeaderTimeout::new(server, clock, T);
+        let mut io = HeaderTimeout::new(server, clock, T, Default::default());
         let start = Instant::now();
         let reader = tokio::spawn(async move {
             let mut buf = [0u8; 16];
@@ -273,7 +255,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_silent_new_connection_times_out_from_its_first_bytes() {
         let (_client, server) = tokio::io::duplex(64);
-        let mut io = HeaderTimeout::new(server, HeadClock::new(), T);
+        let mut io = HeaderTimeout::new(server, HeadClock::new(), T, Default::default());
         let start = Instant::now();
         let err = io.read(&mut [0u8; 8]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
@@ -284,7 +266,7 @@ mod tests {
     async fn requests_in_progress_and_idle_keep_alive_are_not_timed() {
         let (mut client, server) = tokio::io::duplex(64);
         let clock = HeadClock::new();
-        let mut io = HeaderTimeout::new(server, clock.clone(), T);
+        let mut io = HeaderTimeout::new(server, clock.clone(), T, Default::default());
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 64];
         assert!(io.read(&mut buf).await.unwrap() > 0);
@@ -313,7 +295,7 @@ mod tests {
     async fn an_upgraded_connection_is_never_timed() {
         let (mut client, server) = tokio::io::duplex(64);
         let clock = HeadClock::new();
-        let mut io = HeaderTimeout::new(server, clock.clone(), T);
+        let mut io = HeaderTimeout::new(server, clock.clone(), T, Default::default());
         let guard = clock.request_started();
         guard.upgraded();
         drop(guard);

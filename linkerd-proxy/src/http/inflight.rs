@@ -34,18 +34,13 @@ impl InFlight {
 
     /// A permit, or `None` (counted) when `max` requests are in flight.
     pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
-        let taken = self
-            .current
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < self.max).then_some(n + 1)
-            });
-        match taken {
-            Ok(_) => Some(Permit(self.clone())),
-            Err(_) => {
-                self.shed.fetch_add(1, Ordering::Relaxed);
-                None
-            }
+        // One atomic add on the common path; past the bound it is undone.
+        if self.current.fetch_add(1, Ordering::Relaxed) < self.max {
+            return Some(Permit(self.clone()));
         }
+        self.current.fetch_sub(1, Ordering::Relaxed);
+        self.shed.fetch_add(1, Ordering::Relaxed);
+        None
     }
 
     pub fn current(&self) -> usize {

@@ -86,6 +86,8 @@ pub struct Shared {
     pub discovery: Option<crate::destination::DestinationConfig>,
     /// HTTP/1: how long a client may take to send a request head once it has started one.
     pub header_read_timeout: Duration,
+    /// Connections closed by the header-read timeout.
+    pub header_timeouts: Arc<std::sync::atomic::AtomicU64>,
     /// The bound on this direction's requests in flight.
     pub in_flight: Arc<InFlight>,
     /// The proxy's own listeners: a request is never sent to one (it would loop).
@@ -216,7 +218,12 @@ pub async fn serve(io: PrefixedIo<BoxIo>, proto: detect::Protocol, mut http: Htt
         _ => {
             let clock = HeadClock::new();
             http.head_clock = Some(clock.clone());
-            let io = HeaderTimeout::new(io, clock, http.shared.header_read_timeout);
+            let io = HeaderTimeout::new(
+                io,
+                clock,
+                http.shared.header_read_timeout,
+                http.shared.header_timeouts.clone(),
+            );
             let http = Arc::new(http);
             let svc = service_fn(move |req: Request<Incoming>| {
                 let http = http.clone();
@@ -733,7 +740,7 @@ impl HttpConn {
                 {
                     debug!(failed = %target.endpoint().addr, next = %next.endpoint().addr, %error, "connect failed; trying another endpoint");
                     *target = next;
-                    req = unsent;
+                    req = *unsent;
                     failovers += 1;
                 }
                 _ => return Err(error),

@@ -112,3 +112,146 @@ mod tests {
         assert!(!b.withdraw());
     }
 }
+
+/// Properties over any sequence of requests, retries and pauses, checked against a model: a
+/// plain list of what happened when, summed over the last `ttl` whole seconds.
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// This many requests.
+        Deposit(u8),
+        /// This many retries asked for.
+        Withdraw(u8),
+        /// Time passes (milliseconds).
+        Wait(u32),
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        let op = prop_oneof![
+            3 => (1u8..=30).prop_map(Op::Deposit),
+            3 => (1u8..=30).prop_map(Op::Withdraw),
+            2 => (0u32..1_500).prop_map(Op::Wait),
+            1 => (1_500u32..70_000).prop_map(Op::Wait),
+        ];
+        proptest::collection::vec(op, 0..120)
+    }
+
+    /// What was granted when: (second since the budget's start, requests, retries).
+    #[derive(Default)]
+    struct Model {
+        events: Vec<(u64, u64, u64)>,
+    }
+
+    impl Model {
+        /// Requests and retries in the window that ends in second `now` and spans `len`.
+        fn window(&self, now: u64, len: u64) -> (u64, u64) {
+            self.events
+                .iter()
+                .filter(|(s, ..)| s + len > now)
+                .fold((0, 0), |(r, t), (_, dr, dt)| (r + dr, t + dt))
+        }
+    }
+
+    /// Runs `ops` on a budget in paused time, checking each retry against the model.
+    fn run(ratio: f64, min_per_sec: u32, ttl: Duration, ops: &[Op]) -> Result<(), TestCaseError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let budget = Budget::new(ratio, min_per_sec, ttl);
+            let len = ttl.as_secs().clamp(1, 60);
+            let mut model = Model::default();
+            let mut elapsed = Duration::ZERO;
+            for op in ops {
+                let now = elapsed.as_secs();
+                match *op {
+                    Op::Deposit(n) => {
+                        for _ in 0..n {
+                            budget.deposit();
+                        }
+                        model.events.push((now, u64::from(n), 0));
+                    }
+                    Op::Withdraw(n) => {
+                        for _ in 0..n {
+                            let (reqs, retries) = model.window(now, len);
+                            let allowed = reqs as f64 * ratio.max(0.0) + f64::from(min_per_sec) * len as f64;
+                            let granted = budget.withdraw();
+                            // Never more retries in the window than the budget allows.
+                            prop_assert!(
+                                !granted || (retries + 1) as f64 <= allowed,
+                                "retry {} granted with {reqs} requests in the window (allowed {allowed})",
+                                retries + 1,
+                            );
+                            // And the budget is used up: a retry within it is granted.
+                            prop_assert_eq!(
+                                granted,
+                                retries < (reqs as f64 * ratio.max(0.0)) as u64 + u64::from(min_per_sec) * len,
+                                "at {:?} with {} requests and {} retries in the window",
+                                elapsed,
+                                reqs,
+                                retries
+                            );
+                            if granted {
+                                model.events.push((now, 0, 1));
+                            }
+                        }
+                    }
+                    Op::Wait(ms) => {
+                        let d = Duration::from_millis(u64::from(ms));
+                        tokio::time::advance(d).await;
+                        elapsed += d;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn retries_stay_within_ratio_times_requests_plus_the_minimum(
+            ratio in 0.0f64..2.0,
+            min_per_sec in 0u32..5,
+            ttl_ms in 0u64..70_000,
+            ops in ops(),
+        ) {
+            run(ratio, min_per_sec, Duration::from_millis(ttl_ms), &ops)?;
+        }
+
+        #[test]
+        fn a_zero_budget_never_allows_a_retry(
+            ratio in prop_oneof![Just(0.0), -5.0f64..0.0],
+            ttl_ms in 0u64..70_000,
+            ops in ops(),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let budget = Budget::new(ratio, 0, Duration::from_millis(ttl_ms));
+                for op in &ops {
+                    match *op {
+                        Op::Deposit(n) => (0..n).for_each(|_| budget.deposit()),
+                        Op::Withdraw(n) => {
+                            for _ in 0..n {
+                                prop_assert!(!budget.withdraw());
+                            }
+                        }
+                        Op::Wait(ms) => {
+                            tokio::time::advance(Duration::from_millis(u64::from(ms))).await;
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+        }
+    }
+}
