@@ -8,6 +8,7 @@
 // where a panic is just as much a test failure.
 #![allow(clippy::unwrap_used)]
 
+mod attacks;
 mod discovery;
 mod errors;
 mod grpc;

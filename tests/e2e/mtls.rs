@@ -1,4 +1,4 @@
-//! Mutual TLS between proxies (issue #3), end to end: the identity service in-process certifies
+//! Mutual TLS between proxies, end to end: the identity service in-process certifies
 //! the proxies over real gRPC; the proxies speak real rustls to each other over loopback; every
 //! certificate chains to a trust anchor generated for the test.
 //!
@@ -578,12 +578,13 @@ async fn inbound_refuses_an_expired_client_certificate() {
     .await
 }
 
-/// A client with no certificate at all. The inbound proxy verifies a client certificate when
-/// one is presented but does not require one (as Linkerd: a proxy still bootstrapping its
-/// identity reaches the identity service this way, and authorization policy, issue #5, decides
-/// what an unauthenticated client may reach). So the connection is served as TLS *without* a
-/// client identity: the app gets no `l5d-client-id` (a forged one is removed) and the metrics
-/// carry no `client_id`.
+/// A client with no certificate at all, on a port whose policy admits unauthenticated clients
+/// (the default `all-unauthenticated`): the inbound proxy verifies a client certificate when
+/// one is presented but does not require one there (as Linkerd: a proxy still bootstrapping its
+/// identity reaches the identity service this way). So the connection is served as TLS
+/// *without* a client identity: the app gets no `l5d-client-id` (a forged one is removed) and
+/// the metrics carry no `client_id`. Ports that require an identity refuse such a client in
+/// the handshake (`attacks.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_serves_a_client_without_a_certificate_without_an_identity() {
     run(async {

@@ -187,6 +187,12 @@ pub async fn raw_http(addr: SocketAddr, bytes: &[u8]) -> String {
         .await
         .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
     s.write_all(bytes).await.expect("write raw request");
+    read_raw_response(&mut s).await
+}
+
+/// Reads one HTTP/1 response from `s` as [`raw_http`] does ("" if the connection closes
+/// first).
+pub async fn read_raw_response(s: &mut TcpStream) -> String {
     crate::within(Duration::from_secs(10), "a raw HTTP response", async {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];

@@ -1,6 +1,7 @@
 //! Support code for the end-to-end tests in `e2e/`: the pieces a proxy meets over real loopback
 //! sockets.
 //!
+//! - [`attack`]: raw HTTP/2 frames (rapid reset), slowloris heads, a process's RSS.
 //! - [`server::TestServer`]: an HTTP/1.1 + HTTP/2 server (one port) that records what it
 //!   received and has routes for echo, streaming, upgrades, delays, statuses and trailers.
 //! - [`tcp::TcpServer`]: a TCP echo server and a server-speaks-first (banner) server.
@@ -16,6 +17,7 @@
 //!
 //! Every listener binds `127.0.0.1:0`, so tests can run in parallel.
 
+pub mod attack;
 pub mod client;
 pub mod discovery;
 pub mod grpc;

@@ -69,9 +69,9 @@ use tonic::{
 };
 
 /// The gauge with the current certificate's NotAfter (unix seconds).
-pub const CERT_EXPIRY: &str = "identity_cert_expiration_timestamp_seconds";
+pub const CERT_EXPIRY: &str = "control_identity_cert_expiration_timestamp_seconds";
 /// The gauge with the time the current certificate will be renewed (unix seconds).
-pub const CERT_REFRESH: &str = "identity_cert_refresh_timestamp_seconds";
+pub const CERT_REFRESH: &str = "control_identity_cert_refresh_timestamp_seconds";
 
 /// The service-account identity of `sa` in the test namespace.
 pub fn identity(sa: &str) -> String {

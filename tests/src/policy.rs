@@ -162,6 +162,29 @@ pub fn mtls_identities(name: &str, identities: &[&str]) -> Authz {
     }
 }
 
+/// An authorization (an AuthorizationPolicy named `name`) for any mTLS client with a verified
+/// identity, from anywhere: what the policy controller sends for `all-authenticated` (no
+/// identities, one empty suffix).
+pub fn mtls_any(name: &str) -> Authz {
+    Authz {
+        networks: all_networks(),
+        authentication: Some(Authn {
+            permit: Some(Permit::MeshTls(PermitMeshTls {
+                clients: Some(permit_mesh_tls::Clients::Identities(
+                    permit_mesh_tls::PermitClientIdentities {
+                        identities: vec![],
+                        suffixes: vec![linkerd2_proxy_api::inbound::IdentitySuffix {
+                            parts: vec![],
+                        }],
+                    },
+                )),
+            })),
+        }),
+        labels: Default::default(),
+        metadata: resource("AuthorizationPolicy", name),
+    }
+}
+
 /// An authorization for anyone, from anywhere.
 pub fn unauthenticated(name: &str) -> Authz {
     Authz {

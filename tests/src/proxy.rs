@@ -19,6 +19,10 @@ use tokio::{
     process::{Child, Command},
 };
 
+/// `MESH_PROXY_OUTBOUND_PROXY_ALLOW` for proxies whose HTTP-proxy mode reaches test servers on
+/// loopback (tests of the default pass their own value).
+pub const LOOPBACK_ALLOWED: &str = "external,127.0.0.0/8,::1";
+
 /// A proxy running inside the test's runtime, every listener on an ephemeral loopback port.
 #[derive(Debug)]
 pub struct TestProxy {
@@ -38,6 +42,8 @@ impl TestProxy {
             (config::ENV_OUTBOUND_LISTEN_ADDR, "127.0.0.1:0"),
             (config::ENV_ADMIN_LISTEN_ADDR, "127.0.0.1:0"),
             (config::ENV_SHUTDOWN_GRACE_PERIOD, "5s"),
+            // The test servers are on loopback, which HTTP-proxy mode refuses by default.
+            (config::ENV_OUTBOUND_PROXY_ALLOW, LOOPBACK_ALLOWED),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -128,6 +134,7 @@ impl ProxyProcess {
                 .env(config::ENV_ADMIN_LISTEN_ADDR, admin.to_string())
                 .env(config::ENV_LOG, "warn")
                 .env(config::ENV_CORES, "2")
+                .env(config::ENV_OUTBOUND_PROXY_ALLOW, LOOPBACK_ALLOWED)
                 .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
