@@ -47,6 +47,12 @@ pub enum ProxyError {
     /// The route asks for something this proxy does not do.
     #[error("{0}")]
     Unsupported(&'static str),
+    /// A route's redirect filter answered the request.
+    #[error("redirected to {location:?}")]
+    Redirect {
+        status: StatusCode,
+        location: HeaderValue,
+    },
 }
 
 impl ProxyError {
@@ -78,6 +84,7 @@ impl ProxyError {
             ProxyError::Injected { .. } => "fault_injected",
             ProxyError::RateLimited(_) => "rate_limited",
             ProxyError::Unsupported(_) => "unsupported_route",
+            ProxyError::Redirect { .. } => "redirect",
         }
     }
 
@@ -86,7 +93,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Unauthorized(_) => StatusCode::FORBIDDEN,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::Injected { status, .. } => *status,
+            ProxyError::Injected { status, .. } | ProxyError::Redirect { status, .. } => *status,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Unsupported(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Resolve(_) | ProxyError::Tls(TlsError::NoCredentials) => {
@@ -129,6 +136,13 @@ impl ProxyError {
     }
 
     pub fn into_response(&self, grpc: bool) -> Response<ProxyBody> {
+        // Not a failure: the route's answer, without `l5d-proxy-error`.
+        if let ProxyError::Redirect { status, location } = self {
+            let mut rsp = Response::new(ProxyBody::empty());
+            *rsp.status_mut() = *status;
+            rsp.headers_mut().insert(header::LOCATION, location.clone());
+            return rsp;
+        }
         let msg = self.to_string();
         let msg_value = HeaderValue::from_str(&sanitize(&msg))
             .unwrap_or_else(|_| HeaderValue::from_static("proxy error"));

@@ -1,5 +1,5 @@
 use super::*;
-use crate::metrics::Metrics;
+use crate::{metrics::Metrics, policy::RouteRequest};
 use http::{HeaderMap, Method, StatusCode, Version};
 use proto::api::{
     grpc_route as g, http_route as hr,
@@ -77,7 +77,8 @@ fn policy(rules: Vec<http_route::Rule>) -> api::OutboundPolicy {
 }
 
 fn target(p: &OutboundPolicy, method: Method, path: &str, headers: &HeaderMap) -> Option<String> {
-    let rule = p.select(Version::HTTP_11, Some("web:80"), &method, path, headers)?;
+    let req = RouteRequest::test(Some("web:80"), &method, path, headers);
+    let rule = p.select(Version::HTTP_11, &req)?;
     match &rule.backends[0].target {
         BackendTarget::Balancer(b) => Some(b.to_string()),
         BackendTarget::Forward(e) => Some(e.addr.to_string()),
@@ -114,8 +115,11 @@ fn the_most_specific_match_wins_whatever_the_order() {
     assert_eq!(t(Method::GET, "/apix").as_deref(), Some("root:80"));
     // HTTP/2 requests have no routes in an HTTP/1-only policy.
     assert!(
-        p.select(Version::HTTP_2, None, &Method::GET, "/", &h)
-            .is_none()
+        p.select(
+            Version::HTTP_2,
+            &RouteRequest::test(None, &Method::GET, "/", &h)
+        )
+        .is_none()
     );
 }
 
@@ -127,7 +131,10 @@ fn backends_are_drawn_by_weight() {
     )
     .expect("valid policy");
     let r = p
-        .select(Version::HTTP_11, None, &Method::GET, "/", &HeaderMap::new())
+        .select(
+            Version::HTTP_11,
+            &RouteRequest::test(None, &Method::GET, "/", &HeaderMap::new()),
+        )
         .expect("a rule");
     let n = 20_000;
     let v2 = (0..n).filter(|_| r.pick_backend() == Some(1)).count();
@@ -140,7 +147,10 @@ fn backends_are_drawn_by_weight() {
     )
     .expect("valid policy");
     let r = p
-        .select(Version::HTTP_11, None, &Method::GET, "/", &HeaderMap::new())
+        .select(
+            Version::HTTP_11,
+            &RouteRequest::test(None, &Method::GET, "/", &HeaderMap::new()),
+        )
         .expect("a rule");
     assert!((0..1000).all(|_| r.pick_backend() == Some(0)));
 }
@@ -274,7 +284,10 @@ fn grpc_routes_retry_on_grpc_statuses() {
     .expect("valid policy");
     let h = HeaderMap::new();
     let rule = p
-        .select(Version::HTTP_2, None, &Method::POST, "/demo.Quotes/Get", &h)
+        .select(
+            Version::HTTP_2,
+            &RouteRequest::test(None, &Method::POST, "/demo.Quotes/Get", &h),
+        )
         .expect("the rpc's rule");
     let retry = rule.retry.as_ref().expect("retry");
     assert!(retry.retryable(StatusCode::OK, Some(14)));
@@ -283,10 +296,7 @@ fn grpc_routes_retry_on_grpc_statuses() {
     assert!(
         p.select(
             Version::HTTP_2,
-            None,
-            &Method::POST,
-            "/demo.Quotes/List",
-            &h
+            &RouteRequest::test(None, &Method::POST, "/demo.Quotes/List", &h)
         )
         .is_none()
     );

@@ -23,7 +23,12 @@ const WEB: &str = "web.shop.serviceaccount.identity.linkerd.cluster.local";
 const BATCH: &str = "batch.jobs.serviceaccount.identity.linkerd.cluster.local";
 
 fn get(p: &ServerPolicy, client: &str, tls: &Tls, path: &str) -> HttpDecision {
-    p.authorize_http(ip(client), tls, None, &Method::GET, path, &HeaderMap::new())
+    let h = HeaderMap::new();
+    p.authorize_http(
+        ip(client),
+        tls,
+        &RouteRequest::test(None, &Method::GET, path, &h),
+    )
 }
 
 #[test]
@@ -348,7 +353,11 @@ fn header_and_method_matches_and_unsupported_regexes() {
     let p = ServerPolicy::from_api(s, &m).unwrap();
     let mut headers = HeaderMap::new();
     let decide = |method: &Method, headers: &HeaderMap, path: &str| {
-        p.authorize_http(ip("10.1.1.1"), &mtls(WEB), None, method, path, headers)
+        p.authorize_http(
+            ip("10.1.1.1"),
+            &mtls(WEB),
+            &RouteRequest::test(None, method, path, headers),
+        )
     };
     assert_eq!(
         decide(&Method::DELETE, &headers, "/api/x"),
@@ -387,7 +396,10 @@ fn hosts_restrict_routes() {
     }
     let p = ServerPolicy::from_api(s, &m).unwrap();
     let h = HeaderMap::new();
-    let d = |host| p.authorize_http(ip("8.8.8.8"), &PLAIN, host, &Method::GET, "/healthz", &h);
+    let d = |host| {
+        let req = RouteRequest::test(host, &Method::GET, "/healthz", &h);
+        p.authorize_http(ip("8.8.8.8"), &PLAIN, &req)
+    };
     assert_eq!(
         d(Some("web.shop.svc.cluster.local:8080")),
         HttpDecision::Allow
