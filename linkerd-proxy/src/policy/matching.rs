@@ -18,6 +18,9 @@
 use http::{HeaderMap, HeaderName, Method};
 use proto::api::{grpc_route as api_grpc, http_route as api_route};
 
+#[cfg(test)]
+mod tests;
+
 /// A path condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PathMatch {
