@@ -150,6 +150,20 @@ fn bad_files_say_what_is_wrong() {
             "workloads:\n  - name: w\n    probes: {80: [ready]}\n",
             "probe path",
         ),
+        // Gateway API filters the proxy API cannot carry name themselves (Linkerd's
+        // controller refuses such routes too), not the unknown field holding their settings.
+        (
+            "httpRoutes:\n  - name: r\n    spec: {rules: [{filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /one}}}]}]}\n",
+            "filter type URLRewrite is not supported",
+        ),
+        (
+            "httpRoutes:\n  - name: r\n    spec: {rules: [{backendRefs: [{name: b, port: 80, filters: [{type: RequestMirror}]}]}]}\n",
+            "filter type RequestMirror is not supported",
+        ),
+        (
+            "grpcRoutes:\n  - name: r\n    spec: {rules: [{filters: [{type: ResponseHeaderModifier}]}]}\n",
+            "filter type ResponseHeaderModifier is not supported",
+        ),
     ] {
         let e = parse(bad, &cfg).unwrap_err();
         assert!(e.contains(expect), "{bad:?}: {e}");
