@@ -10,6 +10,7 @@
 
 mod discovery;
 mod errors;
+mod gateway;
 mod grpc;
 mod http1;
 mod http2;
