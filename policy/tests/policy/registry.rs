@@ -209,3 +209,18 @@ async fn reloads_and_keeps_the_last_good_state() {
     assert_eq!(rx.borrow().as_ref().unwrap().labels["name"], "deny");
     server.stop().await;
 }
+
+/// The README's example registry is a valid one.
+#[test]
+fn the_readme_example_parses() {
+    let readme = include_str!("../../README.md");
+    let section = readme.split("## Registry file").nth(1).unwrap();
+    let yaml = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .unwrap();
+    let st = parse(yaml, &ClusterConfig::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(st.http_routes.len(), 1);
+    assert_eq!(st.grpc_routes.len(), 1);
+}
