@@ -15,11 +15,13 @@
 //! ```
 
 pub mod client;
+mod matching;
 mod model;
 pub mod ratelimit;
 #[cfg(test)]
 mod tests;
 
+pub use matching::*;
 pub use model::*;
 
 use crate::metrics::Metrics;

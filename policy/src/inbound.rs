@@ -56,8 +56,10 @@ pub fn selecting_server<'a>(
         .min_by(|a, b| order(&a.meta, &b.meta))
 }
 
+/// Oldest first, then by namespace and name: the Gateway API's tie-break between routes
+/// (and Linkerd's between Servers).
 fn order(a: &Meta, b: &Meta) -> std::cmp::Ordering {
-    (a.created, &a.name).cmp(&(b.created, &b.name))
+    (a.created, &a.namespace, &a.name).cmp(&(b.created, &b.namespace, &b.name))
 }
 
 fn labels(group: &str, kind: &str, name: &str) -> HashMap<String, String> {

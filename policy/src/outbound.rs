@@ -207,8 +207,10 @@ fn attached<'a, T>(
     out
 }
 
+/// Oldest first, then by namespace and name: the Gateway API's tie-break between routes
+/// (and Linkerd's between Servers).
 fn order(a: &Meta, b: &Meta) -> std::cmp::Ordering {
-    (a.created, &a.name).cmp(&(b.created, &b.name))
+    (a.created, &a.namespace, &a.name).cmp(&(b.created, &b.namespace, &b.name))
 }
 
 fn default_http_route(svc: &Service, default: &Backend) -> HttpRoute {
@@ -318,6 +320,40 @@ fn backend_for(
     Ok(default_backend(cfg, &key, b.port.unwrap_or(port)))
 }
 
+/// A rule's (or a backend's) HTTP filters in the outbound API.
+fn http_filters(
+    fs: Option<&[crate::resources::HTTPRouteFilter]>,
+) -> Result<Vec<http_route::Filter>, String> {
+    use http_route::filter::Kind;
+    Ok(routes::http_filters(fs)?
+        .into_iter()
+        .map(|f| http_route::Filter {
+            kind: Some(match f {
+                HttpFilter::FailureInjector(f) => Kind::FailureInjector(f),
+                HttpFilter::RequestHeaderModifier(f) => Kind::RequestHeaderModifier(f),
+                HttpFilter::ResponseHeaderModifier(f) => Kind::ResponseHeaderModifier(f),
+                HttpFilter::Redirect(f) => Kind::Redirect(f),
+            }),
+        })
+        .collect())
+}
+
+/// A rule's (or a backend's) gRPC filters in the outbound API.
+fn grpc_filters(
+    fs: Option<&[crate::resources::HTTPRouteFilter]>,
+) -> Result<Vec<grpc_route::Filter>, String> {
+    use grpc_route::filter::Kind;
+    Ok(routes::grpc_filters(fs)?
+        .into_iter()
+        .map(|f| grpc_route::Filter {
+            kind: Some(match f {
+                GrpcFilter::FailureInjector(f) => Kind::FailureInjector(f),
+                GrpcFilter::RequestHeaderModifier(f) => Kind::RequestHeaderModifier(f),
+            }),
+        })
+        .collect())
+}
+
 fn http_route(
     cfg: &ClusterConfig,
     svc: &Service,
@@ -372,7 +408,7 @@ fn http_route(
                                             port,
                                             b,
                                         )?),
-                                        filters: vec![],
+                                        filters: http_filters(b.filters.as_deref())?,
                                         request_timeout: backend_timeout.map(pb_duration),
                                     }),
                                 })
@@ -383,24 +419,7 @@ fn http_route(
             };
             Ok(http_route::Rule {
                 matches: routes::http_matches(rule.matches.as_deref())?,
-                filters: routes::http_filters(rule.filters.as_deref())?
-                    .into_iter()
-                    .map(|f| {
-                        use http_route::filter::Kind;
-                        http_route::Filter {
-                            kind: Some(match f {
-                                HttpFilter::FailureInjector(f) => Kind::FailureInjector(f),
-                                HttpFilter::RequestHeaderModifier(f) => {
-                                    Kind::RequestHeaderModifier(f)
-                                }
-                                HttpFilter::ResponseHeaderModifier(f) => {
-                                    Kind::ResponseHeaderModifier(f)
-                                }
-                                HttpFilter::Redirect(f) => Kind::Redirect(f),
-                            }),
-                        }
-                    })
-                    .collect(),
+                filters: http_filters(rule.filters.as_deref())?,
                 backends: Some(http_route::Distribution {
                     kind: Some(backends),
                 }),
@@ -462,7 +481,7 @@ fn grpc_route(
                                             port,
                                             b,
                                         )?),
-                                        filters: vec![],
+                                        filters: grpc_filters(b.filters.as_deref())?,
                                         request_timeout: None,
                                     }),
                                 })
@@ -473,19 +492,7 @@ fn grpc_route(
             };
             Ok(grpc_route::Rule {
                 matches: routes::grpc_matches(rule.matches.as_deref())?,
-                filters: routes::grpc_filters(rule.filters.as_deref())?
-                    .into_iter()
-                    .map(|f| grpc_route::Filter {
-                        kind: Some(match f {
-                            GrpcFilter::FailureInjector(f) => {
-                                grpc_route::filter::Kind::FailureInjector(f)
-                            }
-                            GrpcFilter::RequestHeaderModifier(f) => {
-                                grpc_route::filter::Kind::RequestHeaderModifier(f)
-                            }
-                        }),
-                    })
-                    .collect(),
+                filters: grpc_filters(rule.filters.as_deref())?,
                 backends: Some(grpc_route::Distribution {
                     kind: Some(backends),
                 }),

@@ -327,6 +327,9 @@ pub fn parse(text: &str, cfg: &ClusterConfig) -> Result<State, String> {
                 routes::http_matches(rule.matches.as_deref())?;
                 routes::http_filters(rule.filters.as_deref())?;
                 check_backends(rule.backend_refs.as_deref())?;
+                for b in rule.backend_refs.iter().flatten() {
+                    routes::http_filters(b.filters.as_deref())?;
+                }
                 if let Some(t) = &rule.timeouts {
                     for d in t.request.iter().chain(&t.backend_request) {
                         parse_duration(d)?;
@@ -346,6 +349,9 @@ pub fn parse(text: &str, cfg: &ClusterConfig) -> Result<State, String> {
                 routes::grpc_matches(rule.matches.as_deref())?;
                 routes::grpc_filters(rule.filters.as_deref())?;
                 check_backends(rule.backend_refs.as_deref())?;
+                for b in rule.backend_refs.iter().flatten() {
+                    routes::grpc_filters(b.filters.as_deref())?;
+                }
             }
             Ok(())
         },
@@ -426,13 +432,15 @@ fn load<T: DeserializeOwned + Serialize>(
         let err = |e: String| format!("{what}: {e}");
         check_name(&item.namespace, &item.name).map_err(err)?;
         let spec: T = serde_json::from_value(item.spec.clone()).map_err(|e| err(e.to_string()))?;
+        // First what the typed spec says is wrong (a filter we do not support names itself
+        // here, rather than as the unknown field holding its settings).
+        check(&spec).map_err(err)?;
         let kept = serde_json::to_value(&spec).map_err(|e| err(e.to_string()))?;
         let mut unknown = Vec::new();
         unknown_fields(&item.spec, &kept, "spec", &mut unknown);
         if !unknown.is_empty() {
             return Err(err(format!("unknown field(s): {}", unknown.join(", "))));
         }
-        check(&spec).map_err(err)?;
         let key = (item.namespace.clone(), item.name.clone());
         let res = Res {
             meta: Meta {

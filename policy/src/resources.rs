@@ -220,6 +220,9 @@ pub struct HTTPRouteSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HTTPRouteRule {
+    /// The rule's name (for people and status; routing ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matches: Option<Vec<HTTPRouteMatch>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -360,6 +363,10 @@ pub struct BackendRef {
     /// Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+    /// Filters for the requests sent to this backend only (a route's own filters apply
+    /// first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters: Option<Vec<HTTPRouteFilter>>,
 }
 
 /// Gateway API durations (`10s`, `500ms`, `1m30s`).
@@ -394,6 +401,9 @@ pub struct GRPCRouteSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GRPCRouteRule {
+    /// The rule's name (for people and status; routing ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matches: Option<Vec<GRPCRouteMatch>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -116,9 +116,12 @@ pub fn http_matches(matches: Option<&[HTTPRouteMatch]>) -> Result<Vec<HttpRouteM
     }
 }
 
+/// One match, with the Gateway API's defaults written out: no path is `PathPrefix /` (the
+/// CRD's default, and what ranks a header-only match against a catch-all correctly in any
+/// proxy), and of several header (query parameter) matches on one name only the first counts.
 fn http_match(m: &HTTPRouteMatch) -> Result<HttpRouteMatch, String> {
     let path = match &m.path {
-        None => None,
+        None => match_all().path,
         Some(p) => {
             let value = p.value.clone().unwrap_or_else(|| "/".into());
             let kind = match p.kind.as_deref().unwrap_or("PathPrefix") {
@@ -135,10 +138,17 @@ fn http_match(m: &HTTPRouteMatch) -> Result<HttpRouteMatch, String> {
         }
     };
     let headers = header_matches(m.headers.as_deref())?;
+    let mut seen = Vec::new();
     let query_params = m
         .query_params
         .iter()
         .flatten()
+        // Query parameter names are case-sensitive.
+        .filter(|q| {
+            let first = !seen.contains(&q.name.as_str());
+            seen.push(q.name.as_str());
+            first
+        })
         .map(|q| {
             let value = match q.kind.as_deref().unwrap_or("Exact") {
                 "Exact" => query_param_match::Value::Exact(q.value.clone()),
@@ -174,9 +184,17 @@ pub fn method(m: &str) -> Result<HttpMethod, String> {
     Ok(HttpMethod::from(m))
 }
 
+/// Header matches, names lowercased; of several on one name (in any case) the first counts.
 pub fn header_matches(hs: Option<&[ValueMatch]>) -> Result<Vec<HeaderMatch>, String> {
+    let mut seen = Vec::new();
     hs.unwrap_or_default()
         .iter()
+        .filter(|h| {
+            let name = h.name.to_ascii_lowercase();
+            let first = !seen.contains(&name);
+            seen.push(name);
+            first
+        })
         .map(|h| {
             http::HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| format!("{:?} is not a header name", h.name))?;
@@ -193,19 +211,29 @@ pub fn header_matches(hs: Option<&[ValueMatch]>) -> Result<Vec<HeaderMatch>, Str
         .collect()
 }
 
+/// gRPC matches. The call match is always written (empty service or method: any), as
+/// linkerd2-proxy requires one; a rule without matches is one match of any call.
 pub fn grpc_matches(
     matches: Option<&[crate::resources::GRPCRouteMatch]>,
 ) -> Result<Vec<GrpcRouteMatch>, String> {
+    let any = || GrpcRouteMatch {
+        rpc: Some(GrpcRpcMatch::default()),
+        headers: vec![],
+    };
     match matches {
-        None | Some([]) => Ok(vec![GrpcRouteMatch::default()]),
+        None | Some([]) => Ok(vec![any()]),
         Some(ms) => ms
             .iter()
             .map(|m| {
-                Ok(GrpcRouteMatch {
-                    rpc: m.method.as_ref().map(|r| GrpcRpcMatch {
+                let rpc = m
+                    .method
+                    .as_ref()
+                    .map_or_else(GrpcRpcMatch::default, |r| GrpcRpcMatch {
                         service: r.service.clone().unwrap_or_default(),
                         method: r.method.clone().unwrap_or_default(),
-                    }),
+                    });
+                Ok(GrpcRouteMatch {
+                    rpc: Some(rpc),
                     headers: header_matches(m.headers.as_deref())?,
                 })
             })
@@ -328,6 +356,9 @@ pub fn http_filters(fs: Option<&[HTTPRouteFilter]>) -> Result<Vec<HttpFilter>, S
                         ratio: Some(ratio(fi.percent)?),
                     })
                 }
+                other @ ("URLRewrite" | "RequestMirror" | "ExtensionRef" | "CORS") => {
+                    return Err(unsupported_filter(other));
+                }
                 other => {
                     return Err(format!(
                         "filter type {other:?} is not RequestHeaderModifier, \
@@ -360,6 +391,9 @@ pub fn grpc_filters(fs: Option<&[HTTPRouteFilter]>) -> Result<Vec<GrpcFilter>, S
                         ratio: Some(ratio(fi.percent)?),
                     })
                 }
+                other @ ("RequestMirror" | "ExtensionRef" | "ResponseHeaderModifier") => {
+                    return Err(unsupported_filter(other));
+                }
                 other => {
                     return Err(format!(
                         "gRPC filter type {other:?} is not RequestHeaderModifier or FailureInjector"
@@ -368,6 +402,13 @@ pub fn grpc_filters(fs: Option<&[HTTPRouteFilter]>) -> Result<Vec<GrpcFilter>, S
             })
         })
         .collect()
+}
+
+/// A Gateway API filter Linkerd's policy API cannot carry: Linkerd's controller refuses a
+/// route that uses one, and so do we (the Kubernetes index skips the route, the registry
+/// refuses the file), rather than serve the route without it.
+fn unsupported_filter(kind: &str) -> String {
+    format!("filter type {kind} is not supported (the proxy API has no such filter)")
 }
 
 pub const RETRY_HTTP: &str = "retry.linkerd.io/http";

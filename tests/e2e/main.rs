@@ -11,6 +11,7 @@
 mod attacks;
 mod discovery;
 mod errors;
+mod gateway;
 mod grpc;
 mod http1;
 mod http2;

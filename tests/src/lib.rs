@@ -12,6 +12,7 @@
 //! - [`metrics`]: scraping and parsing the admin server's `/metrics`.
 //! - [`watched`]: per-key `watch` values and their gRPC streams, for the fake services.
 //! - [`outbound`]: a controllable `OutboundPolicies` gRPC server and policy builders.
+//! - [`registry`]: our real policy service, in-process, serving a registry file.
 //! - [`mesh`]: mTLS support: a CA made at test time, the identity service in-process, meshed
 //!   proxies, raw TLS clients and a fake meshed peer, steady traffic.
 //!
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod policy;
 pub mod proxy;
+pub mod registry;
 pub mod server;
 pub mod tcp;
 pub mod watched;

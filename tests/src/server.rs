@@ -2,7 +2,8 @@
 //!
 //! It records every request it receives (method, URI, version, headers, connection number)
 //! before handling it, and counts accepted connections, so tests can assert what crossed the
-//! proxy. Routes, by path:
+//! proxy; a [`TestServer::named`] one says who it is in `x-backend` on every response. Routes,
+//! by path:
 //!
 //! | path | response |
 //! | --- | --- |
@@ -61,6 +62,8 @@ struct State {
     connections: AtomicUsize,
     requests: Mutex<Vec<Seen>>,
     gate: Notify,
+    /// Sent back in `x-backend` on every response (see [`TestServer::named`]).
+    name: Option<HeaderValue>,
 }
 
 /// A running HTTP test server; stops accepting when dropped.
@@ -73,11 +76,25 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> Self {
+        Self::start_with(State::default()).await
+    }
+
+    /// A server that names itself in an `x-backend` header on every response, so that a
+    /// test sending through a router can tell which of several backends answered.
+    pub async fn named(name: &'static str) -> Self {
+        Self::start_with(State {
+            name: Some(HeaderValue::from_static(name)),
+            ..State::default()
+        })
+        .await
+    }
+
+    async fn start_with(state: State) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the test server");
         let addr = listener.local_addr().expect("test server address");
-        let state = Arc::new(State::default());
+        let state = Arc::new(state);
         let s = state.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -151,7 +168,16 @@ fn with_status(status: StatusCode, body: TestBody) -> Response<TestBody> {
     rsp
 }
 
-async fn handle(state: Arc<State>, conn: usize, mut req: Request<Incoming>) -> Response<TestBody> {
+async fn handle(state: Arc<State>, conn: usize, req: Request<Incoming>) -> Response<TestBody> {
+    let name = state.name.clone();
+    let mut rsp = route(state, conn, req).await;
+    if let Some(name) = name {
+        rsp.headers_mut().insert("x-backend", name);
+    }
+    rsp
+}
+
+async fn route(state: Arc<State>, conn: usize, mut req: Request<Incoming>) -> Response<TestBody> {
     lock(&state.requests).push(Seen {
         method: req.method().clone(),
         uri: req.uri().clone(),

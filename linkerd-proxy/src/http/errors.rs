@@ -60,6 +60,12 @@ pub enum ProxyError {
     /// The proxy has as many requests in flight as it allows.
     #[error("the proxy is overloaded ({0} requests in flight)")]
     Overloaded(usize),
+    /// A route's redirect filter answered the request.
+    #[error("redirected to {location:?}")]
+    Redirect {
+        status: StatusCode,
+        location: HeaderValue,
+    },
 }
 
 impl ProxyError {
@@ -92,6 +98,7 @@ impl ProxyError {
             ProxyError::Injected { .. } => "fault_injected",
             ProxyError::RateLimited(_) => "rate_limited",
             ProxyError::Unsupported(_) => "unsupported_route",
+            ProxyError::Redirect { .. } => "redirect",
             ProxyError::Loop(_) => "loop",
             ProxyError::NotAllowed(_) => "not_allowed",
             ProxyError::Overloaded(_) => "overloaded",
@@ -126,7 +133,7 @@ impl ProxyError {
             ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Unauthorized(_) => StatusCode::FORBIDDEN,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::Injected { status, .. } => *status,
+            ProxyError::Injected { status, .. } | ProxyError::Redirect { status, .. } => *status,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Unsupported(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Resolve(_) | ProxyError::Tls(TlsError::NoCredentials) => {
@@ -169,6 +176,13 @@ impl ProxyError {
     }
 
     pub fn into_response(&self, grpc: bool) -> Response<ProxyBody> {
+        // Not a failure: the route's answer, without `l5d-proxy-error`.
+        if let ProxyError::Redirect { status, location } = self {
+            let mut rsp = Response::new(ProxyBody::empty());
+            *rsp.status_mut() = *status;
+            rsp.headers_mut().insert(header::LOCATION, location.clone());
+            return rsp;
+        }
         let msg = self.to_string();
         let msg_value = HeaderValue::from_str(&sanitize(&msg))
             .unwrap_or_else(|_| HeaderValue::from_static("proxy error"));

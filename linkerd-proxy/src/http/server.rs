@@ -23,7 +23,7 @@ use crate::{
     outbound::{
         Accrual, BackendTarget, Decision, Filter, OutboundPolicies, PolicyWatch, Retry, Rule,
     },
-    policy::{HttpDecision, PortPolicy},
+    policy::{HttpDecision, PortPolicy, RouteRequest},
     resolve::Endpoint,
     tap::{Pending, TapEvent},
     tcp,
@@ -330,14 +330,7 @@ impl HttpConn {
         };
         let host = authority.to_str().ok().filter(|h| !h.is_empty());
         let policy = policy.current();
-        match policy.authorize_http(
-            *client,
-            &self.tls,
-            host,
-            req.method(),
-            req.uri().path(),
-            req.headers(),
-        ) {
+        match policy.authorize_http(*client, &self.tls, &RouteRequest::new(req, host)) {
             HttpDecision::Allow => match &policy.rate_limit {
                 Some(rl) if !rl.admit(&self.tls) => Err(ProxyError::RateLimited(rl.name.clone())),
                 _ => Ok(()),
@@ -565,13 +558,7 @@ impl HttpConn {
             return Ok(None);
         };
         let host = authority.to_str().ok().filter(|h| !h.is_empty());
-        let Some(rule) = policy.select(
-            req.version(),
-            host,
-            req.method(),
-            req.uri().path(),
-            req.headers(),
-        ) else {
+        let Some(rule) = policy.select(req.version(), &RouteRequest::new(req, host)) else {
             return Err(ProxyError::NoRoute);
         };
         RouteCounters::inc(&rule.counters.requests);
@@ -588,6 +575,16 @@ impl HttpConn {
                 }))
             }
             Decision::NoRoute => Err(ProxyError::NoRoute),
+            Decision::Redirect(rule, r) => {
+                let view = RouteRequest::new(req, host);
+                match r.location(rule, &view, req.uri().scheme_str()) {
+                    Some(location) => Err(ProxyError::Redirect {
+                        status: r.status,
+                        location,
+                    }),
+                    None => Err(ProxyError::Unsupported("the redirect has no host to go to")),
+                }
+            }
             Decision::Fail(f) => {
                 RouteCounters::inc(&rule.counters.faults_injected);
                 Err(match f {

@@ -10,10 +10,13 @@ use super::budget::Budget;
 pub use crate::backoff::Backoff;
 use crate::{
     metrics::{Metrics, RouteCounters},
-    policy::{HostMatch, RequestMatch, grpc_match, hosts, hosts_match, http_match, metadata_name},
+    policy::{
+        HostMatch, PathMatch, Rank, RequestMatch, RouteRequest, grpc_match, host_rank, hosts,
+        http_match, metadata_name, rule_rank,
+    },
     resolve::Endpoint,
 };
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use proto::api::{
     http_route as api_route, http_types,
     outbound::{self as api, proxy_protocol},
@@ -88,9 +91,86 @@ pub enum Filter {
     },
     RequestHeaders(HeaderEdit),
     ResponseHeaders(HeaderEdit),
-    /// A filter this proxy does not apply (a redirect): the route answers 500 rather than
-    /// forwarding requests the operator meant to be treated otherwise.
-    Unsupported(&'static str),
+    /// Answer with a redirect instead of forwarding.
+    Redirect(Redirect),
+}
+
+/// A `RequestRedirect` filter: where to send the client instead (each part defaults to the
+/// request's own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    pub scheme: Option<http::uri::Scheme>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<PathRewrite>,
+    pub status: StatusCode,
+}
+
+/// How a redirect rewrites the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathRewrite {
+    /// This path instead.
+    Full(String),
+    /// This instead of the prefix the rule matched.
+    Prefix(String),
+}
+
+impl Redirect {
+    /// The `Location` to send for `req`, routed by `rule`; `scheme` is the request's (`http`
+    /// when it has none). Built only for requests that are redirected. As the Gateway API
+    /// says: a new scheme without a port means that scheme's port, and the default port of
+    /// the scheme is left out; the query is kept.
+    pub fn location(
+        &self,
+        rule: &Rule,
+        req: &RouteRequest<'_>,
+        scheme: Option<&str>,
+    ) -> Option<HeaderValue> {
+        let scheme = self
+            .scheme
+            .as_ref()
+            .map_or(scheme.unwrap_or("http"), |s| s.as_str());
+        let authority = req.host.unwrap_or_default();
+        let (orig_host, orig_port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() => match p.parse::<u16>() {
+                Ok(p) => (h, Some(p)),
+                Err(_) => (authority, None),
+            },
+            _ => (authority, None),
+        };
+        let host = self.host.as_deref().unwrap_or(orig_host);
+        if host.is_empty() {
+            return None;
+        }
+        let port = match (self.port, &self.scheme) {
+            (Some(p), _) => Some(p),
+            (None, Some(_)) => None,
+            (None, None) => orig_port,
+        }
+        .filter(|p| !matches!((scheme, *p), ("http", 80) | ("https", 443)));
+        let mut location = format!("{scheme}://{host}");
+        if let Some(p) = port {
+            location.push_str(&format!(":{p}"));
+        }
+        match &self.path {
+            None => location.push_str(req.path),
+            Some(PathRewrite::Full(p)) => location.push_str(p),
+            Some(PathRewrite::Prefix(replacement)) => {
+                let rest = req.path.get(rule.matched_prefix(req)..).unwrap_or_default();
+                let replacement = replacement.trim_end_matches('/');
+                location.push_str(replacement);
+                location.push_str(rest);
+                if replacement.is_empty() && rest.is_empty() {
+                    location.push('/');
+                }
+            }
+        }
+        if let Some(q) = req.query {
+            location.push('?');
+            location.push_str(q);
+        }
+        HeaderValue::from_str(&location).ok()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -156,8 +236,10 @@ pub struct Accrual {
 pub enum Decision<'a> {
     /// Forward to this backend of this rule.
     Forward(&'a Arc<Rule>, usize),
-    /// Answer with this failure (fault injection, or a filter we cannot apply).
+    /// Answer with this failure (fault injection).
     Fail(&'a Filter),
+    /// Answer with this redirect (of this rule).
+    Redirect(&'a Arc<Rule>, &'a Redirect),
     /// No route matches: 404.
     NoRoute,
 }
@@ -177,64 +259,26 @@ impl OutboundPolicy {
         !self.http1.is_empty() || !self.http2.is_empty()
     }
 
-    /// The most specific matching rule of any route (Gateway API precedence: an exact path,
-    /// then the longest prefix, then a method, then the most headers; the first on ties).
-    pub fn select(
-        &self,
-        version: Version,
-        host: Option<&str>,
-        method: &Method,
-        path: &str,
-        headers: &HeaderMap,
-    ) -> Option<&Arc<Rule>> {
-        let mut best: Option<(Specificity, &Arc<Rule>)> = None;
+    /// The most specific matching rule of any route, by the Gateway API's precedence (see
+    /// [`crate::policy::Rank`]): the route's hostname, then an exact path, the longest prefix,
+    /// a method, the most headers, the most query parameters (gRPC: service, method, headers);
+    /// the earlier route, then the earlier rule, on ties.
+    pub fn select(&self, version: Version, req: &RouteRequest<'_>) -> Option<&Arc<Rule>> {
+        let mut best: Option<(Rank, &Arc<Rule>)> = None;
         for route in self.routes(version) {
-            if !hosts_match(&route.hosts, host) {
+            let Some(host) = host_rank(&route.hosts, req.host) else {
                 continue;
-            }
+            };
             for rule in &route.rules {
-                let score = if rule.matches.is_empty() {
-                    Some(Specificity::default())
-                } else {
-                    rule.matches
-                        .iter()
-                        .filter(|m| m.matches(method, path, headers))
-                        .map(Specificity::of)
-                        .max()
-                };
-                if let Some(s) = score
-                    && best.as_ref().is_none_or(|(b, _)| s > *b)
-                {
-                    best = Some((s, rule));
+                if let Some(request) = rule_rank(&rule.matches, req) {
+                    let rank = Rank { host, request };
+                    if best.as_ref().is_none_or(|(b, _)| rank > *b) {
+                        best = Some((rank, rule));
+                    }
                 }
             }
         }
         best.map(|(_, r)| r)
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-struct Specificity {
-    exact: bool,
-    prefix_len: usize,
-    method: bool,
-    headers: usize,
-}
-
-impl Specificity {
-    fn of(m: &RequestMatch) -> Self {
-        use crate::policy::PathMatch;
-        let (exact, prefix_len) = match &m.path {
-            Some(PathMatch::Exact(p)) => (true, p.len()),
-            Some(PathMatch::Prefix(p)) => (false, p.len()),
-            None => (false, 0),
-        };
-        Self {
-            exact,
-            prefix_len,
-            method: m.method.is_some(),
-            headers: m.headers.len(),
-        }
     }
 }
 
@@ -243,14 +287,37 @@ impl Rule {
     /// weight (whose own failure filters may then fire).
     pub fn decide(self: &Arc<Self>) -> Decision<'_> {
         if let Some(f) = fired(&self.filters) {
-            return Decision::Fail(f);
+            return self.answer(f);
         }
         let Some(i) = self.pick_backend() else {
             return Decision::NoRoute;
         };
         match fired(&self.backends[i].filters) {
-            Some(f) => Decision::Fail(f),
+            Some(f) => self.answer(f),
             None => Decision::Forward(self, i),
+        }
+    }
+
+    fn answer<'a>(self: &'a Arc<Self>, f: &'a Filter) -> Decision<'a> {
+        match f {
+            Filter::Redirect(r) => Decision::Redirect(self, r),
+            _ => Decision::Fail(f),
+        }
+    }
+
+    /// The length of the path prefix that selected this rule for `req` (0 when its best
+    /// match is not a prefix match): what a redirect's `ReplacePrefixMatch` replaces.
+    pub fn matched_prefix(&self, req: &RouteRequest<'_>) -> usize {
+        let ranked = self.matches.iter().filter_map(|m| Some((m.rank(req)?, m)));
+        match crate::policy::best(ranked) {
+            Some((
+                _,
+                RequestMatch {
+                    path: PathMatch::Prefix(p),
+                    ..
+                },
+            )) => p.len(),
+            _ => 0,
         }
     }
 
@@ -301,7 +368,7 @@ fn fired(filters: &[Filter]) -> Option<&Filter> {
             denominator,
             ..
         } => *denominator > 0 && fastrand::u32(..*denominator) < *numerator,
-        Filter::Unsupported(_) => true,
+        Filter::Redirect(_) => true,
         Filter::RequestHeaders(_) | Filter::ResponseHeaders(_) => false,
     })
 }
@@ -742,7 +809,7 @@ fn http_filter(kind: Option<api::http_route::filter::Kind>) -> Result<Filter, St
         }
         Kind::RequestHeaderModifier(m) => Filter::RequestHeaders(edit(m.add, m.set, m.remove)?),
         Kind::ResponseHeaderModifier(m) => Filter::ResponseHeaders(edit(m.add, m.set, m.remove)?),
-        Kind::Redirect(_) => Filter::Unsupported("RequestRedirect"),
+        Kind::Redirect(r) => Filter::Redirect(redirect(r)?),
     })
 }
 
@@ -760,5 +827,38 @@ fn grpc_filter(kind: Option<api::grpc_route::filter::Kind>) -> Result<Filter, St
             }
         }
         Kind::RequestHeaderModifier(m) => Filter::RequestHeaders(edit(m.add, m.set, m.remove)?),
+    })
+}
+
+fn redirect(r: api_route::RequestRedirect) -> Result<Redirect, String> {
+    let scheme = r
+        .scheme
+        .map(http::uri::Scheme::try_from)
+        .transpose()
+        .map_err(|e| format!("redirect scheme: {e}"))?;
+    let port = match r.port {
+        0 => None,
+        p => Some(u16::try_from(p).map_err(|_| format!("redirect port {p}"))?),
+    };
+    let path = match r.path.and_then(|p| p.replace) {
+        None => None,
+        Some(api_route::path_modifier::Replace::Full(p)) => Some(PathRewrite::Full(p)),
+        Some(api_route::path_modifier::Replace::Prefix(p)) => Some(PathRewrite::Prefix(p)),
+    };
+    // The API's default is 301.
+    let status = match r.status {
+        0 => StatusCode::MOVED_PERMANENTLY,
+        s => u16::try_from(s)
+            .ok()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .filter(StatusCode::is_redirection)
+            .ok_or_else(|| format!("redirect status {s}"))?,
+    };
+    Ok(Redirect {
+        scheme,
+        host: (!r.host.is_empty()).then_some(r.host),
+        port,
+        path,
+        status,
     })
 }

@@ -1,5 +1,7 @@
 use super::*;
-use crate::metrics::Metrics;
+
+mod props;
+use crate::{metrics::Metrics, policy::RouteRequest};
 use http::{HeaderMap, Method, StatusCode, Version};
 use proto::api::{
     grpc_route as g, http_route as hr,
@@ -77,7 +79,8 @@ fn policy(rules: Vec<http_route::Rule>) -> api::OutboundPolicy {
 }
 
 fn target(p: &OutboundPolicy, method: Method, path: &str, headers: &HeaderMap) -> Option<String> {
-    let rule = p.select(Version::HTTP_11, Some("web:80"), &method, path, headers)?;
+    let req = RouteRequest::test(Some("web:80"), &method, path, headers);
+    let rule = p.select(Version::HTTP_11, &req)?;
     match &rule.backends[0].target {
         BackendTarget::Balancer(b) => Some(b.to_string()),
         BackendTarget::Forward(e) => Some(e.addr.to_string()),
@@ -114,8 +117,11 @@ fn the_most_specific_match_wins_whatever_the_order() {
     assert_eq!(t(Method::GET, "/apix").as_deref(), Some("root:80"));
     // HTTP/2 requests have no routes in an HTTP/1-only policy.
     assert!(
-        p.select(Version::HTTP_2, None, &Method::GET, "/", &h)
-            .is_none()
+        p.select(
+            Version::HTTP_2,
+            &RouteRequest::test(None, &Method::GET, "/", &h)
+        )
+        .is_none()
     );
 }
 
@@ -127,7 +133,10 @@ fn backends_are_drawn_by_weight() {
     )
     .expect("valid policy");
     let r = p
-        .select(Version::HTTP_11, None, &Method::GET, "/", &HeaderMap::new())
+        .select(
+            Version::HTTP_11,
+            &RouteRequest::test(None, &Method::GET, "/", &HeaderMap::new()),
+        )
         .expect("a rule");
     let n = 20_000;
     let v2 = (0..n).filter(|_| r.pick_backend() == Some(1)).count();
@@ -140,7 +149,10 @@ fn backends_are_drawn_by_weight() {
     )
     .expect("valid policy");
     let r = p
-        .select(Version::HTTP_11, None, &Method::GET, "/", &HeaderMap::new())
+        .select(
+            Version::HTTP_11,
+            &RouteRequest::test(None, &Method::GET, "/", &HeaderMap::new()),
+        )
         .expect("a rule");
     assert!((0..1000).all(|_| r.pick_backend() == Some(0)));
 }
@@ -274,7 +286,10 @@ fn grpc_routes_retry_on_grpc_statuses() {
     .expect("valid policy");
     let h = HeaderMap::new();
     let rule = p
-        .select(Version::HTTP_2, None, &Method::POST, "/demo.Quotes/Get", &h)
+        .select(
+            Version::HTTP_2,
+            &RouteRequest::test(None, &Method::POST, "/demo.Quotes/Get", &h),
+        )
         .expect("the rpc's rule");
     let retry = rule.retry.as_ref().expect("retry");
     assert!(retry.retryable(StatusCode::OK, Some(14)));
@@ -283,10 +298,7 @@ fn grpc_routes_retry_on_grpc_statuses() {
     assert!(
         p.select(
             Version::HTTP_2,
-            None,
-            &Method::POST,
-            "/demo.Quotes/List",
-            &h
+            &RouteRequest::test(None, &Method::POST, "/demo.Quotes/List", &h)
         )
         .is_none()
     );
@@ -307,5 +319,143 @@ fn an_unusable_policy_is_an_error_not_a_panic() {
             },
         )),
     }];
+    assert!(OutboundPolicy::from_api(policy(vec![bad]), &Metrics::new()).is_err());
+}
+
+/// A rule answering with a redirect (as the Gateway API's RequestRedirect says).
+fn redirect_rule(prefix: &str, r: hr::RequestRedirect) -> http_route::Rule {
+    let mut rule = rule(
+        vec![path(hr::path_match::Kind::Prefix(prefix.into()))],
+        &[("web:80", 1)],
+    );
+    rule.filters = vec![http_route::Filter {
+        kind: Some(http_route::filter::Kind::Redirect(r)),
+    }];
+    rule
+}
+
+#[test]
+fn redirects_build_their_location_from_the_request() {
+    use hr::path_modifier::Replace;
+    let modifier = |r: Replace| Some(hr::PathModifier { replace: Some(r) });
+    let https = Some(proto::api::http_types::Scheme::from("https"));
+    let cases: Vec<(hr::RequestRedirect, &str, &str, u16, &str)> = vec![
+        // (filter, request authority, request path, status, location)
+        (
+            hr::RequestRedirect {
+                status: 303,
+                ..Default::default()
+            },
+            "echo",
+            "/redirect",
+            303,
+            "http://echo/redirect",
+        ),
+        (
+            hr::RequestRedirect {
+                host: "example.org".into(),
+                status: 302,
+                ..Default::default()
+            },
+            "echo:80",
+            "/hostname-redirect?x=1",
+            302,
+            "http://example.org/hostname-redirect?x=1",
+        ),
+        (
+            hr::RequestRedirect {
+                port: 8083,
+                status: 302,
+                ..Default::default()
+            },
+            "echo",
+            "/port",
+            302,
+            "http://echo:8083/port",
+        ),
+        (
+            hr::RequestRedirect {
+                scheme: https.clone(),
+                status: 301,
+                ..Default::default()
+            },
+            "echo:8080",
+            "/scheme",
+            301,
+            "https://echo/scheme",
+        ),
+        (
+            hr::RequestRedirect {
+                scheme: https,
+                port: 8443,
+                status: 302,
+                ..Default::default()
+            },
+            "echo",
+            "/scheme",
+            302,
+            "https://echo:8443/scheme",
+        ),
+        (
+            hr::RequestRedirect {
+                path: modifier(Replace::Prefix("/replacement-prefix".into())),
+                status: 302,
+                ..Default::default()
+            },
+            "echo",
+            "/original-prefix/lemon",
+            302,
+            "http://echo/replacement-prefix/lemon",
+        ),
+        (
+            hr::RequestRedirect {
+                path: modifier(Replace::Prefix("/".into())),
+                status: 302,
+                ..Default::default()
+            },
+            "echo",
+            "/original-prefix",
+            302,
+            "http://echo/",
+        ),
+        (
+            hr::RequestRedirect {
+                host: "example.org".into(),
+                path: modifier(Replace::Full("/replacement-full".into())),
+                status: 307,
+                ..Default::default()
+            },
+            "echo:9000",
+            "/original-prefix/x",
+            307,
+            "http://example.org:9000/replacement-full",
+        ),
+    ];
+    for (r, authority, target, status, location) in cases {
+        let prefix = if target.starts_with("/original-prefix") {
+            "/original-prefix"
+        } else {
+            "/"
+        };
+        let p = OutboundPolicy::from_api(policy(vec![redirect_rule(prefix, r)]), &Metrics::new())
+            .expect("valid policy");
+        let h = HeaderMap::new();
+        let req = RouteRequest::test(Some(authority), &Method::GET, target, &h);
+        let rule = p.select(Version::HTTP_11, &req).expect("a rule");
+        let Decision::Redirect(rule, redirect) = rule.decide() else {
+            panic!("{target}: not a redirect");
+        };
+        assert_eq!(redirect.status.as_u16(), status, "{target}");
+        let got = redirect.location(rule, &req, None).expect("a location");
+        assert_eq!(got, location, "{target}");
+    }
+    // Not a redirect status: refused with the policy.
+    let bad = redirect_rule(
+        "/",
+        hr::RequestRedirect {
+            status: 200,
+            ..Default::default()
+        },
+    );
     assert!(OutboundPolicy::from_api(policy(vec![bad]), &Metrics::new()).is_err());
 }

@@ -2,9 +2,12 @@
 //! messages, with its metric counters resolved, so that a decision is a few comparisons and one
 //! atomic increment.
 
+use super::matching::{
+    HostMatch, Rank, RequestMatch, RouteRequest, best, grpc_match, host_rank, hosts, http_match,
+    rule_rank,
+};
 use crate::metrics::{AuthzKey, Metrics, Tls};
-use http::{HeaderMap, HeaderName, Method};
-use proto::api::{http_route as api_route, inbound as api, meta};
+use proto::api::{inbound as api, meta};
 use std::{
     net::IpAddr,
     str::FromStr,
@@ -212,61 +215,6 @@ impl Authorization {
     }
 }
 
-/// A path match.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PathMatch {
-    Exact(String),
-    Prefix(String),
-}
-
-/// All of these must hold for a request to match.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RequestMatch {
-    pub path: Option<PathMatch>,
-    pub method: Option<Method>,
-    pub headers: Vec<(HeaderName, Vec<u8>)>,
-    /// The match uses something this proxy does not evaluate (a regular expression): it never
-    /// matches, so the route cannot grant more than intended.
-    pub unsupported: bool,
-}
-
-impl RequestMatch {
-    pub(crate) fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
-        if self.unsupported {
-            return false;
-        }
-        if let Some(m) = &self.method
-            && m != method
-        {
-            return false;
-        }
-        match &self.path {
-            Some(PathMatch::Exact(p)) if p != path => return false,
-            Some(PathMatch::Prefix(p)) if !prefix_matches(p, path) => return false,
-            _ => {}
-        }
-        self.headers
-            .iter()
-            .all(|(n, v)| headers.get_all(n).iter().any(|h| h.as_bytes() == v))
-    }
-}
-
-/// Gateway API prefix semantics: `/foo` matches `/foo` and `/foo/bar`, not `/foobar`.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    let p = prefix.trim_end_matches('/');
-    p.is_empty()
-        || path == p
-        || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'))
-}
-
-/// A host match.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HostMatch {
-    Exact(String),
-    /// `*.example.com` as `example.com`.
-    Suffix(String),
-}
-
 /// An inbound route: the requests it matches and the authorizations it adds to the server's.
 #[derive(Debug)]
 pub struct Route {
@@ -281,39 +229,13 @@ pub struct Route {
 }
 
 impl Route {
-    fn matches(
-        &self,
-        host: Option<&str>,
-        method: &Method,
-        path: &str,
-        headers: &HeaderMap,
-    ) -> bool {
-        hosts_match(&self.hosts, host)
-            && (self.matches.is_empty()
-                || self
-                    .matches
-                    .iter()
-                    .any(|m| m.matches(method, path, headers)))
-    }
-}
-
-/// Whether a request's host (`host[:port]`) is one of `hosts` (no hosts: any).
-pub(crate) fn hosts_match(hosts: &[HostMatch], host: Option<&str>) -> bool {
-    hosts.is_empty()
-        || host.is_some_and(|h| {
-            let h = h
-                .rsplit_once(':')
-                .map_or(h, |(h, _)| h)
-                .trim_end_matches('.');
-            hosts.iter().any(|m| match m {
-                HostMatch::Exact(e) => e.eq_ignore_ascii_case(h),
-                HostMatch::Suffix(s) => {
-                    h.len() > s.len()
-                        && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
-                        && h.as_bytes()[h.len() - s.len() - 1] == b'.'
-                }
-            })
+    /// How specifically the route matches `req` (its hosts, then its best match).
+    fn rank(&self, req: &RouteRequest<'_>) -> Option<Rank> {
+        Some(Rank {
+            host: host_rank(&self.hosts, req.host)?,
+            request: rule_rank(&self.matches, req)?,
         })
+    }
 }
 
 /// How the server's traffic is to be treated.
@@ -393,21 +315,15 @@ impl ServerPolicy {
         }
     }
 
-    /// The decision for one request: the first route that matches, then the route's and the
-    /// server's authorizations.
+    /// The decision for one request: the most specific route that matches (Gateway API
+    /// precedence, the first on ties), then the route's and the server's authorizations.
     pub fn authorize_http(
         &self,
         client: IpAddr,
         tls: &Tls,
-        host: Option<&str>,
-        method: &Method,
-        path: &str,
-        headers: &HeaderMap,
+        req: &RouteRequest<'_>,
     ) -> HttpDecision {
-        let Some(route) = self
-            .routes
-            .iter()
-            .find(|r| r.matches(host, method, path, headers))
+        let Some((_, route)) = best(self.routes.iter().filter_map(|r| Some((r.rank(req)?, r))))
         else {
             self.no_route.fetch_add(1, Ordering::Relaxed);
             return HttpDecision::NoRoute;
@@ -703,35 +619,6 @@ fn authorization(a: api::Authz) -> Result<Authorization, String> {
     })
 }
 
-pub(crate) fn hosts(hosts: Vec<api_route::HostMatch>) -> Vec<HostMatch> {
-    hosts
-        .into_iter()
-        .filter_map(|h| match h.r#match? {
-            api_route::host_match::Match::Exact(e) => Some(HostMatch::Exact(e)),
-            api_route::host_match::Match::Suffix(s) => {
-                let mut labels = s.reverse_labels;
-                labels.reverse();
-                Some(HostMatch::Suffix(labels.join(".")))
-            }
-        })
-        .collect()
-}
-
-fn header_matches(
-    headers: Vec<api_route::HeaderMatch>,
-    m: &mut RequestMatch,
-) -> Result<(), String> {
-    for h in headers {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| format!("header name {:?}", h.name))?;
-        match h.value {
-            Some(api_route::header_match::Value::Exact(v)) => m.headers.push((name, v)),
-            Some(api_route::header_match::Value::Regex(_)) | None => m.unsupported = true,
-        }
-    }
-    Ok(())
-}
-
 fn http_routes(routes: Vec<api::HttpRoute>) -> Result<Vec<RouteSpec>, String> {
     routes
         .into_iter()
@@ -788,47 +675,4 @@ fn grpc_routes(routes: Vec<api::GrpcRoute>) -> Result<Vec<RouteSpec>, String> {
             })
         })
         .collect()
-}
-
-/// One HTTPRoute match in the proxy's form.
-pub(crate) fn http_match(m: api_route::HttpRouteMatch) -> Result<RequestMatch, String> {
-    let mut out = RequestMatch::default();
-    match m.path.and_then(|p| p.kind) {
-        Some(api_route::path_match::Kind::Exact(p)) => out.path = Some(PathMatch::Exact(p)),
-        Some(api_route::path_match::Kind::Prefix(p)) => out.path = Some(PathMatch::Prefix(p)),
-        Some(api_route::path_match::Kind::Regex(_)) => out.unsupported = true,
-        None => {}
-    }
-    if let Some(method) = m.method {
-        out.method = Some(Method::try_from(method).map_err(|e| format!("a route method: {e}"))?);
-    }
-    if !m.query_params.is_empty() {
-        out.unsupported = true;
-    }
-    header_matches(m.headers, &mut out)?;
-    Ok(out)
-}
-
-/// One GRPCRoute match in the proxy's form: a POST to `/service/method`.
-pub(crate) fn grpc_match(
-    m: proto::api::grpc_route::GrpcRouteMatch,
-) -> Result<RequestMatch, String> {
-    let mut out = RequestMatch {
-        method: Some(Method::POST),
-        ..RequestMatch::default()
-    };
-    if let Some(rpc) = m.rpc {
-        out.path = match (rpc.service.is_empty(), rpc.method.is_empty()) {
-            (false, false) => Some(PathMatch::Exact(format!("/{}/{}", rpc.service, rpc.method))),
-            (false, true) => Some(PathMatch::Prefix(format!("/{}", rpc.service))),
-            // A method in any service needs a pattern we do not evaluate.
-            (true, false) => {
-                out.unsupported = true;
-                None
-            }
-            (true, true) => None,
-        };
-    }
-    header_matches(m.headers, &mut out)?;
-    Ok(out)
 }

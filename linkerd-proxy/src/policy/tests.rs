@@ -23,7 +23,12 @@ const WEB: &str = "web.shop.serviceaccount.identity.linkerd.cluster.local";
 const BATCH: &str = "batch.jobs.serviceaccount.identity.linkerd.cluster.local";
 
 fn get(p: &ServerPolicy, client: &str, tls: &Tls, path: &str) -> HttpDecision {
-    p.authorize_http(ip(client), tls, None, &Method::GET, path, &HeaderMap::new())
+    let h = HeaderMap::new();
+    p.authorize_http(
+        ip(client),
+        tls,
+        &RouteRequest::test(None, &Method::GET, path, &h),
+    )
 }
 
 #[test]
@@ -422,7 +427,11 @@ fn header_and_method_matches_and_unsupported_regexes() {
     let p = ServerPolicy::from_api(s, &m).unwrap();
     let mut headers = HeaderMap::new();
     let decide = |method: &Method, headers: &HeaderMap, path: &str| {
-        p.authorize_http(ip("10.1.1.1"), &mtls(WEB), None, method, path, headers)
+        p.authorize_http(
+            ip("10.1.1.1"),
+            &mtls(WEB),
+            &RouteRequest::test(None, method, path, headers),
+        )
     };
     assert_eq!(
         decide(&Method::DELETE, &headers, "/api/x"),
@@ -461,11 +470,68 @@ fn hosts_restrict_routes() {
     }
     let p = ServerPolicy::from_api(s, &m).unwrap();
     let h = HeaderMap::new();
-    let d = |host| p.authorize_http(ip("8.8.8.8"), &PLAIN, host, &Method::GET, "/healthz", &h);
+    let d = |host| {
+        let req = RouteRequest::test(host, &Method::GET, "/healthz", &h);
+        p.authorize_http(ip("8.8.8.8"), &PLAIN, &req)
+    };
     assert_eq!(
         d(Some("web.shop.svc.cluster.local:8080")),
         HttpDecision::Allow
     );
     assert_eq!(d(Some("example.com")), HttpDecision::NoRoute);
     assert_eq!(d(None), HttpDecision::NoRoute);
+}
+
+#[test]
+fn the_most_specific_route_decides_not_the_first() {
+    // An older catch-all route open to anyone must not open `/admin`, whose own route is
+    // more specific (a longer prefix): Gateway API precedence, as for outbound routes.
+    let m = Metrics::new();
+    let mut s = server();
+    if let Some(api::proxy_protocol::Kind::Http1(h)) =
+        s.protocol.as_mut().and_then(|p| p.kind.as_mut())
+    {
+        let open = api::HttpRoute {
+            metadata: resource("HTTPRoute", "everything"),
+            hosts: vec![],
+            authorizations: vec![api::Authz {
+                networks: vec![net("0.0.0.0/0")],
+                authentication: Some(api::Authn {
+                    permit: Some(api::authn::Permit::Unauthenticated(
+                        api::authn::PermitUnauthenticated {},
+                    )),
+                }),
+                labels: Default::default(),
+                metadata: resource("AuthorizationPolicy", "open"),
+            }],
+            // No path: a prefix match on `/`, with a header and a query parameter.
+            rules: vec![api::http_route::Rule {
+                matches: vec![route::HttpRouteMatch {
+                    query_params: vec![route::QueryParamMatch {
+                        name: "debug".into(),
+                        value: Some(route::query_param_match::Value::Exact("1".into())),
+                    }],
+                    ..Default::default()
+                }],
+                filters: vec![],
+            }],
+        };
+        h.routes.insert(0, open);
+    }
+    let p = ServerPolicy::from_api(s, &m).unwrap();
+    let h = HeaderMap::new();
+    let decide = |target: &str| {
+        let req = RouteRequest::test(None, &Method::GET, target, &h);
+        p.authorize_http(ip("10.1.1.1"), &mtls(BATCH), &req)
+    };
+    assert_eq!(
+        decide("/admin/users?debug=1"),
+        HttpDecision::Deny {
+            route: "admin".into()
+        }
+    );
+    // Where the open route is the most specific match, it decides.
+    assert_eq!(decide("/other?debug=1"), HttpDecision::Allow);
+    assert_eq!(decide("/other?debug=2"), HttpDecision::NoRoute);
+    assert_eq!(decide("/other"), HttpDecision::NoRoute);
 }

@@ -467,6 +467,7 @@ fn outbound_split_retries_timeouts_and_failure_accrual() {
                             namespace: None,
                             port: Some(8080),
                             weight: Some(90),
+                            filters: None,
                         },
                         BackendRef {
                             group: None,
@@ -475,6 +476,7 @@ fn outbound_split_retries_timeouts_and_failure_accrual() {
                             namespace: None,
                             port: None,
                             weight: Some(10),
+                            filters: None,
                         },
                     ]),
                     timeouts: Some(HTTPRouteTimeouts {
@@ -558,9 +560,114 @@ fn outbound_grpc_routes() {
     };
     let rule = &g.routes[0].rules[0];
     assert_eq!(rule.matches[0].rpc.as_ref().unwrap().method, "Get");
+    // A rule without matches is one match of any call (linkerd2-proxy needs the call match).
+    assert!(
+        g.routes[0].rules.len() == 1
+            && rule.matches[0].rpc.is_some()
+            && rule.matches.iter().all(|m| m.rpc.is_some())
+    );
     let c = rule.retry.unwrap().conditions.unwrap();
     assert!(c.unavailable && c.cancelled && !c.internal);
     assert_eq!(rule.timeouts.unwrap().request.unwrap().seconds, 1);
+}
+
+/// What the proxy needs to rank matches as the Gateway API does, written out: a match without
+/// a path is `PathPrefix /`, a rule without matches one such match, only the first of several
+/// header (query parameter) matches on a name counts; routes oldest first, then by namespace
+/// and name; backend filters kept.
+#[test]
+fn outbound_matches_spell_out_the_gateway_api_defaults() {
+    use proto::api::http_route::{HttpRouteMatch, PathMatch, path_match};
+    let i = index(DefaultPolicy::AllUnauthenticated);
+    let value = |name: &str, value: &str| ValueMatch {
+        kind: None,
+        name: name.into(),
+        value: value.into(),
+    };
+    let parent = ParentRef {
+        name: "web".into(),
+        kind: Some("Service".into()),
+        namespace: Some(NS.into()),
+        ..ParentRef::default()
+    };
+    i.update(|s| {
+        let canary = HTTPRouteRule {
+            matches: Some(vec![HTTPRouteMatch {
+                headers: Some(vec![value("X-Canary", "yes"), value("x-canary", "no")]),
+                query_params: Some(vec![value("v", "1"), value("v", "2"), value("V", "3")]),
+                ..HTTPRouteMatch::default()
+            }]),
+            backend_refs: Some(vec![BackendRef {
+                group: None,
+                kind: None,
+                name: "backend-v2".into(),
+                namespace: None,
+                port: Some(8080),
+                weight: None,
+                filters: Some(vec![HTTPRouteFilter {
+                    kind: "RequestHeaderModifier".into(),
+                    request_header_modifier: Some(HeaderModifier {
+                        set: Some(vec![Header {
+                            name: "x-backend".into(),
+                            value: "v2".into(),
+                        }]),
+                        ..HeaderModifier::default()
+                    }),
+                    ..HTTPRouteFilter::default()
+                }]),
+            }]),
+            ..HTTPRouteRule::default()
+        };
+        let spec = |rules| HTTPRouteSpec {
+            parent_refs: vec![parent.clone()],
+            hostnames: None,
+            rules,
+        };
+        s.http_routes.insert(
+            key("zz-canary"),
+            res("zz-canary", 1, spec(vec![canary, HTTPRouteRule::default()])),
+        );
+        // As old, in another namespace whose name sorts after ours: second, whatever its name.
+        let mut other = res("aa-other", 1, spec(vec![HTTPRouteRule::default()]));
+        other.meta.namespace = "other".into();
+        s.http_routes
+            .insert(("other".into(), "aa-other".into()), other);
+    });
+    let h = detect_http1(&i.outbound(&key("web"), 8080).unwrap());
+    let names: Vec<String> = h.routes.iter().map(|r| meta_name(&r.metadata)).collect();
+    assert_eq!(names, ["HTTPRoute:zz-canary", "HTTPRoute:aa-other"]);
+    let slash = Some(PathMatch {
+        kind: Some(path_match::Kind::Prefix("/".into())),
+    });
+    let rules = &h.routes[0].rules;
+    let m = &rules[0].matches[0];
+    assert_eq!(m.path, slash);
+    let headers: Vec<(&str, &[u8])> = m
+        .headers
+        .iter()
+        .map(|h| match &h.value {
+            Some(proto::api::http_route::header_match::Value::Exact(v)) => {
+                (h.name.as_str(), v.as_slice())
+            }
+            _ => panic!("{h:?}"),
+        })
+        .collect();
+    assert_eq!(headers, [("x-canary", &b"yes"[..])]);
+    let params: Vec<&str> = m.query_params.iter().map(|q| q.name.as_str()).collect();
+    assert_eq!(params, ["v", "V"], "names are case-sensitive");
+    assert_eq!(
+        rules[1].matches,
+        [HttpRouteMatch {
+            path: slash,
+            ..HttpRouteMatch::default()
+        }]
+    );
+    let Some(distribution::Kind::RandomAvailable(ra)) = rules[0].backends.clone().unwrap().kind
+    else {
+        panic!()
+    };
+    let filters = &ra.backends[0].backend.as_ref().unwrap().filters;
+    assert_eq!(filters.len(), 1, "{filters:?}");
 }
 
 #[tokio::test]

@@ -150,6 +150,20 @@ fn bad_files_say_what_is_wrong() {
             "workloads:\n  - name: w\n    probes: {80: [ready]}\n",
             "probe path",
         ),
+        // Gateway API filters the proxy API cannot carry name themselves (Linkerd's
+        // controller refuses such routes too), not the unknown field holding their settings.
+        (
+            "httpRoutes:\n  - name: r\n    spec: {rules: [{filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /one}}}]}]}\n",
+            "filter type URLRewrite is not supported",
+        ),
+        (
+            "httpRoutes:\n  - name: r\n    spec: {rules: [{backendRefs: [{name: b, port: 80, filters: [{type: RequestMirror}]}]}]}\n",
+            "filter type RequestMirror is not supported",
+        ),
+        (
+            "grpcRoutes:\n  - name: r\n    spec: {rules: [{filters: [{type: ResponseHeaderModifier}]}]}\n",
+            "filter type ResponseHeaderModifier is not supported",
+        ),
     ] {
         let e = parse(bad, &cfg).unwrap_err();
         assert!(e.contains(expect), "{bad:?}: {e}");
@@ -194,4 +208,19 @@ async fn reloads_and_keeps_the_last_good_state() {
     assert!(rx.has_changed().unwrap());
     assert_eq!(rx.borrow().as_ref().unwrap().labels["name"], "deny");
     server.stop().await;
+}
+
+/// The README's example registry is a valid one.
+#[test]
+fn the_readme_example_parses() {
+    let readme = include_str!("../../README.md");
+    let section = readme.split("## Registry file").nth(1).unwrap();
+    let yaml = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .unwrap();
+    let st = parse(yaml, &ClusterConfig::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(st.http_routes.len(), 1);
+    assert_eq!(st.grpc_routes.len(), 1);
 }
