@@ -687,7 +687,8 @@ async fn serve_inbound(ctx: &Ctx, io: BoxIo, conn: InboundConn, drain: Drain) {
                 reason_label(reason),
             );
             if proto == Protocol::Opaque && reason == detect::Reason::Timeout {
-                return serve_after_silence(ctx, io, conn, drain).await;
+                // Boxed: rare, and it would otherwise widen every connection's future.
+                return Box::pin(serve_after_silence(ctx, io, conn, drain)).await;
             }
             (proto, io)
         }

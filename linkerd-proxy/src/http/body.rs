@@ -45,17 +45,16 @@ pub enum ProxyBody {
 pub struct Recorder {
     pub stats: Arc<HttpStats>,
     pub status: u16,
-    pub grpc_status: Option<u32>,
+    /// 16 bits, so the recorder (in every response body, moved several times per request)
+    /// stays small; a status beyond that is `UNKNOWN` (2).
+    pub grpc_status: Option<u16>,
     pub start: Instant,
     /// Set only while someone watches `/tap`.
     pub tap: Option<Box<crate::tap::Pending>>,
-    /// Released when the response ends: the request's place on its connection (the
-    /// header-read timeout waits for the next head only after it) and its in-flight permit.
-    pub held: Held,
+    /// Released when the response ends: the request's place in flight and on its connection
+    /// (the header-read timeout waits for the next head only after it).
+    pub held: super::inflight::Held,
 }
-
-/// What a request holds until its response has ended.
-pub type Held = (super::header_timeout::RequestGuard, super::inflight::Permit);
 
 impl ProxyBody {
     pub fn empty() -> Self {
@@ -283,7 +282,7 @@ fn observe<E>(
             if let (Some(t), Some(r)) = (frame.trailers_ref(), recorder.as_mut())
                 && let Some(g) = grpc_status(t)
             {
-                r.grpc_status = Some(g);
+                r.grpc_status = Some(narrow_grpc(g));
             }
         }
         Poll::Ready(None) => {
@@ -322,18 +321,28 @@ impl Recorder {
         self.stats.response(
             ResponseClass {
                 status: Some(self.status),
-                grpc_status: self.grpc_status,
+                grpc_status: self.grpc_status.map(u32::from),
                 error,
             },
             elapsed,
         );
         if let Some(t) = self.tap {
-            t.finish(Some(self.status), self.grpc_status, error, elapsed);
+            t.finish(
+                Some(self.status),
+                self.grpc_status.map(u32::from),
+                error,
+                elapsed,
+            );
         }
     }
 }
 
 static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
+/// A gRPC status in [`Recorder`]'s 16 bits.
+pub fn narrow_grpc(code: u32) -> u16 {
+    u16::try_from(code).unwrap_or(2)
+}
 
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers

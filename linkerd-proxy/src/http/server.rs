@@ -6,12 +6,12 @@
 //! back with a metrics recorder on its body. Failures become responses (see `errors.rs`).
 
 use super::{
-    body::{Held, ProxyBody, Recorder, ReplayBody, grpc_status},
+    body::{ProxyBody, Recorder, ReplayBody, grpc_status},
     client::{self, Client, SendError},
     errors::{ProxyError, is_grpc},
-    header_timeout::{HeadClock, HeaderTimeout, RequestGuard},
+    header_timeout::HeaderTimeout,
     headers::{strip_hop_by_hop, wants_upgrade},
-    inflight::{InFlight, Permit},
+    inflight::{ConnRequests, Held, InFlight},
 };
 use crate::{
     balance::{Balancer, Balancers, Target, target_for},
@@ -123,8 +123,6 @@ pub struct HttpConn {
     dst: Mutex<Option<LastDst>>,
     /// Inbound: the port's authorization policy and the client's address.
     authz: Option<(PortPolicy, IpAddr)>,
-    /// HTTP/1: whether a request head is being read, for the header-read timeout.
-    head_clock: Option<Arc<HeadClock>>,
 }
 
 struct LastDst {
@@ -173,8 +171,9 @@ impl std::fmt::Debug for HttpConn {
 }
 
 /// Serves HTTP on `io` until the client closes it or the proxy drains.
-pub async fn serve(io: PrefixedIo<BoxIo>, proto: detect::Protocol, mut http: HttpConn) {
+pub async fn serve(io: PrefixedIo<BoxIo>, proto: detect::Protocol, http: HttpConn) {
     let drain = http.drain.clone();
+    let requests = ConnRequests::new(http.shared.in_flight.clone());
     let res = match proto {
         detect::Protocol::Http2 => {
             let http = Arc::new(http);
@@ -184,12 +183,11 @@ pub async fn serve(io: PrefixedIo<BoxIo>, proto: detect::Protocol, mut http: Htt
             // allocation per request.) Over the in-flight bound, the stream is refused
             // (`REFUSED_STREAM`) before anything is allocated for it.
             let svc = service_fn(move |req: Request<Incoming>| {
-                let permit = http.shared.in_flight.try_acquire();
-                let rsp = permit.map(|permit| {
+                let rsp = requests.start().map(|held| {
                     let http = http.clone();
                     Box::pin(async move {
                         YieldOnce(false).await;
-                        http.proxy(req, (RequestGuard::none(), permit)).await
+                        http.proxy(req, held).await
                     })
                 });
                 async move {
@@ -216,20 +214,21 @@ pub async fn serve(io: PrefixedIo<BoxIo>, proto: detect::Protocol, mut http: Htt
             }
         }
         _ => {
-            let clock = HeadClock::new();
-            http.head_clock = Some(clock.clone());
             let io = HeaderTimeout::new(
                 io,
-                clock,
+                requests.clone(),
                 http.shared.header_read_timeout,
                 http.shared.header_timeouts.clone(),
             );
             let http = Arc::new(http);
+            // hyper calls this as soon as it has parsed a head (and reads on before it polls
+            // the future): the request counts as started, for the header-read timeout, here.
             let svc = service_fn(move |req: Request<Incoming>| {
                 let http = http.clone();
+                let held = requests.start();
                 async move {
-                    let rsp = match http.shared.in_flight.try_acquire() {
-                        Some(permit) => http.proxy(req, http.held(permit)).await,
+                    let rsp = match held {
+                        Some(held) => http.proxy(req, held).await,
                         None => http.overloaded(&req),
                     };
                     Ok::<_, Infallible>(rsp)
@@ -309,7 +308,6 @@ impl HttpConn {
             last: Mutex::new(None),
             dst: Mutex::new(None),
             authz: None,
-            head_clock: None,
         }
     }
 
@@ -340,19 +338,8 @@ impl HttpConn {
         }
     }
 
-    /// What an HTTP/1 request holds until its response ends (see [`Held`]).
-    fn held(&self, permit: Permit) -> Held {
-        let guard = match &self.head_clock {
-            Some(c) => c.request_started(),
-            None => RequestGuard::none(),
-        };
-        (guard, permit)
-    }
-
     /// The answer to an HTTP/1 request over the in-flight bound (HTTP/2 streams are refused).
     fn overloaded(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
-        // The head was read: the connection goes on to the next one.
-        drop(self.head_clock.as_ref().map(|c| c.request_started()));
         let error = ProxyError::Overloaded(self.shared.in_flight.max());
         debug!(%error, direction = self.direction.as_str(), "request shed");
         error.into_response(is_grpc(req))
@@ -508,7 +495,7 @@ impl HttpConn {
         let switching = rsp.status() == StatusCode::SWITCHING_PROTOCOLS
             || (upgrade && rsp.status().is_success());
         if let (true, Some(down)) = (switching, downstream_upgrade) {
-            held.0.upgraded();
+            held.upgraded();
             let up = hyper::upgrade::on(&mut rsp);
             let drain = self.drain.clone();
             tokio::spawn(async move {
@@ -532,7 +519,7 @@ impl HttpConn {
         let recorder = Recorder {
             stats,
             status: status.as_u16(),
-            grpc_status: grpc_status(rsp.headers()),
+            grpc_status: grpc_status(rsp.headers()).map(super::body::narrow_grpc),
             start,
             tap,
             held,
@@ -686,63 +673,99 @@ impl HttpConn {
 
     /// Sends one attempt and reports its outcome to the endpoint's load and failure accrual.
     /// When no connection to a balanced endpoint could be had, nothing was sent: the request
-    /// goes to another endpoint of the same destination (the failed one is backed off, so the
-    /// balancer does not pick it again), up to [`MAX_FAILOVERS`] times.
+    /// goes to another endpoint of the same destination ([`HttpConn::fail_over`]).
     async fn attempt(
+        &self,
+        target: &mut Target,
+        how: &Attempt,
+        req: Request<ProxyBody>,
+        retarget: Retarget<'_>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let e = match self.attempt_on(target, how, req).await {
+            Ok(rsp) => return Ok(rsp),
+            Err(e) => e,
+        };
+        match e.unsent {
+            Some(req) if e.error.is_connect() && matches!(target, Target::Balanced(_)) => {
+                // Boxed: a rare path, which would otherwise widen every request's future.
+                Box::pin(self.fail_over(target, how, *req, retarget, e.error)).await
+            }
+            _ => Err(e.error),
+        }
+    }
+
+    /// One attempt on `target`, with its outcome recorded on the endpoint.
+    async fn attempt_on(
+        &self,
+        target: &Target,
+        how: &Attempt,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, SendError> {
+        let ep = target.endpoint();
+        let rsp = match how.timeout {
+            Some(t) => match tokio::time::timeout(t, self.send_once(ep, how, req)).await {
+                Ok(r) => r,
+                Err(_) => Err(ProxyError::ResponseTimeout(t).into()),
+            },
+            None => self.send_once(ep, how, req).await,
+        };
+        match &rsp {
+            Ok(r) => {
+                target.complete();
+                if let Some(a) = &how.accrual {
+                    target.accrue(!r.status().is_server_error(), a);
+                }
+            }
+            Err(e) => {
+                if e.error.is_connect() {
+                    target.connect_failed();
+                }
+                if let Some(a) = &how.accrual {
+                    target.accrue(false, a);
+                }
+            }
+        }
+        rsp
+    }
+
+    /// The connection to `target` failed before anything was sent: `req` goes to another
+    /// endpoint of the same destination (the failed one is backed off, so the balancer does not
+    /// pick it again), up to [`MAX_FAILOVERS`] times.
+    async fn fail_over(
         &self,
         target: &mut Target,
         how: &Attempt,
         mut req: Request<ProxyBody>,
         retarget: Retarget<'_>,
+        mut error: ProxyError,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let mut failovers = 0;
-        loop {
-            let ep = target.endpoint();
-            let rsp = match how.timeout {
-                Some(t) => match tokio::time::timeout(t, self.send_once(ep, how, req)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(ProxyError::ResponseTimeout(t).into()),
-                },
-                None => self.send_once(ep, how, req).await,
-            };
-            let SendError { error, unsent } = match rsp {
-                Ok(r) => {
-                    target.complete();
-                    if let Some(a) = &how.accrual {
-                        target.accrue(!r.status().is_server_error(), a);
-                    }
-                    return Ok(r);
-                }
-                Err(e) => e,
-            };
-            if error.is_connect() {
-                target.connect_failed();
-            }
-            if let Some(a) = &how.accrual {
-                target.accrue(false, a);
-            }
-            let Some(unsent) = unsent.filter(|_| {
-                error.is_connect()
-                    && failovers < MAX_FAILOVERS
-                    && matches!(target, Target::Balanced(_))
-            }) else {
-                return Err(error);
-            };
-            match self.retarget(retarget).await {
+        for _ in 0..MAX_FAILOVERS {
+            let next = match self.retarget(retarget).await {
                 // The request was shaped (HTTP/2 or not) for a meshed or an unmeshed endpoint.
                 Ok(next)
                     if next.endpoint().addr != target.endpoint().addr
                         && next.endpoint().identity.is_some()
                             == target.endpoint().identity.is_some() =>
                 {
-                    debug!(failed = %target.endpoint().addr, next = %next.endpoint().addr, %error, "connect failed; trying another endpoint");
-                    *target = next;
-                    req = *unsent;
-                    failovers += 1;
+                    next
                 }
-                _ => return Err(error),
+                _ => break,
+            };
+            debug!(failed = %target.endpoint().addr, next = %next.endpoint().addr, %error, "connect failed; trying another endpoint");
+            *target = next;
+            match self.attempt_on(target, how, req).await {
+                Ok(rsp) => return Ok(rsp),
+                Err(SendError {
+                    error: e,
+                    unsent: Some(unsent),
+                }) if e.is_connect() => {
+                    req = *unsent;
+                    error = e;
+                }
+                Err(e) => return Err(e.error),
             }
         }
+        Err(error)
     }
 
     /// Sends one request to the endpoint on a connection of the attempt's kind.
@@ -859,6 +882,10 @@ impl HttpConn {
     /// inbound listener as an endpoint that discovery (or a static name) gave: a workload
     /// calling its own service through the mesh, which reaches its application.
     fn check_not_own(&self, target: &Target) -> Result<(), ProxyError> {
+        if let Route::Fixed(_) = self.route {
+            // The connection's one target was checked when it was accepted.
+            return Ok(());
+        }
         match self.shared.own.find(target.endpoint().addr) {
             None => Ok(()),
             Some(crate::transport::Listener::Inbound) if matches!(target, Target::Balanced(_)) => {
@@ -950,7 +977,7 @@ impl HttpConn {
         };
         // The connection becomes the tunnel: no more request heads, and it is bounded as a
         // connection, not as a request in flight.
-        held.0.upgraded();
+        held.upgraded();
         drop(held);
         let down = hyper::upgrade::on(&mut req);
         let drain = self.drain.clone();
