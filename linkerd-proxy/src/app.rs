@@ -225,16 +225,22 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         outbound,
         limit.clone(),
         drain.clone(),
-        move |acc| outbound_conn(c.clone(), acc, d.clone()),
+        move |acc, slot| outbound_conn(c.clone(), acc, d.clone(), slot),
     ));
     let (c, d) = (ctx.clone(), drain.clone());
     let inbound_limit = ConnLimit::new(&ctx.metrics, "inbound", cfg_max(&ctx, Direction::Inbound));
     tokio::spawn(accept_loop(
         inbound,
-        inbound_limit,
+        inbound_limit.clone(),
         drain.clone(),
-        move |acc| inbound_conn(c.clone(), acc, d.clone()),
+        move |acc, slot| inbound_conn(c.clone(), acc, d.clone(), slot),
     ));
+    // glibc keeps freed memory resident: give it back after connections close.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let (a, b) = (limit.clone(), inbound_limit.clone());
+        tokio::spawn(crate::trim::run(move || a.open() + b.open()));
+    }
     // Local listeners are outbound traffic: they share the outbound listener's bound.
     for (l, listener) in locals {
         let (c, d, l) = (ctx.clone(), drain.clone(), Arc::new(l));
@@ -242,7 +248,7 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
             listener,
             limit.clone(),
             drain.clone(),
-            move |acc| local_conn(c.clone(), l.clone(), acc, d.clone()),
+            move |acc, slot| local_conn(c.clone(), l.clone(), acc, d.clone(), slot),
         ));
     }
     info!(
@@ -333,6 +339,10 @@ impl ConnLimit {
         limit
     }
 
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
     fn acquire(self: &Arc<Self>) -> Option<ConnSlot> {
         let taken = self
             .open
@@ -413,7 +423,7 @@ fn in_flight(
 
 async fn accept_loop<F, Fut>(listener: TcpListener, limit: Arc<ConnLimit>, drain: Drain, handle: F)
 where
-    F: Fn(Accepted) -> Fut,
+    F: Fn(Accepted, ConnSlot) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -434,12 +444,10 @@ where
             continue;
         };
         match transport::accepted(stream, client) {
+            // The connection's future holds the slot: no wrapper future (each layer is one more
+            // copy of the connection's state when it is spawned).
             Ok(acc) => {
-                let conn = handle(acc);
-                tokio::spawn(async move {
-                    conn.await;
-                    drop(slot);
-                });
+                tokio::spawn(handle(acc, slot));
             }
             Err(e) => debug!(error = %e, "accepted connection unusable"),
         }
@@ -449,7 +457,7 @@ where
 const OUTBOUND_TLS: Tls = Tls::None("not_provided_by_service_discovery");
 const INBOUND_TLS: Tls = Tls::None("no_tls_from_remote");
 
-async fn outbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
+async fn outbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain, _slot: ConnSlot) {
     let orig = acc.orig_dst.map(|o| o.0);
     let src = SrcConn::open(
         &ctx.metrics,
@@ -501,7 +509,7 @@ async fn outbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
     drop(src);
 }
 
-async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain) {
+async fn inbound_conn(ctx: Arc<Ctx>, acc: Accepted, drain: Drain, _slot: ConnSlot) {
     let cfg = &ctx.config.inbound;
     let target = match acc.orig_dst {
         // Redirected: deliver to the application on the port the client dialled.
@@ -801,7 +809,13 @@ async fn forward_on(
     tcp::forward_on(io, upstream, &Target::direct(target), f, drain).await;
 }
 
-async fn local_conn(ctx: Arc<Ctx>, listener: Arc<LocalListener>, acc: Accepted, drain: Drain) {
+async fn local_conn(
+    ctx: Arc<Ctx>,
+    listener: Arc<LocalListener>,
+    acc: Accepted,
+    drain: Drain,
+    _slot: ConnSlot,
+) {
     // Balanced per connection: the pick is held (in flight on its endpoint) while it lasts.
     let balancer = ctx.outbound.balancers.get(&listener.target);
     let target = match target_for(balancer.as_deref(), &listener.target, None).await {

@@ -40,6 +40,8 @@ pub mod tap;
 pub mod tcp;
 pub mod tls;
 pub mod transport;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub mod trim;
 
 use std::process::ExitCode;
 

@@ -205,7 +205,10 @@ pub async fn serve(io: PrefixedIo<BoxIo>, proto: detect::Protocol, http: HttpCon
                 .max_header_list_size(MAX_HEADER_LIST_SIZE)
                 .serve_connection(TokioIo::new(io), svc);
             tokio::pin!(conn);
+            // The connection first: no random start on every wake-up, and the drain is looked
+            // at only while the connection waits.
             tokio::select! {
+                biased;
                 res = conn.as_mut() => res,
                 _ = drain.signaled() => {
                     conn.as_mut().graceful_shutdown();
@@ -245,7 +248,10 @@ pub async fn serve(io: PrefixedIo<BoxIo>, proto: detect::Protocol, http: HttpCon
                 .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades();
             tokio::pin!(conn);
+            // The connection first: no random start on every wake-up, and the drain is looked
+            // at only while the connection waits.
             tokio::select! {
+                biased;
                 res = conn.as_mut() => res,
                 _ = drain.signaled() => {
                     conn.as_mut().graceful_shutdown();
@@ -387,7 +393,12 @@ impl HttpConn {
             Some(plan) => Retarget::Plan(plan),
             None => Retarget::Name(&authority, https),
         };
-        let target = match self.retarget(retarget).await {
+        // `retarget`, inline: the hot path keeps one async layer fewer.
+        let target = match &plan {
+            Some(plan) => self.backend_target(plan).await,
+            None => self.target(&authority, https).await,
+        };
+        let target = match target.and_then(|t| self.check_target(t)) {
             Ok(t) => t,
             Err(e) => return self.fail(e, grpc, &authority, None, start, tap),
         };
@@ -681,26 +692,6 @@ impl HttpConn {
         req: Request<ProxyBody>,
         retarget: Retarget<'_>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let e = match self.attempt_on(target, how, req).await {
-            Ok(rsp) => return Ok(rsp),
-            Err(e) => e,
-        };
-        match e.unsent {
-            Some(req) if e.error.is_connect() && matches!(target, Target::Balanced(_)) => {
-                // Boxed: a rare path, which would otherwise widen every request's future.
-                Box::pin(self.fail_over(target, how, *req, retarget, e.error)).await
-            }
-            _ => Err(e.error),
-        }
-    }
-
-    /// One attempt on `target`, with its outcome recorded on the endpoint.
-    async fn attempt_on(
-        &self,
-        target: &Target,
-        how: &Attempt,
-        req: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, SendError> {
         let ep = target.endpoint();
         let rsp = match how.timeout {
             Some(t) => match tokio::time::timeout(t, self.send_once(ep, how, req)).await {
@@ -709,23 +700,18 @@ impl HttpConn {
             },
             None => self.send_once(ep, how, req).await,
         };
-        match &rsp {
-            Ok(r) => {
-                target.complete();
-                if let Some(a) = &how.accrual {
-                    target.accrue(!r.status().is_server_error(), a);
-                }
+        record_outcome(target, how, &rsp);
+        match rsp {
+            Ok(rsp) => Ok(rsp),
+            Err(SendError {
+                error,
+                unsent: Some(req),
+            }) if error.is_connect() && matches!(target, Target::Balanced(_)) => {
+                // Boxed: a rare path, which would otherwise widen every request's future.
+                Box::pin(self.fail_over(target, how, *req, retarget, error)).await
             }
-            Err(e) => {
-                if e.error.is_connect() {
-                    target.connect_failed();
-                }
-                if let Some(a) = &how.accrual {
-                    target.accrue(false, a);
-                }
-            }
+            Err(e) => Err(e.error),
         }
-        rsp
     }
 
     /// The connection to `target` failed before anything was sent: `req` goes to another
@@ -753,7 +739,16 @@ impl HttpConn {
             };
             debug!(failed = %target.endpoint().addr, next = %next.endpoint().addr, %error, "connect failed; trying another endpoint");
             *target = next;
-            match self.attempt_on(target, how, req).await {
+            let ep = target.endpoint();
+            let rsp = match how.timeout {
+                Some(t) => match tokio::time::timeout(t, self.send_once(ep, how, req)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ProxyError::ResponseTimeout(t).into()),
+                },
+                None => self.send_once(ep, how, req).await,
+            };
+            record_outcome(target, how, &rsp);
+            match rsp {
                 Ok(rsp) => return Ok(rsp),
                 Err(SendError {
                     error: e,
@@ -868,6 +863,12 @@ impl HttpConn {
             Retarget::Plan(plan) => self.backend_target(plan).await?,
             Retarget::Name(authority, https) => self.target(authority, https).await?,
         };
+        self.check_target(target)
+    }
+
+    /// A target the request may go to: not one of the proxy's own listeners and, in HTTP-proxy
+    /// mode, a mesh destination or an address `MESH_PROXY_OUTBOUND_PROXY_ALLOW` allows.
+    fn check_target(&self, target: Target) -> Result<Target, ProxyError> {
         self.check_not_own(&target)?;
         if matches!(self.route, Route::Proxy)
             && let Target::Direct(ep) = &target
@@ -1096,6 +1097,26 @@ fn authority_of<B>(req: &Request<B>) -> Option<HeaderValue> {
         .get(header::HOST)
         .filter(|h| !h.is_empty())
         .cloned()
+}
+
+/// Reports an attempt's outcome to its endpoint's load, connect backoff and failure accrual.
+fn record_outcome(target: &Target, how: &Attempt, rsp: &Result<Response<ProxyBody>, SendError>) {
+    match rsp {
+        Ok(r) => {
+            target.complete();
+            if let Some(a) = &how.accrual {
+                target.accrue(!r.status().is_server_error(), a);
+            }
+        }
+        Err(e) => {
+            if e.error.is_connect() {
+                target.connect_failed();
+            }
+            if let Some(a) = &how.accrual {
+                target.accrue(false, a);
+            }
+        }
+    }
 }
 
 /// HTTP/1 requests need exactly one `Host` (RFC 9112 section 3.2; `CONNECT` names its
