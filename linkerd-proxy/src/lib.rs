@@ -22,6 +22,7 @@ pub mod admin;
 pub mod app;
 pub mod backoff;
 pub mod balance;
+pub mod build_info;
 pub mod config;
 pub mod destination;
 pub mod detect;
@@ -76,10 +77,15 @@ pub fn main_with_args(args: Vec<String>) -> ExitCode {
     match args.next().as_deref() {
         None => proxy(),
         Some("init") => init::main(args.collect()),
+        Some("--version" | "-V") => {
+            println!("linkerd-proxy {}", build_info::describe());
+            ExitCode::SUCCESS
+        }
         Some(other) => {
             eprintln!(
                 "linkerd-proxy: unexpected argument {other:?}: the proxy is configured by \
-                 environment variables; the only subcommand is `init` (see `init --help`)"
+                 environment variables; the only subcommand is `init` (see `init --help`), \
+                 and `--version` prints the build"
             );
             ExitCode::from(EX_USAGE)
         }

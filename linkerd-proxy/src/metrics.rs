@@ -17,10 +17,14 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-/// Linkerd's `response_latency_ms` bucket bounds.
-pub const LATENCY_BUCKETS_MS: [u64; 25] = [
-    1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500, 1000, 2000, 3000, 4000, 5000,
-    10000, 20000, 30000, 40000, 50000,
+/// `response_latency_ms` bucket bounds: Linkerd's (1 ms to 50 s), with sub-millisecond bounds
+/// below them, since a hop through a sidecar on one host takes a fraction of a millisecond
+/// (Linkerd's first bucket would put every such request at "≤ 1 ms"). Dashboards that compute
+/// quantiles from the `le` labels read them either way.
+pub const LATENCY_BUCKETS_MS: [f64; 30] = [
+    0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0,
+    300.0, 400.0, 500.0, 1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 10000.0, 20000.0, 30000.0,
+    40000.0, 50000.0,
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -462,6 +466,7 @@ impl Metrics {
             );
         }
         encode_process(out, self.start_time);
+        out.push_str(&crate::build_info::metric());
     }
 
     fn encode_http(&self, out: &mut String) {
@@ -606,7 +611,7 @@ impl HttpStats {
         let ms = latency.as_secs_f64() * 1000.0;
         let bucket = LATENCY_BUCKETS_MS
             .iter()
-            .position(|&le| ms <= le as f64)
+            .position(|&le| ms <= le)
             .unwrap_or(LATENCY_BUCKETS_MS.len());
         let mut rs = lock(&self.responses);
         let i = match rs.iter().position(|r| r.class == class) {

@@ -302,15 +302,17 @@ fn observe<E>(
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        let (ended, recorder) = match self {
-            ProxyBody::Stream { body, recorder } => (body.is_end_stream(), recorder),
-            ProxyBody::H1 { body, recorder } => (body.is_end_stream(), recorder),
-            ProxyBody::H2 { body, recorder } => (body.is_end_stream(), recorder),
+        let recorder = match self {
+            ProxyBody::Stream { recorder, .. }
+            | ProxyBody::H1 { recorder, .. }
+            | ProxyBody::H2 { recorder, .. } => recorder,
             _ => return,
         };
         if let Some(r) = recorder.take() {
-            // Dropped with data still to come: the client went away mid-stream.
-            r.record((!ended).then_some("stream_cancelled"));
+            // Dropped before its end: the client stopped reading (or went away). As in Linkerd,
+            // that is not the response's failure: it is classified by its status (and gRPC
+            // status, if the trailers came), as if the stream had ended there.
+            r.record(None);
         }
     }
 }

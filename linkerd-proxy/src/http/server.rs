@@ -1074,9 +1074,15 @@ impl HttpConn {
         match stats {
             Some(s) => s.response(class, start.elapsed()),
             None => {
-                // No endpoint was chosen; label the failure with an unspecified target.
+                // No endpoint was chosen. Inbound the target is the connection's application
+                // anyway (so a denied request counts where the allowed ones do); outbound it is
+                // unspecified.
+                let addr = match self.route {
+                    Route::Fixed(addr) => addr,
+                    _ => SocketAddr::from(([0, 0, 0, 0], 0)),
+                };
                 let target = Endpoint {
-                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    addr,
                     identity: None,
                 };
                 let s = self.stats(authority, &target);
