@@ -18,11 +18,11 @@ use crate::{
     drain::{self, Drain},
     http::{self, HttpConn, Route, Shared, inflight::InFlight},
     identity,
+    inbound::policy::{Policies, PortPolicy, ServerProtocol},
     io::{BoxIo, CountingIo, PrefixedIo},
     log::LogLevel,
     metrics::{Direction, LimitSeries, Metrics, Tls},
-    outbound::OutboundPolicies,
-    policy::{Policies, PortPolicy, ServerProtocol},
+    outbound::policy::OutboundPolicies,
     resolve::{Chain, Resolve, StaticResolve},
     tcp::{self, SrcConn},
     tls::{CredsRx, TrustRoots, client_hello, identity_of},
@@ -100,10 +100,13 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         }
         None => None,
     };
-    let policy_channel = crate::policy::client::channel(&config.policy, creds.clone())
+    let policy_channel = crate::inbound::policy::client::channel(&config.policy, creds.clone())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let policies =
-        crate::policy::client::start(&config.policy, policy_channel.clone(), metrics.clone());
+    let policies = crate::inbound::policy::client::start(
+        &config.policy,
+        policy_channel.clone(),
+        metrics.clone(),
+    );
     let statics = StaticResolve::new(&config.outbound.static_endpoints);
     let resolve: Arc<dyn Resolve> = match &config.destination {
         Some(d) => {

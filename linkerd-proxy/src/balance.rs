@@ -175,6 +175,14 @@ impl LoadState {
     }
 }
 
+/// Failure accrual (Linkerd's consecutive-failures breaker): consecutive failures take an
+/// endpoint out of its balancer for a backoff that grows while it keeps failing its probes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Accrual {
+    pub max_failures: u32,
+    pub backoff: crate::backoff::Backoff,
+}
+
 /// An endpoint chosen for one request (or one TCP connection). It counts as in flight on the
 /// endpoint until it is dropped; [`Picked::complete`] also records the round trip.
 #[derive(Debug)]
@@ -223,7 +231,7 @@ impl Picked {
     /// `max_failures` failures in a row the endpoint is ejected for the accrual's backoff; when
     /// that passes it is probed, and one more failure ejects it again for twice as long, while
     /// a success readmits it for good.
-    pub fn accrue(&self, ok: bool, accrual: &crate::outbound::Accrual) {
+    pub fn accrue(&self, ok: bool, accrual: &Accrual) {
         let mut s = self.load.lock();
         if ok {
             s.consecutive = 0;
@@ -473,7 +481,7 @@ impl Target {
         }
     }
 
-    pub fn accrue(&self, ok: bool, accrual: &crate::outbound::Accrual) {
+    pub fn accrue(&self, ok: bool, accrual: &Accrual) {
         if let Target::Balanced(p) = self {
             p.accrue(ok, accrual);
         }

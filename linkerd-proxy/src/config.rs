@@ -6,6 +6,7 @@
 //! `MESH_PROXY_*` prefix. Values are read through [`Strings`] so tests never touch the process
 //! environment. Every variable is documented in `linkerd-proxy/README.md`.
 
+pub use crate::log::LogFormat;
 use std::{collections::HashMap, net::SocketAddr, str::FromStr, time::Duration};
 
 pub const ENV_INBOUND_LISTEN_ADDR: &str = "LINKERD2_PROXY_INBOUND_LISTEN_ADDR";
@@ -120,7 +121,7 @@ pub struct Config {
     /// Service discovery; `None` resolves only static names, IPs and DNS.
     pub destination: Option<crate::destination::DestinationConfig>,
     /// Inbound authorization: the default policy and, optionally, the policy service.
-    pub policy: crate::policy::client::InboundPolicyConfig,
+    pub policy: crate::inbound::policy::client::InboundPolicyConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -185,12 +186,6 @@ pub struct LocalListener {
     pub listen_addr: SocketAddr,
     /// A logical `host:port`, resolved through the proxy's resolver.
     pub target: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Plain,
-    Json,
 }
 
 // === impl Strings ===
@@ -612,8 +607,8 @@ fn parse_identity(s: &dyn Strings) -> Result<Option<crate::identity::IdentityCon
 /// set (which then needs `LINKERD2_PROXY_POLICY_WORKLOAD`).
 fn parse_policy(
     s: &dyn Strings,
-) -> Result<crate::policy::client::InboundPolicyConfig, ConfigError> {
-    use crate::policy::{
+) -> Result<crate::inbound::policy::client::InboundPolicyConfig, ConfigError> {
+    use crate::inbound::policy::{
         DefaultPolicy, Net,
         client::{InboundPolicyConfig, PolicyServiceConfig, default_cluster_networks},
     };

@@ -21,15 +21,6 @@ pub enum DialError {
     Tls(#[from] TlsError),
 }
 
-impl From<DialError> for crate::http::ProxyError {
-    fn from(e: DialError) -> Self {
-        match e {
-            DialError::Connect(e) => e.into(),
-            DialError::Tls(e) => e.into(),
-        }
-    }
-}
-
 /// Connects to an endpoint: TCP, then mTLS when the endpoint names an identity.
 pub async fn dial(
     ep: &Endpoint,

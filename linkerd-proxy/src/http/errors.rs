@@ -68,6 +68,15 @@ pub enum ProxyError {
     },
 }
 
+impl From<crate::tcp::DialError> for ProxyError {
+    fn from(e: crate::tcp::DialError) -> Self {
+        match e {
+            crate::tcp::DialError::Connect(e) => e.into(),
+            crate::tcp::DialError::Tls(e) => e.into(),
+        }
+    }
+}
+
 impl ProxyError {
     /// The endpoint could not be reached (TCP, TLS or HTTP handshake): the balancer backs it off.
     pub fn is_connect(&self) -> bool {

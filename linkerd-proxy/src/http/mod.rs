@@ -10,6 +10,7 @@ pub mod h2;
 pub mod header_timeout;
 pub mod headers;
 pub mod inflight;
+pub mod matching;
 pub mod server;
 #[cfg(test)]
 mod test_support;

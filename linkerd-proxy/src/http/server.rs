@@ -17,13 +17,13 @@ use crate::{
     balance::{Balancer, Balancers, Target, target_for},
     detect,
     drain::Drain,
+    inbound::policy::{HttpDecision, PortPolicy, RouteRequest},
     io::{BoxIo, PrefixedIo},
     lock,
     metrics::{Direction, HttpKey, HttpStats, Metrics, ResponseClass, RouteCounters, Tls},
-    outbound::{
+    outbound::policy::{
         Accrual, BackendTarget, Decision, Filter, OutboundPolicies, PolicyWatch, Retry, Rule,
     },
-    policy::{HttpDecision, PortPolicy, RouteRequest},
     resolve::Endpoint,
     tap::{Pending, TapEvent},
     tcp,

@@ -7,13 +7,13 @@
 #![allow(deprecated)]
 
 use super::budget::Budget;
-pub use crate::backoff::Backoff;
+pub use crate::{backoff::Backoff, balance::Accrual};
 use crate::{
-    metrics::{Metrics, RouteCounters},
-    policy::{
+    inbound::policy::{
         HostMatch, PathMatch, Rank, RequestMatch, RouteRequest, grpc_match, host_rank, hosts,
         http_match, metadata_name, rule_rank,
     },
+    metrics::{Metrics, RouteCounters},
     resolve::Endpoint,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
@@ -223,14 +223,6 @@ impl Retry {
     }
 }
 
-/// Consecutive failures take an endpoint out of its balancer for a backoff that grows while
-/// it keeps failing its probes.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Accrual {
-    pub max_failures: u32,
-    pub backoff: Backoff,
-}
-
 /// What a request routed by the policy does next.
 #[derive(Debug)]
 pub enum Decision<'a> {
@@ -260,7 +252,7 @@ impl OutboundPolicy {
     }
 
     /// The most specific matching rule of any route, by the Gateway API's precedence (see
-    /// [`crate::policy::Rank`]): the route's hostname, then an exact path, the longest prefix,
+    /// [`crate::inbound::policy::Rank`]): the route's hostname, then an exact path, the longest prefix,
     /// a method, the most headers, the most query parameters (gRPC: service, method, headers);
     /// the earlier route, then the earlier rule, on ties.
     pub fn select(&self, version: Version, req: &RouteRequest<'_>) -> Option<&Arc<Rule>> {
@@ -309,7 +301,7 @@ impl Rule {
     /// match is not a prefix match): what a redirect's `ReplacePrefixMatch` replaces.
     pub fn matched_prefix(&self, req: &RouteRequest<'_>) -> usize {
         let ranked = self.matches.iter().filter_map(|m| Some((m.rank(req)?, m)));
-        match crate::policy::best(ranked) {
+        match crate::inbound::policy::best(ranked) {
             Some((
                 _,
                 RequestMatch {

@@ -74,7 +74,7 @@ pub fn channel(
     cfg.service
         .as_ref()
         .map(|svc| {
-            crate::destination::control_channel(
+            crate::control::control_channel(
                 &svc.svc_addr,
                 svc.svc_name.as_deref(),
                 creds,

@@ -1,7 +1,7 @@
 use super::*;
 
 mod props;
-use crate::{metrics::Metrics, policy::RouteRequest};
+use crate::{http::matching::RouteRequest, metrics::Metrics};
 use http::{HeaderMap, Method, StatusCode, Version};
 use proto::api::{
     grpc_route as g, http_route as hr,

@@ -15,13 +15,12 @@
 //! ```
 
 pub mod client;
-mod matching;
 mod model;
 pub mod ratelimit;
 #[cfg(test)]
 mod tests;
 
-pub use matching::*;
+pub use crate::http::matching::*;
 pub use model::*;
 
 use crate::metrics::Metrics;

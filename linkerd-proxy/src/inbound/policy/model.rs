@@ -2,7 +2,7 @@
 //! messages, with its metric counters resolved, so that a decision is a few comparisons and one
 //! atomic increment.
 
-use super::matching::{
+use crate::http::matching::{
     HostMatch, Rank, RequestMatch, RouteRequest, best, grpc_match, host_rank, hosts, http_match,
     rule_rank,
 };
@@ -63,69 +63,7 @@ impl DefaultPolicy {
     }
 }
 
-/// An IP network (`10.0.0.0/8`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Net {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl Net {
-    pub const ALL_V4: Net = Net {
-        addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-        prefix: 0,
-    };
-    pub const ALL_V6: Net = Net {
-        addr: IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-        prefix: 0,
-    };
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let p = u32::from(self.prefix.min(32));
-                let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let p = u32::from(self.prefix.min(128));
-                let mask = if p == 0 { 0 } else { u128::MAX << (128 - p) };
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for Net {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IP network"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: the prefix must be 0-{max}"))?,
-            None => max,
-        };
-        Ok(Net { addr, prefix })
-    }
-}
+pub use crate::transport::Net;
 
 /// Client networks an authorization applies to, with exceptions.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,9 +4,9 @@
 
 use super::rule as api_rule;
 use crate::{
+    http::matching::RouteRequest,
     metrics::Metrics,
-    outbound::{BackendTarget, OutboundPolicy},
-    policy::RouteRequest,
+    outbound::policy::{BackendTarget, OutboundPolicy},
 };
 use http::{HeaderMap, HeaderValue, Method, Version};
 use proptest::prelude::*;
