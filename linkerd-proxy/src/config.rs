@@ -6,7 +6,12 @@
 //! `MESH_PROXY_*` prefix. Values are read through [`Strings`] so tests never touch the process
 //! environment. Every variable is documented in `linkerd-proxy/README.md`.
 
-pub use crate::log::LogFormat;
+pub use crate::{
+    inbound::Config as InboundConfig,
+    listen::Limits,
+    log::LogFormat,
+    outbound::{Config as OutboundConfig, LocalListener},
+};
 use std::{collections::HashMap, net::SocketAddr, str::FromStr, time::Duration};
 
 pub const ENV_INBOUND_LISTEN_ADDR: &str = "LINKERD2_PROXY_INBOUND_LISTEN_ADDR";
@@ -125,67 +130,9 @@ pub struct Config {
 }
 
 #[derive(Clone, Debug)]
-pub struct InboundConfig {
-    pub listen_addr: SocketAddr,
-    pub detect_timeout: Duration,
-    pub connect_timeout: Duration,
-    /// Target ports whose traffic skips protocol detection.
-    pub opaque_ports: Vec<u16>,
-    /// Where connections made directly to the inbound listener (not redirected by iptables) go:
-    /// the local application, when running without iptables.
-    pub forward_addr: Option<SocketAddr>,
-    /// The pod's IPs; a redirected connection to one of these is forwarded to localhost.
-    pub ips: Vec<std::net::IpAddr>,
-    pub limits: Limits,
-}
-
-/// How much one direction takes on before it sheds load.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// Requests in flight (from request head to the end of the response).
-    pub max_in_flight: usize,
-    /// Open connections on the listener.
-    pub max_connections: usize,
-    /// HTTP/1: from a request head's first byte to its end.
-    pub header_read_timeout: Duration,
-}
-
-#[derive(Clone, Debug)]
-pub struct OutboundConfig {
-    pub listen_addr: SocketAddr,
-    pub detect_timeout: Duration,
-    pub connect_timeout: Duration,
-    /// Bound on the time from sending a request to receiving response headers; none by default.
-    pub response_timeout: Option<Duration>,
-    pub opaque_ports: Vec<u16>,
-    /// Extra listeners that forward every connection to a logical service as opaque TCP.
-    pub local_listeners: Vec<LocalListener>,
-    /// Logical names resolved without a discovery service (local mode), each endpoint with the
-    /// TLS identity of its proxy when it is meshed.
-    pub static_endpoints: Vec<crate::resolve::StaticName>,
-    pub max_idle_per_endpoint: usize,
-    /// Peak-EWMA parameters and the fail-fast timeout of every balancer.
-    pub balance: crate::balance::BalanceConfig,
-    /// A destination nobody used for this long loses its balancer and discovery watch.
-    pub discovery_idle_timeout: Duration,
-    pub limits: Limits,
-    /// What HTTP-proxy mode may dial besides mesh destinations.
-    pub proxy_allow: crate::transport::ProxyAllow,
-}
-
-#[derive(Clone, Debug)]
 pub struct AdminConfig {
     pub listen_addr: SocketAddr,
     pub shutdown_endpoint_enabled: bool,
-}
-
-/// `name=listen_addr>target`: a local port forwarded to a logical service.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LocalListener {
-    pub name: String,
-    pub listen_addr: SocketAddr,
-    /// A logical `host:port`, resolved through the proxy's resolver.
-    pub target: String,
 }
 
 // === impl Strings ===

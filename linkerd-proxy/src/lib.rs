@@ -34,6 +34,7 @@ pub mod idle;
 pub mod inbound;
 pub mod init;
 pub mod io;
+pub mod listen;
 pub mod log;
 pub mod metrics;
 pub mod outbound;

@@ -5,6 +5,7 @@
 pub mod body;
 pub mod client;
 pub mod errors;
+pub mod exchange;
 pub mod h1;
 pub mod h2;
 pub mod header_timeout;
@@ -19,5 +20,4 @@ pub use self::{
     body::ProxyBody,
     client::Client,
     errors::{L5D_PROXY_ERROR, ProxyError},
-    server::{HttpConn, Route, Shared, serve},
 };
