@@ -48,6 +48,10 @@ pub mod trim;
 
 use std::process::ExitCode;
 
+/// An error of any kind, boxed: a body's (hyper's, or one of the proxy's own HTTP/1 and HTTP/2
+/// clients'), or a handshake's.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Locks `m`, going on with the data if a task panicked while holding the lock: one
 /// connection's bug does not take a shared map down with it.
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -16,8 +16,7 @@ use std::{
 };
 use tokio::time::Instant;
 
-/// A body's error: hyper's, or one of the proxy's own HTTP/1 and HTTP/2 clients'.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::BoxError;
 
 #[derive(Debug)]
 pub enum ProxyBody {
@@ -27,7 +26,7 @@ pub enum ProxyBody {
     },
     /// A response read by the proxy's own HTTP/1 client.
     H1 {
-        body: h1::RecvBody,
+        body: h1::RecvBody<ProxyBody>,
         recorder: Option<Recorder>,
     },
     /// A response read by the proxy's HTTP/2 client.

@@ -19,7 +19,7 @@ pub enum ProxyError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("upstream handshake failed: {0}")]
-    Handshake(#[source] super::body::BoxError),
+    Handshake(#[source] crate::BoxError),
     #[error("upstream request failed: {0}")]
     Upstream(#[source] hyper::Error),
     #[error("upstream request failed: {0}")]

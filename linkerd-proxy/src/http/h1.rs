@@ -19,25 +19,18 @@
 //! upgrades and `CONNECT` (see `Client::send_upgrade`), which hand the connection over.
 //! Request trailers are not sent: an HTTP/1 server cannot be assumed to accept them.
 
-use super::{
-    body::{BoxError, ProxyBody},
-    client::{Key, KeyMap},
-};
-use crate::{io::BoxIo, lock, metrics::TcpStats};
+use super::pool::{self, Key, Pooled};
+use crate::{BoxError, io::BoxIo, metrics::TcpStats};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header,
 };
 use http_body::{Body, Frame, SizeHint};
 use std::{
-    collections::VecDeque,
     io::{self, IoSlice, Write as _},
     mem::MaybeUninit,
     pin::Pin,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     task::{Context, Poll, Waker, ready},
 };
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -148,6 +141,19 @@ impl Conn {
     }
 }
 
+/// Idle HTTP/1 connections by endpoint.
+pub type Pool = pool::Pool<Conn>;
+
+impl Pooled for Conn {
+    fn key(&self) -> &Key {
+        &self.key
+    }
+
+    fn is_idle_open(&mut self) -> bool {
+        self.0.is_idle_open()
+    }
+}
+
 impl State {
     /// True while the server has neither closed the idle connection nor sent anything
     /// unasked. Costs no system call unless the socket was reported readable since the last
@@ -171,80 +177,6 @@ impl State {
     }
 }
 
-/// Idle upstream HTTP/1 connections by endpoint, each with the sweep count when it was
-/// checked in.
-#[derive(Debug)]
-pub struct Pool {
-    /// Oldest first; checkout takes the most recent.
-    idle: Mutex<KeyMap<VecDeque<(Conn, u64)>>>,
-    max_idle_per_endpoint: usize,
-    sweeps: AtomicU64,
-}
-
-impl Pool {
-    pub fn new(max_idle_per_endpoint: usize) -> Self {
-        Self {
-            idle: Mutex::default(),
-            max_idle_per_endpoint,
-            sweeps: AtomicU64::new(0),
-        }
-    }
-
-    /// The most recently used idle connection to the endpoint that is still open.
-    pub fn checkout(&self, key: &Key) -> Option<Conn> {
-        let mut idle = lock(&self.idle);
-        let conns = idle.get_mut(key)?;
-        while let Some((mut c, _)) = conns.pop_back() {
-            if c.is_idle_open() {
-                return Some(c);
-            }
-        }
-        idle.remove(key);
-        None
-    }
-
-    /// Keeps `conn` for reuse; when the endpoint already has its most idle connections, the
-    /// oldest goes. Idle connections the server closed meanwhile are skipped at checkout and
-    /// dropped by the sweep: probing them all at every checkin cost a poll per idle
-    /// connection per request.
-    fn checkin(&self, conn: Conn) {
-        if self.max_idle_per_endpoint == 0 {
-            return;
-        }
-        let now = self.sweeps.load(Ordering::Relaxed);
-        let mut idle = lock(&self.idle);
-        let conns = idle.entry(conn.key.clone()).or_default();
-        if conns.len() >= self.max_idle_per_endpoint {
-            conns.pop_front();
-        }
-        conns.push_back((conn, now));
-    }
-}
-
-impl crate::idle::Sweep for Pool {
-    /// Closes the connections that were idle through a whole sweep period or that the server
-    /// closed, and forgets endpoints with none left: with sweeps every `idle / 2`, an unused
-    /// connection lives between `idle / 2` and `idle`.
-    fn sweep(&self) -> usize {
-        let now = self.sweeps.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut idle = lock(&self.idle);
-        let mut closed = 0;
-        idle.retain(|_, conns| {
-            let before = conns.len();
-            conns.retain_mut(|(c, since)| *since + 1 >= now && c.is_idle_open());
-            closed += before - conns.len();
-            !conns.is_empty()
-        });
-        closed
-    }
-}
-
-impl Pool {
-    #[cfg(test)]
-    fn idle(&self, key: &Key) -> usize {
-        lock(&self.idle).get(key).map_or(0, VecDeque::len)
-    }
-}
 
 /// How a request body is delimited on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -740,7 +672,7 @@ where
 /// A response body read straight from the upstream connection. Dropped after its end (and
 /// after the request's), it returns the connection to the pool; dropped before, it closes it.
 #[derive(Debug)]
-pub struct RecvBody<B = ProxyBody> {
+pub struct RecvBody<B> {
     ex: Option<Exchange<B>>,
     recv: Recv,
     pool: Arc<Pool>,

@@ -16,7 +16,7 @@
 //! The proxy sends no `CONNECT` here: its server tunnels an HTTP/2 `CONNECT` over an
 //! HTTP/1.1 `CONNECT` upstream (`Client::send_upgrade`), as it does an HTTP/1 one.
 
-use super::body::BoxError;
+use crate::BoxError;
 use crate::io::BoxIo;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, header};

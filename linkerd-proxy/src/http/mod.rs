@@ -12,6 +12,7 @@ pub mod header_timeout;
 pub mod headers;
 pub mod inflight;
 pub mod matching;
+pub mod pool;
 pub mod server;
 #[cfg(test)]
 mod test_support;

@@ -2,7 +2,11 @@
 //! frames what it reads, and when a connection goes back to the pool.
 
 use super::*;
-use crate::http::test_support::{data, feed};
+use crate::{
+    http::test_support::{data, feed},
+    lock,
+};
+use std::sync::Mutex;
 use http_body_util::BodyExt;
 use std::{
     net::SocketAddr,
