@@ -16,7 +16,8 @@
 //! once per policy update; ranking a request does no allocation.
 
 use http::{HeaderMap, HeaderName, Method};
-use proto::api::{grpc_route as api_grpc, http_route as api_route};
+use proto::api::{grpc_route as api_grpc, http_route as api_route, meta};
+use std::sync::Arc;
 
 #[cfg(test)]
 mod tests;
@@ -406,4 +407,16 @@ pub(crate) fn grpc_match(m: api_grpc::GrpcRouteMatch) -> Result<RequestMatch, St
     };
     header_matches(m.headers, &mut out)?;
     Ok(out)
+}
+
+/// A route's (or rate limit's) kind and name from the API's metadata; `fallback` names one the
+/// policy service left unnamed.
+pub(crate) fn metadata_name(m: Option<meta::Metadata>, fallback: &str) -> (Arc<str>, Arc<str>) {
+    match m.and_then(|m| m.kind) {
+        Some(meta::metadata::Kind::Default(name)) => ("default".into(), name.into()),
+        Some(meta::metadata::Kind::Resource(r)) => {
+            (r.kind.to_ascii_lowercase().into(), r.name.into())
+        }
+        None => ("default".into(), fallback.into()),
+    }
 }

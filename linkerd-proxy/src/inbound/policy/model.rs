@@ -4,10 +4,10 @@
 
 use crate::http::matching::{
     HostMatch, Rank, RequestMatch, RouteRequest, best, grpc_match, host_rank, hosts, http_match,
-    rule_rank,
+    metadata_name, rule_rank,
 };
 use crate::metrics::{AuthzKey, Metrics, Tls};
-use proto::api::{inbound as api, meta};
+use proto::api::inbound as api;
 use std::{
     net::IpAddr,
     str::FromStr,
@@ -486,16 +486,6 @@ struct RouteSpec {
     hosts: Vec<HostMatch>,
     matches: Vec<RequestMatch>,
     authorizations: Vec<Authorization>,
-}
-
-pub(crate) fn metadata_name(m: Option<meta::Metadata>, fallback: &str) -> (Arc<str>, Arc<str>) {
-    match m.and_then(|m| m.kind) {
-        Some(meta::metadata::Kind::Default(name)) => ("default".into(), name.into()),
-        Some(meta::metadata::Kind::Resource(r)) => {
-            (r.kind.to_ascii_lowercase().into(), r.name.into())
-        }
-        None => ("default".into(), fallback.into()),
-    }
 }
 
 fn net(n: proto::api::net::IpNetwork) -> Result<Net, String> {

@@ -62,7 +62,7 @@ const UNAUTHENTICATED: &str = "";
 
 impl RateLimit {
     pub fn from_api(rl: HttpLocalRateLimit, limited: Arc<AtomicU64>) -> Result<Self, String> {
-        let (_, name) = super::metadata_name(rl.metadata, "ratelimit");
+        let (_, name) = crate::http::matching::metadata_name(rl.metadata, "ratelimit");
         let mut overrides = HashMap::new();
         for o in rl.overrides {
             let rps = o

@@ -9,7 +9,7 @@
 use super::budget::Budget;
 pub use crate::{backoff::Backoff, balance::Accrual};
 use crate::{
-    inbound::policy::{
+    http::matching::{
         HostMatch, PathMatch, Rank, RequestMatch, RouteRequest, grpc_match, host_rank, hosts,
         http_match, metadata_name, rule_rank,
     },
@@ -252,7 +252,7 @@ impl OutboundPolicy {
     }
 
     /// The most specific matching rule of any route, by the Gateway API's precedence (see
-    /// [`crate::inbound::policy::Rank`]): the route's hostname, then an exact path, the longest prefix,
+    /// [`crate::http::matching::Rank`]): the route's hostname, then an exact path, the longest prefix,
     /// a method, the most headers, the most query parameters (gRPC: service, method, headers);
     /// the earlier route, then the earlier rule, on ties.
     pub fn select(&self, version: Version, req: &RouteRequest<'_>) -> Option<&Arc<Rule>> {
@@ -301,7 +301,7 @@ impl Rule {
     /// match is not a prefix match): what a redirect's `ReplacePrefixMatch` replaces.
     pub fn matched_prefix(&self, req: &RouteRequest<'_>) -> usize {
         let ranked = self.matches.iter().filter_map(|m| Some((m.rank(req)?, m)));
-        match crate::inbound::policy::best(ranked) {
+        match crate::http::matching::best(ranked) {
             Some((
                 _,
                 RequestMatch {
