@@ -5,18 +5,30 @@
 //! relay. The admin server exports Linkerd-compatible metrics. See `ARCHITECTURE.md` for the
 //! request path and `README.md` in this crate for every configuration variable.
 //!
-//! Module tiers (a module may use only lower tiers):
+//! Module tiers. A module may use only modules of lower tiers (`tests/tiers.rs` reads this
+//! table and checks every `crate::` and `super::` path against it):
 //!
 //! ```text
-//! tier 0  io, transport, drain, metrics, log, backoff,   plumbing, no knowledge of the proxy
-//!         idle
-//! tier 1  detect, resolve, balance, tls, tcp, http      one concern each; no config, no app
-//! tier 2  identity, destination, policy, outbound        control-plane clients (use tls, proto)
-//! tier 3  config, admin, app                             the only place everything meets
+//! 0  plumbing:          io, drain, log, backoff, idle, build_info, transport, tap, trim
+//! 1  one concern:       metrics, detect, resolve, tls
+//! 2  building blocks:   control, balance
+//! 3  connections:       tcp, identity, destination
+//! 4  HTTP:              http
+//! 5  listeners:         listen
+//! 6  the two halves:    inbound, outbound
+//! 7  composition:       config, admin
+//! 8  entry points:      app, init
 //! ```
 //!
-//! `init` stands apart: `linkerd-proxy init` installs the pod's iptables rules and exits, before
-//! any of the above runs (see `README.md`).
+//! Tier 0 knows nothing of the proxy. `control` is the control-plane channel (TLS to the
+//! identity, destination and policy services), `balance` the endpoint balancer; `tcp` dials
+//! endpoints (TCP, then mTLS) and relays opaque streams; `identity` and `destination` are
+//! control-plane clients. `http` is the HTTP machinery shared by both directions: servers,
+//! HTTP/1 and HTTP/2 clients, route matching, the request exchange. `listen` accepts
+//! connections under limits. `inbound` and `outbound` decide (policy, routing, retries) and
+//! never use each other. `config` reads the environment; `app` puts the parts together.
+//! `init` stands apart: `linkerd-proxy init` installs the pod's iptables rules and exits,
+//! before any of the above runs (see `README.md`).
 
 pub mod admin;
 pub mod app;
