@@ -142,6 +142,7 @@ impl Load {
     }
 
     /// Requests or connections in flight on this endpoint.
+    #[cfg(test)]
     pub fn pending(&self) -> u32 {
         self.lock().pending
     }

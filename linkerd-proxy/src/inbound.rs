@@ -14,7 +14,7 @@
 //! - [`http`]: each request authorized, given its client identity, sent to the application.
 //! - [`policy`]: who may call which port and route (Linkerd's `InboundServerPolicies`).
 
-pub mod http;
+pub(crate) mod http;
 pub mod policy;
 
 use self::{

@@ -30,33 +30,33 @@
 //! `init` stands apart: `linkerd-proxy init` installs the pod's iptables rules and exits,
 //! before any of the above runs (see `README.md`).
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod app;
-pub mod backoff;
-pub mod balance;
-pub mod build_info;
+pub(crate) mod backoff;
+pub(crate) mod balance;
+pub(crate) mod build_info;
 pub mod config;
-pub mod control;
-pub mod destination;
+pub(crate) mod control;
+pub(crate) mod destination;
 pub mod detect;
-pub mod drain;
+pub(crate) mod drain;
 pub mod http;
-pub mod identity;
-pub mod idle;
+pub(crate) mod identity;
+pub(crate) mod idle;
 pub mod inbound;
 pub mod init;
-pub mod io;
-pub mod listen;
+pub(crate) mod io;
+pub(crate) mod listen;
 pub mod log;
 pub mod metrics;
 pub mod outbound;
-pub mod resolve;
-pub mod tap;
-pub mod tcp;
+pub(crate) mod resolve;
+pub(crate) mod tap;
+pub(crate) mod tcp;
 pub mod tls;
-pub mod transport;
+pub(crate) mod transport;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub mod trim;
+pub(crate) mod trim;
 
 use std::process::ExitCode;
 

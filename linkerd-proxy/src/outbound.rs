@@ -13,10 +13,10 @@
 //! - [`policy`]: how requests to a destination are routed, split, retried and timed out
 //!   (Linkerd's `OutboundPolicies`).
 
-pub mod http;
-pub mod plan;
+pub(crate) mod http;
+pub(crate) mod plan;
 pub mod policy;
-pub mod retry;
+pub(crate) mod retry;
 
 use self::http::{Dst, Http, Shared};
 use crate::{

@@ -41,12 +41,15 @@ fn tiers(lib: &str) -> BTreeMap<String, u32> {
     out
 }
 
-/// The crate's top-level modules, from `pub mod` / `mod` lines in lib.rs.
+/// The crate's top-level modules, from `mod`, `pub mod` and `pub(crate) mod` lines in lib.rs.
 fn declared_modules(lib: &str) -> BTreeSet<String> {
     lib.lines()
         .filter_map(|l| {
             let l = l.trim();
-            let l = l.strip_prefix("pub ").unwrap_or(l);
+            let l = ["pub(crate) ", "pub "]
+                .iter()
+                .find_map(|p| l.strip_prefix(p))
+                .unwrap_or(l);
             l.strip_prefix("mod ")?.strip_suffix(';').map(str::to_owned)
         })
         .collect()

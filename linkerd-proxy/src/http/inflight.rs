@@ -103,11 +103,6 @@ impl ConnRequests {
         Some(Held(self.clone()))
     }
 
-    /// The bound this connection's requests count against.
-    pub fn in_flight(&self) -> &InFlight {
-        &self.in_flight
-    }
-
     /// Called after each read of an HTTP/1 connection (`got`: bytes arrived). Returns the head
     /// being read, if one is: no request in progress and bytes of a next head seen.
     pub(super) fn after_read(&self, got: bool) -> Option<u64> {

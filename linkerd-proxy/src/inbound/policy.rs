@@ -16,7 +16,7 @@
 
 pub mod client;
 mod model;
-pub mod ratelimit;
+pub(crate) mod ratelimit;
 #[cfg(test)]
 mod tests;
 

@@ -15,7 +15,7 @@
 //!                                         ▲ retry (status/gRPC code, budget, backoff) ┘
 //! ```
 
-pub mod budget;
+pub(crate) mod budget;
 mod model;
 #[cfg(test)]
 mod tests;
