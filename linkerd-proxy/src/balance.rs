@@ -66,7 +66,7 @@ pub enum BalanceError {
 
 /// Load and health of one endpoint.
 #[derive(Debug)]
-pub struct Load {
+pub(crate) struct Load {
     state: Mutex<LoadState>,
 }
 
@@ -143,7 +143,7 @@ impl Load {
 
     /// Requests or connections in flight on this endpoint.
     #[cfg(test)]
-    pub fn pending(&self) -> u32 {
+    pub(crate) fn pending(&self) -> u32 {
         self.lock().pending
     }
 }
@@ -444,45 +444,45 @@ fn slots_for(res: &Resolution, old: &[Slot], default_rtt: Duration, now: Instant
 /// Where one request or connection goes: an endpoint picked by a balancer, or an address with
 /// no balancer behind it (the original destination, an IP literal, DNS).
 #[derive(Debug)]
-pub enum Target {
+pub(crate) enum Target {
     Balanced(Picked),
     Direct(Endpoint),
 }
 
 impl Target {
-    pub fn direct(addr: SocketAddr) -> Self {
+    pub(crate) fn direct(addr: SocketAddr) -> Self {
         Target::Direct(Endpoint {
             addr,
             identity: None,
         })
     }
 
-    pub fn endpoint(&self) -> &Endpoint {
+    pub(crate) fn endpoint(&self) -> &Endpoint {
         match self {
             Target::Balanced(p) => &p.endpoint,
             Target::Direct(e) => e,
         }
     }
 
-    pub fn complete(&self) {
+    pub(crate) fn complete(&self) {
         if let Target::Balanced(p) = self {
             p.complete();
         }
     }
 
-    pub fn connect_failed(&self) {
+    pub(crate) fn connect_failed(&self) {
         if let Target::Balanced(p) = self {
             p.connect_failed();
         }
     }
 
-    pub fn connected(&self) {
+    pub(crate) fn connected(&self) {
         if let Target::Balanced(p) = self {
             p.connected();
         }
     }
 
-    pub fn accrue(&self, ok: bool, accrual: &Accrual) {
+    pub(crate) fn accrue(&self, ok: bool, accrual: &Accrual) {
         if let Target::Balanced(p) = self {
             p.accrue(ok, accrual);
         }
@@ -492,7 +492,7 @@ impl Target {
 /// Resolves a logical `host:port`: balanced over discovered endpoints when a resolver serves
 /// the name; otherwise (or when discovery says it does not exist) `fallback`, then an IP
 /// literal, then DNS.
-pub async fn target_for(
+pub(crate) async fn target_for(
     balancer: Option<&Balancer>,
     authority: &str,
     fallback: Option<SocketAddr>,

@@ -60,14 +60,14 @@ impl DestinationConfig {
 
 /// Resolves names through the destination service.
 #[derive(Clone, Debug)]
-pub struct DestinationResolve {
+pub(crate) struct DestinationResolve {
     cfg: Arc<DestinationConfig>,
     channel: Channel,
 }
 
 impl DestinationResolve {
     /// Builds the client; the connection is made lazily, on the first watch.
-    pub fn new(cfg: DestinationConfig, creds: Option<CredsRx>) -> Result<Self, String> {
+    pub(crate) fn new(cfg: DestinationConfig, creds: Option<CredsRx>) -> Result<Self, String> {
         let channel = channel(&cfg, creds)?;
         Ok(Self {
             cfg: Arc::new(cfg),

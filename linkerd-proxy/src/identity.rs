@@ -45,7 +45,7 @@ pub struct IdentityConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum IdentityError {
+pub(crate) enum IdentityError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -70,7 +70,7 @@ struct KeyAndCsr {
 }
 
 /// Obtains and renews the certificate forever, publishing each one on `tx`.
-pub async fn run(
+pub(crate) async fn run(
     cfg: IdentityConfig,
     roots: TrustRoots,
     tx: watch::Sender<Option<Arc<Credentials>>>,
@@ -106,7 +106,7 @@ pub async fn run(
 }
 
 /// 70% of the time left, clamped to the configured bounds.
-pub fn refresh_in(not_after: SystemTime, now: SystemTime, cfg: &IdentityConfig) -> Duration {
+pub(crate) fn refresh_in(not_after: SystemTime, now: SystemTime, cfg: &IdentityConfig) -> Duration {
     let left = not_after.duration_since(now).unwrap_or_default();
     left.mul_f64(0.7).clamp(cfg.min_refresh, cfg.max_refresh)
 }

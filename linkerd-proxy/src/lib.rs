@@ -30,6 +30,8 @@
 //! `init` stands apart: `linkerd-proxy init` installs the pod's iptables rules and exits,
 //! before any of the above runs (see `README.md`).
 
+#![warn(unreachable_pub)]
+
 pub(crate) mod admin;
 pub mod app;
 pub(crate) mod backoff;

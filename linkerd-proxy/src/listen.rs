@@ -33,7 +33,7 @@ pub struct Limits {
 /// of connections costs a bounded amount of memory and the kernel's queue does not fill with
 /// clients that will time out anyway.
 #[derive(Debug)]
-pub struct ConnLimit {
+pub(crate) struct ConnLimit {
     name: &'static str,
     open: AtomicUsize,
     max: usize,
@@ -46,7 +46,7 @@ pub struct ConnLimit {
 pub struct ConnSlot(Arc<ConnLimit>);
 
 impl ConnLimit {
-    pub fn new(metrics: &Metrics, name: &'static str, max: usize) -> Arc<Self> {
+    pub(crate) fn new(metrics: &Metrics, name: &'static str, max: usize) -> Arc<Self> {
         let limit = Arc::new(Self {
             name,
             open: AtomicUsize::new(0),
@@ -72,7 +72,7 @@ impl ConnLimit {
         limit
     }
 
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
 
@@ -108,7 +108,7 @@ impl Drop for ConnSlot {
 }
 
 /// The counter of a direction's connections cut off by the header-read timeout.
-pub fn header_timeouts(metrics: &Metrics, direction: Direction) -> Arc<AtomicU64> {
+pub(crate) fn header_timeouts(metrics: &Metrics, direction: Direction) -> Arc<AtomicU64> {
     let count = Arc::new(AtomicU64::new(0));
     let c = count.clone();
     metrics.register_limit(LimitSeries {
@@ -122,7 +122,7 @@ pub fn header_timeouts(metrics: &Metrics, direction: Direction) -> Arc<AtomicU64
 }
 
 /// A direction's bound on requests in flight, exported as metrics.
-pub fn in_flight(metrics: &Metrics, direction: Direction, limits: &Limits) -> Arc<InFlight> {
+pub(crate) fn in_flight(metrics: &Metrics, direction: Direction, limits: &Limits) -> Arc<InFlight> {
     let f = InFlight::new(limits.max_in_flight);
     let (current, shed) = (f.clone(), f.clone());
     let labels = format!("direction=\"{}\"", direction.as_str());
@@ -143,7 +143,7 @@ pub fn in_flight(metrics: &Metrics, direction: Direction, limits: &Limits) -> Ar
     f
 }
 
-pub async fn accept_loop<F, Fut>(
+pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     limit: Arc<ConnLimit>,
     drain: Drain,

@@ -178,7 +178,7 @@ pub struct ProxyAllow {
 
 /// The control plane's admin ports (identity, injector, destination, policy), refused on local
 /// addresses in HTTP-proxy mode.
-pub const CONTROL_PLANE_ADMIN_PORTS: [u16; 4] = [9990, 9995, 9996, 9997];
+pub(crate) const CONTROL_PLANE_ADMIN_PORTS: [u16; 4] = [9990, 9995, 9996, 9997];
 
 impl ProxyAllow {
     /// Parses `external`, `none`, `CIDR`, `IP`, `IP:port`, `[IPv6]:port`, comma-separated.
@@ -250,7 +250,7 @@ fn is_local(ip: std::net::IpAddr) -> bool {
     ip.is_loopback() || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
-pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
@@ -261,7 +261,7 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Prepares an accepted socket and recovers its original destination.
-pub fn accepted(stream: TcpStream, client: SocketAddr) -> io::Result<Accepted> {
+pub(crate) fn accepted(stream: TcpStream, client: SocketAddr) -> io::Result<Accepted> {
     let local = stream.local_addr()?;
     set_socket_options(&stream);
     let orig_dst = original_dst(&stream, local).filter(|o| *o != canonical(local));
@@ -307,7 +307,10 @@ fn set_socket_options(stream: &TcpStream) {
 }
 
 /// Connects with a timeout, and sets the options every proxy socket gets.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_) => Err(ConnectError::Timeout { addr, timeout }),
         Ok(Err(source)) => Err(ConnectError::Io { addr, source }),

@@ -16,7 +16,9 @@ fn src_dir() -> PathBuf {
 /// `module -> tier` from the ```text block after "Module tiers" in lib.rs. A line is
 /// `N  label:  a, b, c`.
 fn tiers(lib: &str) -> BTreeMap<String, u32> {
-    let start = lib.find("Module tiers").expect("lib.rs draws the module tiers");
+    let start = lib
+        .find("Module tiers")
+        .expect("lib.rs draws the module tiers");
     let block = &lib[start..];
     let open = block.find("```text").expect("the tiers are a text block") + "```text".len();
     let close = open + block[open..].find("```").expect("the text block ends");
@@ -28,7 +30,9 @@ fn tiers(lib: &str) -> BTreeMap<String, u32> {
         }
         let (tier, rest) = line.split_once(char::is_whitespace).expect("a tier line");
         let tier: u32 = tier.parse().expect("a tier line starts with its number");
-        let (_, modules) = rest.split_once(':').expect("a tier line names its modules after ':'");
+        let (_, modules) = rest
+            .split_once(':')
+            .expect("a tier line names its modules after ':'");
         for m in modules.split(',') {
             let m = m.trim();
             assert!(!m.is_empty(), "an empty module name on tier {tier}");
@@ -212,16 +216,25 @@ fn modules_use_only_lower_tiers() {
     let tiers = tiers(&lib);
     let modules = declared_modules(&lib);
     let undrawn: Vec<_> = modules.iter().filter(|m| !tiers.contains_key(*m)).collect();
-    assert!(undrawn.is_empty(), "modules missing from the tiers: {undrawn:?}");
+    assert!(
+        undrawn.is_empty(),
+        "modules missing from the tiers: {undrawn:?}"
+    );
     let stale: Vec<_> = tiers.keys().filter(|m| !modules.contains(*m)).collect();
-    assert!(stale.is_empty(), "tiers name modules that do not exist: {stale:?}");
+    assert!(
+        stale.is_empty(),
+        "tiers name modules that do not exist: {stale:?}"
+    );
 
     let mut files = Vec::new();
     rs_files(&src, &mut files);
     let mut violations = Vec::new();
     let mut checked = 0;
     for file in files {
-        if file.file_name().is_some_and(|n| n == "lib.rs" || n == "main.rs") {
+        if file
+            .file_name()
+            .is_some_and(|n| n == "lib.rs" || n == "main.rs")
+        {
             continue;
         }
         let (own, depth) = module_of(&src, &file);
@@ -246,7 +259,10 @@ fn modules_use_only_lower_tiers() {
             }
         }
     }
-    assert!(checked > 50, "only {checked} cross-module paths found: the scan is broken");
+    assert!(
+        checked > 50,
+        "only {checked} cross-module paths found: the scan is broken"
+    );
     assert!(
         violations.is_empty(),
         "upward or sideways imports:\n{}",

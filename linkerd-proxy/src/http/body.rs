@@ -16,7 +16,7 @@ use std::{
 };
 use tokio::time::Instant;
 
-pub use crate::BoxError;
+pub(crate) use crate::BoxError;
 
 #[derive(Debug)]
 pub enum ProxyBody {
@@ -341,11 +341,11 @@ impl Recorder {
 static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 /// A gRPC status in [`Recorder`]'s 16 bits.
-pub fn narrow_grpc(code: u32) -> u16 {
+pub(crate) fn narrow_grpc(code: u32) -> u16 {
     u16::try_from(code).unwrap_or(2)
 }
 
-pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers
         .get(&GRPC_STATUS)
         .and_then(|v| v.to_str().ok())

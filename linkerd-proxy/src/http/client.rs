@@ -33,8 +33,7 @@ use tracing::debug;
 
 /// How long an idle HTTP/1 upstream connection is kept: below the keep-alive timeouts of
 /// common servers (nginx 75 s, Go 90 s), so the server rarely closes one just as it is reused.
-pub const HTTP1_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
-
+pub(crate) const HTTP1_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -318,4 +317,3 @@ impl Inner {
         Ok((io, stats))
     }
 }
-

@@ -235,7 +235,7 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
-pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
+pub(crate) fn is_grpc<B>(req: &http::Request<B>) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 /// Marks an HTTP/1 request carried over HTTP/2 between proxies, with its original version.
-pub static L5D_ORIG_PROTO: HeaderName = HeaderName::from_static("l5d-orig-proto");
+pub(crate) static L5D_ORIG_PROTO: HeaderName = HeaderName::from_static("l5d-orig-proto");
 
 /// What one direction's HTTP connections share.
 #[derive(Debug)]
@@ -50,7 +50,7 @@ pub struct Forwarding {
 
 /// One downstream HTTP connection's part that does not depend on its direction.
 #[derive(Debug)]
-pub struct Core {
+pub(crate) struct Core {
     pub direction: Direction,
     /// The downstream connection's TLS.
     pub tls: Tls,
@@ -63,7 +63,7 @@ pub struct Core {
 
 /// How one attempt is sent.
 #[derive(Debug)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     pub proto: client::Protocol,
     pub upgrade: bool,
     /// gRPC: retried on its `grpc-status`.
@@ -75,7 +75,7 @@ pub struct Attempt {
 
 /// A request being proxied: what its response (or failure) is recorded with.
 #[derive(Debug)]
-pub struct InFlightRequest {
+pub(crate) struct InFlightRequest {
     pub start: Instant,
     pub grpc: bool,
     pub authority: HeaderValue,
@@ -85,7 +85,7 @@ pub struct InFlightRequest {
 
 /// How the response of a forwarded request is finished.
 #[derive(Debug)]
-pub struct Finish {
+pub(crate) struct Finish {
     pub stats: Arc<HttpStats>,
     pub held: Held,
     /// The downstream side of an upgrade (`101`, `CONNECT`), if the request asked for one.
@@ -98,7 +98,7 @@ pub struct Finish {
 }
 
 impl Core {
-    pub fn new(direction: Direction, tls: Tls, fw: Arc<Forwarding>, drain: Drain) -> Self {
+    pub(crate) fn new(direction: Direction, tls: Tls, fw: Arc<Forwarding>, drain: Drain) -> Self {
         Self {
             direction,
             tls,
@@ -110,7 +110,7 @@ impl Core {
 
     /// A request's start: its authority (`""` when it names none), the time, and the `/tap`
     /// event when someone watches.
-    pub fn begin(&self, req: &Request<Incoming>, authority: HeaderValue) -> InFlightRequest {
+    pub(crate) fn begin(&self, req: &Request<Incoming>, authority: HeaderValue) -> InFlightRequest {
         // Nobody watching `/tap`: one relaxed load, nothing built.
         let tap = self
             .fw
@@ -127,7 +127,7 @@ impl Core {
     }
 
     /// The counters of the label set (authority, endpoint), cached for the connection's last.
-    pub fn stats(&self, authority: &HeaderValue, target: &Endpoint) -> Arc<HttpStats> {
+    pub(crate) fn stats(&self, authority: &HeaderValue, target: &Endpoint) -> Arc<HttpStats> {
         let mut last = lock(&self.last);
         if let Some((a, t, s)) = last.as_ref()
             && a == authority
@@ -171,7 +171,7 @@ impl Core {
 
     /// The answer to a request the proxy could not or would not forward, recorded with the
     /// label set of `stats` or, when no endpoint was chosen, of `target_addr`.
-    pub fn fail(
+    pub(crate) fn fail(
         &self,
         error: ProxyError,
         r: InFlightRequest,
@@ -205,14 +205,14 @@ impl Core {
     }
 
     /// The answer to an HTTP/1 request over the in-flight bound (HTTP/2 streams are refused).
-    pub fn overloaded(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+    pub(crate) fn overloaded(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
         let error = ProxyError::Overloaded(self.fw.in_flight.max());
         debug!(%error, direction = self.direction.as_str(), "request shed");
         error.into_response(super::errors::is_grpc(req))
     }
 
     /// Sends one request to the endpoint on a connection of the attempt's kind.
-    pub async fn send_once(
+    pub(crate) async fn send_once(
         &self,
         ep: &Endpoint,
         how: &Attempt,
@@ -228,7 +228,7 @@ impl Core {
     /// Finishes a forwarded request's response: splices an accepted upgrade, strips hop-by-hop
     /// headers, restores HTTP/1.1 for a request that travelled as HTTP/2, and puts the
     /// recorder (metrics, `/tap`, the request's place in flight) on the body.
-    pub fn respond(
+    pub(crate) fn respond(
         &self,
         mut rsp: Response<ProxyBody>,
         r: InFlightRequest,
@@ -272,13 +272,13 @@ impl Core {
 
 /// Whether a request asks to take over its connection: `CONNECT` (over HTTP/2 too, RFC 9113
 /// section 8.5: tunnelled as an HTTP/1.1 `CONNECT` upstream), or an HTTP/1 `Upgrade`.
-pub fn wants_upgrade<B>(req: &Request<B>) -> bool {
+pub(crate) fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.method() == Method::CONNECT
         || (req.version() <= Version::HTTP_11 && super::headers::wants_upgrade(req.headers()))
 }
 
 /// Reports an attempt's outcome to its endpoint's load, connect backoff and failure accrual.
-pub fn record_outcome(
+pub(crate) fn record_outcome(
     target: &Target,
     how: &Attempt,
     rsp: &Result<Response<ProxyBody>, SendError>,
@@ -302,7 +302,7 @@ pub fn record_outcome(
 }
 
 /// The request's authority: the URI's (absolute-form, HTTP/2) or the `Host` header.
-pub fn authority_of<B>(req: &Request<B>) -> Option<HeaderValue> {
+pub(crate) fn authority_of<B>(req: &Request<B>) -> Option<HeaderValue> {
     if let Some(a) = req.uri().authority() {
         return HeaderValue::from_str(a.as_str()).ok();
     }
@@ -314,7 +314,7 @@ pub fn authority_of<B>(req: &Request<B>) -> Option<HeaderValue> {
 
 /// HTTP/1 requests need exactly one `Host` (RFC 9112 section 3.2; `CONNECT` names its
 /// target in the request line). Like nginx and Envoy, anything else is the client's error.
-pub fn check_host<B>(req: &Request<B>) -> Result<(), ProxyError> {
+pub(crate) fn check_host<B>(req: &Request<B>) -> Result<(), ProxyError> {
     if req.version() > Version::HTTP_11 {
         return Ok(());
     }
@@ -329,7 +329,7 @@ pub fn check_host<B>(req: &Request<B>) -> Result<(), ProxyError> {
 }
 
 /// `host` or `host:port` as `host:port`.
-pub fn with_port(authority: &str, default_port: u16) -> Option<String> {
+pub(crate) fn with_port(authority: &str, default_port: u16) -> Option<String> {
     let a: uri::Authority = authority.parse().ok()?;
     Some(format!(
         "{}:{}",
@@ -339,7 +339,7 @@ pub fn with_port(authority: &str, default_port: u16) -> Option<String> {
 }
 
 /// Rewrites a downstream request for the upstream connection.
-pub fn prepare_request(
+pub(crate) fn prepare_request(
     req: Request<Incoming>,
     authority: &HeaderValue,
     proto: client::Protocol,

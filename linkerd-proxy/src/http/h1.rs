@@ -177,7 +177,6 @@ impl State {
     }
 }
 
-
 /// How a request body is delimited on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SendFraming {

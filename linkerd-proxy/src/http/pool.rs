@@ -14,7 +14,7 @@ use std::{
 };
 
 /// Endpoint address and the identity its proxy must present.
-pub type Key = (SocketAddr, Option<Arc<str>>);
+pub(crate) type Key = (SocketAddr, Option<Arc<str>>);
 
 /// A connection a [`Pool`] can keep.
 pub trait Pooled: Send + 'static {
@@ -101,10 +101,10 @@ impl<C> Pool<C> {
 /// Pool maps are looked up on every request and keyed by local data (endpoint address and
 /// identity), so they use a cheap multiplicative hash instead of SipHash, which cost ~600
 /// instructions per HTTP/2 request hashing the identity name.
-pub type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<FastHasher>>;
+pub(crate) type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<FastHasher>>;
 
 #[derive(Debug, Default)]
-pub struct FastHasher(u64);
+pub(crate) struct FastHasher(u64);
 
 impl Hasher for FastHasher {
     fn finish(&self) -> u64 {

@@ -25,7 +25,7 @@ use std::{
 use tracing::debug;
 
 /// A connection's handler: proxies each of its requests.
-pub trait Handle: Send + Sync + 'static {
+pub(crate) trait Handle: Send + Sync + 'static {
     /// The part of the connection every direction has.
     fn core(&self) -> &Core;
 
@@ -46,7 +46,7 @@ const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 const MAX_H1_BUF: usize = 64 * 1024;
 
 /// Serves HTTP on `io` until the client closes it or the proxy drains.
-pub async fn serve<H: Handle>(io: PrefixedIo<BoxIo>, proto: detect::Protocol, http: Arc<H>) {
+pub(crate) async fn serve<H: Handle>(io: PrefixedIo<BoxIo>, proto: detect::Protocol, http: Arc<H>) {
     let core = http.core();
     let drain = core.drain.clone();
     let requests = ConnRequests::new(core.fw.in_flight.clone());

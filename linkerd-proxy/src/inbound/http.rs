@@ -26,11 +26,11 @@ use std::{
 };
 
 /// The verified identity of the calling proxy, set on inbound requests for the application.
-pub static L5D_CLIENT_ID: HeaderName = HeaderName::from_static("l5d-client-id");
+pub(crate) static L5D_CLIENT_ID: HeaderName = HeaderName::from_static("l5d-client-id");
 
 /// One inbound HTTP connection.
 #[derive(Debug)]
-pub struct Http {
+pub(crate) struct Http {
     core: Core,
     /// The application's address.
     app: Endpoint,
@@ -42,7 +42,7 @@ pub struct Http {
 }
 
 impl Http {
-    pub fn new(core: Core, app: SocketAddr, policy: PortPolicy, client: IpAddr) -> Self {
+    pub(crate) fn new(core: Core, app: SocketAddr, policy: PortPolicy, client: IpAddr) -> Self {
         let client_id = match &core.tls {
             Tls::Established { peer_id: Some(id) } => HeaderValue::from_str(id).ok(),
             _ => None,

@@ -41,9 +41,9 @@ use tracing::debug;
 
 /// How many outbound proxies a request has passed through: each adds one, and a request that
 /// arrives having passed [`MAX_HOPS`] is answered `508 Loop Detected` instead of sent on.
-pub static L5D_PROXY_HOPS: HeaderName = HeaderName::from_static("l5d-proxy-hops");
+pub(crate) static L5D_PROXY_HOPS: HeaderName = HeaderName::from_static("l5d-proxy-hops");
 /// More outbound hops than any real call chain makes, and few enough to stop a loop at once.
-pub const MAX_HOPS: usize = 32;
+pub(crate) const MAX_HOPS: usize = 32;
 /// `1` to `MAX_HOPS`, so that setting the count allocates nothing.
 static HOPS: [&str; MAX_HOPS] = [
     "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16", "17",
@@ -73,7 +73,7 @@ pub struct Shared {
 
 /// Where a connection's requests go.
 #[derive(Clone, Copy, Debug)]
-pub enum Dst {
+pub(crate) enum Dst {
     /// Transparent: the address the application dialled.
     OrigDst(SocketAddr),
     /// Not redirected: an HTTP proxy client; each request names its target.
@@ -82,7 +82,7 @@ pub enum Dst {
 
 /// One outbound HTTP connection.
 #[derive(Debug)]
-pub struct Http {
+pub(crate) struct Http {
     pub(super) core: Core,
     pub(super) dst: Dst,
     pub(super) shared: Arc<Shared>,
@@ -110,7 +110,7 @@ enum Retarget<'a> {
 }
 
 impl Http {
-    pub fn new(core: Core, dst: Dst, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(core: Core, dst: Dst, shared: Arc<Shared>) -> Self {
         Self {
             core,
             dst,

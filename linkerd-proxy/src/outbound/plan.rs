@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 /// Where a request routed by an outbound policy goes.
 #[derive(Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub rule: Arc<Rule>,
     pub backend: usize,
     pub accrual: Option<Accrual>,
@@ -26,7 +26,7 @@ pub struct Plan {
 
 impl Plan {
     /// Each attempt's own timeout: the backend's, else the retry's.
-    pub fn attempt_timeout(&self) -> Option<std::time::Duration> {
+    pub(crate) fn attempt_timeout(&self) -> Option<std::time::Duration> {
         self.rule.backends[self.backend]
             .timeout
             .or(self.rule.retry.as_ref()?.timeout)

@@ -11,10 +11,10 @@ use crate::{
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-pub type Outcome = Result<Response<ProxyBody>, ProxyError>;
+pub(crate) type Outcome = Result<Response<ProxyBody>, ProxyError>;
 
 /// Sends the attempts of one request.
-pub trait Attempts: Send {
+pub(crate) trait Attempts: Send {
     /// Sends one attempt.
     fn send(&mut self, req: Request<ProxyBody>) -> impl Future<Output = Outcome> + Send;
 
@@ -24,7 +24,7 @@ pub trait Attempts: Send {
 
 /// Whether an outcome is worth another attempt: a retryable status (or a trailers-only gRPC
 /// status, for gRPC), a connection that could not be made, or an attempt that timed out.
-pub fn retryable(retry: &Retry, grpc: bool, outcome: &Outcome) -> bool {
+pub(crate) fn retryable(retry: &Retry, grpc: bool, outcome: &Outcome) -> bool {
     match outcome {
         Ok(r) => retry.retryable(r.status(), grpc.then(|| grpc_status(r.headers())).flatten()),
         Err(e) => e.is_connect() || matches!(e, ProxyError::ResponseTimeout(_)),
@@ -33,7 +33,7 @@ pub fn retryable(retry: &Retry, grpc: bool, outcome: &Outcome) -> bool {
 
 /// Sends `req` with `retry`'s retries. The body is kept (its chunks shared, not copied) up to
 /// `max_request_bytes` as it streams to the first attempt; a larger body is sent once.
-pub async fn with_retries<A: Attempts>(
+pub(crate) async fn with_retries<A: Attempts>(
     retry: &Retry,
     counters: &RouteCounters,
     grpc: bool,

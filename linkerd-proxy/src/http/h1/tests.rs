@@ -6,8 +6,8 @@ use crate::{
     http::test_support::{data, feed},
     lock,
 };
-use std::sync::Mutex;
 use http_body_util::BodyExt;
+use std::sync::Mutex;
 use std::{
     net::SocketAddr,
     sync::atomic::{AtomicUsize, Ordering::SeqCst},
