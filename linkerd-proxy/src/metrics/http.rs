@@ -22,7 +22,6 @@ pub const LATENCY_BUCKETS_MS: [f64; 30] = [
     40000.0, 50000.0,
 ];
 
-
 /// Request and response counters for one HTTP label set.
 #[derive(Debug, Default)]
 pub struct HttpStats {

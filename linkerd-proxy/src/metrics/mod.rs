@@ -8,9 +8,9 @@
 mod http;
 mod policy;
 mod process;
-mod text;
 #[cfg(test)]
 mod tests;
+mod text;
 
 pub use self::{
     http::{HttpStats, LATENCY_BUCKETS_MS, ResponseClass},
