@@ -16,10 +16,13 @@
 //! ```
 
 pub(crate) mod budget;
+mod convert;
 mod model;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+use convert::DEFAULT_MAX_REQUEST_BYTES;
 pub use model::*;
 
 use crate::{
