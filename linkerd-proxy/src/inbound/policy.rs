@@ -15,6 +15,7 @@
 //! ```
 
 pub mod client;
+mod convert;
 mod model;
 pub(crate) mod ratelimit;
 #[cfg(test)]
