@@ -14,8 +14,8 @@ pub use crate::{
 };
 mod values;
 
-pub use self::values::{parse_addr, parse_duration, parse_ports};
 use self::values::*;
+pub use self::values::{parse_addr, parse_duration, parse_ports};
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 pub const ENV_INBOUND_LISTEN_ADDR: &str = "LINKERD2_PROXY_INBOUND_LISTEN_ADDR";
