@@ -4,7 +4,7 @@
 use crate::{
     drain::Drain,
     http::inflight::InFlight,
-    metrics::{Direction, LimitSeries, Metrics},
+    metrics::{Direction, Metrics, Series},
     transport::{self, Accepted},
 };
 use std::{
@@ -55,14 +55,14 @@ impl ConnLimit {
             last_log: Mutex::new(None),
         });
         let (open, refused) = (limit.clone(), limit.clone());
-        metrics.register_limit(LimitSeries {
+        metrics.register_series(Series {
             name: "proxy_connections_open",
             help: "Connections a listener holds open.",
             kind: "gauge",
             labels: format!("listener=\"{name}\""),
             value: Box::new(move || open.open.load(Ordering::Relaxed) as u64),
         });
-        metrics.register_limit(LimitSeries {
+        metrics.register_series(Series {
             name: "proxy_connections_refused_total",
             help: "Connections closed at once because the listener held its maximum.",
             kind: "counter",
@@ -111,7 +111,7 @@ impl Drop for ConnSlot {
 pub(crate) fn header_timeouts(metrics: &Metrics, direction: Direction) -> Arc<AtomicU64> {
     let count = Arc::new(AtomicU64::new(0));
     let c = count.clone();
-    metrics.register_limit(LimitSeries {
+    metrics.register_series(Series {
         name: "proxy_http_header_read_timeouts_total",
         help: "HTTP/1 connections closed because a request head took longer than the header-read timeout.",
         kind: "counter",
@@ -126,14 +126,14 @@ pub(crate) fn in_flight(metrics: &Metrics, direction: Direction, limits: &Limits
     let f = InFlight::new(limits.max_in_flight);
     let (current, shed) = (f.clone(), f.clone());
     let labels = format!("direction=\"{}\"", direction.as_str());
-    metrics.register_limit(LimitSeries {
+    metrics.register_series(Series {
         name: "proxy_http_requests_in_flight",
         help: "HTTP requests between their head and the end of their response.",
         kind: "gauge",
         labels: labels.clone(),
         value: Box::new(move || current.current() as u64),
     });
-    metrics.register_limit(LimitSeries {
+    metrics.register_series(Series {
         name: "proxy_http_requests_shed_total",
         help: "HTTP requests refused because the direction had its maximum in flight.",
         kind: "counter",

@@ -88,13 +88,13 @@ pub struct Metrics {
     routes: Mutex<HashMap<RouteKey, Arc<RouteCounters>>>,
     /// Inbound requests refused by a local rate limit, by (server, rate limit).
     rate_limited: Mutex<HashMap<RouteKey, Arc<AtomicU64>>>,
-    /// The proxy's limits (connections per listener, requests in flight, header-read
-    /// timeouts): series read from the limiters themselves at scrape time.
-    limits: Mutex<Vec<LimitSeries>>,
+    /// Series read at scrape time from the part that keeps them: the limits (connections per
+    /// listener, requests in flight, header-read timeouts), the trace exporter, the access log.
+    series: Mutex<Vec<Series>>,
 }
 
-/// One series of a limit family, e.g. `proxy_connections_open{listener="inbound"}`.
-pub struct LimitSeries {
+/// One series read at scrape time, e.g. `proxy_connections_open{listener="inbound"}`.
+pub struct Series {
     pub name: &'static str,
     pub help: &'static str,
     /// `counter` or `gauge`.
@@ -104,9 +104,9 @@ pub struct LimitSeries {
     pub value: Box<dyn Fn() -> u64 + Send + Sync>,
 }
 
-impl std::fmt::Debug for LimitSeries {
+impl std::fmt::Debug for Series {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LimitSeries")
+        f.debug_struct("Series")
             .field("name", &self.name)
             .field("labels", &self.labels)
             .finish_non_exhaustive()
@@ -154,22 +154,22 @@ impl Metrics {
             authz: Mutex::default(),
             routes: Mutex::default(),
             rate_limited: Mutex::default(),
-            limits: Mutex::default(),
+            series: Mutex::default(),
         }
     }
 
-    /// Exports a limiter's counter or gauge.
-    pub fn register_limit(&self, series: LimitSeries) {
-        lock(&self.limits).push(series);
+    /// Exports a counter or gauge kept elsewhere (a limiter's, the trace exporter's).
+    pub fn register_series(&self, series: Series) {
+        lock(&self.series).push(series);
     }
 
-    fn encode_limits(&self, out: &mut String) {
-        let limits = lock(&self.limits);
-        let mut names: Vec<&'static str> = limits.iter().map(|l| l.name).collect();
+    fn encode_series(&self, out: &mut String) {
+        let all = lock(&self.series);
+        let mut names: Vec<&'static str> = all.iter().map(|l| l.name).collect();
         names.sort_unstable();
         names.dedup();
         for name in names {
-            let mut series = limits.iter().filter(|l| l.name == name).peekable();
+            let mut series = all.iter().filter(|l| l.name == name).peekable();
             if let Some(first) = series.peek() {
                 family(out, name, first.help, first.kind);
             }
@@ -226,7 +226,7 @@ impl Metrics {
         self.encode_authz(out);
         self.encode_routes(out);
         self.encode_rate_limited(out);
-        self.encode_limits(out);
+        self.encode_series(out);
         let identity = *lock(&self.identity);
         if identity.refreshes != [0, 0] {
             // Linkerd's current names (`control_identity_cert_*`); the older
