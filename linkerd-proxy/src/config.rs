@@ -723,5 +723,7 @@ fn check_authority(a: &str) -> Result<(), String> {
     }
 }
 
+pub mod sidecar;
+
 #[cfg(test)]
 mod tests;
