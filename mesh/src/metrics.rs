@@ -1,35 +1,11 @@
-//! Reading a sidecar's `/metrics` into the numbers `mesh up` shows: requests, successes and a
-//! latency histogram per direction, plus TLS share and RSS.
+//! Reading a sidecar's `/metrics` (Prometheus text) into cumulative counters per route, per
+//! TCP direction and per retrying route, and the quantile of a histogram as Prometheus's
+//! `histogram_quantile` computes it.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
-
-/// Cumulative counters from one scrape, for one direction.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Snapshot {
-    pub requests: f64,
-    pub responses: f64,
-    pub successes: f64,
-    pub tls_responses: f64,
-    /// `le` bound in ms (f64::INFINITY for +Inf) -> cumulative count.
-    pub buckets: BTreeMap<u64, f64>,
-    pub rss_bytes: f64,
-}
-
-/// Rates and percentiles between two snapshots.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct Window {
-    pub requests: f64,
-    pub rps: f64,
-    pub success_rate: Option<f64>,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    pub tls_fraction: Option<f64>,
-}
-
-const INF: u64 = u64::MAX;
 
 pub async fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
     match get(admin, "/metrics").await? {
@@ -56,6 +32,33 @@ pub async fn get(admin: SocketAddr, path: &str) -> anyhow::Result<(u16, String)>
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// How a response counts, the same on both sides of a hop (so a caller's row and its callee's
+/// agree): from its status, gRPC status and the proxy's `error` label, never from the
+/// `classification` label (a proxy marks the 403 it produces itself a failure, and the same
+/// 403 a success when it only relays it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    Success,
+    /// Refused by policy (an authorization or a rate limit) or by the app: HTTP 403 and 429,
+    /// gRPC `PERMISSION_DENIED` (7) and `RESOURCE_EXHAUSTED` (8).
+    Denied,
+    /// HTTP 5xx, any other gRPC error, or a failure the proxy met with no response at all.
+    Failed,
+}
+
+pub fn classify(status: Option<u16>, grpc: Option<u32>, error: Option<&str>) -> Class {
+    if matches!(status, Some(403 | 429))
+        || matches!(grpc, Some(7 | 8))
+        || matches!(error, Some("unauthorized" | "rate_limited" | "not_allowed"))
+    {
+        Class::Denied
+    } else if status.is_none_or(|s| s >= 500) || grpc.is_some_and(|g| g != 0) {
+        Class::Failed
+    } else {
+        Class::Success
+    }
+}
+
 /// One series' identity: which direction, which authority (the route, as Linkerd's
 /// `linkerd viz stat` groups), and the peer's mTLS identity when there was one (`client_id`
 /// inbound, `server_id` outbound).
@@ -66,11 +69,57 @@ pub struct RouteKey {
     pub peer_id: Option<String>,
 }
 
-/// Everything one scrape of a sidecar's `/metrics` says, per route.
+/// Cumulative HTTP counters of one route (or a sum of routes).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub responses: f64,
+    pub successes: f64,
+    pub denied: f64,
+    pub failed: f64,
+    pub tls_responses: f64,
+    /// The latency histogram: `le` bound (ms, as the proxy labelled it; `+Inf` last) and the
+    /// cumulative count, by bound.
+    pub buckets: BTreeMap<Bound, f64>,
+}
+
+/// A histogram bucket's upper bound, ordered numerically (`+Inf` last).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bound(pub f64);
+
+impl Eq for Bound {}
+
+impl PartialOrd for Bound {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Bound {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// Cumulative TCP counters of one direction, client side (`peer="src"`: connections the
+/// sidecar accepted, from peers inbound and from its app outbound).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TcpSnapshot {
+    pub opened: f64,
+    pub open: f64,
+    pub read_bytes: f64,
+    pub write_bytes: f64,
+}
+
+/// Everything one scrape of a sidecar's `/metrics` says.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Scrape {
-    pub rss_bytes: f64,
+    pub rss_bytes: Option<f64>,
     pub routes: BTreeMap<RouteKey, Snapshot>,
+    /// By direction (`inbound`, `outbound`).
+    pub tcp: BTreeMap<String, TcpSnapshot>,
+    /// Retried requests by the route's parent (the service name), from
+    /// `outbound_http_route_retry_requests_total`.
+    pub retries: BTreeMap<String, f64>,
 }
 
 impl Scrape {
@@ -86,55 +135,81 @@ impl Scrape {
             let Ok(v) = value.parse::<f64>() else {
                 continue;
             };
-            if series.starts_with("process_resident_memory_bytes") {
-                out.rss_bytes = v;
-                continue;
-            }
-            let is_request = series.starts_with("request_total{");
-            let is_response = series.starts_with("response_total{");
-            let is_bucket = series.starts_with("response_latency_ms_bucket{");
-            if !(is_request || is_response || is_bucket) {
-                continue;
-            }
-            let Some(direction) = label(series, "direction") else {
-                continue;
-            };
-            let key = RouteKey {
-                direction: direction.to_string(),
-                authority: label(series, "authority").unwrap_or("").to_string(),
-                peer_id: label(series, "client_id")
-                    .or_else(|| label(series, "server_id"))
-                    .map(str::to_string),
-            };
-            let s = out.routes.entry(key).or_default();
-            if is_request {
-                s.requests += v;
-            } else if is_response {
-                s.responses += v;
-                if series.contains("classification=\"success\"") {
-                    s.successes += v;
+            let name = series.split('{').next().unwrap_or(series);
+            match name {
+                "process_resident_memory_bytes" => out.rss_bytes = Some(v),
+                "response_total" | "response_latency_ms_bucket" => {
+                    out.route_sample(name, series, v)
                 }
-                if series.contains("tls=\"true\"") {
-                    s.tls_responses += v;
+                "tcp_open_total"
+                | "tcp_open_connections"
+                | "tcp_read_bytes_total"
+                | "tcp_write_bytes_total" => {
+                    if label(series, "peer") != Some("src") {
+                        continue;
+                    }
+                    let Some(direction) = label(series, "direction") else {
+                        continue;
+                    };
+                    let t = out.tcp.entry(direction.to_string()).or_default();
+                    match name {
+                        "tcp_open_total" => t.opened += v,
+                        "tcp_open_connections" => t.open += v,
+                        "tcp_read_bytes_total" => t.read_bytes += v,
+                        _ => t.write_bytes += v,
+                    }
                 }
-            } else if let Some(le) = label(series, "le") {
-                let bound = if le == "+Inf" {
-                    INF
-                } else {
-                    le.parse().unwrap_or(INF)
-                };
-                *s.buckets.entry(bound).or_default() += v;
+                "outbound_http_route_retry_requests_total" => {
+                    if let Some(parent) = label(series, "parent_name") {
+                        *out.retries.entry(parent.to_string()).or_default() += v;
+                    }
+                }
+                _ => {}
             }
         }
         out
     }
 
+    fn route_sample(&mut self, name: &str, series: &str, v: f64) {
+        let Some(direction) = label(series, "direction") else {
+            return;
+        };
+        let key = RouteKey {
+            direction: direction.to_string(),
+            authority: label(series, "authority").unwrap_or("").to_string(),
+            peer_id: label(series, "client_id")
+                .or_else(|| label(series, "server_id"))
+                .map(str::to_string),
+        };
+        let s = self.routes.entry(key).or_default();
+        if name == "response_total" {
+            s.responses += v;
+            let status = label(series, "status_code").and_then(|c| c.parse().ok());
+            let grpc = label(series, "grpc_status").and_then(|c| c.parse().ok());
+            match classify(status, grpc, label(series, "error")) {
+                Class::Success => s.successes += v,
+                Class::Denied => s.denied += v,
+                Class::Failed => s.failed += v,
+            }
+            if label(series, "tls") == Some("true") {
+                s.tls_responses += v;
+            }
+        } else if let Some(le) = label(series, "le") {
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                match le.parse::<f64>() {
+                    Ok(b) => b,
+                    Err(_) => return,
+                }
+            };
+            *s.buckets.entry(Bound(bound)).or_default() += v;
+        }
+    }
+
     /// Every route of one direction (`inbound` or `outbound`) summed.
     pub fn direction(&self, direction: &str) -> Snapshot {
-        let mut total = Snapshot {
-            rss_bytes: self.rss_bytes,
-            ..Snapshot::default()
-        };
+        let mut total = Snapshot::default();
         for (k, s) in &self.routes {
             if k.direction == direction {
                 total.add(s);
@@ -157,9 +232,10 @@ impl Scrape {
 
 impl Snapshot {
     pub fn add(&mut self, other: &Snapshot) {
-        self.requests += other.requests;
         self.responses += other.responses;
         self.successes += other.successes;
+        self.denied += other.denied;
+        self.failed += other.failed;
         self.tls_responses += other.tls_responses;
         for (le, c) in &other.buckets {
             *self.buckets.entry(*le).or_default() += c;
@@ -167,71 +243,64 @@ impl Snapshot {
     }
 }
 
-/// Sums the series of one direction (`inbound` or `outbound`).
-#[cfg(test)]
-fn parse(text: &str, direction: &str) -> Snapshot {
-    Scrape::parse(text).direction(direction)
-}
-
 fn label<'a>(series: &'a str, name: &str) -> Option<&'a str> {
-    let key = format!("{name}=\"");
-    let start = series.find(&key)? + key.len();
-    let end = series[start..].find('"')? + start;
-    Some(&series[start..end])
-}
-
-impl Window {
-    pub fn between(before: &Snapshot, after: &Snapshot, secs: f64) -> Self {
-        let requests = (after.requests - before.requests).max(0.0);
-        let responses = (after.responses - before.responses).max(0.0);
-        let ok = (after.successes - before.successes).max(0.0);
-        let tls = (after.tls_responses - before.tls_responses).max(0.0);
-        let deltas: Vec<(u64, f64)> = after
-            .buckets
-            .iter()
-            .map(|(le, c)| (*le, c - before.buckets.get(le).copied().unwrap_or(0.0)))
-            .collect();
-        Window {
-            requests,
-            rps: if secs > 0.0 { requests / secs } else { 0.0 },
-            success_rate: (responses > 0.0).then(|| ok / responses),
-            p50_ms: quantile(&deltas, 0.5),
-            p99_ms: quantile(&deltas, 0.99),
-            tls_fraction: (responses > 0.0).then(|| tls / responses),
+    // Preceded by `{` or `,`, so `tls` never matches `no_tls_reason`'s tail.
+    let mut from = 0;
+    while let Some(i) = series[from..].find(name) {
+        let start = from + i;
+        let before = series[..start].chars().next_back();
+        let after = &series[start + name.len()..];
+        if matches!(before, Some('{' | ',')) && after.starts_with("=\"") {
+            let value_start = start + name.len() + 2;
+            let end = series[value_start..].find('"')? + value_start;
+            return Some(&series[value_start..end]);
         }
+        from = start + name.len();
     }
+    None
 }
 
-/// The quantile from cumulative histogram deltas, interpolated linearly inside the bucket.
-fn quantile(cumulative: &[(u64, f64)], q: f64) -> Option<f64> {
-    let total = cumulative
-        .iter()
-        .find(|(le, _)| *le == INF)
-        .map(|(_, c)| *c)?;
-    if total <= 0.0 {
+/// The `q`-quantile of a histogram given as cumulative counts by upper bound (ending with
+/// `+Inf`), as Prometheus's `histogram_quantile` computes it: the bucket holding rank
+/// `q * total` is found, and the value is interpolated linearly between its lower bound (the
+/// previous bucket's upper bound, 0 for the first) and its upper bound. A rank in the `+Inf`
+/// bucket gives the highest finite bound. `None` with no observations, fewer than two
+/// buckets, or no `+Inf` bucket.
+pub fn histogram_quantile(q: f64, buckets: &BTreeMap<Bound, f64>) -> Option<f64> {
+    if !(0.0..=1.0).contains(&q) || buckets.len() < 2 {
+        return None;
+    }
+    // Cumulative counts can dip when counters were read at slightly different moments: make
+    // them monotonic, as Prometheus does.
+    let mut cumulative: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
+    let mut max = 0.0_f64;
+    for (le, c) in buckets {
+        max = max.max(*c);
+        cumulative.push((le.0, max));
+    }
+    let &(last_le, total) = cumulative.last()?;
+    if last_le != f64::INFINITY || total <= 0.0 {
         return None;
     }
     let rank = q * total;
-    let mut prev_le = 0.0;
-    let mut prev_count = 0.0;
-    for (le, count) in cumulative {
-        if *count >= rank {
-            if *le == INF {
-                return Some(prev_le);
-            }
-            let le = *le as f64;
-            let in_bucket = count - prev_count;
-            let frac = if in_bucket > 0.0 {
-                (rank - prev_count) / in_bucket
-            } else {
-                1.0
-            };
-            return Some(prev_le + (le - prev_le) * frac);
-        }
-        prev_le = *le as f64;
-        prev_count = *count;
+    let i = cumulative.iter().position(|(_, c)| *c >= rank)?;
+    if i == cumulative.len() - 1 {
+        return Some(cumulative[cumulative.len() - 2].0);
     }
-    None
+    let (upper, count) = cumulative[i];
+    if i == 0 && upper <= 0.0 {
+        return Some(upper);
+    }
+    let (lower, below) = if i == 0 {
+        (0.0, 0.0)
+    } else {
+        cumulative[i - 1]
+    };
+    let in_bucket = count - below;
+    if in_bucket <= 0.0 {
+        return Some(upper);
+    }
+    Some(lower + (upper - lower) * ((rank - below) / in_bucket))
 }
 
 #[cfg(test)]
@@ -240,49 +309,120 @@ mod tests {
 
     const TEXT: &str = r#"# TYPE request_total counter
 request_total{direction="inbound",authority="a",target_addr="127.0.0.1:1",tls="no_identity",no_tls_reason="x"} 10
-request_total{direction="outbound",authority="b",target_addr="127.0.0.1:2",tls="no_identity",no_tls_reason="x"} 4
-response_total{direction="inbound",authority="a",target_addr="127.0.0.1:1",tls="no_identity",no_tls_reason="x",status_code="200",classification="success"} 9
-response_total{direction="inbound",authority="a",target_addr="127.0.0.1:1",tls="no_identity",no_tls_reason="x",status_code="502",classification="failure"} 1
+response_total{direction="inbound",authority="a",target_addr="127.0.0.1:1",tls="no_identity",no_tls_reason="x",status_code="200",classification="success"} 8
+response_total{direction="inbound",authority="a",target_addr="127.0.0.1:1",tls="true",client_id="c",status_code="403",classification="failure",error="unauthorized"} 1
+response_total{direction="inbound",authority="a",target_addr="127.0.0.1:1",tls="no_identity",no_tls_reason="x",status_code="502",classification="failure",error="connect"} 1
+response_total{direction="outbound",authority="b",target_addr="127.0.0.1:2",tls="true",server_id="s",status_code="403",classification="success"} 3
+response_total{direction="outbound",authority="b",target_addr="127.0.0.1:2",tls="true",server_id="s",status_code="200",grpc_status="14",classification="failure"} 1
+response_latency_ms_bucket{direction="inbound",authority="a",status_code="200",le="0.5"} 0
 response_latency_ms_bucket{direction="inbound",authority="a",status_code="200",le="1"} 0
 response_latency_ms_bucket{direction="inbound",authority="a",status_code="200",le="2"} 5
 response_latency_ms_bucket{direction="inbound",authority="a",status_code="200",le="10"} 9
 response_latency_ms_bucket{direction="inbound",authority="a",status_code="200",le="+Inf"} 9
+response_latency_ms_bucket{direction="inbound",authority="a",status_code="502",le="0.5"} 0
 response_latency_ms_bucket{direction="inbound",authority="a",status_code="502",le="1"} 0
 response_latency_ms_bucket{direction="inbound",authority="a",status_code="502",le="2"} 0
 response_latency_ms_bucket{direction="inbound",authority="a",status_code="502",le="10"} 1
 response_latency_ms_bucket{direction="inbound",authority="a",status_code="502",le="+Inf"} 1
+tcp_open_total{direction="inbound",peer="src",target_addr="127.0.0.1:1",tls="true",client_id="c"} 4
+tcp_open_total{direction="inbound",peer="dst",target_addr="127.0.0.1:1",tls="true",client_id="c"} 9
+tcp_open_connections{direction="inbound",peer="src",target_addr="127.0.0.1:1",tls="true",client_id="c"} 2
+tcp_read_bytes_total{direction="inbound",peer="src",target_addr="127.0.0.1:1",tls="true",client_id="c"} 100
+tcp_write_bytes_total{direction="inbound",peer="src",target_addr="127.0.0.1:1",tls="true",client_id="c"} 300
+tcp_write_bytes_total{direction="outbound",peer="src",target_addr="127.0.0.1:6379",tls="no_identity",no_tls_reason="x"} 7
+outbound_http_route_retry_requests_total{parent_name="b",route_name="r"} 2
+outbound_http_route_retry_requests_total{parent_name="b",route_name="default"} 1
 process_resident_memory_bytes 4096000
 "#;
 
-    #[test]
-    fn parses_and_computes_a_window() {
-        let s = parse(TEXT, "inbound");
-        assert_eq!(s.requests, 10.0);
-        assert_eq!(s.responses, 10.0);
-        assert_eq!(s.successes, 9.0);
-        assert_eq!(s.buckets[&2], 5.0);
-        assert_eq!(s.buckets[&INF], 10.0);
-        assert_eq!(s.rss_bytes, 4096000.0);
-        assert_eq!(parse(TEXT, "outbound").requests, 4.0);
-        let scrape = Scrape::parse(TEXT);
-        assert_eq!(scrape.by_authority("inbound")["a"].successes, 9.0);
-        assert_eq!(scrape.by_authority("outbound")["b"].requests, 4.0);
-
-        let w = Window::between(&Snapshot::default(), &s, 2.0);
-        assert_eq!(w.rps, 5.0);
-        assert_eq!(w.success_rate, Some(0.9));
-        // Rank 5 of 10 is the top of the (1, 2] bucket.
-        assert_eq!(w.p50_ms, Some(2.0));
-        // Rank 9.9 lies in (2, 10]: 2 + 8 * (9.9 - 5) / 5.
-        let p99 = w.p99_ms.unwrap();
-        assert!((p99 - 9.84).abs() < 1e-9, "{p99}");
-        assert_eq!(w.tls_fraction, Some(0.0));
+    fn buckets(pairs: &[(f64, f64)]) -> BTreeMap<Bound, f64> {
+        pairs.iter().map(|(le, c)| (Bound(*le), *c)).collect()
     }
 
     #[test]
-    fn empty_windows_have_no_percentiles() {
-        let w = Window::between(&Snapshot::default(), &Snapshot::default(), 1.0);
-        assert_eq!(w.success_rate, None);
-        assert_eq!(w.p50_ms, None);
+    fn a_scrape_is_read_per_route_direction_and_class() {
+        let s = Scrape::parse(TEXT);
+        let inbound = s.direction("inbound");
+        assert_eq!(inbound.responses, 10.0);
+        assert_eq!(inbound.successes, 8.0);
+        assert_eq!(inbound.denied, 1.0);
+        assert_eq!(inbound.failed, 1.0);
+        assert_eq!(inbound.tls_responses, 1.0);
+        assert_eq!(inbound.buckets[&Bound(0.5)], 0.0);
+        assert_eq!(inbound.buckets[&Bound(2.0)], 5.0);
+        assert_eq!(inbound.buckets[&Bound(f64::INFINITY)], 10.0);
+        // The caller's side of the same refusals: denied too, not a success.
+        let b = &s.by_authority("outbound")["b"];
+        assert_eq!((b.denied, b.failed, b.successes), (3.0, 1.0, 0.0));
+        assert_eq!(s.rss_bytes, Some(4096000.0));
+        let tcp = &s.tcp["inbound"];
+        assert_eq!(
+            (tcp.opened, tcp.open, tcp.read_bytes, tcp.write_bytes),
+            (4.0, 2.0, 100.0, 300.0)
+        );
+        assert_eq!(s.tcp["outbound"].write_bytes, 7.0);
+        assert_eq!(s.retries["b"], 3.0);
+    }
+
+    #[test]
+    fn classes_agree_on_both_sides_of_a_hop() {
+        assert_eq!(classify(Some(200), None, None), Class::Success);
+        assert_eq!(classify(Some(404), None, None), Class::Success);
+        assert_eq!(
+            classify(Some(403), None, Some("unauthorized")),
+            Class::Denied
+        );
+        assert_eq!(classify(Some(403), None, None), Class::Denied);
+        assert_eq!(
+            classify(Some(429), None, Some("rate_limited")),
+            Class::Denied
+        );
+        assert_eq!(classify(Some(200), Some(7), None), Class::Denied);
+        assert_eq!(classify(Some(200), Some(14), None), Class::Failed);
+        assert_eq!(classify(Some(200), Some(0), None), Class::Success);
+        assert_eq!(classify(Some(502), None, Some("connect")), Class::Failed);
+        assert_eq!(classify(None, None, Some("stream")), Class::Failed);
+    }
+
+    #[test]
+    fn labels_are_matched_whole() {
+        let s = r#"x{no_tls_reason="a",tls="true",le="0.25"}"#;
+        assert_eq!(label(s, "tls"), Some("true"));
+        assert_eq!(label(s, "le"), Some("0.25"));
+        assert_eq!(label(s, "reason"), None);
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_buckets_as_prometheus_does() {
+        let h = buckets(&[(1.0, 0.0), (2.0, 5.0), (10.0, 9.0), (f64::INFINITY, 10.0)]);
+        // Rank 5 of 10 is the top of the (1, 2] bucket.
+        assert_eq!(histogram_quantile(0.5, &h), Some(2.0));
+        // Rank 9 of 10 is the top of (2, 10].
+        assert_eq!(histogram_quantile(0.9, &h), Some(10.0));
+        // Rank 7 lies in (2, 10]: 2 + 8 * (7 - 5) / 4.
+        assert_eq!(histogram_quantile(0.7, &h), Some(6.0));
+        // Rank 9.9 is in +Inf: the highest finite bound.
+        assert_eq!(histogram_quantile(0.99, &h), Some(10.0));
+        // The first bucket's lower bound is 0: rank 2 of 4 in (0, 0.25].
+        let fine = buckets(&[(0.25, 4.0), (0.5, 4.0), (f64::INFINITY, 4.0)]);
+        assert_eq!(histogram_quantile(0.5, &fine), Some(0.125));
+        // Sub-millisecond bounds come from the labels, whatever they are.
+        let sub = buckets(&[(0.1, 1.0), (0.3, 3.0), (1.0, 4.0), (f64::INFINITY, 4.0)]);
+        let p50 = histogram_quantile(0.5, &sub).unwrap();
+        assert!((p50 - 0.2).abs() < 1e-12, "{p50}");
+        // A dip from reading counters at different moments is smoothed, not a negative count.
+        let dip = buckets(&[(1.0, 5.0), (2.0, 4.0), (f64::INFINITY, 6.0)]);
+        assert_eq!(histogram_quantile(0.5, &dip), Some(0.6));
+    }
+
+    #[test]
+    fn quantiles_of_nothing_are_none() {
+        assert_eq!(histogram_quantile(0.5, &BTreeMap::new()), None);
+        let empty = buckets(&[(1.0, 0.0), (f64::INFINITY, 0.0)]);
+        assert_eq!(histogram_quantile(0.5, &empty), None);
+        let no_inf = buckets(&[(1.0, 1.0), (2.0, 2.0)]);
+        assert_eq!(histogram_quantile(0.5, &no_inf), None);
+        let one = buckets(&[(f64::INFINITY, 3.0)]);
+        assert_eq!(histogram_quantile(0.5, &one), None);
     }
 }
