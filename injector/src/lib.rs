@@ -29,6 +29,7 @@ pub mod namespaces;
 pub mod patch;
 pub mod server;
 pub mod workload;
+pub mod yaml;
 
 pub use config::InjectConfig;
 pub use patch::{Outcome, SkipReason};
