@@ -445,6 +445,23 @@ mod tests {
         assert!(demo.workloads.iter().any(|w| w.ingress));
         let example = MeshFile::parse(include_str!("../../../examples/mesh.yaml")).unwrap();
         assert!(!example.workloads.is_empty());
+        // The format's documentation shows policy, health checks and restarts.
+        assert!(
+            example
+                .policy
+                .as_ref()
+                .is_some_and(|p| p.contains_key("authorizationPolicies"))
+        );
+        assert!(example.workloads.iter().any(|w| w.health != Health::Tcp));
+        assert!(
+            example
+                .workloads
+                .iter()
+                .any(|w| w.restart != Restart::Never)
+        );
+        let redis = MeshFile::parse(include_str!("../../../examples/redis.yaml")).unwrap();
+        assert!(redis.is_tcp("redis"));
+        assert_eq!(redis.workloads[0].uses[0].service, "redis");
     }
 
     #[test]
