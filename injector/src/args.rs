@@ -201,6 +201,14 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
 /// one line per workload on stderr, and one per document that could not be read or injected
 /// (it is passed through as written: never fatal to the others). Blocking: run it outside the
 /// runtime.
+/// A line on stderr; one that cannot be written is dropped (it never stops the output).
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub fn inject(a: InjectArgs) -> Result<ExitCode, Error> {
     let cfg = a.proxy.inject_config()?;
     let inputs = read_inputs(&a.file, a.recursive)?;
@@ -223,26 +231,34 @@ pub fn inject(a: InjectArgs) -> Result<ExitCode, Error> {
         for r in reports {
             match r.outcome {
                 ReportOutcome::Injected { warnings } => {
-                    eprintln!("{prefix}{} injected", r.what);
+                    note!("{prefix}{} injected", r.what);
                     for w in warnings {
-                        eprintln!("  warning: {w}");
+                        note!("  warning: {w}");
                     }
                 }
-                ReportOutcome::Skipped(reason) => eprintln!("{prefix}{} skipped: {reason}", r.what),
-                ReportOutcome::Unreadable(e) => eprintln!(
+                ReportOutcome::Skipped(reason) => note!("{prefix}{} skipped: {reason}", r.what),
+                ReportOutcome::Unreadable(e) => note!(
                     "{prefix}document {} (line {}) cannot be read, passed through as written: {e}",
-                    r.document, r.line
+                    r.document,
+                    r.line
                 ),
-                ReportOutcome::Failed(e) => eprintln!(
+                ReportOutcome::Failed(e) => note!(
                     "{prefix}{} (document {}, line {}) cannot be injected, passed through as \
                      written: {e}",
-                    r.what, r.document, r.line
+                    r.what,
+                    r.document,
+                    r.line
                 ),
             }
         }
     }
-    print!("{out}");
-    Ok(ExitCode::SUCCESS)
+    match linkerd_control::print(&out) {
+        // The reader went away (`mesh inject x | head`): not a failure of ours.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::Usage(format!("cannot write the YAML: {e}")))
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// The inputs: stdin, a file, or a directory's manifests, each with its name.
@@ -279,7 +295,7 @@ fn read_inputs(file: &str, recursive: bool) -> Result<Vec<(String, String)>, Err
             )
         });
         if kustomize {
-            eprintln!(
+            note!(
                 "{}: skipped (kustomize's file; for the manifests it makes: kubectl kustomize {} | mesh inject -)",
                 p.display(),
                 p.parent().map(|d| d.display().to_string()).unwrap_or_default()

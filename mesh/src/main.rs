@@ -130,7 +130,7 @@ fn failed(e: anyhow::Error) -> ExitCode {
     if out::is_broken_pipe(&e) {
         return ExitCode::SUCCESS;
     }
-    eprintln!("mesh: {}", out::chain(&e));
+    out::errln!("mesh: {}", out::chain(&e));
     ExitCode::FAILURE
 }
 
@@ -141,7 +141,7 @@ fn run(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> Exit
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("mesh: cannot start the runtime: {e}");
+            out::errln!("mesh: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };

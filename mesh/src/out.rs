@@ -20,6 +20,16 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
+/// `eprintln!` that never panics: with the terminal gone (`mesh up` after SIGHUP), a message
+/// that cannot be written is dropped, and the command goes on stopping what it started.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+pub(crate) use errln;
+
 /// An error and its causes on one line, `a: b: c`, each cause once: an error whose message
 /// already quotes its source (`cannot listen on 127.0.0.9:8080: Address already in use (os
 /// error 98)`) is not followed by that source again.

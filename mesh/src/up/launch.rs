@@ -50,7 +50,7 @@ impl ProxyCommand {
         let (proxy, mesh) = (modified(&path)?, modified(exe)?);
         let fresh = proxy + Duration::from_secs(600) >= mesh;
         if !fresh {
-            eprintln!(
+            crate::out::errln!(
                 "mesh up: not using {} (older than this binary; rebuild it with \
                  `cargo build --release -p mesh -p linkerd-proxy`): sidecars run `mesh proxy`",
                 path.display()

@@ -129,7 +129,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let outcome = up.run(&mut signals).await;
     let _ = std::fs::remove_file(&paths.state);
     if args.keep_logs {
-        eprintln!("mesh up: logs kept in {}", paths.dir.display());
+        crate::out::errln!("mesh up: logs kept in {}", paths.dir.display());
     } else {
         let _ = std::fs::remove_dir_all(&paths.dir);
     }
@@ -218,7 +218,7 @@ impl Up<'_> {
         match outcome {
             Ok(Ok(code)) => Ok(code),
             Ok(Err(Stopped::Signal(sig))) => {
-                eprintln!("mesh up: stopped by {sig} while starting");
+                crate::out::errln!("mesh up: stopped by {sig} while starting");
                 Ok(ExitCode::FAILURE)
             }
             Err(e) => Err(e),
@@ -250,7 +250,7 @@ impl Up<'_> {
         if !args.json {
             for r in running.iter() {
                 if let workloads::Phase::Failed(why) = &r.phase {
-                    eprintln!("mesh up: {why}");
+                    crate::out::errln!("mesh up: {why}");
                 }
             }
         }
@@ -262,7 +262,7 @@ impl Up<'_> {
                     Ok(()) => Some(format!("Try: curl -H 'Host: {authority}' http://{addr}{path}")),
                     Err(e) => {
                         if !args.json {
-                            eprintln!("mesh up: the front door ({addr}, Host {authority}) does not answer yet: {e}");
+                            crate::out::errln!("mesh up: the front door ({addr}, Host {authority}) does not answer yet: {e}");
                         }
                         None
                     }

@@ -35,7 +35,7 @@ pub fn run(args: Args) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("mesh supervise: cannot start the runtime: {e}");
+            crate::out::errln!("mesh supervise: cannot start the runtime: {e}");
             return ExitCode::from(127);
         }
     };
@@ -51,12 +51,12 @@ async fn supervise(args: Args) -> ExitCode {
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
     ) else {
-        eprintln!("mesh supervise: cannot install signal handlers");
+        crate::out::errln!("mesh supervise: cannot install signal handlers");
         return ExitCode::from(127);
     };
     let me = rustix::process::getpid();
     if let Err(e) = rustix::process::set_child_subreaper(Some(me)) {
-        eprintln!("mesh supervise: cannot become a subreaper: {e}");
+        crate::out::errln!("mesh supervise: cannot become a subreaper: {e}");
     }
     let Some((program, rest)) = args.command.split_first() else {
         return ExitCode::from(127);
@@ -69,7 +69,7 @@ async fn supervise(args: Args) -> ExitCode {
         // Reaped below with `waitpid`, never through the handle.
         Ok(child) => Pid::from_child(&child),
         Err(e) => {
-            eprintln!("mesh supervise: cannot start {program}: {e}");
+            crate::out::errln!("mesh supervise: cannot start {program}: {e}");
             return ExitCode::from(127);
         }
     };
@@ -112,7 +112,7 @@ fn exit_code(status: rustix::process::WaitStatus) -> ExitCode {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     let sig = status.terminating_signal().unwrap_or(0);
-    eprintln!("mesh supervise: the app was killed by signal {sig}");
+    crate::out::errln!("mesh supervise: the app was killed by signal {sig}");
     ExitCode::from(u8::try_from(128 + sig).unwrap_or(1))
 }
 

@@ -56,7 +56,7 @@ pub async fn edges(args: EdgesArgs) -> anyhow::Result<ExitCode> {
     let (proxies, _) = args.target.resolve()?;
     let scrapes = scrape_all(&proxies).await;
     for e in scrapes.iter().filter_map(|s| s.as_ref().err()) {
-        eprintln!("mesh edges: {e}");
+        crate::out::errln!("mesh edges: {e}");
     }
     let edges = edges_of(&proxies, &scrapes);
     if args.json {

@@ -102,7 +102,7 @@ pub async fn graph(args: GraphArgs) -> anyhow::Result<ExitCode> {
         if !status.success() {
             bail!("`dot` failed ({status})");
         }
-        eprintln!("wrote {}", svg.display());
+        crate::out::errln!("wrote {}", svg.display());
     }
     Ok(ExitCode::SUCCESS)
 }

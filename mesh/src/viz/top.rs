@@ -271,7 +271,7 @@ pub async fn top(args: TopArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_top(&rows, args.rows, top.lost, namespace.as_deref())?;
         for e in &errors {
-            eprintln!("mesh top: {e}");
+            crate::out::errln!("mesh top: {e}");
         }
     }
     Ok(if errors.is_empty() {
