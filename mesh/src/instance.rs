@@ -6,6 +6,11 @@
 //! <name>.lock        held (flock) by the `mesh up` of that name for as long as it runs
 //! <name>.json        its state: what `mesh stat|top|edges|graph|check|list|down` read
 //! <name>/            its files: trust, tokens, registry, logs, the apps' working directories
+//! ```
+//!
+//! and, in the user's directory (the same unless `$MESH_RUNTIME_DIR` is set):
+//!
+//! ```text
 //! addr-127.0.N.lock  held by the `mesh up` using the addresses 127.0.N.0/24
 //! ```
 //!
@@ -65,15 +70,26 @@ pub struct StateWorkload {
 /// The runtime directory, created (mode 0700) when missing. One under `/tmp` must be a
 /// directory of ours that nobody else can write, or it is refused.
 pub fn runtime_dir() -> anyhow::Result<PathBuf> {
-    let (dir, shared_parent) = match std::env::var_os(RUNTIME_DIR_ENV) {
-        Some(d) if !d.is_empty() => (PathBuf::from(d), false),
-        _ => match std::env::var_os("XDG_RUNTIME_DIR") {
-            Some(d) if !d.is_empty() => (PathBuf::from(d).join("mesh"), false),
-            _ => (
-                std::env::temp_dir().join(format!("mesh-{}", rustix::process::getuid().as_raw())),
-                true,
-            ),
-        },
+    match std::env::var_os(RUNTIME_DIR_ENV) {
+        Some(d) if !d.is_empty() => {
+            let dir = PathBuf::from(d);
+            private_dir(&dir, false)?;
+            Ok(dir)
+        }
+        _ => user_dir(),
+    }
+}
+
+/// The user's own directory: `$XDG_RUNTIME_DIR/mesh`, else `/tmp/mesh-<uid>`. Address locks
+/// are always kept here, whatever `$MESH_RUNTIME_DIR` says: loopback addresses are shared by
+/// every mesh of the machine, not only those of one runtime directory.
+pub fn user_dir() -> anyhow::Result<PathBuf> {
+    let (dir, shared_parent) = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => (PathBuf::from(d).join("mesh"), false),
+        _ => (
+            std::env::temp_dir().join(format!("mesh-{}", rustix::process::getuid().as_raw())),
+            true,
+        ),
     };
     private_dir(&dir, shared_parent)?;
     Ok(dir)
@@ -235,10 +251,11 @@ pub struct Block {
 pub const AUTO_BLOCKS: u8 = 64;
 
 /// Claims the addresses starting at `base` (explicit `--base-ip`), or the first free block of
-/// `127.0.N.0/24`. A block is free when no other mesh holds its lock and every address:port in
-/// `ports(control_plane, first)` can be bound (nothing else is listening there).
+/// `127.0.N.0/24`. A block is free when no other mesh holds its lock (in `locks`, the user's
+/// directory) and every address:port in `ports(control_plane, first)` can be bound (nothing
+/// else is listening there).
 pub fn claim_block(
-    runtime: &Path,
+    locks: &Path,
     base: Option<Ipv4Addr>,
     ports: &dyn Fn(Ipv4Addr, Ipv4Addr) -> Vec<(SocketAddr, String)>,
 ) -> anyhow::Result<Block> {
@@ -255,7 +272,7 @@ pub fn claim_block(
             bail!("--base-ip {first}: the control plane needs the address before it");
         }
         let control_plane = Ipv4Addr::new(a, b, c, d - 1);
-        let Some(lock) = Lock::try_take(&runtime.join(format!("addr-{a}.{b}.{c}.lock")))? else {
+        let Some(lock) = Lock::try_take(&locks.join(format!("addr-{a}.{b}.{c}.lock")))? else {
             if base.is_some() {
                 bail!(
                     "another mesh uses {a}.{b}.{c}.0/24 (see `mesh list`): choose another \

@@ -21,9 +21,9 @@ fn mesh_up_demo_serves_traffic_through_every_sidecar() {
     let rt = Runtime::new("demo");
     let child = rt
         .mesh()
-        // A loopback range of its own, so a demo someone is running does not collide.
+        // Addresses of its own, chosen by mesh up: a demo someone is running does not collide.
         .args(["up", "--seconds", "8", "--json", "--rps", "50"])
-        .args(["--base-ip", "127.0.77.10", "--proxy-bin", "builtin"])
+        .args(["--proxy-bin", "builtin"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -229,10 +229,18 @@ fn two_meshes_run_side_by_side_and_one_stops_alone() {
             .spawn()
             .expect("run mesh up")
     };
-    let (a, b) = (start(), start());
+    let (first, second) = (start(), start());
     let sa = rt.wait_for_state("demo", Duration::from_secs(90));
     let sb = rt.wait_for_state("demo-2", Duration::from_secs(90));
     assert_ne!(sa["identity_admin"], sb["identity_admin"]);
+    // Which one got which name is a race: tell them by pid.
+    let (a, b) = if sa["pid"] == first.id() {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(sa["pid"], a.id());
+    assert_eq!(sb["pid"], b.id());
     let list = json(&rt.mesh().args(["list", "--json"]).output().unwrap());
     let names: Vec<&str> = list
         .as_array()
@@ -320,18 +328,10 @@ workloads:
     command: 'sleep 300 & exec "$MESH" demo-app --name web --listen "$MESH_IP:$PORT"'
 "#,
     );
-    for (signal, base) in [("KILL", "127.0.84.10"), ("HUP", "127.0.85.10")] {
+    for signal in ["KILL", "HUP"] {
         let mut child = rt
             .mesh()
-            .args([
-                "up",
-                "--json",
-                "--proxy-bin",
-                "builtin",
-                "--base-ip",
-                base,
-                "-f",
-            ])
+            .args(["up", "--json", "--proxy-bin", "builtin", "-f"])
             .arg(&file)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -343,7 +343,8 @@ workloads:
         // Control plane (3), sidecar, supervisor, sh, demo-app, sleep.
         assert!(started.len() >= 7, "{signal}: {started:?}");
         kill(pid, signal);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let killed = Instant::now();
+        let deadline = killed + Duration::from_secs(10);
         while started.iter().any(|p| alive(*p)) {
             assert!(
                 Instant::now() < deadline,
@@ -352,6 +353,11 @@ workloads:
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        println!(
+            "{signal}: all {} processes gone {:?} after the signal",
+            started.len(),
+            killed.elapsed()
+        );
         let _ = child.wait();
         // The stale state file of the killed one is gone once anyone looks.
         let list = json(&rt.mesh().args(["list", "--json"]).output().unwrap());
@@ -394,7 +400,7 @@ workloads:
     let child = rt
         .mesh()
         .args(["up", "--seconds", "120", "--json", "--proxy-bin", "builtin"])
-        .args(["--base-ip", "127.0.86.10", "-f"])
+        .arg("-f")
         .arg(&file)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -402,11 +408,11 @@ workloads:
         .unwrap();
     let state = rt.wait_for_state("replicas", Duration::from_secs(60));
     let dir = std::path::PathBuf::from(state["dir"].as_str().unwrap());
-    let front = ("127.0.86.10:4143", "web.shop.svc.cluster.local:8000");
+    let front = format!("{}:4143", rt.ip("replicas", "web"));
     // Which replica answered: each serves a listing of its working directory, which holds a
     // file named after it.
     let answer = || {
-        let (status, body) = http_get(front.0, front.1, "/");
+        let (status, body) = http_get(&front, "web.shop.svc.cluster.local:8000", "/");
         let who = ["api-a", "api-b"].into_iter().find(|n| body.contains(n));
         (status, who, body)
     };
@@ -533,7 +539,6 @@ fn the_try_line_works_when_it_is_printed() {
     let mut child = rt
         .mesh()
         .args(["up", "--seconds", "30", "--proxy-bin", "builtin"])
-        .args(["--base-ip", "127.0.87.10"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -582,18 +587,27 @@ fn a_tcp_service_is_reached_over_mtls_through_a_local_port() {
     let child = rt
         .mesh()
         .args(["up", "--seconds", "6", "--json", "--proxy-bin", "builtin"])
-        .args(["--base-ip", "127.0.88.10", "-f"])
+        .arg("-f")
         .arg(&example)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     rt.wait_for_state("redis", Duration::from_secs(60));
-    let (status, body) = http_get("127.0.88.10:4143", "web.cache.svc.cluster.local:8000", "/");
+    let (web, redis) = (rt.ip("redis", "web"), rt.ip("redis", "redis"));
+    let (status, body) = http_get(
+        &format!("{web}:4143"),
+        "web.cache.svc.cluster.local:8000",
+        "/",
+    );
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("redis 127.0.88.10:6379 -> hits "), "{body}");
+    assert!(
+        body.contains(&format!("redis {web}:6379 -> hits ")),
+        "{body}"
+    );
     // Redis's sidecar accepted the connections over mTLS, from web's identity.
-    let (_, metrics) = http_get("127.0.88.11:4191", "127.0.88.11:4191", "/metrics");
+    let admin = format!("{redis}:4191");
+    let (_, metrics) = http_get(&admin, &admin, "/metrics");
     let mtls = metrics
         .lines()
         .filter(|l| {
@@ -651,7 +665,7 @@ load:
     let out = rt
         .mesh()
         .args(["up", "--seconds", "3", "--json", "--proxy-bin", "builtin"])
-        .args(["--base-ip", "127.0.79.10", "-f"])
+        .arg("-f")
         .arg(&file)
         .output()
         .expect("run mesh up");
@@ -723,18 +737,19 @@ policy:
     let child = rt
         .mesh()
         .args(["up", "--seconds", "4", "--json", "--proxy-bin", "builtin"])
-        .args(["--base-ip", "127.0.81.10", "-f"])
+        .arg("-f")
         .arg(&file)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run mesh up");
     rt.wait_for_state("policy", Duration::from_secs(60));
+    let (web, intruder) = (rt.ip("policy", "web"), rt.ip("policy", "intruder"));
     // The intruder's sidecar (mTLS, but not an identity the policy names) is refused: a 403
     // with the proxy's reason, passed back by the intruder app as a 502.
     for _ in 0..5 {
         let (status, body) = http_get(
-            "127.0.81.11:4143",
+            &format!("{intruder}:4143"),
             "intruder.shop.svc.cluster.local:8001",
             "/",
         );
@@ -745,7 +760,11 @@ policy:
             "{body}"
         );
     }
-    let (status, body) = http_get("127.0.81.10:4143", "web.shop.svc.cluster.local:8000", "/");
+    let (status, body) = http_get(
+        &format!("{web}:4143"),
+        "web.shop.svc.cluster.local:8000",
+        "/",
+    );
     assert_eq!(status, 200, "{body}");
 
     let out = child.wait_with_output().unwrap();

@@ -111,7 +111,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         )?,
     };
     let paths = instance::paths(&runtime, &name);
-    let block = instance::claim_block(&runtime, args.base_ip, &|cp, first| {
+    let block = instance::claim_block(&instance::user_dir()?, args.base_ip, &|cp, first| {
         workloads::addresses(&file, cp, first)
     })?;
     instance::private_dir(&paths.dir, false)?;

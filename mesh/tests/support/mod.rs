@@ -65,6 +65,15 @@ impl Runtime {
         }
     }
 
+    /// A workload's loopback address, from the state file (`mesh up` chose it).
+    pub fn ip(&self, mesh: &str, workload: &str) -> String {
+        let w = self
+            .workload_state(mesh, workload)
+            .unwrap_or_else(|| panic!("no workload {workload} in mesh {mesh}"));
+        let app: std::net::SocketAddr = w["app"].as_str().unwrap().parse().unwrap();
+        app.ip().to_string()
+    }
+
     /// One workload of the state file.
     pub fn workload_state(&self, mesh: &str, workload: &str) -> Option<serde_json::Value> {
         self.state(mesh)?["workloads"]
