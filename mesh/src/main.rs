@@ -44,17 +44,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a mesh locally on loopback: the demo's workloads (or a mesh file's), each behind
-    /// its own sidecar proxy, plus a load generator and a live table of what the sidecars see.
-    /// Each run is a mesh of its own (a name, free loopback addresses); several can run.
+    /// Run a mesh on this machine (the demo, or a mesh file's workloads).
+    ///
+    /// Each workload runs behind its own sidecar proxy on its own loopback address, with a
+    /// load generator and a live table of what the sidecars see. Each run is a mesh of its
+    /// own (a name, free loopback addresses); several can run side by side.
     Up(up::Args),
     /// The meshes running on this machine.
     List(viz::list::ListArgs),
     /// Stop a running mesh (as Ctrl-C in its terminal would).
     Down(viz::list::DownArgs),
+    /// Traffic per workload and route over a window (10 s by default).
+    ///
     /// Requests/s, success, denials, failures, retries, latency percentiles and mTLS share per
-    /// workload and route, and TCP per workload, over a window, from a local mesh's sidecars
-    /// (or any proxies' admin addresses).
+    /// workload and route, and TCP per workload, from a local mesh's sidecars (or any proxies'
+    /// admin addresses).
     Stat(viz::stat::StatArgs),
     /// Live requests by path, from the sidecars' tap streams (the busiest first).
     Top(viz::top::TopArgs),
@@ -62,8 +66,10 @@ enum Command {
     Edges(viz::edges::EdgesArgs),
     /// The service graph as Graphviz DOT (and SVG with --svg, when `dot` is installed).
     Graph(viz::graph::GraphArgs),
-    /// Verify a running mesh: control plane ready, certificates valid and not near expiry,
-    /// every sidecar ready, every workload in discovery. Prints a hint for each failure.
+    /// Verify a running mesh, with a hint for each failure.
+    ///
+    /// The control plane ready, certificates valid and not near expiry, every sidecar ready,
+    /// every workload in discovery.
     Check(viz::check::CheckArgs),
     /// Run the sidecar proxy (configured by LINKERD2_PROXY_* / MESH_PROXY_* variables, as the
     /// `linkerd-proxy` binary is; see linkerd-proxy/README.md). `mesh proxy init ...` installs
@@ -80,8 +86,10 @@ enum Command {
     Policy(linkerd_policy::args::Args),
     /// The proxy injector (mutating admission webhook).
     Injector(linkerd_injector::args::Args),
-    /// Add the proxy to the workloads in Kubernetes YAML (a file, or - for stdin), as the
-    /// injector would, and print the result.
+    /// Add the proxy to the workloads in Kubernetes YAML, as the injector would.
+    ///
+    /// Reads a file, a directory, or - for stdin, as kubectl reads YAML, and prints the
+    /// result; documents it cannot read are reported and passed through.
     Inject(linkerd_injector::args::InjectArgs),
     /// Print the control plane's Kubernetes manifests (deploy/), with a fresh trust anchor and
     /// issuer unless given, for `kubectl apply -f -`.
