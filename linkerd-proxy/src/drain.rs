@@ -5,7 +5,12 @@
 //! but finish those in flight), and [`Controller::drain`] waits until every holder is dropped or
 //! the grace period ends.
 
-use std::time::Duration;
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, Waker},
+    time::Duration,
+};
 use tokio::sync::{mpsc, watch};
 
 /// Held by everything that must finish before the process exits.
@@ -21,13 +26,13 @@ pub struct Signal(watch::Receiver<bool>);
 
 /// Starts the drain and waits for it.
 #[derive(Debug)]
-pub struct Controller {
+pub(crate) struct Controller {
     signal: watch::Sender<bool>,
     hold: Option<mpsc::Sender<()>>,
     released: mpsc::Receiver<()>,
 }
 
-pub fn channel() -> (Controller, Drain) {
+pub(crate) fn channel() -> (Controller, Drain) {
     let (signal, rx) = watch::channel(false);
     let (hold, released) = mpsc::channel(1);
     let drain = Drain {
@@ -42,12 +47,61 @@ pub fn channel() -> (Controller, Drain) {
     (ctl, drain)
 }
 
+/// A wait registered with the drain channel.
+type Wait = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
+
+/// Completes once shutdown has begun ([`Drain::signaled`]).
+pub struct Signaled {
+    rx: watch::Receiver<bool>,
+    /// The registered wait, once polled, and the waker it was registered with.
+    wait: Option<(Wait, Waker)>,
+}
+
+impl std::fmt::Debug for Signaled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signaled").finish_non_exhaustive()
+    }
+}
+
+impl Future for Signaled {
+    type Output = ();
+
+    /// Every connection polls this beside its I/O, so on each of its wake-ups. Registering
+    /// with the channel takes a lock; a waker that is already registered does not need it: then
+    /// a poll only compares the channel's version (one atomic load).
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if let Some((_, waker)) = &this.wait
+            && waker.will_wake(cx.waker())
+        {
+            // An error means the controller is gone, which also means shutdown.
+            return match this.rx.has_changed() {
+                Ok(false) => Poll::Pending,
+                _ => Poll::Ready(()),
+            };
+        }
+        let (mut wait, _) = this.wait.take().unwrap_or_else(|| {
+            let mut rx = this.rx.clone();
+            let wait: Wait = Box::pin(async move {
+                let _ = rx.wait_for(|draining| *draining).await;
+            });
+            (wait, Waker::noop().clone())
+        });
+        if wait.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        this.wait = Some((wait, cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
 impl Drain {
     /// Completes once shutdown has begun.
-    pub async fn signaled(&self) {
-        let mut rx = self.signal.clone();
-        // An error means the controller is gone, which also means shutdown.
-        let _ = rx.wait_for(|draining| *draining).await;
+    pub fn signaled(&self) -> Signaled {
+        Signaled {
+            rx: self.signal.clone(),
+            wait: None,
+        }
     }
 
     pub fn is_draining(&self) -> bool {
@@ -69,7 +123,7 @@ impl Signal {
 impl Controller {
     /// Signals every holder, then waits for all of them to finish, for at most `grace`.
     /// Returns false when the grace period ran out first.
-    pub async fn drain(mut self, grace: Duration) -> bool {
+    pub(crate) async fn drain(mut self, grace: Duration) -> bool {
         let _ = self.signal.send(true);
         self.hold = None;
         tokio::time::timeout(grace, self.released.recv())
@@ -95,6 +149,27 @@ mod tests {
         let started = tokio::time::Instant::now();
         assert!(ctl.drain(Duration::from_secs(10)).await);
         assert_eq!(started.elapsed(), Duration::from_secs(3));
+        task.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_polled_signal_completes_when_the_drain_starts() {
+        let (ctl, drain) = channel();
+        let mut signaled = Box::pin(drain.signaled());
+        // Pending, polled repeatedly (as beside a connection's I/O).
+        for _ in 0..3 {
+            assert!(
+                tokio::time::timeout(Duration::from_millis(10), signaled.as_mut())
+                    .await
+                    .is_err()
+            );
+        }
+        let task = tokio::spawn(async move {
+            signaled.await;
+            drop(drain);
+        });
+        tokio::task::yield_now().await;
+        assert!(ctl.drain(Duration::from_secs(1)).await);
         task.await.unwrap();
     }
 

@@ -93,7 +93,20 @@ async fn http_and_tcp_metrics_count_real_traffic() {
             .find("response_latency_ms_bucket", &ok_latency)
             .map(|s| s.value)
             .collect();
-        assert_eq!(buckets.len(), 26, "25 bounds and +Inf");
+        // Linkerd's 25 bounds (1 ms to 50 s), 5 sub-millisecond ones below them, and +Inf.
+        assert_eq!(buckets.len(), 31, "30 bounds and +Inf");
+        for le in [
+            "1", "2", "3", "4", "5", "10", "20", "30", "40", "50", "100", "200", "300", "400",
+            "500", "1000", "2000", "3000", "4000", "5000", "10000", "20000", "30000", "40000",
+            "50000",
+        ] {
+            let with: Vec<(&str, &str)> = ok_latency.iter().copied().chain([("le", le)]).collect();
+            assert_eq!(
+                m.find("response_latency_ms_bucket", &with).count(),
+                1,
+                "le={le}"
+            );
+        }
         assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
 
         // Outbound (proxy mode) traffic is labelled as such, by the authority it named.
@@ -341,6 +354,80 @@ async fn tap_streams_finished_requests() {
         assert!(lines[0].contains("\"latency_us\":"), "{text}");
         assert!(lines[1].contains("\"path\":\"/status/503\""), "{text}");
         assert!(lines[1].contains("\"status\":503"), "{text}");
+    })
+    .await;
+}
+
+/// A client that takes the response head and stops reading (an ordinary client that did not
+/// want the body): the 200 is a success, as Linkerd classifies it, not a failure. A denial is
+/// counted on the app's target address, as the allowed requests are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_body_is_classified_by_its_status() {
+    run(async {
+        let server = TestServer::start().await;
+        let proxy = TestProxy::inbound_to(server.addr()).await;
+        let target = server.addr().to_string();
+        for _ in 0..3 {
+            let mut c = client::http1(proxy.inbound).await;
+            let rsp = c
+                .send_request(client::get_request("/bytes?n=4000000"))
+                .await
+                .expect("a response head");
+            assert_eq!(rsp.status(), 200);
+            drop(rsp);
+            drop(c);
+        }
+        let ok = [
+            ("direction", "inbound"),
+            ("target_addr", target.as_str()),
+            ("status_code", "200"),
+            ("classification", "success"),
+        ];
+        let mut m: Metrics;
+        assert_eventually!(
+            {
+                m = proxy.metrics().await;
+                m.sum("response_total", &ok) == 3.0
+            },
+            "{}",
+            m.text
+        );
+        assert_eq!(
+            m.sum("response_total", &[("classification", "failure")]),
+            0.0,
+            "{}",
+            m.text
+        );
+        // Two Host headers: refused (400) by the proxy, counted on the app's address.
+        let rsp = client::raw_http(
+            proxy.inbound,
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        )
+        .await;
+        assert!(rsp.starts_with("HTTP/1.1 400"), "{rsp}");
+        let refused = [
+            ("direction", "inbound"),
+            ("target_addr", target.as_str()),
+            ("status_code", "400"),
+            ("error", "bad_request"),
+        ];
+        assert_eventually!(
+            {
+                m = proxy.metrics().await;
+                m.sum("response_total", &refused) == 1.0
+            },
+            "{}",
+            m.text
+        );
+        // Sub-millisecond buckets, and Linkerd's from 1 ms.
+        for le in ["0.1", "0.5", "1", "50000"] {
+            assert!(
+                m.text.contains(&format!("le=\"{le}\"")),
+                "no bucket {le}: {}",
+                m.text
+            );
+        }
+        assert!(m.text.contains("proxy_build_info{"), "{}", m.text);
     })
     .await;
 }

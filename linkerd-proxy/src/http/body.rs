@@ -16,8 +16,7 @@ use std::{
 };
 use tokio::time::Instant;
 
-/// A body's error: hyper's, or one of the proxy's own HTTP/1 and HTTP/2 clients'.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) use crate::BoxError;
 
 #[derive(Debug)]
 pub enum ProxyBody {
@@ -27,7 +26,7 @@ pub enum ProxyBody {
     },
     /// A response read by the proxy's own HTTP/1 client.
     H1 {
-        body: h1::RecvBody,
+        body: h1::RecvBody<ProxyBody>,
         recorder: Option<Recorder>,
     },
     /// A response read by the proxy's HTTP/2 client.
@@ -45,17 +44,16 @@ pub enum ProxyBody {
 pub struct Recorder {
     pub stats: Arc<HttpStats>,
     pub status: u16,
-    pub grpc_status: Option<u32>,
+    /// 16 bits, so the recorder (in every response body, moved several times per request)
+    /// stays small; a status beyond that is `UNKNOWN` (2).
+    pub grpc_status: Option<u16>,
     pub start: Instant,
     /// Set only while someone watches `/tap`.
     pub tap: Option<Box<crate::tap::Pending>>,
-    /// Released when the response ends: the request's place on its connection (the
-    /// header-read timeout waits for the next head only after it) and its in-flight permit.
-    pub held: Held,
+    /// Released when the response ends: the request's place in flight and on its connection
+    /// (the header-read timeout waits for the next head only after it).
+    pub held: super::inflight::Held,
 }
-
-/// What a request holds until its response has ended.
-pub type Held = (super::header_timeout::RequestGuard, super::inflight::Permit);
 
 impl ProxyBody {
     pub fn empty() -> Self {
@@ -283,7 +281,7 @@ fn observe<E>(
             if let (Some(t), Some(r)) = (frame.trailers_ref(), recorder.as_mut())
                 && let Some(g) = grpc_status(t)
             {
-                r.grpc_status = Some(g);
+                r.grpc_status = Some(narrow_grpc(g));
             }
         }
         Poll::Ready(None) => {
@@ -303,15 +301,17 @@ fn observe<E>(
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        let (ended, recorder) = match self {
-            ProxyBody::Stream { body, recorder } => (body.is_end_stream(), recorder),
-            ProxyBody::H1 { body, recorder } => (body.is_end_stream(), recorder),
-            ProxyBody::H2 { body, recorder } => (body.is_end_stream(), recorder),
+        let recorder = match self {
+            ProxyBody::Stream { recorder, .. }
+            | ProxyBody::H1 { recorder, .. }
+            | ProxyBody::H2 { recorder, .. } => recorder,
             _ => return,
         };
         if let Some(r) = recorder.take() {
-            // Dropped with data still to come: the client went away mid-stream.
-            r.record((!ended).then_some("stream_cancelled"));
+            // Dropped before its end: the client stopped reading (or went away). As in Linkerd,
+            // that is not the response's failure: it is classified by its status (and gRPC
+            // status, if the trailers came), as if the stream had ended there.
+            r.record(None);
         }
     }
 }
@@ -322,20 +322,30 @@ impl Recorder {
         self.stats.response(
             ResponseClass {
                 status: Some(self.status),
-                grpc_status: self.grpc_status,
+                grpc_status: self.grpc_status.map(u32::from),
                 error,
             },
             elapsed,
         );
         if let Some(t) = self.tap {
-            t.finish(Some(self.status), self.grpc_status, error, elapsed);
+            t.finish(
+                Some(self.status),
+                self.grpc_status.map(u32::from),
+                error,
+                elapsed,
+            );
         }
     }
 }
 
 static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
-pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+/// A gRPC status in [`Recorder`]'s 16 bits.
+pub(crate) fn narrow_grpc(code: u32) -> u16 {
+    u16::try_from(code).unwrap_or(2)
+}
+
+pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers
         .get(&GRPC_STATUS)
         .and_then(|v| v.to_str().ok())

@@ -9,17 +9,18 @@
 //! its one timer (kept for the connection's life, moved only for the next stalled head). The
 //! deadline runs from that first wait, so a head has at least the timeout after its first stall.
 //!
-//! The connection's [`HeadClock`] says whether a head is being read: the service marks a request
-//! as started when hyper hands it a complete head ([`HeadClock::request_started`]) and finished
-//! when its response ends ([`RequestGuard`]'s drop). Bytes read while no request is in progress
-//! belong to the next head. A connection that was upgraded (`101`, `CONNECT`) is never timed.
+//! Whether a head is being read is the connection's [`ConnRequests`]: a request in progress
+//! (from hyper handing the service a complete head to the end of its response) is not timed,
+//! bytes read while none is in progress belong to the next head, and a connection that was
+//! upgraded (`101`, `CONNECT`) is never timed.
 
+use super::inflight::ConnRequests;
 use std::{
     io,
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -29,98 +30,12 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-/// In `HeadClock::active`: the connection was upgraded and carries opaque bytes now.
-const UPGRADED: u32 = u32::MAX;
-
-/// Whether a connection is reading a request head.
-#[derive(Debug)]
-pub struct HeadClock {
-    /// Requests handed to the service whose responses have not ended, or [`UPGRADED`].
-    active: AtomicU32,
-    /// Heads completed so far: which head a timer was armed for.
-    heads: AtomicU64,
-    /// Bytes of the next head have been read.
-    in_head: AtomicBool,
-}
-
-impl HeadClock {
-    /// A new connection: the bytes detection already read are the first head's start.
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self {
-            active: AtomicU32::new(0),
-            heads: AtomicU64::new(0),
-            in_head: AtomicBool::new(true),
-        })
-    }
-
-    /// hyper has read a complete head and calls the service. The guard ends the request when
-    /// it is dropped (with the response body, or with the response if it has none).
-    pub fn request_started(self: &Arc<Self>) -> RequestGuard {
-        self.in_head.store(false, Ordering::Relaxed);
-        self.heads.fetch_add(1, Ordering::Relaxed);
-        let _ = self
-            .active
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
-                (a != UPGRADED).then_some(a + 1)
-            });
-        RequestGuard(Some(self.clone()))
-    }
-
-    /// The connection now carries an upgraded protocol: its reads are no longer heads.
-    pub fn upgraded(&self) {
-        self.active.store(UPGRADED, Ordering::Relaxed);
-    }
-
-    /// Called after each read (`got`: bytes arrived). Returns the head being read, if one is.
-    fn after_read(&self, got: bool) -> Option<u64> {
-        if self.active.load(Ordering::Relaxed) != 0 {
-            return None;
-        }
-        if got {
-            self.in_head.store(true, Ordering::Relaxed);
-        } else if !self.in_head.load(Ordering::Relaxed) {
-            return None;
-        }
-        Some(self.heads.load(Ordering::Relaxed))
-    }
-}
-
-/// One request in progress on a connection; dropped when its response has ended.
-#[derive(Debug)]
-pub struct RequestGuard(Option<Arc<HeadClock>>);
-
-impl RequestGuard {
-    /// A guard for a connection without a header-read timeout.
-    pub fn none() -> Self {
-        Self(None)
-    }
-
-    /// The connection this request arrived on is being upgraded.
-    pub fn upgraded(&self) {
-        if let Some(c) = &self.0 {
-            c.upgraded();
-        }
-    }
-}
-
-impl Drop for RequestGuard {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.take() {
-            let _ = c
-                .active
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
-                    (a != UPGRADED && a > 0).then(|| a - 1)
-                });
-        }
-    }
-}
-
 /// An HTTP/1 server connection's I/O, failing a read with `TimedOut` once the head being read
 /// has waited longer than the timeout.
 #[derive(Debug)]
-pub struct HeaderTimeout<I> {
+pub(crate) struct HeaderTimeout<I> {
     io: I,
-    clock: Arc<HeadClock>,
+    clock: Arc<ConnRequests>,
     timeout: Duration,
     /// The connection's one timer, and the head it was armed for.
     timer: Option<(Pin<Box<Sleep>>, u64)>,
@@ -129,7 +44,12 @@ pub struct HeaderTimeout<I> {
 }
 
 impl<I> HeaderTimeout<I> {
-    pub fn new(io: I, clock: Arc<HeadClock>, timeout: Duration, expired: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(
+        io: I,
+        clock: Arc<ConnRequests>,
+        timeout: Duration,
+        expired: Arc<AtomicU64>,
+    ) -> Self {
         Self {
             io,
             clock,
@@ -226,7 +146,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_head_that_trickles_is_cut_off_at_the_timeout() {
         let (mut client, server) = tokio::io::duplex(64);
-        let clock = HeadClock::new();
+        let clock = ConnRequests::new(super::super::inflight::InFlight::new(100));
         let mut io = HeaderTimeout::new(server, clock, T, Default::default());
         let start = Instant::now();
         let reader = tokio::spawn(async move {
@@ -255,7 +175,12 @@ mod tests {
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_silent_new_connection_times_out_from_its_first_bytes() {
         let (_client, server) = tokio::io::duplex(64);
-        let mut io = HeaderTimeout::new(server, HeadClock::new(), T, Default::default());
+        let mut io = HeaderTimeout::new(
+            server,
+            ConnRequests::new(super::super::inflight::InFlight::new(100)),
+            T,
+            Default::default(),
+        );
         let start = Instant::now();
         let err = io.read(&mut [0u8; 8]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
@@ -265,13 +190,13 @@ mod tests {
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn requests_in_progress_and_idle_keep_alive_are_not_timed() {
         let (mut client, server) = tokio::io::duplex(64);
-        let clock = HeadClock::new();
+        let clock = ConnRequests::new(super::super::inflight::InFlight::new(100));
         let mut io = HeaderTimeout::new(server, clock.clone(), T, Default::default());
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 64];
         assert!(io.read(&mut buf).await.unwrap() > 0);
         // The service has the head; its response takes a minute and the body trickles.
-        let guard = clock.request_started();
+        let guard = clock.start().unwrap();
         for _ in 0..6 {
             tokio::time::sleep(T).await;
             client.write_all(b"x").await.unwrap();
@@ -294,9 +219,9 @@ mod tests {
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn an_upgraded_connection_is_never_timed() {
         let (mut client, server) = tokio::io::duplex(64);
-        let clock = HeadClock::new();
+        let clock = ConnRequests::new(super::super::inflight::InFlight::new(100));
         let mut io = HeaderTimeout::new(server, clock.clone(), T, Default::default());
-        let guard = clock.request_started();
+        let guard = clock.start().unwrap();
         guard.upgraded();
         drop(guard);
         tokio::time::sleep(T * 2).await;
