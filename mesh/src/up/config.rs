@@ -383,8 +383,12 @@ impl MeshFile {
             }
         }
         if let Some(allow) = &w.outbound_allow {
-            linkerd_proxy::transport::ProxyAllow::parse(&allow.join(","))
-                .map_err(|e| anyhow::anyhow!("workload {:?}: outboundAllow: {e}", w.name))?;
+            // As the sidecar will read it: a value it refuses is refused here, before anything
+            // starts.
+            use linkerd_proxy::config::{Config, ENV_OUTBOUND_PROXY_ALLOW};
+            let value = allow.join(",");
+            Config::from_strings(&[(ENV_OUTBOUND_PROXY_ALLOW, value.as_str())])
+                .map_err(|e| anyhow::anyhow!("workload {:?}: outboundAllow: {}", w.name, e.reason))?;
         }
         Ok(())
     }
