@@ -520,5 +520,7 @@ fn parse_destination(
     }))
 }
 
+pub mod sidecar;
+
 #[cfg(test)]
 mod tests;

@@ -717,15 +717,16 @@ fn combinations(
 
 /// `mesh up` with the demo for [`MESH_UP_SECONDS`], its sidecars the proxy built with this
 /// test; and where it writes its state file (the admin addresses of every sidecar and of the
-/// control plane).
+/// control plane): `dir` is its runtime directory, so the mesh named `demo` writes
+/// `demo.json` there.
 fn start_mesh_up(dir: &Path) -> (Proc, PathBuf) {
-    let state_file = dir.join("state.json");
+    let state_file = dir.join("demo.json");
     let up = Proc::spawn(
         "mesh up",
         mesh()
+            .env("MESH_RUNTIME_DIR", dir)
             .args(["up", "--seconds", &MESH_UP_SECONDS.to_string(), "--json"])
-            .args(["--base-ip", BASE_IP, "--proxy-bin", "builtin", "--state"])
-            .arg(&state_file)
+            .args(["--base-ip", BASE_IP, "--proxy-bin", "builtin"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("mesh-up.log")).unwrap()),
     );
