@@ -192,6 +192,7 @@ impl Core {
             authority: Arc::from(authority.to_str().unwrap_or("")),
             target_addr: target.addr,
             tls,
+            dst_labels: target.labels.clone(),
         });
         *last = Some((authority.clone(), target.addr, stats.clone()));
         stats
@@ -243,6 +244,7 @@ impl Core {
             Some(s) => s.response(class, elapsed),
             None => {
                 let target = Endpoint {
+                    labels: None,
                     addr: target_addr,
                     identity: None,
                 };

@@ -50,6 +50,7 @@ impl Http {
         Self {
             core,
             app: Endpoint {
+                labels: None,
                 addr: app,
                 identity: None,
             },

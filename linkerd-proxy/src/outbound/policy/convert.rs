@@ -269,7 +269,11 @@ fn distribution<K, F>(
                             }
                             _ => None,
                         });
-                    BackendTarget::Forward(Endpoint { addr, identity })
+                    BackendTarget::Forward(Endpoint {
+                        addr,
+                        identity,
+                        labels: None,
+                    })
                 }
             };
             Ok(Backend {
