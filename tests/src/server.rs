@@ -354,11 +354,11 @@ async fn echo(conn: usize, req: Request<Incoming>) -> Response<TestBody> {
     }
     // The trace context the app received, as `x-req-<header>`.
     for name in TRACE_HEADERS {
-        if let Some(v) = parts.headers.get(*name) {
-            rsp.headers_mut().insert(
-                format!("x-req-{name}").parse::<HeaderName>().unwrap(),
-                v.clone(),
-            );
+        if let (Some(v), Ok(echo)) = (
+            parts.headers.get(*name),
+            format!("x-req-{name}").parse::<HeaderName>(),
+        ) {
+            rsp.headers_mut().insert(echo, v.clone());
         }
     }
     rsp
