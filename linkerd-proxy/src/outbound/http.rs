@@ -230,6 +230,13 @@ impl Http {
         {
             span.resends = sends - 1;
         }
+        if let Some(p) = &plan {
+            let (status, error) = match &rsp {
+                Ok(rsp) => (rsp.status().as_u16(), None),
+                Err(e) => (e.http_status().as_u16(), Some(e.label())),
+            };
+            p.rule.counters.record(status, error, r.start.elapsed());
+        }
         let mut rsp = match rsp {
             Ok(rsp) => rsp,
             Err(e) => return core.fail(e, r, Some(&stats), addr),
