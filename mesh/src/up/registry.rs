@@ -23,7 +23,9 @@ pub fn yaml(file: &MeshFile, workloads: &[Workload], ready: &dyn Fn(&Workload) -
             "port": super::INBOUND_PORT,
             "identity": w.identity(),
             "ready": ready(w),
-            "labels": {"pod": w.name(), "app": w.service()},
+            // Discovery's labels, as Linkerd's destination service gives a Deployment's pod
+            // (the proxies export them as `dst_*`): each workload is its own deployment.
+            "labels": {"pod": w.name(), "deployment": w.name(), "app": w.service()},
         })
     };
     let mut service = |name: &str, port: u16, members: Vec<Value>| {
