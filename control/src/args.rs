@@ -63,6 +63,7 @@ macro_rules! names {
 
 /// Where the service listens, how much it logs, and the API server (every service).
 #[derive(Debug, clap::Args)]
+#[group(skip)]
 pub struct ServeArgs<N: Names> {
     #[arg(long, env = N::ADDR_ENV, default_value = N::ADDR)]
     pub addr: SocketAddr,
@@ -78,6 +79,7 @@ pub struct ServeArgs<N: Names> {
 
 /// The API server.
 #[derive(Debug, clap::Args)]
+#[group(skip)]
 pub struct KubeArgs<N: Names> {
     /// Use the Kubernetes API (in-cluster config unless --kube-api-url is given).
     #[arg(long, env = N::KUBERNETES_ENV)]
@@ -98,6 +100,7 @@ pub struct KubeArgs<N: Names> {
 /// The serve arguments of a service fed by a registry file or the API server (exactly one of
 /// `--registry` and `--kubernetes`), and how the cluster and its identities are named.
 #[derive(Debug, clap::Args)]
+#[group(skip)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["registry", "kubernetes"])))]
 pub struct SourceArgs<N: Names> {
     #[command(flatten)]
