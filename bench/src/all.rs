@@ -432,11 +432,10 @@ async fn identity_issued(admin: SocketAddr) -> Option<u64> {
     if status != StatusCode::OK {
         return None;
     }
-    let text = String::from_utf8_lossy(&body);
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|l| l.starts_with("identity_certificates_issued_total"))
-        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse().ok())
+    let (scrape, _) = linkerd_control::prom::Scrape::parse_lossy(&String::from_utf8_lossy(&body));
+    let values: Vec<f64> = scrape
+        .find("identity_certificates_issued_total", &[])
+        .map(|s| s.value)
         .collect();
     (!values.is_empty()).then(|| values.iter().sum::<f64>() as u64)
 }

@@ -20,6 +20,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use linkerd_control::prom::Scrape;
 use tokio::process::Command;
 
 use crate::procfs::Guarded;
@@ -368,38 +369,22 @@ pub struct Counters {
     pub rate_limited: BTreeMap<String, u64>,
 }
 
-fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
-    // Label values here are identities, addresses and statuses: no escaped quotes.
-    let key = format!("{name}=\"");
-    let start = labels
-        .match_indices(&key)
-        .find(|(i, _)| *i == 0 || labels.as_bytes().get(i - 1) == Some(&b','))?
-        .0
-        + key.len();
-    let end = labels[start..].find('"')? + start;
-    Some(&labels[start..end])
-}
-
 /// Reads the counters `bench` reports from a proxy's Prometheus text.
+/// Parsed with the control plane's parser (`linkerd_control::prom`); a line it cannot read is
+/// skipped.
 pub fn parse_counters(metrics: &str) -> Counters {
     let mut c = Counters::default();
-    for line in metrics.lines() {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Some((name, labels)) = series.split_once('{') else {
-            continue;
-        };
-        let labels = labels.trim_end_matches('}');
-        let v = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+    let (scrape, _) = Scrape::parse_lossy(metrics);
+    for s in &scrape.samples {
+        let (name, v) = (s.name.as_str(), s.value as u64);
         if let Some(counter) = name
             .strip_prefix("outbound_http_route_")
             .and_then(|n| n.strip_suffix("_total"))
         {
             let key = format!(
                 "{counter} {}/{}",
-                label(labels, "parent_name").unwrap_or(""),
-                label(labels, "route_name").unwrap_or("")
+                s.label("parent_name").unwrap_or(""),
+                s.label("route_name").unwrap_or("")
             );
             *c.routes.entry(key).or_default() += v;
             continue;
@@ -407,8 +392,8 @@ pub fn parse_counters(metrics: &str) -> Counters {
         if name == "inbound_http_local_ratelimit_rate_limited_total" {
             let key = format!(
                 "{}/{}",
-                label(labels, "srv_name").unwrap_or(""),
-                label(labels, "ratelimit_name").unwrap_or("")
+                s.label("srv_name").unwrap_or(""),
+                s.label("ratelimit_name").unwrap_or("")
             );
             *c.rate_limited.entry(key).or_default() += v;
             continue;
@@ -419,47 +404,45 @@ pub fn parse_counters(metrics: &str) -> Counters {
         {
             let mut key = format!(
                 "{decision} {}:{}",
-                label(labels, "srv_kind").unwrap_or(""),
-                label(labels, "srv_name").unwrap_or("")
+                s.label("srv_kind").unwrap_or(""),
+                s.label("srv_name").unwrap_or("")
             );
-            if let (Some(kind), Some(name)) =
-                (label(labels, "authz_kind"), label(labels, "authz_name"))
-            {
+            if let (Some(kind), Some(name)) = (s.label("authz_kind"), s.label("authz_name")) {
                 key.push_str(&format!(" {kind}:{name}"));
             }
             *c.authz.entry(key).or_default() += v;
             continue;
         }
-        let tls = label(labels, "tls") == Some("true");
-        match (name, label(labels, "direction")) {
+        let tls = s.label("tls") == Some("true");
+        match (name, s.label("direction")) {
             ("request_total", Some("inbound")) => {
                 c.inbound_requests += v;
                 if tls {
                     c.inbound_tls_requests += v;
-                    let id = label(labels, "client_id").unwrap_or("").to_string();
+                    let id = s.label("client_id").unwrap_or("").to_string();
                     *c.inbound_client_ids.entry(id).or_default() += v;
                 }
             }
             ("request_total", Some("outbound")) => {
                 c.outbound_requests += v;
-                let target = label(labels, "target_addr").unwrap_or("").to_string();
+                let target = s.label("target_addr").unwrap_or("").to_string();
                 *c.outbound_by_target.entry(target).or_default() += v;
                 if tls {
-                    let id = label(labels, "server_id").unwrap_or("").to_string();
+                    let id = s.label("server_id").unwrap_or("").to_string();
                     *c.outbound_server_ids.entry(id).or_default() += v;
                 }
             }
-            ("response_total", _) if label(labels, "classification") == Some("failure") => {
+            ("response_total", _) if s.label("classification") == Some("failure") => {
                 let key = format!(
                     "{} {}",
-                    label(labels, "status_code").unwrap_or(""),
-                    label(labels, "error").unwrap_or("")
+                    s.label("status_code").unwrap_or(""),
+                    s.label("error").unwrap_or("")
                 )
                 .trim()
                 .to_string();
                 *c.failures.entry(key).or_default() += v;
             }
-            ("tcp_open_total", _) if label(labels, "peer") == Some("dst") => {
+            ("tcp_open_total", _) if s.label("peer") == Some("dst") => {
                 c.tcp_connects += v;
             }
             _ => {}
@@ -576,13 +559,5 @@ inbound_http_authz_deny_total{srv_kind=\"server\",srv_name=\"bench-authz\",route
         assert_eq!((d.inbound_requests, d.inbound_tls_requests), (50, 40));
         assert_eq!(d.mtls_fraction(), Some(0.8));
         assert_eq!(Counters::default().mtls_fraction(), None);
-    }
-
-    #[test]
-    fn label_is_exact() {
-        let l = "no_tls=\"x\",tls=\"true\"";
-        assert_eq!(label(l, "tls"), Some("true"));
-        assert_eq!(label(l, "no_tls"), Some("x"));
-        assert_eq!(label(l, "ls"), None);
     }
 }
