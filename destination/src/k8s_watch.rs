@@ -90,11 +90,13 @@ impl KubeWatch {
         let source = self.metrics.source();
         let watches = async {
             tokio::join!(
-                watch_kind(self.client.clone(), &lists, source, |c| self.changed::<Service>(c)),
+                watch_kind(self.client.clone(), &lists, source, |c| self
+                    .changed::<Service>(c)),
                 watch_kind(self.client.clone(), &lists, source, |c| {
                     self.changed::<EndpointSlice>(c)
                 }),
-                watch_kind(self.client.clone(), &lists, source, |c| self.changed::<Pod>(c)),
+                watch_kind(self.client.clone(), &lists, source, |c| self
+                    .changed::<Pod>(c)),
             );
         };
         lists.run(source, watches, stop).await;

@@ -144,7 +144,13 @@ impl Bound {
             grace: self.config.grace,
         };
         self.listeners
-            .serve_grpc(grpc, Admin { metrics, ready }, source, move || index.close(), shutdown)
+            .serve_grpc(
+                grpc,
+                Admin { metrics, ready },
+                source,
+                move || index.close(),
+                shutdown,
+            )
             .await;
         Ok(())
     }

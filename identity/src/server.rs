@@ -9,6 +9,7 @@ use crate::{
     metrics::{Metrics, serve_admin},
     token::{AuthError, Authenticator, LocalTokens},
 };
+use linkerd_control::{Listeners, stopped};
 use proto::id::IdentityName;
 use std::{
     future::Future,
@@ -17,7 +18,6 @@ use std::{
     sync::Arc,
     time::Duration,
 };
-use linkerd_control::{Listeners, stopped};
 use tokio::sync::watch;
 
 /// Everything `serve` needs.
@@ -266,7 +266,6 @@ impl IssuerWatcher {
         }
     }
 }
-
 
 async fn read(path: &Path) -> Result<Vec<u8>, Error> {
     tokio::fs::read(path).await.map_err(|source| Error::Read {

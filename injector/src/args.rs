@@ -161,10 +161,7 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
         }
         None => {
             let api = KubeApiConfig::from_args(&a.kube).map_err(|e| Error::Usage(e.to_string()))?;
-            let client = api
-                .client()
-                .await
-                .map_err(|e| Error::Kube(e.to_string()))?;
+            let client = api.client().await.map_err(|e| Error::Kube(e.to_string()))?;
             (Namespaces::Kube(client.clone()), Events::kube(client))
         }
     };

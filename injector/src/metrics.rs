@@ -52,7 +52,11 @@ impl Default for Metrics {
             "proxy_inject_bad_requests_total",
             "Requests that were not a usable AdmissionReview.",
         );
-        let response = |skip, reason| responses.get_or_create(&ResponseLabels { skip, reason }).clone();
+        let response = |skip, reason| {
+            responses
+                .get_or_create(&ResponseLabels { skip, reason })
+                .clone()
+        };
         Self {
             registry,
             requests,

@@ -13,11 +13,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
+use linkerd_control::{Listeners, stopped};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use std::{
     convert::Infallible, future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration,
 };
-use linkerd_control::{Listeners, stopped};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tokio_rustls::TlsAcceptor;
 
@@ -316,4 +316,3 @@ async fn serve_admin(
 ) {
     linkerd_control::serve_admin(listener, shutdown, move || metrics.render(), || Ok(())).await
 }
-

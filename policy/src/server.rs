@@ -59,9 +59,9 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     let index = Arc::new(Index::new(config.cluster.clone()));
     let metrics = Arc::new(Metrics::default());
     let registry = match &config.source {
-        Source::Registry { path, .. } => Some(
-            RegistryWatcher::start(path.clone(), index.clone(), metrics.clone()).await?,
-        ),
+        Source::Registry { path, .. } => {
+            Some(RegistryWatcher::start(path.clone(), index.clone(), metrics.clone()).await?)
+        }
         Source::Kubernetes(_) => None,
         Source::Manual => {
             metrics.set_ready();
@@ -131,7 +131,13 @@ impl Bound {
             grace: self.config.grace,
         };
         self.listeners
-            .serve_grpc(grpc, Admin { metrics, ready }, source, move || index.close(), shutdown)
+            .serve_grpc(
+                grpc,
+                Admin { metrics, ready },
+                source,
+                move || index.close(),
+                shutdown,
+            )
             .await;
         Ok(())
     }
@@ -139,4 +145,3 @@ impl Bound {
 
 /// Per-stream bytes h2 may buffer beyond what the socket took (as the destination service).
 const MAX_SEND_BUF: usize = 32 * 1024;
-

@@ -24,7 +24,12 @@ pub(super) struct Settings {
     pub(super) warnings: Vec<String>,
 }
 
-pub(super) fn settings(mode: Mode, a: &BTreeMap<&str, &str>, spec: &PodSpec, cfg: &InjectConfig) -> Settings {
+pub(super) fn settings(
+    mode: Mode,
+    a: &BTreeMap<&str, &str>,
+    spec: &PodSpec,
+    cfg: &InjectConfig,
+) -> Settings {
     let mut warnings = Vec::new();
     let mut warn = |key: &str, value: &str, why: String| {
         warnings.push(format!("{key}: {value:?} ignored: {why}"));
