@@ -90,11 +90,16 @@ impl std::ops::Deref for ServeArgs {
     }
 }
 
-/// `mesh inject FILE|-`.
+/// `mesh inject FILE|DIR|-`.
 #[derive(Debug, clap::Args)]
 pub struct InjectArgs {
-    /// A YAML file of one or more documents, or `-` for standard input.
+    /// A YAML file of one or more documents, a directory of them (its `.yaml`, `.yml` and
+    /// `.json` files in name order, as `kubectl apply -f DIR` reads it, but for kustomize's own
+    /// `kustomization.yaml`), or `-` for standard input.
     pub file: String,
+    /// With a directory: its subdirectories too (as `kubectl apply -R`).
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
     #[command(flatten)]
     pub proxy: ProxyArgs,
     /// Annotations of the namespace the workloads go to (`key=value`, repeatable), e.g.
@@ -179,11 +184,79 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `mesh inject`: reads the file (or stdin), prints the injected YAML on stdout and one line
-/// per workload on stderr. Blocking: run it outside the runtime.
+/// `mesh inject`: reads the file, directory or stdin, prints the injected YAML on stdout and
+/// one line per workload on stderr, and one per document that could not be read or injected
+/// (it is passed through as written: never fatal to the others). Blocking: run it outside the
+/// runtime.
+/// A line on stderr; one that cannot be written is dropped (it never stops the output).
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub fn inject(a: InjectArgs) -> Result<ExitCode, Error> {
     let cfg = a.proxy.inject_config()?;
-    let input = if a.file == "-" {
+    let inputs = read_inputs(&a.file, a.recursive)?;
+    let ns: BTreeMap<String, String> = a.namespace_annotations.into_iter().collect();
+    let mut out = String::new();
+    let several = inputs.len() > 1;
+    for (name, text) in inputs {
+        let (yaml, reports) = workload::inject_yaml(&text, &ns, &cfg)
+            .map_err(|e| Error::Usage(format!("{name}: {e}")))?;
+        // Files are separate streams: a `---` between them.
+        if !out.is_empty() && !yaml.trim().is_empty() && !yaml.starts_with("---") {
+            out.push_str("---\n");
+        }
+        out.push_str(&yaml);
+        let prefix = if several {
+            format!("{name}: ")
+        } else {
+            String::new()
+        };
+        for r in reports {
+            match r.outcome {
+                ReportOutcome::Injected { warnings } => {
+                    note!("{prefix}{} injected", r.what);
+                    for w in warnings {
+                        note!("  warning: {w}");
+                    }
+                }
+                ReportOutcome::Skipped(reason) => note!("{prefix}{} skipped: {reason}", r.what),
+                ReportOutcome::Unreadable(e) => note!(
+                    "{prefix}document {} (line {}) cannot be read, passed through as written: {e}",
+                    r.document,
+                    r.line
+                ),
+                ReportOutcome::Failed(e) => note!(
+                    "{prefix}{} (document {}, line {}) cannot be injected, passed through as \
+                     written: {e}",
+                    r.what,
+                    r.document,
+                    r.line
+                ),
+            }
+        }
+    }
+    match linkerd_control::print(&out) {
+        // The reader went away (`mesh inject x | head`): not a failure of ours.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::Usage(format!("cannot write the YAML: {e}")))
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// The inputs: stdin, a file, or a directory's manifests, each with its name.
+fn read_inputs(file: &str, recursive: bool) -> Result<Vec<(String, String)>, Error> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    if file == "-" {
         let mut s = String::new();
         std::io::stdin()
             .read_to_string(&mut s)
@@ -191,27 +264,55 @@ pub fn inject(a: InjectArgs) -> Result<ExitCode, Error> {
                 path: "standard input".into(),
                 source,
             })?;
-        s
-    } else {
-        std::fs::read_to_string(&a.file).map_err(|source| Error::Read {
-            path: a.file.clone(),
-            source,
-        })?
-    };
-    let ns: BTreeMap<String, String> = a.namespace_annotations.into_iter().collect();
-    let (yaml, reports) = workload::inject_yaml(&input, &ns, &cfg)
-        .map_err(|e| Error::Usage(format!("{}: {e}", a.file)))?;
-    print!("{yaml}");
-    for r in reports {
-        match r.outcome {
-            ReportOutcome::Injected { warnings } => {
-                eprintln!("{} injected", r.what);
-                for w in warnings {
-                    eprintln!("  warning: {w}");
-                }
+        return Ok(vec![("standard input".into(), s)]);
+    }
+    let path = std::path::Path::new(file);
+    if !path.is_dir() {
+        return Ok(vec![(file.to_string(), read(path)?)]);
+    }
+    let mut files = Vec::new();
+    collect(path, recursive, &mut files)?;
+    files.sort();
+    // Kustomize's file is not a manifest: its output is (`kubectl kustomize DIR | mesh inject -`).
+    files.retain(|p| {
+        let kustomize = p.file_name().is_some_and(|n| {
+            matches!(
+                n.to_str(),
+                Some("kustomization.yaml" | "kustomization.yml" | "Kustomization")
+            )
+        });
+        if kustomize {
+            note!(
+                "{}: skipped (kustomize's file; for the manifests it makes: kubectl kustomize {} | mesh inject -)",
+                p.display(),
+                p.parent().map(|d| d.display().to_string()).unwrap_or_default()
+            );
+        }
+        !kustomize
+    });
+    files
+        .into_iter()
+        .map(|p| Ok((p.display().to_string(), read(&p)?)))
+        .collect()
+}
+
+fn collect(dir: &std::path::Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<(), Error> {
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::Read {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    for e in entries.filter_map(Result::ok) {
+        let p = e.path();
+        if p.is_dir() {
+            if recursive {
+                collect(&p, recursive, out)?;
             }
-            ReportOutcome::Skipped(reason) => eprintln!("{} skipped: {reason}", r.what),
+        } else if p
+            .extension()
+            .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
+        {
+            out.push(p);
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -118,9 +118,28 @@ impl InjectConfig {
     }
 }
 
+/// The registry the images are named under by default: the local registry of kind's documented
+/// setup (deploy/README.md), so an unqualified name never resolves to an image someone else
+/// published on Docker Hub. `mesh install --registry` and `--proxy-image` name another.
+pub const DEFAULT_REGISTRY: &str = "localhost:5001";
 /// The proxy image `deploy/Dockerfile` builds (target `proxy`).
-pub const DEFAULT_PROXY_IMAGE: &str = "mesh/proxy";
+pub const DEFAULT_PROXY_IMAGE: &str = "localhost:5001/mesh/proxy";
 /// The control-plane image `deploy/Dockerfile` builds (target `controller`).
-pub const DEFAULT_CONTROLLER_IMAGE: &str = "mesh/controller";
+pub const DEFAULT_CONTROLLER_IMAGE: &str = "localhost:5001/mesh/controller";
 /// Where the proxy image keeps the proxy binary (as Linkerd's image does).
 pub const PROXY_BIN: &str = "/usr/lib/linkerd/linkerd-proxy";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_images_are_under_the_default_registry() {
+        for image in [DEFAULT_PROXY_IMAGE, DEFAULT_CONTROLLER_IMAGE] {
+            assert!(
+                image.starts_with(&format!("{DEFAULT_REGISTRY}/")),
+                "{image}"
+            );
+        }
+    }
+}

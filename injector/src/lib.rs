@@ -9,7 +9,7 @@
 //!                                                          │ patch::pod  (pure)
 //!  API server ◄── AdmissionReview{response: allowed, JSONPatch} ─┘  metrics (:9995)
 //!
-//!  mesh inject FILE ──► workload::inject_yaml ──► patch::template per workload ──► YAML out
+//!  mesh inject FILE|DIR ──► yaml (as kubectl reads it) ──► workload::inject_yaml ──► patch::template per workload ──► YAML out
 //! ```
 //!
 //! * [`config`]: what an injected proxy looks like (image, ports, control-plane addresses).
@@ -29,6 +29,7 @@ pub mod namespaces;
 pub mod patch;
 pub mod server;
 pub mod workload;
+pub mod yaml;
 
 pub use config::InjectConfig;
 pub use patch::{Outcome, SkipReason};

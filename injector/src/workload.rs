@@ -2,7 +2,10 @@
 //!
 //! Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, ReplicationControllers, Jobs and
 //! CronJobs are injected (their pod template, with the same patch the webhook would send for
-//! the pod), `List`s are walked, and every other document passes through unchanged.
+//! the pod), `List`s are walked. Documents are read as kubectl reads them (`yaml.rs`: YAML
+//! 1.1's octals and booleans); every document that is not injected passes through exactly as
+//! written, and one that cannot be read or injected is reported and passed through too, never
+//! failing the others.
 
 use crate::{
     config::InjectConfig,
@@ -12,63 +15,107 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// A document that could not be read or injected; `index` counts from 0 in input order.
+/// YAML that could not be read (`parse_yaml`) or written.
 #[derive(Debug, thiserror::Error)]
 pub enum InjectError {
     #[error("cannot parse the YAML: {0}")]
     Yaml(String),
-    #[error("document {index} ({what}): {reason}")]
-    Document {
-        index: usize,
-        what: String,
-        reason: String,
-    },
     #[error("cannot write the YAML: {0}")]
     Write(String),
 }
 
-/// What happened to one workload (for the summary `mesh inject` prints on stderr).
+/// What happened to one workload or document (for the summary `mesh inject` prints on
+/// stderr).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Report {
-    /// `deployment/web`.
+    /// `deployment/web`, or `document 3` for one that could not be read.
     pub what: String,
+    /// The document's index (from 0) and first line (from 1) in the input.
+    pub document: usize,
+    pub line: usize,
     pub outcome: ReportOutcome,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum ReportOutcome {
-    Injected { warnings: Vec<String> },
+    Injected {
+        warnings: Vec<String>,
+    },
     Skipped(patch::SkipReason),
+    /// Not YAML kubectl would read (why): passed through as written.
+    Unreadable(String),
+    /// A workload that cannot be injected (why): passed through as written.
+    Failed(String),
 }
 
 /// Injects every workload in `input` (one or more YAML documents) and returns the documents
-/// as YAML, plus a report per workload. `ns_annotations` stands in for the namespace's
-/// annotations (`mesh inject` has no cluster to ask).
+/// as YAML, plus a report per workload and per document that could not be read or injected.
+/// `ns_annotations` stands in for the namespace's annotations (`mesh inject` has no cluster to
+/// ask). Only a failure to write YAML is an error.
 pub fn inject_yaml(
     input: &str,
     ns_annotations: &BTreeMap<String, String>,
     cfg: &InjectConfig,
 ) -> Result<(String, Vec<Report>), InjectError> {
-    let docs: Vec<Value> =
-        serde_saphyr::from_str_multiple(input).map_err(|e| InjectError::Yaml(e.to_string()))?;
-    let mut out = Vec::with_capacity(docs.len());
+    let mut out = String::with_capacity(input.len() * 2);
     let mut reports = Vec::new();
-    for (index, mut doc) in docs.into_iter().enumerate() {
-        if doc.is_null() {
+    for (index, doc) in crate::yaml::split(input).iter().enumerate() {
+        let report = |what: String, outcome| Report {
+            what,
+            document: index,
+            line: doc.line,
+            outcome,
+        };
+        let mut value = match crate::yaml::parse(doc) {
+            Ok(v) => v,
+            Err(e) => {
+                reports.push(report(
+                    format!("document {index}"),
+                    ReportOutcome::Unreadable(e),
+                ));
+                out.push_str(&doc.text());
+                continue;
+            }
+        };
+        if value.is_null() {
+            out.push_str(&doc.text());
             continue;
         }
-        inject_value(&mut doc, ns_annotations, cfg, &mut reports).map_err(|(what, reason)| {
-            InjectError::Document {
-                index,
-                what,
-                reason,
+        if !value.is_object() {
+            reports.push(report(
+                format!("document {index}"),
+                ReportOutcome::Failed("a Kubernetes object must be a YAML mapping".into()),
+            ));
+            out.push_str(&doc.text());
+            continue;
+        }
+        let mut found = Vec::new();
+        let result = inject_value(&mut value, ns_annotations, cfg, &mut found);
+        let injected = found
+            .iter()
+            .any(|r| matches!(r.outcome, ReportOutcome::Injected { .. }));
+        reports.extend(found.into_iter().map(|r| report(r.what, r.outcome)));
+        match result {
+            Err((what, reason)) => {
+                reports.push(report(what, ReportOutcome::Failed(reason)));
+                out.push_str(&doc.text());
             }
-        })?;
-        out.push(doc);
+            Ok(()) if !injected => out.push_str(&doc.text()),
+            Ok(()) => {
+                let yaml = serde_saphyr::to_string(&value)
+                    .map_err(|e| InjectError::Write(e.to_string()))?;
+                out.push_str(doc.prefix);
+                if index > 0 || !doc.marker.is_empty() {
+                    out.push_str("---\n");
+                }
+                out.push_str(&yaml);
+            }
+        }
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
     }
-    let yaml =
-        serde_saphyr::to_string_multiple(&out).map_err(|e| InjectError::Write(e.to_string()))?;
-    Ok((yaml, reports))
+    Ok((out, reports))
 }
 
 /// Where a kind keeps its pod template.
@@ -158,6 +205,8 @@ pub fn inject_value(
     match outcome {
         Outcome::Skip(reason) => reports.push(Report {
             what,
+            document: 0,
+            line: 0,
             outcome: ReportOutcome::Skipped(reason),
         }),
         Outcome::Inject { patch, warnings } => {
@@ -171,6 +220,8 @@ pub fn inject_value(
             })?;
             reports.push(Report {
                 what,
+                document: 0,
+                line: 0,
                 outcome: ReportOutcome::Injected { warnings },
             });
         }
@@ -187,11 +238,18 @@ fn meta_of(
     }
 }
 
-/// Parses multi-document YAML into JSON values (empty documents dropped).
+/// Parses multi-document YAML into JSON values as kubectl reads them (empty documents
+/// dropped); any document that cannot be read is an error.
 pub fn parse_yaml(input: &str) -> Result<Vec<Value>, InjectError> {
-    let docs: Vec<Value> =
-        serde_saphyr::from_str_multiple(input).map_err(|e| InjectError::Yaml(e.to_string()))?;
-    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+    let mut out = Vec::new();
+    for (i, doc) in crate::yaml::split(input).iter().enumerate() {
+        let v = crate::yaml::parse(doc)
+            .map_err(|e| InjectError::Yaml(format!("document {i} (line {}): {e}", doc.line)))?;
+        if !v.is_null() {
+            out.push(v);
+        }
+    }
+    Ok(out)
 }
 
 /// Writes documents as multi-document YAML.

@@ -21,7 +21,7 @@ use tokio::{
 use tracing::{debug, info};
 
 #[derive(Clone, Debug)]
-pub struct State {
+pub(crate) struct State {
     pub metrics: Arc<Metrics>,
     pub log: LogLevel,
     pub drain: Signal,
@@ -33,7 +33,7 @@ pub struct State {
     pub policy_pending: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-pub async fn serve(listener: TcpListener, state: State) {
+pub(crate) async fn serve(listener: TcpListener, state: State) {
     let state = Arc::new(state);
     loop {
         let (stream, client) = match listener.accept().await {

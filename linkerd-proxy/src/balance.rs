@@ -66,7 +66,7 @@ pub enum BalanceError {
 
 /// Load and health of one endpoint.
 #[derive(Debug)]
-pub struct Load {
+pub(crate) struct Load {
     state: Mutex<LoadState>,
 }
 
@@ -142,7 +142,8 @@ impl Load {
     }
 
     /// Requests or connections in flight on this endpoint.
-    pub fn pending(&self) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> u32 {
         self.lock().pending
     }
 }
@@ -173,6 +174,14 @@ impl LoadState {
         }
         self.stamp = now;
     }
+}
+
+/// Failure accrual (Linkerd's consecutive-failures breaker): consecutive failures take an
+/// endpoint out of its balancer for a backoff that grows while it keeps failing its probes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Accrual {
+    pub max_failures: u32,
+    pub backoff: crate::backoff::Backoff,
 }
 
 /// An endpoint chosen for one request (or one TCP connection). It counts as in flight on the
@@ -223,7 +232,7 @@ impl Picked {
     /// `max_failures` failures in a row the endpoint is ejected for the accrual's backoff; when
     /// that passes it is probed, and one more failure ejects it again for twice as long, while
     /// a success readmits it for good.
-    pub fn accrue(&self, ok: bool, accrual: &crate::outbound::Accrual) {
+    pub fn accrue(&self, ok: bool, accrual: &Accrual) {
         let mut s = self.load.lock();
         if ok {
             s.consecutive = 0;
@@ -435,45 +444,45 @@ fn slots_for(res: &Resolution, old: &[Slot], default_rtt: Duration, now: Instant
 /// Where one request or connection goes: an endpoint picked by a balancer, or an address with
 /// no balancer behind it (the original destination, an IP literal, DNS).
 #[derive(Debug)]
-pub enum Target {
+pub(crate) enum Target {
     Balanced(Picked),
     Direct(Endpoint),
 }
 
 impl Target {
-    pub fn direct(addr: SocketAddr) -> Self {
+    pub(crate) fn direct(addr: SocketAddr) -> Self {
         Target::Direct(Endpoint {
             addr,
             identity: None,
         })
     }
 
-    pub fn endpoint(&self) -> &Endpoint {
+    pub(crate) fn endpoint(&self) -> &Endpoint {
         match self {
             Target::Balanced(p) => &p.endpoint,
             Target::Direct(e) => e,
         }
     }
 
-    pub fn complete(&self) {
+    pub(crate) fn complete(&self) {
         if let Target::Balanced(p) = self {
             p.complete();
         }
     }
 
-    pub fn connect_failed(&self) {
+    pub(crate) fn connect_failed(&self) {
         if let Target::Balanced(p) = self {
             p.connect_failed();
         }
     }
 
-    pub fn connected(&self) {
+    pub(crate) fn connected(&self) {
         if let Target::Balanced(p) = self {
             p.connected();
         }
     }
 
-    pub fn accrue(&self, ok: bool, accrual: &crate::outbound::Accrual) {
+    pub(crate) fn accrue(&self, ok: bool, accrual: &Accrual) {
         if let Target::Balanced(p) = self {
             p.accrue(ok, accrual);
         }
@@ -483,7 +492,7 @@ impl Target {
 /// Resolves a logical `host:port`: balanced over discovered endpoints when a resolver serves
 /// the name; otherwise (or when discovery says it does not exist) `fallback`, then an IP
 /// literal, then DNS.
-pub async fn target_for(
+pub(crate) async fn target_for(
     balancer: Option<&Balancer>,
     authority: &str,
     fallback: Option<SocketAddr>,

@@ -4,33 +4,33 @@
 //! a build script that asked git would rebuild the proxy on every commit.
 
 /// The package version.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The commit the build was made from, if the build said.
-pub const GIT_SHA: &str = match option_env!("MESH_GIT_SHA") {
+pub(crate) const GIT_SHA: &str = match option_env!("MESH_GIT_SHA") {
     Some(s) => s,
     None => "unknown",
 };
 /// When the build was made, if the build said.
-pub const DATE: &str = match option_env!("MESH_BUILD_DATE") {
+pub(crate) const DATE: &str = match option_env!("MESH_BUILD_DATE") {
     Some(s) => s,
     None => "unknown",
 };
 /// `release` or `debug`.
-pub const PROFILE: &str = if cfg!(debug_assertions) {
+pub(crate) const PROFILE: &str = if cfg!(debug_assertions) {
     "debug"
 } else {
     "release"
 };
 /// Who built it.
-pub const VENDOR: &str = "mesh";
+pub(crate) const VENDOR: &str = "mesh";
 
 /// `0.1.0 (abc1234, release, built 2026-12-06T00:00:00Z)`.
-pub fn describe() -> String {
+pub(crate) fn describe() -> String {
     format!("{VERSION} ({GIT_SHA}, {PROFILE}, built {DATE})")
 }
 
 /// The `proxy_build_info` gauge, in Prometheus text.
-pub fn metric() -> String {
+pub(crate) fn metric() -> String {
     format!(
         "# HELP proxy_build_info Proxy build info.\n# TYPE proxy_build_info gauge\n\
          proxy_build_info{{date=\"{DATE}\",git_sha=\"{GIT_SHA}\",profile=\"{PROFILE}\",\

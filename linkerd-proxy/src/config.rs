@@ -6,7 +6,17 @@
 //! `MESH_PROXY_*` prefix. Values are read through [`Strings`] so tests never touch the process
 //! environment. Every variable is documented in `linkerd-proxy/README.md`.
 
-use std::{collections::HashMap, net::SocketAddr, str::FromStr, time::Duration};
+pub use crate::{
+    inbound::Config as InboundConfig,
+    listen::Limits,
+    log::LogFormat,
+    outbound::{Config as OutboundConfig, LocalListener},
+};
+mod values;
+
+use self::values::*;
+pub use self::values::{parse_addr, parse_duration, parse_ports};
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 pub const ENV_INBOUND_LISTEN_ADDR: &str = "LINKERD2_PROXY_INBOUND_LISTEN_ADDR";
 pub const ENV_OUTBOUND_LISTEN_ADDR: &str = "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR";
@@ -120,77 +130,13 @@ pub struct Config {
     /// Service discovery; `None` resolves only static names, IPs and DNS.
     pub destination: Option<crate::destination::DestinationConfig>,
     /// Inbound authorization: the default policy and, optionally, the policy service.
-    pub policy: crate::policy::client::InboundPolicyConfig,
-}
-
-#[derive(Clone, Debug)]
-pub struct InboundConfig {
-    pub listen_addr: SocketAddr,
-    pub detect_timeout: Duration,
-    pub connect_timeout: Duration,
-    /// Target ports whose traffic skips protocol detection.
-    pub opaque_ports: Vec<u16>,
-    /// Where connections made directly to the inbound listener (not redirected by iptables) go:
-    /// the local application, when running without iptables.
-    pub forward_addr: Option<SocketAddr>,
-    /// The pod's IPs; a redirected connection to one of these is forwarded to localhost.
-    pub ips: Vec<std::net::IpAddr>,
-    pub limits: Limits,
-}
-
-/// How much one direction takes on before it sheds load.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// Requests in flight (from request head to the end of the response).
-    pub max_in_flight: usize,
-    /// Open connections on the listener.
-    pub max_connections: usize,
-    /// HTTP/1: from a request head's first byte to its end.
-    pub header_read_timeout: Duration,
-}
-
-#[derive(Clone, Debug)]
-pub struct OutboundConfig {
-    pub listen_addr: SocketAddr,
-    pub detect_timeout: Duration,
-    pub connect_timeout: Duration,
-    /// Bound on the time from sending a request to receiving response headers; none by default.
-    pub response_timeout: Option<Duration>,
-    pub opaque_ports: Vec<u16>,
-    /// Extra listeners that forward every connection to a logical service as opaque TCP.
-    pub local_listeners: Vec<LocalListener>,
-    /// Logical names resolved without a discovery service (local mode), each endpoint with the
-    /// TLS identity of its proxy when it is meshed.
-    pub static_endpoints: Vec<crate::resolve::StaticName>,
-    pub max_idle_per_endpoint: usize,
-    /// Peak-EWMA parameters and the fail-fast timeout of every balancer.
-    pub balance: crate::balance::BalanceConfig,
-    /// A destination nobody used for this long loses its balancer and discovery watch.
-    pub discovery_idle_timeout: Duration,
-    pub limits: Limits,
-    /// What HTTP-proxy mode may dial besides mesh destinations.
-    pub proxy_allow: crate::transport::ProxyAllow,
+    pub policy: crate::inbound::policy::client::InboundPolicyConfig,
 }
 
 #[derive(Clone, Debug)]
 pub struct AdminConfig {
     pub listen_addr: SocketAddr,
     pub shutdown_endpoint_enabled: bool,
-}
-
-/// `name=listen_addr>target`: a local port forwarded to a logical service.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LocalListener {
-    pub name: String,
-    pub listen_addr: SocketAddr,
-    /// A logical `host:port`, resolved through the proxy's resolver.
-    pub target: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Plain,
-    Json,
 }
 
 // === impl Strings ===
@@ -416,95 +362,6 @@ impl Config {
     }
 }
 
-fn parse<T>(
-    s: &dyn Strings,
-    name: &'static str,
-    f: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<Option<T>, ConfigError> {
-    match s.get(name) {
-        None => Ok(None),
-        Some(v) if v.trim().is_empty() => Ok(None),
-        Some(v) => f(v.trim()).map(Some).map_err(|reason| ConfigError {
-            name,
-            value: v,
-            reason,
-        }),
-    }
-}
-
-fn list(v: &str) -> impl Iterator<Item = &str> {
-    v.split(',').map(str::trim).filter(|p| !p.is_empty())
-}
-
-pub fn parse_addr(v: &str) -> Result<SocketAddr, String> {
-    SocketAddr::from_str(v).map_err(|_| "expected an IP:port address such as 127.0.0.1:4140".into())
-}
-
-fn parse_bool(v: &str) -> Result<bool, String> {
-    match v.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" => Ok(false),
-        _ => Err("expected true or false".into()),
-    }
-}
-
-/// Durations as Linkerd writes them: `100ms`, `10s`, `5m`, `1h`, `365d`; a bare number is
-/// milliseconds.
-fn parse_nonzero_duration(v: &str) -> Result<Duration, String> {
-    match parse_duration(v)? {
-        d if d.is_zero() => Err("must be more than zero".into()),
-        d => Ok(d),
-    }
-}
-
-pub fn parse_duration(v: &str) -> Result<Duration, String> {
-    let split = v
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| "expected a duration such as 100ms, 10s, 5m or 1h".to_string())?;
-    let secs = match unit {
-        "" | "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86400.0,
-        _ => return Err(format!("unknown unit {unit:?}; use ms, s, m, h or d")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err("duration must be finite and non-negative".into());
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-/// Ports and ranges: `25,587,4000-4010`.
-pub fn parse_ports(v: &str) -> Result<Vec<u16>, String> {
-    let mut ports = Vec::new();
-    for part in list(v) {
-        let port = |p: &str| -> Result<u16, String> {
-            match p.trim().parse::<u16>() {
-                Ok(0) | Err(_) => Err(format!("{p:?} is not a port (1-65535)")),
-                Ok(n) => Ok(n),
-            }
-        };
-        match part.split_once('-') {
-            Some((lo, hi)) => {
-                let (lo, hi) = (port(lo)?, port(hi)?);
-                if lo > hi {
-                    return Err(format!("range {part:?} is backwards"));
-                }
-                ports.extend(lo..=hi);
-            }
-            None => ports.push(port(part)?),
-        }
-    }
-    ports.sort_unstable();
-    ports.dedup();
-    Ok(ports)
-}
-
 /// One direction's limits; the header-read timeout is shared by both.
 fn parse_limits(
     s: &dyn Strings,
@@ -522,27 +379,6 @@ fn parse_limits(
         header_read_timeout: parse(s, ENV_HTTP_HEADER_READ_TIMEOUT, parse_nonzero_duration)?
             .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
     })
-}
-
-fn parse_local_listeners(v: &str) -> Result<Vec<LocalListener>, String> {
-    list(v)
-        .map(|entry| {
-            let bad = || format!("{entry:?}: expected name=listen_ip:port>target_host:port");
-            let (name, rest) = entry.split_once('=').ok_or_else(bad)?;
-            let (listen, target) = rest.split_once('>').ok_or_else(bad)?;
-            let listen_addr = parse_addr(listen.trim()).map_err(|e| format!("{entry:?}: {e}"))?;
-            let target = target.trim();
-            check_authority(target).map_err(|e| format!("{entry:?}: {e}"))?;
-            if name.trim().is_empty() {
-                return Err(bad());
-            }
-            Ok(LocalListener {
-                name: name.trim().to_string(),
-                listen_addr,
-                target: target.to_string(),
-            })
-        })
-        .collect()
 }
 
 /// Identity is enabled when any of its variables is set; then the trust anchors, the local
@@ -612,8 +448,8 @@ fn parse_identity(s: &dyn Strings) -> Result<Option<crate::identity::IdentityCon
 /// set (which then needs `LINKERD2_PROXY_POLICY_WORKLOAD`).
 fn parse_policy(
     s: &dyn Strings,
-) -> Result<crate::policy::client::InboundPolicyConfig, ConfigError> {
-    use crate::policy::{
+) -> Result<crate::inbound::policy::client::InboundPolicyConfig, ConfigError> {
+    use crate::inbound::policy::{
         DefaultPolicy, Net,
         client::{InboundPolicyConfig, PolicyServiceConfig, default_cluster_networks},
     };
@@ -684,44 +520,7 @@ fn parse_destination(
     }))
 }
 
-/// `host:port=ip:port[#identity]|ip:port;host2:port=...`
-fn parse_static_endpoints(v: &str) -> Result<Vec<crate::resolve::StaticName>, String> {
-    v.split(';')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .map(|entry| {
-            let (name, addrs) = entry
-                .split_once('=')
-                .ok_or_else(|| format!("{entry:?}: expected host:port=ip:port|ip:port"))?;
-            check_authority(name.trim()).map_err(|e| format!("{entry:?}: {e}"))?;
-            let addrs = addrs
-                .split('|')
-                .map(|a| {
-                    let (addr, id) = match a.split_once('#') {
-                        Some((addr, id)) => (addr, Some(id.trim())),
-                        None => (a, None),
-                    };
-                    let addr = parse_addr(addr.trim()).map_err(|e| format!("{entry:?}: {e}"))?;
-                    if let Some(id) = id {
-                        id.parse::<proto::id::IdentityName>()
-                            .map_err(|e| format!("{entry:?}: identity {id:?}: {e}"))?;
-                    }
-                    Ok((addr, id.map(str::to_string)))
-                })
-                .collect::<Result<Vec<_>, String>>()?;
-            Ok((name.trim().to_ascii_lowercase(), addrs))
-        })
-        .collect()
-}
-
-fn check_authority(a: &str) -> Result<(), String> {
-    match a.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
-            Ok(())
-        }
-        _ => Err(format!("{a:?} is not host:port")),
-    }
-}
+pub mod sidecar;
 
 #[cfg(test)]
 mod tests;

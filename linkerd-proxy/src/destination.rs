@@ -12,15 +12,14 @@
 
 use crate::{
     backoff::Backoff,
-    identity::{Io, tower_service_fn},
+    control::control_channel,
     resolve::{Endpoint, Resolution, Resolve},
-    tls::{self, CredsRx},
+    tls::CredsRx,
 };
-use hyper_util::rt::TokioIo;
 use proto::api::destination::{
     GetDestination, Update, WeightedAddr, destination_client::DestinationClient, update,
 };
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tracing::{debug, warn};
@@ -61,14 +60,14 @@ impl DestinationConfig {
 
 /// Resolves names through the destination service.
 #[derive(Clone, Debug)]
-pub struct DestinationResolve {
+pub(crate) struct DestinationResolve {
     cfg: Arc<DestinationConfig>,
     channel: Channel,
 }
 
 impl DestinationResolve {
     /// Builds the client; the connection is made lazily, on the first watch.
-    pub fn new(cfg: DestinationConfig, creds: Option<CredsRx>) -> Result<Self, String> {
+    pub(crate) fn new(cfg: DestinationConfig, creds: Option<CredsRx>) -> Result<Self, String> {
         let channel = channel(&cfg, creds)?;
         Ok(Self {
             cfg: Arc::new(cfg),
@@ -225,54 +224,6 @@ fn channel(cfg: &DestinationConfig, creds: Option<CredsRx>) -> Result<Channel, S
         creds,
         "LINKERD2_PROXY_DESTINATION_SVC_NAME",
     )
-}
-
-/// A lazily connected gRPC channel to a control-plane service at `svc_addr`: mTLS verifying
-/// `svc_name`, or plaintext when the address is loopback (a control-plane pod talking to its
-/// own local service). `name_var` names the variable in errors.
-pub(crate) fn control_channel(
-    svc_addr: &str,
-    svc_name: Option<&str>,
-    creds: Option<CredsRx>,
-    name_var: &'static str,
-) -> Result<Channel, String> {
-    let svc_addr = svc_addr.to_string();
-    let tls = match (svc_name.map(str::to_string), creds) {
-        (Some(name), Some(creds)) => Some((name, creds)),
-        (Some(_), None) => {
-            return Err(format!("{name_var} needs the proxy's identity"));
-        }
-        (None, _) => None,
-    };
-    let connector = tower_service_fn(move |_uri: http::Uri| {
-        let svc_addr = svc_addr.clone();
-        let tls = tls.clone();
-        async move {
-            let addr: SocketAddr = tokio::net::lookup_host(svc_addr.as_str())
-                .await?
-                .next()
-                .ok_or_else(|| std::io::Error::other(format!("{svc_addr}: no addresses")))?;
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let _ = tcp.set_nodelay(true);
-            let io: Box<dyn Io> = match (&tls, addr.ip().is_loopback()) {
-                (Some((name, creds)), false) => Box::new(
-                    tls::connect(creds, name, tcp)
-                        .await
-                        .map_err(std::io::Error::other)?,
-                ),
-                (None, false) => {
-                    return Err(std::io::Error::other(format!(
-                        "{name_var} is required for a non-loopback address"
-                    )));
-                }
-                (_, true) => Box::new(tcp),
-            };
-            Ok::<_, std::io::Error>(TokioIo::new(io))
-        }
-    });
-    let endpoint = tonic::transport::Endpoint::from_static("http://control-plane.invalid")
-        .connect_timeout(Duration::from_secs(3));
-    Ok(endpoint.connect_with_connector_lazy(connector))
 }
 
 #[cfg(test)]

@@ -31,6 +31,17 @@ pub enum Protocol {
     Opaque,
 }
 
+impl Protocol {
+    /// The `protocol` metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Opaque => "opaque",
+        }
+    }
+}
+
 /// Why detection ended on opaque, for metrics and logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
@@ -38,6 +49,18 @@ pub enum Reason {
     NotHttp,
     Timeout,
     BufferFull,
+}
+
+impl Reason {
+    /// The `reason` metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Matched => "matched",
+            Reason::NotHttp => "not_http",
+            Reason::Timeout => "timeout",
+            Reason::BufferFull => "buffer_full",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -26,13 +26,13 @@ pub struct Signal(watch::Receiver<bool>);
 
 /// Starts the drain and waits for it.
 #[derive(Debug)]
-pub struct Controller {
+pub(crate) struct Controller {
     signal: watch::Sender<bool>,
     hold: Option<mpsc::Sender<()>>,
     released: mpsc::Receiver<()>,
 }
 
-pub fn channel() -> (Controller, Drain) {
+pub(crate) fn channel() -> (Controller, Drain) {
     let (signal, rx) = watch::channel(false);
     let (hold, released) = mpsc::channel(1);
     let drain = Drain {
@@ -123,7 +123,7 @@ impl Signal {
 impl Controller {
     /// Signals every holder, then waits for all of them to finish, for at most `grace`.
     /// Returns false when the grace period ran out first.
-    pub async fn drain(mut self, grace: Duration) -> bool {
+    pub(crate) async fn drain(mut self, grace: Duration) -> bool {
         let _ = self.signal.send(true);
         self.hold = None;
         tokio::time::timeout(grace, self.released.recv())

@@ -9,6 +9,7 @@
 //! credentials watch, so new connections use it and established ones are untouched.
 
 use crate::{
+    control::{Io, tower_service_fn},
     metrics::Metrics,
     tls::{Credentials, TrustRoots},
 };
@@ -44,7 +45,7 @@ pub struct IdentityConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum IdentityError {
+pub(crate) enum IdentityError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -69,7 +70,7 @@ struct KeyAndCsr {
 }
 
 /// Obtains and renews the certificate forever, publishing each one on `tx`.
-pub async fn run(
+pub(crate) async fn run(
     cfg: IdentityConfig,
     roots: TrustRoots,
     tx: watch::Sender<Option<Arc<Credentials>>>,
@@ -105,7 +106,7 @@ pub async fn run(
 }
 
 /// 70% of the time left, clamped to the configured bounds.
-pub fn refresh_in(not_after: SystemTime, now: SystemTime, cfg: &IdentityConfig) -> Duration {
+pub(crate) fn refresh_in(not_after: SystemTime, now: SystemTime, cfg: &IdentityConfig) -> Duration {
     let left = not_after.duration_since(now).unwrap_or_default();
     left.mul_f64(0.7).clamp(cfg.min_refresh, cfg.max_refresh)
 }
@@ -258,42 +259,6 @@ async fn connect(
         .connect_with_connector(connector)
         .await
         .map_err(|e| err(e.to_string()))
-}
-
-pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
-
-/// A `tower::Service` from a closure (tonic's connector takes one).
-pub(crate) fn tower_service_fn<F, Fut, R>(f: F) -> ServiceFn<F>
-where
-    F: FnMut(http::Uri) -> Fut,
-    Fut: std::future::Future<Output = Result<R, std::io::Error>>,
-{
-    ServiceFn(f)
-}
-
-#[derive(Clone)]
-pub(crate) struct ServiceFn<F>(F);
-
-impl<F, Fut, R> tower_service::Service<http::Uri> for ServiceFn<F>
-where
-    F: FnMut(http::Uri) -> Fut,
-    Fut: std::future::Future<Output = Result<R, std::io::Error>>,
-{
-    type Response = R;
-    type Error = std::io::Error;
-    type Future = Fut;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Fut {
-        (self.0)(uri)
-    }
 }
 
 #[cfg(test)]

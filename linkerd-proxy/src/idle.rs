@@ -13,17 +13,17 @@ use std::{
 
 /// What [`evict_idle`] sweeps: it drops what was not used since the previous sweep and says
 /// how many it dropped.
-pub trait Sweep {
+pub(crate) trait Sweep {
     fn sweep(&self) -> usize;
 }
 
 /// An entry's "used since the last sweep" flag.
-pub trait Touched {
+pub(crate) trait Touched {
     fn touched(&self) -> &AtomicBool;
 }
 
 #[derive(Debug)]
-pub struct IdleMap<V> {
+pub(crate) struct IdleMap<V> {
     map: Mutex<HashMap<String, Arc<V>>>,
 }
 
@@ -41,7 +41,7 @@ impl<V: Touched> IdleMap<V> {
     }
 
     /// The entry for `key`, marked used; or the one `make` builds (none if it builds none).
-    pub fn get_or_insert_with(
+    pub(crate) fn get_or_insert_with(
         &self,
         key: &str,
         make: impl FnOnce() -> Option<V>,
@@ -57,11 +57,11 @@ impl<V: Touched> IdleMap<V> {
         Some(v)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
@@ -78,7 +78,7 @@ impl<V: Touched> Sweep for IdleMap<V> {
 
 /// Sweeps `cache` every `idle / 2` until it is dropped, so an unused entry lives between
 /// `idle / 2` and `idle`.
-pub async fn evict_idle<S: Sweep>(cache: &std::sync::Weak<S>, idle: Duration) {
+pub(crate) async fn evict_idle<S: Sweep>(cache: &std::sync::Weak<S>, idle: Duration) {
     let mut tick = tokio::time::interval((idle / 2).max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;

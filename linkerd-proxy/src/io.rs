@@ -22,7 +22,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 /// hyper's and h2's connection code again (~100 KiB of text apiece), and the sidecar's
 /// resident memory is mostly its text. A virtual call per read or write costs nothing next
 /// to the system call behind it.
-pub type BoxIo = Box<dyn Io>;
+pub(crate) type BoxIo = Box<dyn Io>;
 
 /// An I/O that first yields `prefix`, then reads from the inner I/O. Writes go straight through.
 #[derive(Debug)]
@@ -40,7 +40,7 @@ pub struct ByteCounters {
 
 /// Counts the bytes read from and written to the inner I/O.
 #[derive(Debug)]
-pub struct CountingIo<I> {
+pub(crate) struct CountingIo<I> {
     io: I,
     counters: Arc<ByteCounters>,
 }
@@ -121,14 +121,14 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<I> {
 // === impl CountingIo ===
 
 impl<I> CountingIo<I> {
-    pub fn new(io: I, counters: Arc<ByteCounters>) -> Self {
+    pub(crate) fn new(io: I, counters: Arc<ByteCounters>) -> Self {
         Self { io, counters }
     }
 
     /// Moves what was counted so far into `counters` and counts there from now on: for a
     /// connection whose metric labels are only known after its first bytes (the inbound TLS
     /// handshake reveals the client's identity).
-    pub fn rebind(&mut self, counters: Arc<ByteCounters>) {
+    pub(crate) fn rebind(&mut self, counters: Arc<ByteCounters>) {
         if Arc::ptr_eq(&self.counters, &counters) {
             return;
         }

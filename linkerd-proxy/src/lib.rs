@@ -5,46 +5,66 @@
 //! relay. The admin server exports Linkerd-compatible metrics. See `ARCHITECTURE.md` for the
 //! request path and `README.md` in this crate for every configuration variable.
 //!
-//! Module tiers (a module may use only lower tiers):
+//! Module tiers. A module may use only modules of lower tiers (`tests/tiers.rs` reads this
+//! table and checks every `crate::` and `super::` path against it):
 //!
 //! ```text
-//! tier 0  io, transport, drain, metrics, log, backoff,   plumbing, no knowledge of the proxy
-//!         idle
-//! tier 1  detect, resolve, balance, tls, tcp, http      one concern each; no config, no app
-//! tier 2  identity, destination, policy, outbound        control-plane clients (use tls, proto)
-//! tier 3  config, admin, app                             the only place everything meets
+//! 0  plumbing:          io, drain, log, backoff, idle, build_info, transport, tap, trim
+//! 1  one concern:       metrics, detect, resolve, tls
+//! 2  building blocks:   control, balance
+//! 3  connections:       tcp, identity, destination
+//! 4  HTTP:              http
+//! 5  listeners:         listen
+//! 6  the two halves:    inbound, outbound
+//! 7  composition:       config, admin
+//! 8  entry points:      app, init
 //! ```
 //!
-//! `init` stands apart: `linkerd-proxy init` installs the pod's iptables rules and exits, before
-//! any of the above runs (see `README.md`).
+//! Tier 0 knows nothing of the proxy. `control` is the control-plane channel (TLS to the
+//! identity, destination and policy services), `balance` the endpoint balancer; `tcp` dials
+//! endpoints (TCP, then mTLS) and relays opaque streams; `identity` and `destination` are
+//! control-plane clients. `http` is the HTTP machinery shared by both directions: servers,
+//! HTTP/1 and HTTP/2 clients, route matching, the request exchange. `listen` accepts
+//! connections under limits. `inbound` and `outbound` decide (policy, routing, retries) and
+//! never use each other. `config` reads the environment; `app` puts the parts together.
+//! `init` stands apart: `linkerd-proxy init` installs the pod's iptables rules and exits,
+//! before any of the above runs (see `README.md`).
 
-pub mod admin;
+#![warn(unreachable_pub)]
+
+pub(crate) mod admin;
 pub mod app;
-pub mod backoff;
-pub mod balance;
-pub mod build_info;
+pub(crate) mod backoff;
+pub(crate) mod balance;
+pub(crate) mod build_info;
 pub mod config;
-pub mod destination;
+pub(crate) mod control;
+pub(crate) mod destination;
 pub mod detect;
-pub mod drain;
+pub(crate) mod drain;
 pub mod http;
-pub mod identity;
-pub mod idle;
+pub(crate) mod identity;
+pub(crate) mod idle;
+pub mod inbound;
 pub mod init;
-pub mod io;
+pub(crate) mod io;
+pub(crate) mod listen;
 pub mod log;
 pub mod metrics;
 pub mod outbound;
-pub mod policy;
-pub mod resolve;
-pub mod tap;
-pub mod tcp;
+pub(crate) mod resolve;
+pub(crate) mod tap;
+pub(crate) mod tcp;
 pub mod tls;
-pub mod transport;
+pub(crate) mod transport;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub mod trim;
+pub(crate) mod trim;
 
 use std::process::ExitCode;
+
+/// An error of any kind, boxed: a body's (hyper's, or one of the proxy's own HTTP/1 and HTTP/2
+/// clients'), or a handshake's.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Locks `m`, going on with the data if a task panicked while holding the lock: one
 /// connection's bug does not take a shared map down with it.

@@ -1,7 +1,6 @@
 //! Logging: a `tracing` subscriber whose filter can be changed at runtime through the admin
 //! server's `/proxy-log-level`.
 
-use crate::config::LogFormat;
 use std::sync::Arc;
 use tracing_subscriber::{filter::Targets, layer::SubscriberExt, reload, util::SubscriberInitExt};
 
@@ -26,6 +25,13 @@ pub fn parse_filter(s: &str) -> Result<Targets, tracing_subscriber::filter::Pars
 
 /// Installs the global subscriber. If one is already installed (tests running several proxies
 /// in one process), the returned handle only records the level.
+/// How log lines are written (`LINKERD2_PROXY_LOG_FORMAT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
 pub fn init(level: &str, format: LogFormat) -> LogLevel {
     let targets = parse_filter(level).unwrap_or_else(|_| Targets::new());
     let (layer, handle) = reload::Layer::new(targets);

@@ -1,254 +1,162 @@
-//! Outbound policy: how requests to a logical service are routed, split, retried, timed out and
-//! cut off, as Linkerd's policy controller describes it through
-//! `io.linkerd.proxy.outbound.OutboundPolicies`.
-//!
-//! [`OutboundPolicies`] keeps one `Watch` stream per destination (a `host:port` that service
-//! discovery covers, or the original destination address), created on first use and dropped
-//! when nobody used it for the discovery idle timeout. A request reads the destination's
-//! current [`OutboundPolicy`], so an update applies to the next request without touching
-//! established connections.
+//! The outbound half: the application's connections to other services.
 //!
 //! ```text
-//! request ─► policy of its destination? ─ none ──────────────► balancer of the destination
-//!                      └ routes ─► rule (matches) ─► filters (fault: answer now)
-//!                                    └► backend by weight ─► its balancer ─► attempt
-//!                                         ▲ retry (status/gRPC code, budget, backoff) ┘
+//! accept ─ orig dst? ─┬─ opaque port ──────────────────────────► TCP to the orig dst
+//!                     └─ detect ─┬─ HTTP/1, HTTP/2 ─► http (per request: plan, then send)
+//!                                └─ opaque ─────────► TCP to the orig dst
+//! local listener ─ logical name ─► balance ─► TCP (mTLS to a meshed endpoint)
 //! ```
+//!
+//! - [`http`]: each request counted as a hop, given its endpoint and sent, with retries.
+//! - [`plan`]: deciding where a request goes (its route, a backend, an endpoint).
+//! - [`retry`]: the retry loop, apart from sending.
+//! - [`policy`]: how requests to a destination are routed, split, retried and timed out
+//!   (Linkerd's `OutboundPolicies`).
 
-pub mod budget;
-mod model;
-#[cfg(test)]
-mod tests;
+pub(crate) mod http;
+pub(crate) mod plan;
+pub mod policy;
+pub(crate) mod retry;
 
-pub use model::*;
-
+use self::http::{Dst, Http, Shared};
 use crate::{
-    idle::{IdleMap, Touched},
-    metrics::Metrics,
+    balance::{Target, target_for},
+    detect::{self, Protocol},
+    drain::Drain,
+    http::exchange::{Core, Forwarding},
+    io::{BoxIo, CountingIo},
+    listen::ConnSlot,
+    metrics::{Direction, Metrics, Tls},
+    tcp::{self, SrcConn},
+    transport::Accepted,
 };
-use proto::api::outbound::{
-    TrafficSpec, outbound_policies_client::OutboundPoliciesClient, traffic_spec,
-};
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
-use tokio::sync::watch;
-use tonic::transport::Channel;
-use tracing::{debug, info, warn};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+use tracing::{debug, warn};
 
-/// How long the first request to a destination waits for its policy before going on without
-/// one (the policy service is down or slow).
-pub const FIRST_POLICY_WAIT: Duration = Duration::from_secs(1);
+const OUTBOUND_TLS: Tls = Tls::None("not_provided_by_service_discovery");
 
-/// A destination's policy as known so far.
 #[derive(Clone, Debug)]
-pub enum PolicyState {
-    /// The policy service has not answered yet.
-    Pending,
-    /// It answered that it has no policy for this destination (or cannot be asked).
-    None,
-    Ready(Arc<OutboundPolicy>),
+/// How the outbound listener (and the local listeners) serve.
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub detect_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Bound on the time from sending a request to receiving response headers; none by default.
+    pub response_timeout: Option<Duration>,
+    pub opaque_ports: Vec<u16>,
+    /// Extra listeners that forward every connection to a logical service as opaque TCP.
+    pub local_listeners: Vec<LocalListener>,
+    /// Logical names resolved without a discovery service (local mode), each endpoint with the
+    /// TLS identity of its proxy when it is meshed.
+    pub static_endpoints: Vec<crate::resolve::StaticName>,
+    pub max_idle_per_endpoint: usize,
+    /// Peak-EWMA parameters and the fail-fast timeout of every balancer.
+    pub balance: crate::balance::BalanceConfig,
+    /// A destination nobody used for this long loses its balancer and discovery watch.
+    pub discovery_idle_timeout: Duration,
+    pub limits: crate::listen::Limits,
+    /// What HTTP-proxy mode may dial besides mesh destinations.
+    pub proxy_allow: crate::transport::ProxyAllow,
 }
 
-/// One destination's policy watch.
+/// `name=listen_addr>target`: a local port forwarded to a logical service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalListener {
+    pub name: String,
+    pub listen_addr: SocketAddr,
+    /// A logical `host:port`, resolved through the proxy's resolver.
+    pub target: String,
+}
+
+/// What every outbound connection needs.
 #[derive(Debug)]
-pub struct PolicyWatch {
-    rx: watch::Receiver<PolicyState>,
-    used: AtomicBool,
+pub struct Outbound {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub fw: Arc<Forwarding>,
+    pub shared: Arc<Shared>,
 }
 
-impl PolicyWatch {
-    /// A watch that never changes (tests, and destinations without a policy service).
-    pub fn fixed(state: PolicyState) -> Self {
-        let (_, rx) = watch::channel(state);
-        Self {
-            rx,
-            used: AtomicBool::new(true),
+/// Serves one connection accepted on the outbound listener.
+pub async fn serve_conn(ctx: Arc<Outbound>, acc: Accepted, drain: Drain, _slot: ConnSlot) {
+    let orig = acc.orig_dst.map(|o| o.0);
+    let src = SrcConn::open(
+        &ctx.metrics,
+        Direction::Outbound,
+        orig.unwrap_or(acc.local),
+        OUTBOUND_TLS,
+    );
+    let io: BoxIo = Box::new(CountingIo::new(acc.stream, src.counters()));
+    let cfg = &ctx.config;
+
+    if let Some(orig) = orig.filter(|o| cfg.opaque_ports.contains(&o.port())) {
+        ctx.metrics
+            .detected(Direction::Outbound, "opaque", "configured");
+        let target = Target::direct(orig);
+        return forward(&ctx, io, &target, drain).await;
+    }
+    let (proto, reason, io) = match detect::detect(io, cfg.detect_timeout).await {
+        Ok(d) => d,
+        Err(e) => {
+            debug!(error = %e, "outbound detection failed");
+            return;
+        }
+    };
+    ctx.metrics
+        .detected(Direction::Outbound, proto.label(), reason.label());
+    match (proto, orig) {
+        (Protocol::Http1 | Protocol::Http2, _) => {
+            let dst = orig.map_or(Dst::Proxy, Dst::OrigDst);
+            let core = Core::new(Direction::Outbound, OUTBOUND_TLS, ctx.fw.clone(), drain);
+            let http = Http::new(core, dst, ctx.shared.clone());
+            crate::http::server::serve(io, proto, Arc::new(http)).await;
+        }
+        (Protocol::Opaque, Some(orig)) => {
+            let target = Target::direct(orig);
+            forward(&ctx, Box::new(io), &target, drain).await
+        }
+        (Protocol::Opaque, None) => {
+            debug!(client = %acc.client, "opaque connection with no original destination; closing");
         }
     }
-
-    /// The policy now; the first request waits up to [`FIRST_POLICY_WAIT`] for it.
-    pub async fn current(&self) -> Option<Arc<OutboundPolicy>> {
-        self.used.store(true, Ordering::Relaxed);
-        let state = self.rx.borrow().clone();
-        match state {
-            PolicyState::Ready(p) => Some(p),
-            PolicyState::None => None,
-            PolicyState::Pending => {
-                let mut rx = self.rx.clone();
-                let arrived = tokio::time::timeout(
-                    FIRST_POLICY_WAIT,
-                    rx.wait_for(|s| !matches!(s, PolicyState::Pending)),
-                )
-                .await;
-                match arrived {
-                    Ok(Ok(s)) => match &*s {
-                        PolicyState::Ready(p) => Some(p.clone()),
-                        _ => None,
-                    },
-                    _ => None,
-                }
-            }
-        }
-    }
+    drop(src);
 }
 
-/// The policy service client for outbound policies, with one watch per destination.
-pub struct OutboundPolicies {
-    client: Option<(OutboundPoliciesClient<Channel>, String)>,
-    metrics: Arc<Metrics>,
-    map: Arc<IdleMap<PolicyWatch>>,
-}
-
-impl Touched for PolicyWatch {
-    fn touched(&self) -> &AtomicBool {
-        &self.used
-    }
-}
-
-impl std::fmt::Debug for OutboundPolicies {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OutboundPolicies")
-            .field("enabled", &self.client.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl OutboundPolicies {
-    /// No policy service: no destination has a policy.
-    pub fn disabled(metrics: Arc<Metrics>) -> Self {
-        Self {
-            client: None,
-            metrics,
-            map: Arc::default(),
-        }
-    }
-
-    /// Outbound policies from the policy service (`LINKERD2_PROXY_POLICY_SVC_*`) over
-    /// `channel` (shared with the inbound policy client), asked on behalf of `workload`.
-    pub fn new(channel: Channel, workload: String, metrics: Arc<Metrics>) -> Self {
-        Self {
-            client: Some((OutboundPoliciesClient::new(channel), workload)),
-            metrics,
-            map: Arc::default(),
-        }
-    }
-
-    pub fn is_enabled(&self) -> bool {
-        self.client.is_some()
-    }
-
-    /// The watch of a destination: a `host:port` name, or an `ip:port` address. `None` when
-    /// there is no policy service.
-    pub fn get(&self, target: &str) -> Option<Arc<PolicyWatch>> {
-        let (client, workload) = self.client.as_ref()?;
-        self.map.get_or_insert_with(target, || {
-            let (tx, rx) = watch::channel(PolicyState::Pending);
-            let spec = TrafficSpec {
-                source_workload: workload.clone(),
-                target: Some(match target.parse::<std::net::SocketAddr>() {
-                    Ok(addr) => traffic_spec::Target::Addr(proto::net::to_tcp_address(addr)),
-                    Err(_) => traffic_spec::Target::Authority(target.to_string()),
-                }),
-            };
-            tokio::spawn(watch_loop(
-                client.clone(),
-                spec,
-                tx,
-                self.metrics.clone(),
-                target.to_string(),
-            ));
-            Some(PolicyWatch {
-                rx,
-                used: AtomicBool::new(true),
-            })
-        })
-    }
-
-    /// Drops watches that nobody holds and nobody used since the previous sweep; each stream
-    /// ends when its receiver is gone.
-    pub fn sweep(&self) -> usize {
-        crate::idle::Sweep::sweep(&*self.map)
-    }
-
-    /// Sweeps every `idle / 2` while the cache lives.
-    pub async fn evict_idle(self: Arc<Self>, idle: Duration) {
-        let map = Arc::downgrade(&self.map);
-        drop(self);
-        crate::idle::evict_idle(&map, idle).await;
-    }
-}
-
-/// The first reconnect try whose wait reaches [`Backoff::RECONNECT`]'s maximum (100 ms × 2⁷).
-const SLOWEST: u32 = 7;
-
-/// Follows one destination's policy until nobody holds its watch. An answer that cannot be
-/// understood keeps the previous policy; `NOT_FOUND` / `INVALID_ARGUMENT` mean no policy (asked
-/// again slowly, the service may appear); a broken stream reconnects with a jittered backoff.
-async fn watch_loop(
-    mut client: OutboundPoliciesClient<Channel>,
-    spec: TrafficSpec,
-    tx: watch::Sender<PolicyState>,
-    metrics: Arc<Metrics>,
-    target: String,
+/// Serves one connection accepted on a local listener: opaque TCP to an endpoint of its
+/// service.
+pub async fn serve_local(
+    ctx: Arc<Outbound>,
+    listener: Arc<LocalListener>,
+    acc: Accepted,
+    drain: Drain,
+    _slot: ConnSlot,
 ) {
-    let mut failures = 0;
-    loop {
-        let stream = tokio::select! {
-            r = client.watch(spec.clone()) => r,
-            _ = tx.closed() => return,
-        };
-        match stream {
-            Ok(rsp) => {
-                let mut stream = rsp.into_inner();
-                loop {
-                    let msg = tokio::select! {
-                        m = stream.message() => m,
-                        _ = tx.closed() => return,
-                    };
-                    match msg {
-                        Ok(Some(p)) => {
-                            failures = 0;
-                            match OutboundPolicy::from_api(p, &metrics) {
-                                Ok(p) => {
-                                    debug!(%target, parent = %p.parent, "outbound policy");
-                                    tx.send_replace(PolicyState::Ready(Arc::new(p)));
-                                }
-                                Err(e) => {
-                                    warn!(%target, error = %e, "ignoring an invalid outbound policy; keeping the previous one");
-                                    if matches!(*tx.borrow(), PolicyState::Pending) {
-                                        tx.send_replace(PolicyState::None);
-                                    }
-                                }
-                            }
-                        }
-                        Ok(None) | Err(_) => break,
-                    }
-                }
-            }
-            Err(status)
-                if matches!(
-                    status.code(),
-                    tonic::Code::NotFound | tonic::Code::InvalidArgument
-                ) =>
-            {
-                debug!(%target, %status, "no outbound policy");
-                tx.send_replace(PolicyState::None);
-                // Asked again at the slowest pace: the service may appear.
-                failures = failures.max(SLOWEST);
-            }
-            Err(status) => {
-                info!(%target, code = ?status.code(), message = status.message(), "policy service unavailable; keeping the current outbound policy");
-            }
+    // Balanced per connection: the pick is held (in flight on its endpoint) while it lasts.
+    let balancer = ctx.shared.balancers.get(&listener.target);
+    let target = match target_for(balancer.as_deref(), &listener.target, None).await {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(listener = %listener.name, error = %e, "cannot forward");
+            return;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Backoff::RECONNECT.delay(failures)) => {}
-            _ = tx.closed() => return,
-        }
-        failures = failures.saturating_add(1);
+    };
+    let addr = target.endpoint().addr;
+    let src = SrcConn::open(&ctx.metrics, Direction::Outbound, addr, OUTBOUND_TLS);
+    let io = Box::new(CountingIo::new(acc.stream, src.counters()));
+    forward(&ctx, io, &target, drain).await;
+}
+
+/// Relays an opaque outbound connection to its target (over mTLS when it is meshed).
+async fn forward(ctx: &Outbound, io: BoxIo, target: &Target, drain: Drain) {
+    if let Some(l) = ctx.shared.own.find(target.endpoint().addr) {
+        return debug!(target = %target.endpoint().addr, listener = l.as_str(), "not forwarding to the proxy's own listener");
     }
+    let f = tcp::Forward {
+        direction: Direction::Outbound,
+        plaintext: OUTBOUND_TLS,
+        connect_timeout: ctx.config.connect_timeout,
+        creds: ctx.shared.creds.as_ref(),
+        metrics: &ctx.metrics,
+    };
+    tcp::forward(io, target, f, drain).await;
 }

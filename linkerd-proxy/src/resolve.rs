@@ -17,7 +17,7 @@ pub struct Endpoint {
 }
 
 /// The current endpoints of a destination; empty when it exists but has none.
-pub type Endpoints = Arc<[Endpoint]>;
+pub(crate) type Endpoints = Arc<[Endpoint]>;
 
 /// What a resolver currently knows about a destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub enum Resolution {
 }
 
 /// A statically configured name: `host:port` and its endpoints' addresses and identities.
-pub type StaticName = (String, Vec<(SocketAddr, Option<String>)>);
+pub(crate) type StaticName = (String, Vec<(SocketAddr, Option<String>)>);
 
 pub trait Resolve: Send + Sync + 'static {
     /// `None` when the name is not this resolver's to answer (the caller may fall back, e.g. to
@@ -41,12 +41,12 @@ pub trait Resolve: Send + Sync + 'static {
 
 /// Names configured at startup (`MESH_PROXY_STATIC_ENDPOINTS`).
 #[derive(Debug, Default)]
-pub struct StaticResolve {
+pub(crate) struct StaticResolve {
     names: HashMap<String, watch::Sender<Resolution>>,
 }
 
 impl StaticResolve {
-    pub fn new(entries: &[StaticName]) -> Self {
+    pub(crate) fn new(entries: &[StaticName]) -> Self {
         let names = entries
             .iter()
             .map(|(name, addrs)| {
@@ -76,7 +76,7 @@ impl Resolve for StaticResolve {
 
 /// Static names first, then the next resolver (service discovery).
 #[derive(Debug)]
-pub struct Chain<A, B>(pub A, pub B);
+pub(crate) struct Chain<A, B>(pub A, pub B);
 
 impl<A: Resolve, B: Resolve> Resolve for Chain<A, B> {
     fn resolve(&self, authority: &str) -> Option<watch::Receiver<Resolution>> {

@@ -21,17 +21,8 @@ pub enum DialError {
     Tls(#[from] TlsError),
 }
 
-impl From<DialError> for crate::http::ProxyError {
-    fn from(e: DialError) -> Self {
-        match e {
-            DialError::Connect(e) => e.into(),
-            DialError::Tls(e) => e.into(),
-        }
-    }
-}
-
 /// Connects to an endpoint: TCP, then mTLS when the endpoint names an identity.
-pub async fn dial(
+pub(crate) async fn dial(
     ep: &Endpoint,
     timeout: Duration,
     creds: Option<&CredsRx>,
@@ -57,7 +48,7 @@ async fn dial_io<I: Io>(
 
 /// What a forward needs to know about its side of the proxy.
 #[derive(Clone, Debug)]
-pub struct Forward<'a> {
+pub(crate) struct Forward<'a> {
     pub direction: Direction,
     /// The TLS label for a plaintext upstream connection.
     pub plaintext: Tls,
@@ -70,7 +61,7 @@ pub struct Forward<'a> {
 /// finishes sending, its write-half is shut down on the other side (half-close), so protocols
 /// that end a request by closing keep working. A balanced target counts as in flight on its
 /// endpoint for as long as the connection lasts, and is backed off if it cannot be reached.
-pub async fn forward(io: BoxIo, target: &Target, f: Forward<'_>, drain: Drain) {
+pub(crate) async fn forward(io: BoxIo, target: &Target, f: Forward<'_>, drain: Drain) {
     let ep = target.endpoint();
     match transport::connect(ep.addr, f.connect_timeout).await {
         Ok(stream) => forward_on(io, stream, target, f, drain).await,
@@ -82,7 +73,7 @@ pub async fn forward(io: BoxIo, target: &Target, f: Forward<'_>, drain: Drain) {
 }
 
 /// [`forward`] over a TCP connection to the target that is already established.
-pub async fn forward_on(
+pub(crate) async fn forward_on(
     mut io: BoxIo,
     stream: tokio::net::TcpStream,
     target: &Target,
@@ -124,12 +115,12 @@ pub async fn forward_on(
 
 /// Tracks an accepted connection in the `peer="src"` TCP metrics for its lifetime.
 #[derive(Debug)]
-pub struct SrcConn {
+pub(crate) struct SrcConn {
     stats: Arc<TcpStats>,
 }
 
 impl SrcConn {
-    pub fn open(
+    pub(crate) fn open(
         metrics: &Metrics,
         direction: Direction,
         target_addr: std::net::SocketAddr,
@@ -145,7 +136,7 @@ impl SrcConn {
         Self { stats }
     }
 
-    pub fn counters(&self) -> Arc<crate::io::ByteCounters> {
+    pub(crate) fn counters(&self) -> Arc<crate::io::ByteCounters> {
         self.stats.bytes.clone()
     }
 }

@@ -1,7 +1,11 @@
 //! Listening, accepting and connecting: original destinations, keepalives, timeouts.
 
 use socket2::{SockRef, TcpKeepalive};
-use std::{io, net::SocketAddr, time::Duration};
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The destination a client originally dialled, before iptables redirected it to the proxy.
@@ -32,6 +36,70 @@ pub enum ConnectError {
 }
 
 const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// An IP network (`10.0.0.0/8`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Net {
+    pub const ALL_V4: Net = Net {
+        addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        prefix: 0,
+    };
+    pub const ALL_V6: Net = Net {
+        addr: IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        prefix: 0,
+    };
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let p = u32::from(self.prefix.min(32));
+                let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let p = u32::from(self.prefix.min(128));
+                let mask = if p == 0 { 0 } else { u128::MAX << (128 - p) };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Net {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix must be 0-{max}"))?,
+            None => max,
+        };
+        Ok(Net { addr, prefix })
+    }
+}
 
 /// Which of the proxy's listeners an address is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,7 +169,7 @@ pub struct ProxyAllow {
     /// `external` in the list (the default).
     pub external: bool,
     /// Networks and single addresses, optionally with a port.
-    pub nets: Vec<(crate::policy::Net, Option<u16>)>,
+    pub nets: Vec<(Net, Option<u16>)>,
     /// The control plane's services (identity, destination, policy).
     pub control_plane: Vec<SocketAddr>,
     /// Admin ports, refused on local addresses.
@@ -110,7 +178,7 @@ pub struct ProxyAllow {
 
 /// The control plane's admin ports (identity, injector, destination, policy), refused on local
 /// addresses in HTTP-proxy mode.
-pub const CONTROL_PLANE_ADMIN_PORTS: [u16; 4] = [9990, 9995, 9996, 9997];
+pub(crate) const CONTROL_PLANE_ADMIN_PORTS: [u16; 4] = [9990, 9995, 9996, 9997];
 
 impl ProxyAllow {
     /// Parses `external`, `none`, `CIDR`, `IP`, `IP:port`, `[IPv6]:port`, comma-separated.
@@ -122,13 +190,13 @@ impl ProxyAllow {
                 "none" => {}
                 _ => {
                     if let Ok(sa) = item.parse::<SocketAddr>() {
-                        let net = crate::policy::Net {
+                        let net = Net {
                             addr: sa.ip(),
                             prefix: if sa.is_ipv4() { 32 } else { 128 },
                         };
                         allow.nets.push((net, Some(sa.port())));
                     } else {
-                        let net = item.parse::<crate::policy::Net>().map_err(|_| {
+                        let net = item.parse::<Net>().map_err(|_| {
                             format!("{item:?}: expected external, none, a CIDR, an IP or IP:port")
                         })?;
                         allow.nets.push((net, None));
@@ -182,7 +250,7 @@ fn is_local(ip: std::net::IpAddr) -> bool {
     ip.is_loopback() || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
-pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
@@ -193,7 +261,7 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Prepares an accepted socket and recovers its original destination.
-pub fn accepted(stream: TcpStream, client: SocketAddr) -> io::Result<Accepted> {
+pub(crate) fn accepted(stream: TcpStream, client: SocketAddr) -> io::Result<Accepted> {
     let local = stream.local_addr()?;
     set_socket_options(&stream);
     let orig_dst = original_dst(&stream, local).filter(|o| *o != canonical(local));
@@ -239,7 +307,10 @@ fn set_socket_options(stream: &TcpStream) {
 }
 
 /// Connects with a timeout, and sets the options every proxy socket gets.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_) => Err(ConnectError::Timeout { addr, timeout }),
         Ok(Err(source)) => Err(ConnectError::Io { addr, source }),

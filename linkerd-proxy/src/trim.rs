@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 /// How often the task looks.
-pub const INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(5);
 /// Growth of the resident size since the last trim (KiB) that is worth a trim by itself.
 const GROWTH_KIB: u64 = 1024;
 
 /// Runs for the proxy's life; `open` counts its open connections.
-pub async fn run(open: impl Fn() -> usize) {
+pub(crate) async fn run(open: impl Fn() -> usize) {
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;

@@ -5,7 +5,9 @@
 //! whose content type is `application/grpc` is answered as a unary gRPC call, with the reply in
 //! a length-prefixed protobuf message and `grpc-status` in the trailers. For every request it
 //! serves, the app first makes its own calls (`--call`) through its sidecar and reports them in
-//! the reply; a failed call makes the reply a 502 (gRPC: `UNAVAILABLE`).
+//! the reply; a failed call makes the reply a 502 (gRPC: `UNAVAILABLE`). A `redis:` call is
+//! opaque TCP: it counts the request with `INCR` on a Redis server (through a local port of
+//! its sidecar, which carries the connection over mTLS).
 
 use anyhow::{Context, anyhow, bail};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -28,8 +30,9 @@ pub struct Args {
     #[arg(long)]
     listen: SocketAddr,
     /// A call this app makes for every request it serves, as `[http1|h2|grpc:]http://host:port/path`
-    /// (default `http1`), sent through the HTTP proxy given by --via. A `grpc` call's path is the
-    /// method, e.g. `/demo.Quotes/Get`.
+    /// (default `http1`), sent through the HTTP proxy given by --via (a `grpc` call's path is the
+    /// method, e.g. `/demo.Quotes/Get`), or `redis:host:port`: `INCR mesh:hits` on a Redis
+    /// server, over a connection of its own.
     #[arg(long)]
     call: Vec<Call>,
     /// The sidecar's outbound listener, used as an HTTP proxy (HTTP/1.1 absolute-form, HTTP/2
@@ -44,6 +47,7 @@ pub enum Protocol {
     Http1,
     H2,
     Grpc,
+    Redis,
 }
 
 impl Protocol {
@@ -52,6 +56,7 @@ impl Protocol {
             Protocol::Http1 => "http1",
             Protocol::H2 => "h2",
             Protocol::Grpc => "grpc",
+            Protocol::Redis => "redis",
         }
     }
 }
@@ -62,17 +67,38 @@ pub struct Call {
     uri: http::Uri,
 }
 
+impl std::fmt::Display for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.protocol, self.uri.authority()) {
+            (Protocol::Redis, Some(a)) => write!(f, "redis {a}"),
+            _ => write!(f, "{} {}", self.protocol.as_str(), self.uri),
+        }
+    }
+}
+
 impl FromStr for Call {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(addr) = s.strip_prefix("redis:") {
+            let uri: http::Uri = format!("redis://{addr}")
+                .parse()
+                .map_err(|e| format!("{s:?}: {e}"))?;
+            if uri.port_u16().is_none() {
+                return Err(format!("{s:?}: expected redis:host:port"));
+            }
+            return Ok(Call {
+                protocol: Protocol::Redis,
+                uri,
+            });
+        }
         let (protocol, url) = match s.split_once(":http://") {
             Some(("http1", rest)) => (Protocol::Http1, rest),
             Some(("h2", rest)) => (Protocol::H2, rest),
             Some(("grpc", rest)) => (Protocol::Grpc, rest),
             Some((other, _)) => {
                 return Err(format!(
-                    "unknown protocol {other:?} (expected http1, h2 or grpc)"
+                    "unknown protocol {other:?} (expected http1, h2, grpc or redis)"
                 ));
             }
             None => match s.strip_prefix("http://") {
@@ -132,19 +158,10 @@ impl App {
         let mut ok = true;
         for call in &self.args.call {
             match self.call(call).await {
-                Ok(reply) => text.push_str(&format!(
-                    "  {} {} -> {}\n",
-                    call.protocol.as_str(),
-                    call.uri,
-                    reply.trim_end()
-                )),
+                Ok(reply) => text.push_str(&format!("  {call} -> {}\n", reply.trim_end())),
                 Err(e) => {
                     ok = false;
-                    text.push_str(&format!(
-                        "  {} {} -> error: {e:#}\n",
-                        call.protocol.as_str(),
-                        call.uri
-                    ));
+                    text.push_str(&format!("  {call} -> error: {e:#}\n"));
                 }
             }
         }
@@ -163,6 +180,7 @@ impl App {
         match call.protocol {
             Protocol::Http1 => self.call_http1(&call.uri).await,
             Protocol::H2 | Protocol::Grpc => self.call_h2(call).await,
+            Protocol::Redis => call_redis(&call.uri).await,
         }
     }
 
@@ -290,6 +308,41 @@ impl App {
     }
 }
 
+/// `INCR mesh:hits` on a fresh connection: the new count.
+async fn call_redis(uri: &http::Uri) -> anyhow::Result<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let addr = uri
+        .authority()
+        .ok_or_else(|| anyhow!("{uri} has no address"))?
+        .as_str();
+    let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .context("connect timed out")??;
+    let mut stream = BufReader::new(stream);
+    stream
+        .get_mut()
+        .write_all(b"*2\r\n$4\r\nINCR\r\n$9\r\nmesh:hits\r\n")
+        .await?;
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_line(&mut line))
+        .await
+        .context("no reply within 5 s")??;
+    redis_integer(&line).map(|n| format!("hits {n}"))
+}
+
+/// A RESP integer reply (`:42\r\n`); an error reply (`-ERR ...`) is an error.
+fn redis_integer(line: &str) -> anyhow::Result<i64> {
+    let line = line.trim_end();
+    match line.split_at_checked(1) {
+        Some((":", n)) => n
+            .parse()
+            .with_context(|| format!("a bad integer reply {line:?}")),
+        Some(("-", e)) => bail!("redis: {e}"),
+        _ if line.is_empty() => bail!("the connection closed without a reply"),
+        _ => bail!("an unexpected reply {line:?}"),
+    }
+}
+
 fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -399,6 +452,17 @@ mod tests {
     }
 
     #[test]
+    fn redis_replies_are_read() {
+        assert_eq!(redis_integer(":42\r\n").unwrap(), 42);
+        assert!(
+            format!("{:#}", redis_integer("-ERR wrong type\r\n").unwrap_err())
+                .contains("wrong type")
+        );
+        assert!(redis_integer("").is_err());
+        assert!(redis_integer("+OK\r\n").is_err());
+    }
+
+    #[test]
     fn calls_parse_with_their_protocol() {
         let c: Call = "grpc:http://quotes.demo.svc.cluster.local:8080/demo.Quotes/Get"
             .parse()
@@ -408,6 +472,10 @@ mod tests {
         let c: Call = "http://backend:8080/api".parse().unwrap();
         assert_eq!(c.protocol, Protocol::Http1);
         assert!("spdy:http://x/".parse::<Call>().is_err());
+        let c: Call = "redis:127.0.0.10:6379".parse().unwrap();
+        assert_eq!(c.protocol, Protocol::Redis);
+        assert_eq!(c.uri.authority().unwrap().as_str(), "127.0.0.10:6379");
+        assert!("redis:127.0.0.10".parse::<Call>().is_err());
         assert!("ftp://x/".parse::<Call>().is_err());
     }
 }

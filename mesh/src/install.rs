@@ -97,6 +97,11 @@ pub struct Args {
     /// PEM issuer key (P-256).
     #[arg(long, requires = "identity_trust_anchors_file")]
     pub identity_issuer_key_file: Option<PathBuf>,
+    /// The registry the proxy and controller images are pulled from
+    /// (`<registry>/mesh/proxy:<version>`, `<registry>/mesh/controller:<version>`), e.g.
+    /// `ghcr.io/you`. The default is the local registry of kind's setup (deploy/README.md).
+    #[arg(long, default_value = linkerd_injector::config::DEFAULT_REGISTRY)]
+    pub registry: String,
 }
 
 /// What `mesh install` fills in.
@@ -121,7 +126,8 @@ impl std::fmt::Debug for Secrets {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let secrets = secrets(&args)?;
-    let docs = render(Some(&secrets), args.ha)?;
+    let mut docs = render(Some(&secrets), args.ha)?;
+    set_registry(&mut docs, &args.registry)?;
     out::print(&linkerd_injector::workload::to_yaml(&docs)?)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -237,6 +243,36 @@ pub fn render(secrets: Option<&Secrets>, ha: bool) -> anyhow::Result<Vec<Value>>
         }
     }
     Ok(docs)
+}
+
+/// Names every image (and the injector's `--proxy-image`) under `registry` instead of the
+/// default one.
+pub fn set_registry(docs: &mut [Value], registry: &str) -> anyhow::Result<()> {
+    let registry = registry.trim_end_matches('/');
+    if registry.is_empty() || registry.contains("://") || registry.contains(char::is_whitespace) {
+        bail!("--registry {registry:?}: a registry host (and path), such as ghcr.io/you");
+    }
+    let from = format!("{}/", linkerd_injector::config::DEFAULT_REGISTRY);
+    let to = format!("{registry}/");
+    fn walk(v: &mut Value, from: &str, to: &str) {
+        match v {
+            Value::String(s) => {
+                let flag = "--proxy-image=";
+                if let Some(rest) = s.strip_prefix(from) {
+                    *s = format!("{to}{rest}");
+                } else if let Some(rest) = s.strip_prefix(flag).and_then(|r| r.strip_prefix(from)) {
+                    *s = format!("{flag}{to}{rest}");
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, from, to)),
+            Value::Object(m) => m.values_mut().for_each(|x| walk(x, from, to)),
+            _ => {}
+        }
+    }
+    for doc in docs {
+        walk(doc, &from, &to);
+    }
+    Ok(())
 }
 
 fn fill(doc: &mut Value, s: &Secrets) {

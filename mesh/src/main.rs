@@ -5,15 +5,36 @@ use std::process::ExitCode;
 
 mod demo;
 mod install;
+mod instance;
+mod metrics;
 mod out;
-mod stat;
+mod schema;
+mod stats;
+mod table;
 mod up;
 mod viz;
+
+/// The version of Linkerd's proxy API this build speaks (the workspace pins it; a test checks
+/// the two agree).
+const PROXY_API: &str = "0.20.0";
+
+static LONG_VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(long_version);
+
+/// `mesh --version`: this binary, the proxy inside it, and the API they speak.
+fn long_version() -> String {
+    format!(
+        "{v}\nproxy (mesh proxy): linkerd-proxy {v}\nLinkerd proxy API: linkerd2-proxy-api {PROXY_API}\nplatform: {}-{}",
+        std::env::consts::ARCH,
+        std::env::consts::OS,
+        v = env!("CARGO_PKG_VERSION"),
+    )
+}
 
 #[derive(Debug, Parser)]
 #[command(
     name = "mesh",
     version,
+    long_version = LONG_VERSION.as_str(),
     about = "An ultralight Linkerd-style service mesh"
 )]
 struct Cli {
@@ -23,21 +44,33 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the mesh locally on loopback: demo workloads, each behind its own sidecar proxy,
-    /// plus a load generator and a live table of what the sidecars see.
+    /// Run a mesh on this machine (the demo, or a mesh file's workloads).
+    ///
+    /// Each workload runs behind its own sidecar proxy on its own loopback address, with a
+    /// load generator and a live table of what the sidecars see. Each run is a mesh of its
+    /// own (a name, free loopback addresses); several can run side by side.
     Up(up::Args),
-    /// Requests/s, success rate, latency percentiles and mTLS share per workload and route,
-    /// read from the sidecars of a local mesh (or any proxies' admin addresses).
-    Stat(viz::StatArgs),
+    /// The meshes running on this machine.
+    List(viz::list::ListArgs),
+    /// Stop a running mesh (as Ctrl-C in its terminal would).
+    Down(viz::list::DownArgs),
+    /// Traffic per workload and route over a window (10 s by default).
+    ///
+    /// Requests/s, success, denials, failures, retries, latency percentiles and mTLS share per
+    /// workload and route, and TCP per workload, from a local mesh's sidecars (or any proxies'
+    /// admin addresses).
+    Stat(viz::stat::StatArgs),
     /// Live requests by path, from the sidecars' tap streams (the busiest first).
-    Top(viz::TopArgs),
+    Top(viz::top::TopArgs),
     /// Who talks to whom, with the identities on both sides of each hop.
-    Edges(viz::EdgesArgs),
+    Edges(viz::edges::EdgesArgs),
     /// The service graph as Graphviz DOT (and SVG with --svg, when `dot` is installed).
-    Graph(viz::GraphArgs),
-    /// Verify a running mesh: control plane ready, certificates valid and not near expiry,
-    /// every sidecar ready. Prints a hint for each failure.
-    Check(viz::CheckArgs),
+    Graph(viz::graph::GraphArgs),
+    /// Verify a running mesh, with a hint for each failure.
+    ///
+    /// The control plane ready, certificates valid and not near expiry, every sidecar ready,
+    /// every workload in discovery.
+    Check(viz::check::CheckArgs),
     /// Run the sidecar proxy (configured by LINKERD2_PROXY_* / MESH_PROXY_* variables, as the
     /// `linkerd-proxy` binary is; see linkerd-proxy/README.md). `mesh proxy init ...` installs
     /// the pod's iptables rules, as `linkerd-proxy init` does.
@@ -53,8 +86,10 @@ enum Command {
     Policy(linkerd_policy::args::Args),
     /// The proxy injector (mutating admission webhook).
     Injector(linkerd_injector::args::Args),
-    /// Add the proxy to the workloads in Kubernetes YAML (a file, or - for stdin), as the
-    /// injector would, and print the result.
+    /// Add the proxy to the workloads in Kubernetes YAML, as the injector would.
+    ///
+    /// Reads a file, a directory, or - for stdin, as kubectl reads YAML, and prints the
+    /// result; documents it cannot read are reported and passed through.
     Inject(linkerd_injector::args::InjectArgs),
     /// Print the control plane's Kubernetes manifests (deploy/), with a fresh trust anchor and
     /// issuer unless given, for `kubectl apply -f -`.
@@ -62,6 +97,9 @@ enum Command {
     /// A demo workload (used by `mesh up`).
     #[command(hide = true)]
     DemoApp(demo::Args),
+    /// Runs one app of `mesh up` so that nothing it starts outlives it (used by `mesh up`).
+    #[command(hide = true)]
+    Supervise(up::supervise::Args),
 }
 
 fn main() -> ExitCode {
@@ -69,12 +107,15 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Proxy { args } => linkerd_proxy::main_with_args(args),
         Command::DemoApp(args) => run(demo::run(args)),
+        Command::Supervise(args) => up::supervise::run(args),
         Command::Up(args) => run(up::run(args)),
-        Command::Stat(args) => run(viz::stat(args)),
-        Command::Top(args) => run(viz::top(args)),
-        Command::Edges(args) => run(viz::edges(args)),
-        Command::Graph(args) => run(viz::graph(args)),
-        Command::Check(args) => run(viz::check(args)),
+        Command::List(args) => report(viz::list::list(args)),
+        Command::Down(args) => run(viz::list::down(args)),
+        Command::Stat(args) => run(viz::stat::stat(args)),
+        Command::Top(args) => run(viz::top::top(args)),
+        Command::Edges(args) => run(viz::edges::edges(args)),
+        Command::Graph(args) => run(viz::graph::graph(args)),
+        Command::Check(args) => run(viz::check::check(args)),
         Command::Identity(args) => run(async { Ok(linkerd_identity::args::run(args).await?) }),
         Command::Destination(args) => {
             run(async { Ok(linkerd_destination::args::run(args).await?) })
@@ -97,7 +138,7 @@ fn failed(e: anyhow::Error) -> ExitCode {
     if out::is_broken_pipe(&e) {
         return ExitCode::SUCCESS;
     }
-    eprintln!("mesh: {e:#}");
+    out::errln!("mesh: {}", out::chain(&e));
     ExitCode::FAILURE
 }
 
@@ -108,9 +149,36 @@ fn run(fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> Exit
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("mesh: cannot start the runtime: {e}");
+            out::errln!("mesh: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     rt.block_on(fut).unwrap_or_else(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_names_the_proxy_api_the_workspace_pins() {
+        let manifest = include_str!("../../Cargo.toml");
+        let pin = format!("linkerd2-proxy-api = {{ version = \"={PROXY_API}\"");
+        assert!(
+            manifest.contains(&pin),
+            "Cargo.toml does not pin {PROXY_API}"
+        );
+        let v = long_version();
+        assert!(
+            v.contains(&format!("linkerd2-proxy-api {PROXY_API}")),
+            "{v}"
+        );
+        assert!(v.starts_with(env!("CARGO_PKG_VERSION")), "{v}");
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

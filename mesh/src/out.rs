@@ -20,6 +20,34 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
+/// `eprintln!` that never panics: with the terminal gone (`mesh up` after SIGHUP), a message
+/// that cannot be written is dropped, and the command goes on stopping what it started.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+pub(crate) use errln;
+
+/// An error and its causes on one line, `a: b: c`, each cause once: an error whose message
+/// already quotes its source (`cannot listen on 127.0.0.9:8080: Address already in use (os
+/// error 98)`) is not followed by that source again.
+pub fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// True when the error, or anything it was caused by, is a write to a closed pipe.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
@@ -32,6 +60,39 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
 mod tests {
     use super::*;
     use anyhow::Context;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        #[derive(Debug)]
+        struct Listen(io::Error);
+        impl std::fmt::Display for Listen {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "cannot listen on 127.0.0.9:8080: {}", self.0)
+            }
+        }
+        impl std::error::Error for Listen {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = anyhow::Error::from(Listen(io::Error::from_raw_os_error(98)));
+        let text = chain(&e);
+        assert_eq!(text.matches("os error 98").count(), 1, "{text}");
+        assert!(
+            text.starts_with("cannot listen on 127.0.0.9:8080: "),
+            "{text}"
+        );
+        let e = Err::<(), _>(io::Error::from(io::ErrorKind::NotFound))
+            .context("cannot read x")
+            .unwrap_err();
+        assert_eq!(
+            chain(&e),
+            format!(
+                "cannot read x: {}",
+                io::Error::from(io::ErrorKind::NotFound)
+            )
+        );
+    }
 
     #[test]
     fn broken_pipe_is_found_under_context() {

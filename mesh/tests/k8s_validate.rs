@@ -120,6 +120,25 @@ fn install_and_inject_output_validates_against_the_kubernetes_schemas() {
         );
     }
 
+    // Real projects' manifests (injector/tests/fixtures/real), a whole directory each, as a
+    // user would run it: every document read, every workload injected.
+    for project in ["podinfo", "emojivoto", "kubernetes-examples"] {
+        let dir = fixtures.join("real").join(project);
+        let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
+            .args(["inject", "-R", dir.to_str().unwrap()])
+            .args(["--identity-trust-anchors-file", anchors_s])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{project}: {stderr}");
+        assert!(!stderr.contains("cannot be"), "{project}: {stderr}");
+        assert!(stderr.contains(" injected"), "{project}: {stderr}");
+        write(
+            &format!("inject-real-{project}.yaml"),
+            String::from_utf8(out.stdout).unwrap(),
+        );
+    }
+
     let out = validator()
         .args(["-k", KUBERNETES_VERSION, "--strict", "--quiet"])
         .args(&files)

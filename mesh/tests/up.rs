@@ -1,112 +1,82 @@
-//! Runs the local mesh exactly as a user would (`mesh up --seconds N --json`, the built-in
-//! demo or a user's file) and checks the summary the sidecars produced, and what `mesh check`,
-//! `mesh stat` and `mesh edges` say about the running mesh.
+//! Runs local meshes exactly as a user would (`mesh up`, the built-in demo or a user's file)
+//! and checks what the sidecars produced and what `mesh check|stat|edges|top|list|down` say
+//! about them. Each test gives its meshes a runtime directory of its own (`MESH_RUNTIME_DIR`),
+//! so `mesh stat` and friends find them by name; all processes and sockets are real.
 
 // Test code: `allow-unwrap-in-tests` covers `#[test]` functions but not the helpers beside
-// them; these tests drive a child process from a plain thread (no runtime), so sleeping is fine.
+// them; these tests drive child processes from plain threads (no runtime), so sleeping is fine.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
+mod support;
+
 use std::{
-    path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    io::{BufRead, BufReader},
+    process::Stdio,
     time::{Duration, Instant},
 };
-
-fn mesh() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mesh"))
-}
-
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mesh-up-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"))
-}
-
-/// Waits for `mesh up` to write its state file (it does once everything is ready).
-fn wait_for(path: &Path, within: Duration) {
-    let deadline = Instant::now() + within;
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use support::*;
 
 #[test]
 fn mesh_up_demo_serves_traffic_through_every_sidecar() {
-    let state = temp("demo-state.json");
-    let child = mesh()
-        // A loopback range of its own, so a demo someone is running does not collide.
-        .args([
-            "up",
-            "--seconds",
-            "8",
-            "--json",
-            "--rps",
-            "50",
-            "--base-ip",
-            "127.0.77.10",
-            // The proxy this test binary was built with, not a linkerd-proxy binary that may
-            // be stale.
-            "--proxy-bin",
-            "builtin",
-            "--state",
-        ])
-        .arg(&state)
+    let rt = Runtime::new("demo");
+    let child = rt
+        .mesh()
+        // Addresses of its own, chosen by mesh up: a demo someone is running does not collide.
+        .args(["up", "--seconds", "8", "--json", "--rps", "50"])
+        .args(["--proxy-bin", "builtin"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run mesh up");
 
-    // While it runs: the other commands find it through the state file.
-    wait_for(&state, Duration::from_secs(60));
-    let check = mesh()
-        .args(["check", "--json", "--state"])
-        .arg(&state)
-        .output()
-        .unwrap();
+    // While it runs: the other commands find it, the only mesh of this runtime directory.
+    let state = rt.wait_for_state("demo", Duration::from_secs(60));
+    assert!(
+        state["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["ready"] == true)
+    );
+    let check = rt.mesh().args(["check", "--json"]).output().unwrap();
     let report = json(&check);
     assert!(check.status.success(), "{report}");
+    assert_eq!(report["control_plane_checked"], true);
     let checks = report["checks"].as_array().unwrap();
-    // Three control-plane services, the issuer, the anchor, and two checks per sidecar.
-    assert_eq!(checks.len(), 5 + 2 * 5, "{report}");
+    // Three control-plane services, the issuer, the anchor, and three checks per sidecar.
+    assert_eq!(checks.len(), 5 + 3 * 5, "{report}");
     assert!(checks.iter().all(|c| c["ok"] == true), "{report}");
 
-    let stat = mesh()
-        .args(["stat", "--json", "--window", "1", "--state"])
-        .arg(&state)
+    let stat = rt
+        .mesh()
+        .args(["stat", "--json", "--window", "1", "--mesh", "demo"])
         .output()
         .unwrap();
-    assert!(stat.status.success());
-    let rows = json(&stat);
-    let routes: Vec<String> = rows
+    let report = json(&stat);
+    assert!(stat.status.success(), "{report}");
+    assert_eq!(report["mesh"], "demo");
+    let front = workload(&report, "frontend");
+    let authorities: Vec<&str> = front["outbound"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r["route"].as_str().unwrap().to_string())
+        .map(|r| r["authority"].as_str().unwrap())
         .collect();
     for want in [
-        "-> backend.demo.svc.cluster.local:8080",
-        "-> quotes.demo.svc.cluster.local:9090",
-        "-> ratings.demo.svc.cluster.local:8080",
+        "backend.demo.svc.cluster.local:8080",
+        "quotes.demo.svc.cluster.local:9090",
     ] {
-        assert!(routes.iter().any(|r| r == want), "{want}: {rows}");
+        assert!(authorities.contains(&want), "{want}: {report}");
     }
+    // Counts are integers; the caller's and the callees' views of one hop agree.
+    assert!(front["inbound"]["requests"].is_u64(), "{report}");
+    assert_eq!(front["state"], "ready");
 
     // `mesh stat | head -0`: the reader is gone before the table is written (after the
     // 1 s window). That ends the command quietly and successfully, not in a panic.
-    let mut piped = mesh()
-        .args(["stat", "--window", "1", "--state"])
-        .arg(&state)
+    let mut piped = rt
+        .mesh()
+        .args(["stat", "--window", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -117,11 +87,7 @@ fn mesh_up_demo_serves_traffic_through_every_sidecar() {
     assert!(piped.status.success(), "{:?}: {stderr}", piped.status);
     assert!(stderr.is_empty(), "{stderr}");
 
-    let edges = mesh()
-        .args(["edges", "--json", "--state"])
-        .arg(&state)
-        .output()
-        .unwrap();
+    let edges = rt.mesh().args(["edges", "--json"]).output().unwrap();
     let edges = json(&edges);
     let quotes = edges
         .as_array()
@@ -131,6 +97,7 @@ fn mesh_up_demo_serves_traffic_through_every_sidecar() {
         .unwrap_or_else(|| panic!("no edge to quotes: {edges}"));
     assert_eq!(quotes["src"], "frontend");
     assert_eq!(quotes["mtls"], true);
+    assert!(quotes["requests"].is_u64(), "{edges}");
     assert_eq!(
         quotes["client_id"],
         "frontend.demo.serviceaccount.identity.linkerd.cluster.local"
@@ -141,9 +108,9 @@ fn mesh_up_demo_serves_traffic_through_every_sidecar() {
     );
 
     // Live requests by path, from every sidecar's tap stream.
-    let top = mesh()
-        .args(["top", "--json", "--seconds", "2", "--state"])
-        .arg(&state)
+    let top = rt
+        .mesh()
+        .args(["top", "--json", "--seconds", "2"])
         .output()
         .unwrap();
     let top_json = json(&top);
@@ -165,69 +132,519 @@ fn mesh_up_demo_serves_traffic_through_every_sidecar() {
     let summary = json(&out);
     assert!(out.status.success(), "{summary}");
     assert_eq!(summary["ok"], true, "{summary}");
+    assert_eq!(summary["mesh"], "demo", "{summary}");
     assert_eq!(summary["problems"], serde_json::json!([]), "{summary}");
     assert!(
         summary["load"]["sent"].as_u64().unwrap() >= 100,
         "{summary}"
     );
     assert_eq!(summary["load"]["failed"], 0, "{summary}");
-    assert!(!state.exists(), "the state file outlived mesh up");
-    let w = &summary["workloads"];
+    assert!(
+        !rt.state_file("demo").exists(),
+        "the state file outlived mesh up"
+    );
+    assert!(
+        !rt.dir.join("demo").exists(),
+        "the mesh's directory outlived mesh up"
+    );
     for name in ["frontend", "ratings", "quotes"] {
-        assert_eq!(w[name]["success_rate"], 1.0, "{name}: {summary}");
+        let w = workload(&summary, name);
+        assert_eq!(w["inbound"]["success_rate"], 1.0, "{name}: {summary}");
         assert!(
-            w[name]["requests"].as_f64().unwrap() > 0.0,
+            w["inbound"]["requests"].as_u64().unwrap() > 0,
             "{name}: {summary}"
         );
     }
     for name in ["frontend", "backend-v1", "backend-v2", "ratings", "quotes"] {
-        assert_eq!(w[name]["running"], true, "{name}: {summary}");
+        let w = workload(&summary, name);
+        assert_eq!(w["state"], "ready", "{name}: {summary}");
         assert!(
-            w[name]["sidecar_rss_kb"].as_f64().unwrap() > 0.0,
+            w["sidecar"]["rss_bytes"].as_u64().unwrap() > 0,
             "{name}: {summary}"
         );
+        assert!(w["tcp"]["inbound"]["open"].is_u64(), "{name}: {summary}");
     }
     // Sidecar-to-sidecar traffic is all mTLS, over HTTP/1.1 (frontend -> backend), gRPC
     // (frontend -> quotes) and HTTP/2 (backend -> ratings); the front door is called from
     // outside the mesh.
     for name in ["ratings", "quotes"] {
-        assert_eq!(w[name]["mtls_fraction"], 1.0, "{name}: {summary}");
+        assert_eq!(
+            workload(&summary, name)["inbound"]["mtls_rate"],
+            1.0,
+            "{summary}"
+        );
     }
-    assert_eq!(w["frontend"]["mtls_fraction"], 0.0, "{summary}");
-    let front_routes = w["frontend"]["outbound"].as_array().unwrap();
+    let front = workload(&summary, "frontend");
+    assert_eq!(front["inbound"]["mtls_rate"], 0.0, "{summary}");
+    let front_routes = front["outbound"].as_array().unwrap();
     assert_eq!(front_routes.len(), 2, "{summary}");
     for r in front_routes {
         assert_eq!(r["success_rate"], 1.0, "{summary}");
-        assert_eq!(r["mtls_fraction"], 1.0, "{summary}");
+        assert_eq!(r["mtls_rate"], 1.0, "{summary}");
     }
     assert!(
-        summary["control_plane_rss_kb"].as_u64().unwrap() > 0,
+        summary["control_plane"]["rss_bytes"].as_u64().unwrap() > 0,
         "{summary}"
     );
     // Every frontend request calls one backend and the quotes service once each, and every
     // backend request calls ratings: the inbound sidecars downstream see what the frontend saw.
-    let front = w["frontend"]["requests"].as_f64().unwrap();
-    let backends = w["backend-v1"]["requests"].as_f64().unwrap()
-        + w["backend-v2"]["requests"].as_f64().unwrap();
-    let quotes = w["quotes"]["requests"].as_f64().unwrap();
-    let ratings = w["ratings"]["requests"].as_f64().unwrap();
-    assert!(backends > 0.0, "{summary}");
-    assert!((backends - front).abs() <= 2.0, "{summary}");
-    assert!((quotes - front).abs() <= 2.0, "{summary}");
-    assert!((ratings - backends).abs() <= 2.0, "{summary}");
+    let requests = |name: &str| {
+        workload(&summary, name)["inbound"]["requests"]
+            .as_i64()
+            .unwrap()
+    };
+    let front = requests("frontend");
+    let backends = requests("backend-v1") + requests("backend-v2");
+    assert!(backends > 0, "{summary}");
+    assert!((backends - front).abs() <= 2, "{summary}");
+    assert!((requests("quotes") - front).abs() <= 2, "{summary}");
+    assert!((requests("ratings") - backends).abs() <= 2, "{summary}");
     // The demo's HTTPRoute splits the backend 90/10: the frontend's sidecar applies it.
-    let v2 = w["backend-v2"]["requests"].as_f64().unwrap();
+    let v2 = requests("backend-v2");
     assert!(
-        v2 > 0.0 && v2 < 0.3 * backends,
+        v2 > 0 && v2 * 10 < 3 * backends,
         "backend-v2 got {v2} of {backends}: {summary}"
     );
 }
 
+/// Two meshes started together each find free addresses, names and state of their own, carry
+/// traffic side by side, and stopping one leaves the other untouched.
+#[test]
+fn two_meshes_run_side_by_side_and_one_stops_alone() {
+    let rt = Runtime::new("two");
+    let start = || {
+        rt.mesh()
+            .args([
+                "up",
+                "--seconds",
+                "60",
+                "--json",
+                "--rps",
+                "30",
+                "--proxy-bin",
+                "builtin",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run mesh up")
+    };
+    let (first, second) = (start(), start());
+    let sa = rt.wait_for_state("demo", Duration::from_secs(90));
+    let sb = rt.wait_for_state("demo-2", Duration::from_secs(90));
+    assert_ne!(sa["identity_admin"], sb["identity_admin"]);
+    // Which one got which name is a race: tell them by pid.
+    let (a, b) = if sa["pid"] == first.id() {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(sa["pid"], a.id());
+    assert_eq!(sb["pid"], b.id());
+    let list = json(&rt.mesh().args(["list", "--json"]).output().unwrap());
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["demo", "demo-2"], "{list}");
+    // Without --mesh, the viewing commands refuse to guess.
+    let out = rt
+        .mesh()
+        .args(["stat", "--window", "0.1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("choose one with --mesh"));
+    for name in ["demo", "demo-2"] {
+        let stat = json(
+            &rt.mesh()
+                .args(["stat", "--json", "--window", "1", "--mesh", name])
+                .output()
+                .unwrap(),
+        );
+        let front = workload(&stat, "frontend");
+        assert!(
+            front["inbound"]["requests"].as_u64().unwrap() > 0,
+            "{name}: {stat}"
+        );
+        assert_eq!(front["inbound"]["success_rate"], 1.0, "{name}: {stat}");
+    }
+    // Stop the first one; the second keeps serving, all requests succeeding.
+    let down = rt.mesh().args(["down", "demo"]).output().unwrap();
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let a = a.wait_with_output().unwrap();
+    let summary_a = json(&a);
+    assert_eq!(summary_a["mesh"], "demo");
+    assert_eq!(summary_a["ok"], true, "{summary_a}");
+    let after = json(
+        &rt.mesh()
+            .args(["stat", "--json", "--window", "2", "--mesh", "demo-2"])
+            .output()
+            .unwrap(),
+    );
+    for w in after["workloads"].as_array().unwrap() {
+        assert_eq!(w["state"], "ready", "{after}");
+    }
+    let front = workload(&after, "frontend");
+    assert!(
+        front["inbound"]["requests"].as_u64().unwrap() > 0,
+        "{after}"
+    );
+    assert_eq!(front["inbound"]["success_rate"], 1.0, "{after}");
+    let down = rt.mesh().args(["down"]).output().unwrap();
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let b = b.wait_with_output().unwrap();
+    let summary_b = json(&b);
+    assert_eq!(summary_b["mesh"], "demo-2");
+    assert_eq!(summary_b["ok"], true, "{summary_b}");
+    assert_eq!(summary_b["load"]["failed"], 0, "{summary_b}");
+    let list = json(&rt.mesh().args(["list", "--json"]).output().unwrap());
+    assert_eq!(list, serde_json::json!([]));
+}
+
+/// However `mesh up` ends, nothing it started outlives it: `kill -9` (the kernel signals
+/// every child) and SIGHUP (a closed terminal: it drains as Ctrl-C does).
+#[test]
+fn nothing_outlives_mesh_up_killed_or_hung_up() {
+    let rt = Runtime::new("kill");
+    // An app that starts a grandchild of its own, which only its supervisor can reach.
+    let file = rt.write(
+        "tree.yaml",
+        r#"namespace: tree
+workloads:
+  - name: web
+    port: 8000
+    ingress: true
+    command: 'sleep 300 & exec "$MESH" demo-app --name web --listen "$MESH_IP:$PORT"'
+"#,
+    );
+    for signal in ["KILL", "HUP"] {
+        let mut child = rt
+            .mesh()
+            .args(["up", "--json", "--proxy-bin", "builtin", "-f"])
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        rt.wait_for_state("tree", Duration::from_secs(60));
+        let pid = child.id();
+        let started = descendants(pid);
+        // Control plane (3), sidecar, supervisor, sh, demo-app, sleep.
+        assert!(started.len() >= 7, "{signal}: {started:?}");
+        kill(pid, signal);
+        let killed = Instant::now();
+        let deadline = killed + Duration::from_secs(10);
+        while started.iter().any(|p| alive(*p)) {
+            assert!(
+                Instant::now() < deadline,
+                "{signal}: still alive 10 s later: {:?}",
+                started.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        println!(
+            "{signal}: all {} processes gone {:?} after the signal",
+            started.len(),
+            killed.elapsed()
+        );
+        let _ = child.wait();
+        // The stale state file of the killed one is gone once anyone looks.
+        let list = json(&rt.mesh().args(["list", "--json"]).output().unwrap());
+        assert_eq!(list, serde_json::json!([]), "{signal}");
+        assert!(!rt.state_file("tree").exists(), "{signal}");
+    }
+}
+
+/// One replica's app killed: it leaves discovery (no failed request once it is out) and comes
+/// back when restarted; one replica failing its HTTP health check: the same, without a
+/// restart.
+#[test]
+fn a_dead_or_unhealthy_replica_leaves_discovery_and_comes_back() {
+    let rt = Runtime::new("replicas");
+    let replica = |name: &str| {
+        format!(
+            r#"  - name: {name}
+    service: api
+    port: 8001
+    restart: always
+    health: /ok
+    command: 'touch ok {name}; echo $$ > pid; exec python3 -m http.server "$PORT" --bind "$MESH_IP"'
+"#
+        )
+    };
+    let file = rt.write(
+        "replicas.yaml",
+        &format!(
+            r#"namespace: shop
+workloads:
+  - name: web
+    port: 8000
+    ingress: true
+    command: '"$MESH" demo-app --name web --listen "$MESH_IP:$PORT" --via "$MESH_PROXY" --call "http://$MESH_SVC_API/"'
+{}{}"#,
+            replica("api-a"),
+            replica("api-b")
+        ),
+    );
+    let child = rt
+        .mesh()
+        .args(["up", "--seconds", "120", "--json", "--proxy-bin", "builtin"])
+        .arg("-f")
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state = rt.wait_for_state("replicas", Duration::from_secs(60));
+    let dir = std::path::PathBuf::from(state["dir"].as_str().unwrap());
+    let front = format!("{}:4143", rt.ip("replicas", "web"));
+    // Which replica answered: each serves a listing of its working directory, which holds a
+    // file named after it.
+    let answer = || {
+        let (status, body) = http_get(&front, "web.shop.svc.cluster.local:8000", "/");
+        let who = ["api-a", "api-b"].into_iter().find(|n| body.contains(n));
+        (status, who, body)
+    };
+    // Both replicas get traffic: requests from several threads at once (the balancer prefers
+    // the faster replica; requests in flight make it share), until each has answered.
+    let both_answer = |what: &str| {
+        let seen = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        std::thread::scope(|s| {
+            for _ in 0..6 {
+                s.spawn(|| {
+                    while seen.lock().unwrap().len() < 2 && Instant::now() < deadline {
+                        let (status, who, body) = answer();
+                        assert_eq!(status, 200, "{what}: {body}");
+                        seen.lock().unwrap().extend(who);
+                    }
+                });
+            }
+        });
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(seen.len(), 2, "{what}: only {seen:?} answered within 20 s");
+    };
+    both_answer("at first");
+
+    // Killed: out of discovery at once (its process exited), restarted after 1 s.
+    let pid: u32 = std::fs::read_to_string(dir.join("work/api-a/pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let killed = Instant::now();
+    kill(pid, "KILL");
+    let mut failures = Vec::new();
+    let mut last_failure = None;
+    // Requests all along: the failures stop within the bar (measured, not asserted).
+    while !rt
+        .workload_state("replicas", "api-a")
+        .is_some_and(|w| w["ready"] == false)
+    {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "api-a never left discovery"
+        );
+        let (status, _, body) = answer();
+        if status != 200 {
+            last_failure = Some(killed.elapsed());
+            failures.push(body);
+        }
+    }
+    // Discovery polls its registry every 500 ms: once that has passed, no request fails.
+    let out_at = Instant::now();
+    while out_at.elapsed() < Duration::from_secs(1) {
+        let (status, _, body) = answer();
+        if status != 200 {
+            last_failure = Some(killed.elapsed());
+            failures.push(body);
+        }
+    }
+    println!(
+        "api-a killed: {} failed requests, the last {:?} after the kill",
+        failures.len(),
+        last_failure
+    );
+    for _ in 0..40 {
+        let (status, _, body) = answer();
+        assert_eq!(status, 200, "after api-a left discovery: {body}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !rt
+        .workload_state("replicas", "api-a")
+        .is_some_and(|w| w["ready"] == true)
+    {
+        assert!(Instant::now() < deadline, "api-a never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    both_answer("after api-a's restart");
+
+    // Unhealthy: its health check fails (no `ok` file to serve), out of discovery; healthy
+    // again, back.
+    std::fs::remove_file(dir.join("work/api-b/ok")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rt
+        .workload_state("replicas", "api-b")
+        .is_some_and(|w| w["ready"] == false)
+    {
+        assert!(Instant::now() < deadline, "api-b never left discovery");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for _ in 0..40 {
+        let (status, who, body) = answer();
+        assert_eq!(status, 200, "while api-b is unhealthy: {body}");
+        assert_eq!(
+            who,
+            Some("api-a"),
+            "api-b answered while out of discovery: {body}"
+        );
+    }
+    std::fs::write(dir.join("work/api-b/ok"), "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rt
+        .workload_state("replicas", "api-b")
+        .is_some_and(|w| w["ready"] == true)
+    {
+        assert!(Instant::now() < deadline, "api-b never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    both_answer("once api-b is healthy again");
+
+    // `mesh check` names a workload out of discovery; here all are back.
+    let check = json(&rt.mesh().args(["check", "--json"]).output().unwrap());
+    assert_eq!(check["ok"], true, "{check}");
+    let down = rt.mesh().args(["down"]).output().unwrap();
+    assert!(down.status.success());
+    let summary = json(&child.wait_with_output().unwrap());
+    assert_eq!(workload(&summary, "api-a")["restarts"], 1, "{summary}");
+    assert_eq!(workload(&summary, "api-b")["restarts"], 0, "{summary}");
+}
+
+/// The `Try:` line is printed only once the request it shows succeeds.
+#[test]
+fn the_try_line_works_when_it_is_printed() {
+    let rt = Runtime::new("try");
+    let mut child = rt
+        .mesh()
+        .args(["up", "--seconds", "30", "--proxy-bin", "builtin"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let try_line = loop {
+        let line = lines
+            .next()
+            .expect("mesh up ended without a Try: line")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("Try: ") {
+            break rest.to_string();
+        }
+    };
+    // `curl -H 'Host: <authority>' http://<addr><path>`, sent at once.
+    let host = try_line
+        .split('\'')
+        .nth(1)
+        .unwrap()
+        .trim_start_matches("Host: ");
+    let url = try_line.rsplit(' ').next().unwrap();
+    let (addr, path) = url
+        .strip_prefix("http://")
+        .unwrap()
+        .split_once('/')
+        .unwrap();
+    let (status, body) = http_get(addr, host, &format!("/{path}"));
+    assert_eq!(status, 200, "{try_line}: {body}");
+    assert!(body.contains("frontend served /"), "{body}");
+    let _ = rt.mesh().args(["down"]).output();
+    // Drain the rest so mesh up never blocks on a full pipe.
+    for _ in lines {}
+    let _ = child.wait();
+}
+
+/// A TCP service (Redis, from Debian's package) behind its sidecar, used by an HTTP app
+/// through a local port of its own sidecar: every connection is mTLS between the sidecars.
+#[test]
+fn a_tcp_service_is_reached_over_mtls_through_a_local_port() {
+    if !tool("redis-server") {
+        return;
+    }
+    let rt = Runtime::new("redis");
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/redis.yaml");
+    let child = rt
+        .mesh()
+        .args(["up", "--seconds", "6", "--json", "--proxy-bin", "builtin"])
+        .arg("-f")
+        .arg(&example)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    rt.wait_for_state("redis", Duration::from_secs(60));
+    let (web, redis) = (rt.ip("redis", "web"), rt.ip("redis", "redis"));
+    let (status, body) = http_get(
+        &format!("{web}:4143"),
+        "web.cache.svc.cluster.local:8000",
+        "/",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(&format!("redis {web}:6379 -> hits ")),
+        "{body}"
+    );
+    // Redis's sidecar accepted the connections over mTLS, from web's identity.
+    let admin = format!("{redis}:4191");
+    let (_, metrics) = http_get(&admin, &admin, "/metrics");
+    let mtls = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("tcp_open_total{direction=\"inbound\",peer=\"src\"")
+                && l.contains("tls=\"true\"")
+                && l.contains(
+                    "client_id=\"web.cache.serviceaccount.identity.linkerd.cluster.local\"",
+                )
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum::<u64>();
+    assert!(mtls > 0, "{metrics}");
+    let out = child.wait_with_output().unwrap();
+    let summary = json(&out);
+    assert_eq!(summary["ok"], true, "{summary}");
+    let redis = workload(&summary, "redis");
+    assert!(
+        redis["tcp"]["inbound"]["opened"].as_u64().unwrap() > 10,
+        "{summary}"
+    );
+    assert!(
+        redis["tcp"]["inbound"]["read_bytes"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+    let web = workload(&summary, "web");
+    assert!(
+        web["tcp"]["outbound"]["opened"].as_u64().unwrap() > 10,
+        "{summary}"
+    );
+    assert_eq!(web["inbound"]["success_rate"], 1.0, "{summary}");
+}
+
 #[test]
 fn a_broken_workload_is_reported_and_the_rest_keep_running() {
-    let file = temp("broken.yaml");
-    std::fs::write(
-        &file,
+    let rt = Runtime::new("broken");
+    let file = rt.write(
+        "broken.yaml",
         r#"namespace: shop
 workloads:
   - name: web
@@ -244,24 +661,12 @@ load:
   service: web
   rps: 30
 "#,
-    )
-    .unwrap();
-    let state = temp("broken-state.json");
-    let out = mesh()
-        .args([
-            "up",
-            "--seconds",
-            "3",
-            "--json",
-            "--base-ip",
-            "127.0.79.10",
-            "--proxy-bin",
-            "builtin",
-            "-f",
-        ])
+    );
+    let out = rt
+        .mesh()
+        .args(["up", "--seconds", "3", "--json", "--proxy-bin", "builtin"])
+        .arg("-f")
         .arg(&file)
-        .arg("--state")
-        .arg(&state)
         .output()
         .expect("run mesh up");
     let summary = json(&out);
@@ -270,9 +675,9 @@ load:
         "a broken workload must fail the run: {summary}"
     );
     assert_eq!(summary["ok"], false);
-    let w = &summary["workloads"];
-    assert_eq!(w["broken"]["running"], false, "{summary}");
-    let error = w["broken"]["error"].as_str().unwrap();
+    let broken = workload(&summary, "broken");
+    assert_eq!(broken["state"], "failed", "{summary}");
+    let error = broken["error"].as_str().unwrap();
     assert!(error.contains("the app of broken exited"), "{error}");
     assert!(error.contains("exit status: 3"), "{error}");
     assert!(error.contains("cannot read /etc/broken.conf"), "{error}");
@@ -284,23 +689,22 @@ load:
     );
     // The others ran and carried traffic, mTLS between them.
     for name in ["web", "api"] {
-        assert_eq!(w[name]["running"], true, "{summary}");
-        assert_eq!(w[name]["success_rate"], 1.0, "{summary}");
-        assert!(w[name]["requests"].as_f64().unwrap() > 0.0, "{summary}");
+        let w = workload(&summary, name);
+        assert_eq!(w["state"], "ready", "{summary}");
+        assert_eq!(w["inbound"]["success_rate"], 1.0, "{summary}");
+        assert!(w["inbound"]["requests"].as_u64().unwrap() > 0, "{summary}");
     }
-    assert_eq!(w["api"]["mtls_fraction"], 1.0, "{summary}");
-    assert_eq!(
-        w["api"]["service"], "api.shop.svc.cluster.local",
-        "{summary}"
-    );
+    let api = workload(&summary, "api");
+    assert_eq!(api["inbound"]["mtls_rate"], 1.0, "{summary}");
+    assert_eq!(api["service"], "api.shop.svc.cluster.local", "{summary}");
     assert_eq!(summary["load"]["failed"], 0, "{summary}");
 }
 
 #[test]
 fn policy_in_the_mesh_file_admits_some_callers_and_refuses_others() {
-    let file = temp("policy.yaml");
-    std::fs::write(
-        &file,
+    let rt = Runtime::new("policy");
+    let file = rt.write(
+        "policy.yaml",
         r#"namespace: shop
 workloads:
   - name: web
@@ -329,52 +733,59 @@ policy:
         targetRef: {group: policy.linkerd.io, kind: Server, name: api}
         requiredAuthenticationRefs: [{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: web}]
 "#,
-    )
-    .unwrap();
-    let state = temp("policy-state.json");
-    let child = mesh()
-        .args([
-            "up",
-            "--seconds",
-            "4",
-            "--json",
-            "--base-ip",
-            "127.0.81.10",
-            "--proxy-bin",
-            "builtin",
-            "-f",
-        ])
+    );
+    let child = rt
+        .mesh()
+        .args(["up", "--seconds", "4", "--json", "--proxy-bin", "builtin"])
+        .arg("-f")
         .arg(&file)
-        .arg("--state")
-        .arg(&state)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run mesh up");
-    wait_for(&state, Duration::from_secs(60));
+    rt.wait_for_state("policy", Duration::from_secs(60));
+    let (web, intruder) = (rt.ip("policy", "web"), rt.ip("policy", "intruder"));
     // The intruder's sidecar (mTLS, but not an identity the policy names) is refused: a 403
     // with the proxy's reason, passed back by the intruder app as a 502.
-    let refused = http_get(
-        "127.0.81.11:4143",
-        "intruder.shop.svc.cluster.local:8001",
+    for _ in 0..5 {
+        let (status, body) = http_get(
+            &format!("{intruder}:4143"),
+            "intruder.shop.svc.cluster.local:8001",
+            "/",
+        );
+        assert_eq!(status, 502, "{body}");
+        assert!(body.contains("403 Forbidden"), "{body}");
+        assert!(
+            body.contains("unauthorized request on route default"),
+            "{body}"
+        );
+    }
+    let (status, body) = http_get(
+        &format!("{web}:4143"),
+        "web.shop.svc.cluster.local:8000",
         "/",
     );
-    assert!(refused.starts_with("HTTP/1.1 502"), "{refused}");
-    assert!(refused.contains("403 Forbidden"), "{refused}");
-    assert!(
-        refused.contains("unauthorized request on route default"),
-        "{refused}"
-    );
-    let allowed = http_get("127.0.81.10:4143", "web.shop.svc.cluster.local:8000", "/");
-    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+    assert_eq!(status, 200, "{body}");
 
     let out = child.wait_with_output().unwrap();
     let summary = json(&out);
-    let w = &summary["workloads"];
-    assert_eq!(w["web"]["outbound"][0]["success_rate"], 1.0, "{summary}");
-    assert_eq!(w["api"]["mtls_fraction"], 1.0, "{summary}");
-    // The refusals are what failed, and the summary says so: the api's sidecar counts the
-    // refused request as a failure, the intruder app answered 502; web is untouched.
+    let web = workload(&summary, "web");
+    assert_eq!(web["outbound"][0]["success_rate"], 1.0, "{summary}");
+    let api = workload(&summary, "api");
+    assert_eq!(api["inbound"]["mtls_rate"], 1.0, "{summary}");
+    // The refusals are denials, and both sides of the hop count them the same: the
+    // intruder's outbound route and the api's inbound traffic.
+    let intruder = workload(&summary, "intruder");
+    let refused = &intruder["outbound"][0];
+    assert_eq!(refused["denied"], 5, "{summary}");
+    assert_eq!(refused["failed"], 0, "{summary}");
+    assert_eq!(refused["success_rate"], 0.0, "{summary}");
+    assert_eq!(api["inbound"]["denied"], 5, "{summary}");
+    assert_eq!(api["inbound"]["failed"], 0, "{summary}");
+    let api_ok = api["inbound"]["requests"].as_f64().unwrap() - 5.0;
+    let web_calls = web["outbound"][0]["requests"].as_f64().unwrap();
+    assert_eq!(api_ok, web_calls, "{summary}");
+    // The refusals are what failed, and the summary says so; web is untouched.
     assert_eq!(summary["ok"], false, "{summary}");
     let problems: Vec<&str> = summary["problems"]
         .as_array()
@@ -383,7 +794,7 @@ policy:
         .map(|p| p.as_str().unwrap())
         .collect();
     assert!(
-        problems.iter().any(|p| p.starts_with("intruder (inbound)")),
+        problems.iter().any(|p| p.starts_with("intruder -> api")),
         "{summary}"
     );
     assert!(
@@ -393,26 +804,14 @@ policy:
     assert!(!problems.iter().any(|p| p.starts_with("web")), "{summary}");
 }
 
-/// One HTTP/1.1 GET over a fresh connection; the whole response as text.
-fn http_get(addr: &str, host: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 #[test]
 fn an_invalid_file_is_refused_before_anything_starts() {
-    let file = temp("invalid.yaml");
-    std::fs::write(&file, "workloads:\n  - {name: Web, port: 80, command: x}\n").unwrap();
-    let out = mesh().args(["up", "-f"]).arg(&file).output().unwrap();
+    let rt = Runtime::new("invalid");
+    let file = rt.write(
+        "invalid.yaml",
+        "workloads:\n  - {name: Web, port: 80, command: x}\n",
+    );
+    let out = rt.mesh().args(["up", "-f"]).arg(&file).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not a valid mesh file"), "{stderr}");
@@ -421,15 +820,17 @@ fn an_invalid_file_is_refused_before_anything_starts() {
 
 #[test]
 fn the_viewing_commands_say_how_to_find_a_mesh() {
-    let out = mesh()
-        .args(["stat", "--state", "/nonexistent/mesh-up.json"])
-        .output()
-        .unwrap();
+    let rt = Runtime::new("viewing");
+    let out = rt.mesh().args(["stat"]).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("start one with `mesh up`"), "{stderr}");
-    // A proxy that is not there fails the check with a hint.
-    let out = mesh()
+    let out = rt.mesh().args(["stat", "--mesh", "nope"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no mesh named \"nope\""));
+    // A proxy that is not there fails the check with a hint; the control plane is not
+    // checked, and the last line says so.
+    let out = rt
+        .mesh()
         .args(["check", "--admin", "127.0.80.1:4191"])
         .output()
         .unwrap();
@@ -440,32 +841,41 @@ fn the_viewing_commands_say_how_to_find_a_mesh() {
         "{stdout}"
     );
     assert!(stdout.contains("hint:"), "{stdout}");
+    // An error and its cause, once each.
+    let stderr = String::from_utf8_lossy(&rt.mesh().args(["down", "x"]).output().unwrap().stderr)
+        .to_string();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
 #[test]
-fn a_port_in_use_is_reported_clearly() {
-    // Hold the front door's sidecar admin port so that sidecar cannot start.
+fn a_port_in_use_is_reported_before_anything_starts() {
+    let rt = Runtime::new("port");
+    // Hold the front door's sidecar admin port.
     let _held = std::net::TcpListener::bind("127.0.78.10:4191").expect("bind");
-    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .args([
-            "up",
-            "--seconds",
-            "1",
-            "--json",
-            "--base-ip",
-            "127.0.78.10",
-            "--proxy-bin",
-            "builtin",
-            "--state",
-        ])
-        .arg(temp("port-state.json"))
+    let out = rt
+        .mesh()
+        .args(["up", "--seconds", "1", "--json", "--proxy-bin", "builtin"])
+        .args(["--base-ip", "127.0.78.10"])
         .output()
         .expect("run mesh up");
     assert!(!out.status.success());
-    let summary = json(&out);
-    let front = &summary["workloads"]["frontend"];
-    assert_eq!(front["running"], false, "{summary}");
-    let error = front["error"].as_str().unwrap();
-    assert!(error.contains("sidecar of frontend"), "{error}");
-    assert!(error.contains("127.0.78.10:4191"), "{error}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("127.0.78.10:4191 (the sidecar admin of frontend) is in use"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("leave it out"), "{stderr}");
+    // Nothing was left behind.
+    assert!(!rt.state_file("demo").exists());
+}
+
+#[test]
+fn version_names_the_proxy_api() {
+    let out = support::mesh().arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&format!("mesh {}", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(text.contains("linkerd2-proxy-api 0.20.0"), "{text}");
 }

@@ -141,13 +141,13 @@ fn injected_env_parses_as_a_proxy_config() {
         assert_eq!(
             policy.default,
             default
-                .parse::<linkerd_proxy::policy::DefaultPolicy>()
+                .parse::<linkerd_proxy::inbound::policy::DefaultPolicy>()
                 .unwrap(),
             "{name}"
         );
         assert_eq!(
             policy.cluster_networks,
-            linkerd_proxy::policy::client::default_cluster_networks(),
+            linkerd_proxy::inbound::policy::client::default_cluster_networks(),
             "{name}"
         );
         let svc = policy
@@ -178,7 +178,7 @@ fn injected_env_parses_as_a_proxy_config() {
 /// the injector's configured default; an invalid value falls back to the configured default.
 #[test]
 fn default_inbound_policy_reaches_the_proxy_config() {
-    use linkerd_proxy::policy::DefaultPolicy;
+    use linkerd_proxy::inbound::policy::DefaultPolicy;
     const KEY: &str = "config.linkerd.io/default-inbound-policy";
     let parse =
         |pod: Value, ns_annotations: &[(&str, &str)], cfg: &linkerd_injector::InjectConfig| {

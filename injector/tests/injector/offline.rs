@@ -3,12 +3,17 @@
 use crate::support::*;
 use linkerd_injector::{
     SkipReason,
-    workload::{InjectError, ReportOutcome, inject_yaml},
+    workload::{ReportOutcome, inject_yaml},
+    yaml,
 };
 use serde_json::Value;
 
-fn docs(yaml: &str) -> Vec<Value> {
-    serde_saphyr::from_str_multiple(yaml).unwrap()
+fn docs(text: &str) -> Vec<Value> {
+    yaml::split(text)
+        .iter()
+        .map(|d| yaml::parse(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
 }
 
 fn template_spec<'a>(doc: &'a Value, pointer: &str) -> &'a Value {
@@ -154,36 +159,116 @@ fn every_pod_fixture_injects_offline_unless_it_opts_out() {
 }
 
 #[test]
-fn bad_documents_are_named_by_index() {
+fn documents_that_cannot_be_read_or_injected_are_reported_and_passed_through() {
     let cfg = config();
-    let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\n\
-               apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n\
-               spec:\n  template:\n    spec:\n      containers: not-a-list\n";
-    let err = inject_yaml(bad, &ns(&[]), &cfg).unwrap_err();
-    let msg = err.to_string();
+    let input = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\n\
+                 apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n\
+                 spec:\n  template:\n    spec:\n      containers: not-a-list\n---\n\
+                 kind: Pod\nmetadata: {name: [\n---\n\
+                 kind: Deployment\nmetadata: {name: x}\nspec: {}\n---\n\
+                 just a string\n---\n\
+                 apiVersion: v1\nkind: Pod\nmetadata: {name: ok}\n\
+                 spec: {containers: [{name: app, image: nginx}]}\n";
+    let (out, reports) = inject_yaml(input, &ns(&[]), &cfg).unwrap();
+    let failed = |what: &str| {
+        reports
+            .iter()
+            .find(|r| r.what == what)
+            .unwrap_or_else(|| panic!("no report for {what}: {reports:?}"))
+    };
+    let web = failed("deployment/web");
+    assert_eq!((web.document, web.line), (1, 4));
     assert!(
-        matches!(err, InjectError::Document { index: 1, .. }),
-        "{msg}"
+        matches!(&web.outcome, ReportOutcome::Failed(e) if e.contains("invalid pod template")),
+        "{reports:?}"
     );
-    assert!(msg.contains("document 1 (deployment/web)"), "{msg}");
-    assert!(msg.contains("invalid pod template"), "{msg}");
-
-    let no_template = "kind: Deployment\nmetadata: {name: x}\nspec: {}\n";
-    let msg = inject_yaml(no_template, &ns(&[]), &cfg)
-        .unwrap_err()
-        .to_string();
+    let broken = failed("document 2");
+    assert_eq!(broken.line, 12);
     assert!(
-        msg.contains(
-            "document 0 (deployment/x): a Deployment needs a pod template at /spec/template"
-        ),
-        "{msg}"
+        matches!(broken.outcome, ReportOutcome::Unreadable(_)),
+        "{reports:?}"
     );
+    assert!(matches!(
+        &failed("deployment/x").outcome,
+        ReportOutcome::Failed(e) if e.contains("a Deployment needs a pod template at /spec/template")
+    ));
+    assert!(matches!(
+        &failed("document 4").outcome,
+        ReportOutcome::Failed(e) if e.contains("must be a YAML mapping")
+    ));
+    assert!(matches!(
+        failed("pod/ok").outcome,
+        ReportOutcome::Injected { .. }
+    ));
+    // Everything but the injected pod is passed through exactly as written.
+    let written: Vec<String> = yaml::split(input).iter().map(|d| d.text()).collect();
+    for (i, text) in written.iter().enumerate().take(5) {
+        assert!(out.contains(text.as_str()), "document {i} changed:\n{out}");
+    }
+    let pod = yaml::parse(yaml::split(&out).last().unwrap()).unwrap();
+    assert_eq!(
+        names(&pod["spec"]["initContainers"]),
+        ["linkerd-init", "linkerd-proxy"]
+    );
+}
 
-    let scalar = "just a string\n";
-    let msg = inject_yaml(scalar, &ns(&[]), &cfg).unwrap_err().to_string();
-    assert!(msg.contains("document 0"), "{msg}");
+#[test]
+fn yaml_1_1_octals_are_read_as_kubectl_reads_them() {
+    // podinfo's cronjob-backup-daily.yaml: `defaultMode: 0755` is 493 to kubectl.
+    let input = fixture("real/podinfo/deploy/bases/database/cronjob-backup-daily.yaml");
+    let (out, reports) = inject_yaml(&input, &ns(&[]), &config()).unwrap();
+    assert!(
+        matches!(reports[0].outcome, ReportOutcome::Injected { .. }),
+        "{reports:?}"
+    );
+    let cj = &docs(&out)[0];
+    let volumes = &cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"];
+    let scripts = volumes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "scripts")
+        .unwrap();
+    assert_eq!(scripts["configMap"]["defaultMode"], 493);
+    let _: k8s_openapi::api::batch::v1::CronJob = serde_json::from_value(cj.clone()).unwrap();
+}
 
-    let broken = "kind: Pod\nmetadata: {name: [\n";
-    let msg = inject_yaml(broken, &ns(&[]), &cfg).unwrap_err().to_string();
-    assert!(msg.contains("cannot parse the YAML"), "{msg}");
+/// Every manifest of the real projects under fixtures/real (see its README) is accepted: each
+/// document read, each workload injected (the output's schema validation is
+/// mesh/tests/k8s_validate.rs).
+#[test]
+fn every_manifest_of_real_projects_is_accepted() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real");
+    let mut files = Vec::new();
+    let mut todo = vec![root.clone()];
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    assert!(files.len() >= 40, "{files:?}");
+    let mut injected = 0;
+    for f in &files {
+        let input = std::fs::read_to_string(f).unwrap();
+        let (out, reports) = inject_yaml(&input, &ns(&[]), &config()).unwrap();
+        for r in &reports {
+            assert!(
+                matches!(r.outcome, ReportOutcome::Injected { .. }),
+                "{}: {r:?}",
+                f.display()
+            );
+            injected += 1;
+        }
+        // As many documents out as in, and injecting again changes nothing.
+        assert_eq!(docs(&out).len(), docs(&input).len(), "{}", f.display());
+        let (again, _) = inject_yaml(&out, &ns(&[]), &config()).unwrap();
+        assert_eq!(docs(&again), docs(&out), "{}", f.display());
+    }
+    assert!(injected >= 25, "{injected} workloads");
 }

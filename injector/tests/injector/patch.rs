@@ -30,7 +30,7 @@ fn annotated_pod_gets_init_step_and_native_sidecar() {
     assert_eq!(proxy["restartPolicy"], "Always");
     assert_eq!(
         proxy["image"],
-        format!("mesh/proxy:{}", env!("CARGO_PKG_VERSION"))
+        format!("localhost:5001/mesh/proxy:{}", env!("CARGO_PKG_VERSION"))
     );
     assert_eq!(
         proxy["startupProbe"]["httpGet"],

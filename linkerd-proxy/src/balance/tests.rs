@@ -282,7 +282,7 @@ fn id_of(p: &Picked) -> u8 {
 
 #[tokio::test(start_paused = true)]
 async fn failure_accrual_ejects_probes_with_growing_backoff_and_readmits() {
-    use crate::outbound::{Accrual, Backoff};
+    use crate::backoff::Backoff;
     let accrual = Accrual {
         max_failures: 3,
         backoff: Backoff {

@@ -16,8 +16,7 @@ use std::{
 };
 use tokio::time::Instant;
 
-/// A body's error: hyper's, or one of the proxy's own HTTP/1 and HTTP/2 clients'.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) use crate::BoxError;
 
 #[derive(Debug)]
 pub enum ProxyBody {
@@ -27,7 +26,7 @@ pub enum ProxyBody {
     },
     /// A response read by the proxy's own HTTP/1 client.
     H1 {
-        body: h1::RecvBody,
+        body: h1::RecvBody<ProxyBody>,
         recorder: Option<Recorder>,
     },
     /// A response read by the proxy's HTTP/2 client.
@@ -342,11 +341,11 @@ impl Recorder {
 static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 /// A gRPC status in [`Recorder`]'s 16 bits.
-pub fn narrow_grpc(code: u32) -> u16 {
+pub(crate) fn narrow_grpc(code: u32) -> u16 {
     u16::try_from(code).unwrap_or(2)
 }
 
-pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers
         .get(&GRPC_STATUS)
         .and_then(|v| v.to_str().ok())

@@ -8,7 +8,12 @@
 //! an identity is dialled with mTLS. Upgrades go over hyper's HTTP/1 client, one connection
 //! each.
 
-use super::{body::ProxyBody, errors::ProxyError, h1, h2};
+use super::{
+    body::ProxyBody,
+    errors::ProxyError,
+    h1, h2,
+    pool::{Key, KeyMap},
+};
 use crate::{
     io::{BoxIo, CountingIo},
     lock,
@@ -21,9 +26,6 @@ use http::{Request, Response};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::{
-    collections::HashMap,
-    hash::{BuildHasherDefault, Hasher},
-    net::SocketAddr,
     sync::{Arc, Mutex, Weak, atomic::Ordering},
     time::Duration,
 };
@@ -31,10 +33,7 @@ use tracing::debug;
 
 /// How long an idle HTTP/1 upstream connection is kept: below the keep-alive timeouts of
 /// common servers (nginx 75 s, Go 90 s), so the server rarely closes one just as it is reused.
-pub const HTTP1_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Endpoint address and the identity its proxy must present.
-pub type Key = (SocketAddr, Option<Arc<str>>);
+pub(crate) const HTTP1_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -316,35 +315,5 @@ impl Inner {
             }
         };
         Ok((io, stats))
-    }
-}
-
-/// Pool maps are looked up on every request and keyed by local data (endpoint address and
-/// identity), so they use a cheap multiplicative hash instead of SipHash, which cost ~600
-/// instructions per HTTP/2 request hashing the identity name.
-pub(super) type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<FastHasher>>;
-
-#[derive(Default)]
-pub(super) struct FastHasher(u64);
-
-impl Hasher for FastHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.write_u64(u64::from_le_bytes(w));
-        }
-        for b in chunks.remainder() {
-            self.write_u64(u64::from(*b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }

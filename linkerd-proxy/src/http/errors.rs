@@ -19,7 +19,7 @@ pub enum ProxyError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("upstream handshake failed: {0}")]
-    Handshake(#[source] super::body::BoxError),
+    Handshake(#[source] crate::BoxError),
     #[error("upstream request failed: {0}")]
     Upstream(#[source] hyper::Error),
     #[error("upstream request failed: {0}")]
@@ -66,6 +66,15 @@ pub enum ProxyError {
         status: StatusCode,
         location: HeaderValue,
     },
+}
+
+impl From<crate::tcp::DialError> for ProxyError {
+    fn from(e: crate::tcp::DialError) -> Self {
+        match e {
+            crate::tcp::DialError::Connect(e) => e.into(),
+            crate::tcp::DialError::Tls(e) => e.into(),
+        }
+    }
 }
 
 impl ProxyError {
@@ -226,7 +235,7 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
-pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
+pub(crate) fn is_grpc<B>(req: &http::Request<B>) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -16,7 +16,7 @@
 //! The proxy sends no `CONNECT` here: its server tunnels an HTTP/2 `CONNECT` over an
 //! HTTP/1.1 `CONNECT` upstream (`Client::send_upgrade`), as it does an HTTP/1 one.
 
-use super::body::BoxError;
+use crate::BoxError;
 use crate::io::BoxIo;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
@@ -48,7 +48,7 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A handle on one upstream HTTP/2 connection, shared by every request to its endpoint.
 #[derive(Clone, Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     tx: ::h2::client::SendRequest<Bytes>,
     closed: Arc<AtomicBool>,
 }
@@ -57,7 +57,7 @@ impl Conn {
     /// The HTTP/2 handshake over `io`. A task of its own drives the connection until it ends
     /// (the peer closes it, a keep-alive ping goes unanswered, or every handle is dropped and
     /// no stream is left), then calls `on_close` (which also runs if the handshake fails).
-    pub async fn handshake(
+    pub(crate) async fn handshake(
         io: BoxIo,
         on_close: impl FnOnce() + Send + 'static,
     ) -> Result<Conn, ::h2::Error> {
@@ -91,19 +91,19 @@ impl Conn {
     }
 
     /// The connection has ended: new requests need another.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
     /// Whether `self` and `other` are handles on the same connection.
-    pub fn same(&self, other: &Conn) -> bool {
+    pub(crate) fn same(&self, other: &Conn) -> bool {
         Arc::ptr_eq(&self.closed, &other.closed)
     }
 
     /// Checks that the connection still takes new streams. An error means it is going away
     /// or gone, and nothing was sent on it. Streams beyond the server's concurrency limit
     /// wait inside `h2` until one ends (as they waited in hyper's request channel before).
-    pub async fn ready(&self) -> Result<Ready, ::h2::Error> {
+    pub(crate) async fn ready(&self) -> Result<Ready, ::h2::Error> {
         let tx = self.tx.clone().ready().await?;
         Ok(Ready(tx))
     }
@@ -111,13 +111,13 @@ impl Conn {
 
 /// A connection with room for one more stream.
 #[derive(Debug)]
-pub struct Ready(::h2::client::SendRequest<Bytes>);
+pub(crate) struct Ready(::h2::client::SendRequest<Bytes>);
 
 impl Ready {
     /// Sends `req` and waits for the response head. A request body that is not complete
     /// at once goes on streaming from a task of its own, under the connection's flow control,
     /// while the response is read.
-    pub async fn send<B>(self, req: Request<B>) -> Result<Response<RecvBody>, ::h2::Error>
+    pub(crate) async fn send<B>(self, req: Request<B>) -> Result<Response<RecvBody>, ::h2::Error>
     where
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<BoxError>,

@@ -33,7 +33,7 @@ use tokio::{
 /// An HTTP/1 server connection's I/O, failing a read with `TimedOut` once the head being read
 /// has waited longer than the timeout.
 #[derive(Debug)]
-pub struct HeaderTimeout<I> {
+pub(crate) struct HeaderTimeout<I> {
     io: I,
     clock: Arc<ConnRequests>,
     timeout: Duration,
@@ -44,7 +44,7 @@ pub struct HeaderTimeout<I> {
 }
 
 impl<I> HeaderTimeout<I> {
-    pub fn new(
+    pub(crate) fn new(
         io: I,
         clock: Arc<ConnRequests>,
         timeout: Duration,

@@ -14,7 +14,7 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// Removes hop-by-hop headers, including any named by `Connection`. An upgrade keeps its
 /// `Connection: upgrade` and `Upgrade` headers, which the next hop needs. `TE: trailers` is kept
 /// (gRPC requires it); other `TE` values are dropped.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // Fast path: most messages carry none of these, and one pass over the (few) names present
     // is much cheaper than hashing every hop-by-hop name for a lookup.
     if !upgrade
@@ -61,7 +61,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 /// True for an HTTP/1.1 request asking to switch protocols (e.g. WebSocket).
-pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && headers
             .get_all(header::CONNECTION)

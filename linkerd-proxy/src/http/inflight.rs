@@ -61,7 +61,7 @@ const UPGRADED: u32 = u32::MAX;
 
 /// The requests of one server connection.
 #[derive(Debug)]
-pub struct ConnRequests {
+pub(crate) struct ConnRequests {
     in_flight: Arc<InFlight>,
     /// Requests whose responses have not ended, or [`UPGRADED`].
     active: AtomicU32,
@@ -78,7 +78,7 @@ pub struct ConnRequests {
 pub struct Held(Arc<ConnRequests>);
 
 impl ConnRequests {
-    pub fn new(in_flight: Arc<InFlight>) -> Arc<Self> {
+    pub(crate) fn new(in_flight: Arc<InFlight>) -> Arc<Self> {
         Arc::new(Self {
             in_flight,
             active: AtomicU32::new(0),
@@ -89,7 +89,7 @@ impl ConnRequests {
 
     /// A request whose head has been read: its place, or `None` (counted) when the direction
     /// has its maximum in flight. Either way the head is complete.
-    pub fn start(self: &Arc<Self>) -> Option<Held> {
+    pub(crate) fn start(self: &Arc<Self>) -> Option<Held> {
         self.in_head.store(false, Ordering::Relaxed);
         self.heads.fetch_add(1, Ordering::Relaxed);
         if !self.in_flight.try_take() {
@@ -101,11 +101,6 @@ impl ConnRequests {
                 (a != UPGRADED).then_some(a + 1)
             });
         Some(Held(self.clone()))
-    }
-
-    /// The bound this connection's requests count against.
-    pub fn in_flight(&self) -> &InFlight {
-        &self.in_flight
     }
 
     /// Called after each read of an HTTP/1 connection (`got`: bytes arrived). Returns the head

@@ -2,15 +2,18 @@
 //! HTTP/1, `h2` for HTTP/2, hyper's for upgrades), and the error responses the proxy writes
 //! itself.
 
-pub mod body;
-pub mod client;
-pub mod errors;
+pub(crate) mod body;
+pub(crate) mod client;
+pub(crate) mod errors;
+pub(crate) mod exchange;
 pub mod h1;
-pub mod h2;
-pub mod header_timeout;
-pub mod headers;
-pub mod inflight;
-pub mod server;
+pub(crate) mod h2;
+pub(crate) mod header_timeout;
+pub(crate) mod headers;
+pub(crate) mod inflight;
+pub mod matching;
+pub(crate) mod pool;
+pub(crate) mod server;
 #[cfg(test)]
 mod test_support;
 
@@ -18,5 +21,4 @@ pub use self::{
     body::ProxyBody,
     client::Client,
     errors::{L5D_PROXY_ERROR, ProxyError},
-    server::{HttpConn, Route, Shared, serve},
 };

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 /// A request body the test feeds frame by frame (data or trailers), of unknown length; it
 /// ends when the sender is dropped.
 #[derive(Debug)]
-pub struct Feed(mpsc::UnboundedReceiver<Frame<Bytes>>);
+pub(super) struct Feed(mpsc::UnboundedReceiver<Frame<Bytes>>);
 
 impl Body for Feed {
     type Data = Bytes;
@@ -25,12 +25,12 @@ impl Body for Feed {
     }
 }
 
-pub fn feed() -> (mpsc::UnboundedSender<Frame<Bytes>>, Feed) {
+pub(super) fn feed() -> (mpsc::UnboundedSender<Frame<Bytes>>, Feed) {
     let (tx, rx) = mpsc::unbounded_channel();
     (tx, Feed(rx))
 }
 
 /// A data frame.
-pub fn data(b: &'static [u8]) -> Frame<Bytes> {
+pub(super) fn data(b: &'static [u8]) -> Frame<Bytes> {
     Frame::data(Bytes::from_static(b))
 }

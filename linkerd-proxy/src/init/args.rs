@@ -245,7 +245,7 @@ fn parse_path(v: &str) -> Result<String, String> {
 
 /// `25,587,4000-4010`; empty entries (and an empty list) are allowed, as an injector writes
 /// `--outbound-ports-to-ignore ""` when there is nothing to skip.
-pub fn parse_ports(v: &str) -> Result<Vec<PortRange>, String> {
+pub(super) fn parse_ports(v: &str) -> Result<Vec<PortRange>, String> {
     let mut out = Vec::new();
     for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let range = match part.split_once('-') {
@@ -267,7 +267,7 @@ pub fn parse_ports(v: &str) -> Result<Vec<PortRange>, String> {
 }
 
 /// `10.0.0.0/8,fd00::/8`; a bare address means that one host.
-pub fn parse_subnets(v: &str) -> Result<Vec<Subnet>, String> {
+pub(super) fn parse_subnets(v: &str) -> Result<Vec<Subnet>, String> {
     let mut out = Vec::new();
     for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (addr, prefix) = match part.split_once('/') {

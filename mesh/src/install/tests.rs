@@ -18,8 +18,53 @@ fn test_secrets() -> Secrets {
         identity_trust_anchors_file: None,
         identity_issuer_certificate_file: None,
         identity_issuer_key_file: None,
+        registry: linkerd_injector::config::DEFAULT_REGISTRY.into(),
     })
     .unwrap()
+}
+
+#[test]
+fn every_image_is_qualified_and_the_registry_is_chosen() {
+    let mut docs = render(None, false).unwrap();
+    let mut images = Vec::new();
+    fn collect(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x) {
+                        ("image", Value::String(s)) => out.push(s.clone()),
+                        (_, x) => collect(x, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| collect(x, out)),
+            Value::String(s) if s.starts_with("--proxy-image=") => out.push(s.clone()),
+            _ => {}
+        }
+    }
+    docs.iter().for_each(|d| collect(d, &mut images));
+    assert!(images.len() >= 10, "{images:?}");
+    // A registry host (with a port or a dot) before the first slash: never Docker Hub's
+    // library or a Docker Hub user's image by accident.
+    for i in &images {
+        let name = i.trim_start_matches("--proxy-image=");
+        let host = name.split('/').next().unwrap();
+        assert!(host.contains(':') || host.contains('.'), "{i}");
+        assert!(name.starts_with("localhost:5001/mesh/"), "{i}");
+    }
+    set_registry(&mut docs, "ghcr.io/example/").unwrap();
+    let mut moved = Vec::new();
+    docs.iter().for_each(|d| collect(d, &mut moved));
+    assert_eq!(moved.len(), images.len());
+    for i in &moved {
+        assert!(
+            i.trim_start_matches("--proxy-image=")
+                .starts_with("ghcr.io/example/mesh/"),
+            "{i}"
+        );
+    }
+    assert!(moved.contains(&"--proxy-image=ghcr.io/example/mesh/proxy".to_string()));
+    assert!(set_registry(&mut docs, "https://x").is_err());
 }
 
 fn key(d: &Value) -> String {

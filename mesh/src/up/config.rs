@@ -25,6 +25,20 @@ pub struct MeshFile {
     /// `{name, namespace, spec}` with the Kubernetes resource's spec (see policy/README.md).
     #[serde(default)]
     pub policy: Option<BTreeMap<String, serde_json::Value>>,
+    /// Circuit breaking for every service of the file: `consecutive` (the default: the
+    /// Service annotation `balancer.linkerd.io/failure-accrual: consecutive`, so callers stop
+    /// sending to an endpoint after 7 failures in a row and probe it again later) or `none`.
+    /// `policy.serviceAnnotations` entries override it per service.
+    #[serde(default, rename = "failureAccrual")]
+    pub failure_accrual: FailureAccrual,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAccrual {
+    #[default]
+    Consecutive,
+    None,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -48,6 +62,107 @@ pub struct WorkloadSpec {
     /// plaintext; every other workload's inbound traffic must be mTLS.
     #[serde(default)]
     pub ingress: bool,
+    /// What the app speaks on its port: `http` (HTTP/1, HTTP/2, gRPC; the default) or `tcp`
+    /// (anything else: its port is opaque, relayed as TCP over mTLS without detection).
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// When the workload is ready to be in discovery: `tcp` (the default: its port accepts a
+    /// connection), an HTTP path (`/healthz`: a GET answers 2xx or 3xx), or `none` (its app
+    /// is running). Checked every 250 ms; three failures in a row take it out of discovery,
+    /// one success brings it back.
+    #[serde(default)]
+    pub health: Health,
+    /// What happens when the app exits: `never` (the default: the workload is reported
+    /// failed), `on-failure` (restarted unless it exited 0) or `always`; restarts back off
+    /// from 1 s to 30 s.
+    #[serde(default)]
+    pub restart: Restart,
+    /// TCP services this workload calls: each gets a port on `$MESH_IP` (the service's own,
+    /// or `port:`) where the sidecar listens and carries every connection over mTLS to the
+    /// service's workloads, balanced per connection. The address is in `MESH_TCP_<SERVICE>`.
+    #[serde(default)]
+    pub uses: Vec<Use>,
+    /// What the app may reach through its sidecar's HTTP proxy besides mesh services
+    /// (`MESH_PROXY_OUTBOUND_PROXY_ALLOW`): `external`, CIDRs, IPs or `IP:port`. Default:
+    /// `[external]`; a loopback service (a local database) must be listed.
+    #[serde(default, rename = "outboundAllow")]
+    pub outbound_allow: Option<Vec<String>>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Http,
+    Tcp,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Health {
+    #[default]
+    Tcp,
+    Http(String),
+    None,
+}
+
+impl<'de> Deserialize<'de> for Health {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "tcp" => Ok(Health::Tcp),
+            "none" => Ok(Health::None),
+            p if p.starts_with('/') => Ok(Health::Http(p.to_string())),
+            other => Err(serde::de::Error::custom(format!(
+                "health {other:?}: expected tcp, none, or an HTTP path starting with /"
+            ))),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    #[default]
+    Never,
+    OnFailure,
+    Always,
+}
+
+/// A TCP service a workload calls through a local port of its sidecar: `cache`, or
+/// `{service: cache, port: 16379}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Use {
+    pub service: String,
+    /// The local port (default: the service's port).
+    pub port: Option<u16>,
+}
+
+impl<'de> Deserialize<'de> for Use {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Name(String),
+            Full(Full),
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            service: String,
+            #[serde(default)]
+            port: Option<u16>,
+        }
+        Ok(match Form::deserialize(d)? {
+            Form::Name(service) => Use {
+                service,
+                port: None,
+            },
+            Form::Full(f) => Use {
+                service: f.service,
+                port: f.port,
+            },
+        })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -79,6 +194,9 @@ impl WorkloadSpec {
         self.service.as_deref().unwrap_or(&self.name)
     }
 }
+
+/// The sidecar's own ports on each workload's address.
+pub const SIDECAR_PORTS: [u16; 3] = [4140, 4143, 4191];
 
 impl MeshFile {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
@@ -135,7 +253,7 @@ impl MeshFile {
             if w.port == 0 {
                 bail!("workload {:?}: port must be 1-65535", w.name);
             }
-            if [4140, 4143, 4191].contains(&w.port) {
+            if SIDECAR_PORTS.contains(&w.port) {
                 bail!(
                     "workload {:?}: port {} is the sidecar's (inbound 4143, outbound 4140, admin 4191)",
                     w.name,
@@ -154,6 +272,9 @@ impl MeshFile {
                     w.port
                 );
             }
+        }
+        for w in &self.workloads {
+            self.validate_workload(w, &ports)?;
         }
         // A workload serving a shared service is also its own service (for routes that split
         // traffic between versions), so its name must not be another service's.
@@ -193,6 +314,16 @@ impl MeshFile {
                     load.service
                 );
             }
+            if self
+                .workloads
+                .iter()
+                .any(|w| w.service() == load.service && w.protocol == Protocol::Tcp)
+            {
+                bail!(
+                    "load.service {:?} speaks TCP; the load generator sends HTTP",
+                    load.service
+                );
+            }
             if !load.path.starts_with('/') {
                 bail!("load.path {:?} must start with '/'", load.path);
             }
@@ -201,6 +332,72 @@ impl MeshFile {
             }
         }
         Ok(())
+    }
+
+    fn validate_workload(
+        &self,
+        w: &WorkloadSpec,
+        ports: &BTreeMap<&str, u16>,
+    ) -> anyhow::Result<()> {
+        let protocols: std::collections::BTreeSet<Protocol> = self
+            .workloads
+            .iter()
+            .filter(|o| o.service() == w.service())
+            .map(|o| o.protocol)
+            .collect();
+        if protocols.len() > 1 {
+            bail!(
+                "service {:?} is served as http by some workloads and tcp by others",
+                w.service()
+            );
+        }
+        if w.protocol == Protocol::Tcp && matches!(w.health, Health::Http(_)) {
+            bail!(
+                "workload {:?}: an HTTP health check on a tcp workload (use tcp or none)",
+                w.name
+            );
+        }
+        let mut local = std::collections::BTreeSet::new();
+        for u in &w.uses {
+            let Some(port) = ports.get(u.service.as_str()) else {
+                bail!(
+                    "workload {:?}: uses {:?}, which no workload serves",
+                    w.name,
+                    u.service
+                );
+            };
+            let listen = u.port.unwrap_or(*port);
+            if listen == 0 || listen == w.port || SIDECAR_PORTS.contains(&listen) {
+                bail!(
+                    "workload {:?}: the local port {listen} for {:?} is taken (by its app or \
+                     its sidecar); give another with `port:`",
+                    w.name,
+                    u.service
+                );
+            }
+            if !local.insert(listen) {
+                bail!(
+                    "workload {:?}: two services use local port {listen}",
+                    w.name
+                );
+            }
+        }
+        if let Some(allow) = &w.outbound_allow {
+            // As the sidecar will read it: a value it refuses is refused here, before anything
+            // starts.
+            use linkerd_proxy::config::{Config, ENV_OUTBOUND_PROXY_ALLOW};
+            let value = allow.join(",");
+            Config::from_strings(&[(ENV_OUTBOUND_PROXY_ALLOW, value.as_str())])
+                .map_err(|e| anyhow::anyhow!("workload {:?}: outboundAllow: {}", w.name, e.reason))?;
+        }
+        Ok(())
+    }
+
+    /// Whether `service` is served as opaque TCP.
+    pub fn is_tcp(&self, service: &str) -> bool {
+        self.workloads
+            .iter()
+            .any(|w| w.service() == service && w.protocol == Protocol::Tcp)
     }
 
     /// Each service once, with its port, in the order the workloads list them.
@@ -233,6 +430,14 @@ pub fn service_env(service: &str) -> String {
     )
 }
 
+/// The variable with the local address of a TCP service a workload uses: `MESH_TCP_<SERVICE>`.
+pub fn tcp_env(service: &str) -> String {
+    format!(
+        "MESH_TCP_{}",
+        service.replace('-', "_").to_ascii_uppercase()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +449,23 @@ mod tests {
         assert!(demo.workloads.iter().any(|w| w.ingress));
         let example = MeshFile::parse(include_str!("../../../examples/mesh.yaml")).unwrap();
         assert!(!example.workloads.is_empty());
+        // The format's documentation shows policy, health checks and restarts.
+        assert!(
+            example
+                .policy
+                .as_ref()
+                .is_some_and(|p| p.contains_key("authorizationPolicies"))
+        );
+        assert!(example.workloads.iter().any(|w| w.health != Health::Tcp));
+        assert!(
+            example
+                .workloads
+                .iter()
+                .any(|w| w.restart != Restart::Never)
+        );
+        let redis = MeshFile::parse(include_str!("../../../examples/redis.yaml")).unwrap();
+        assert!(redis.is_tcp("redis"));
+        assert_eq!(redis.workloads[0].uses[0].service, "redis");
     }
 
     #[test]
@@ -271,11 +493,74 @@ mod tests {
                 "workloads: [{name: a, service: s, port: 80, command: x}, {name: b, service: s, port: 81, command: y}]",
                 "ports 80 and 81",
             ),
+            (
+                "workloads: [{name: a, port: 80, command: x, uses: [db]}]",
+                "which no workload serves",
+            ),
+            (
+                "workloads: [{name: a, port: 80, command: x, uses: [{service: a, port: 4140}]}]",
+                "local port 4140",
+            ),
+            (
+                "workloads: [{name: a, port: 80, command: x, protocol: tcp, health: /h}]",
+                "HTTP health check on a tcp workload",
+            ),
+            (
+                "workloads: [{name: a, port: 80, command: x, health: ready}]",
+                "expected tcp, none, or an HTTP path",
+            ),
+            (
+                "workloads: [{name: a, port: 80, command: x, restart: sometimes}]",
+                "sometimes",
+            ),
+            (
+                "workloads: [{name: a, port: 80, command: x, outboundAllow: [localhost]}]",
+                "outboundAllow",
+            ),
+            (
+                "workloads: [{name: a, port: 80, command: x, protocol: tcp}]\nload: {service: a}",
+                "speaks TCP",
+            ),
+            (
+                "workloads: [{name: a, port: 80, command: x}]\nfailureAccrual: sometimes",
+                "sometimes",
+            ),
         ];
         for (text, want) in cases {
             let err = format!("{:#}", MeshFile::parse(text).unwrap_err());
             assert!(err.contains(want), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn the_new_fields_have_defaults_and_short_forms() {
+        let f = MeshFile::parse(
+            "workloads:\n  - {name: web, port: 80, command: x, uses: [cache, {service: db, port: 15432}], health: /healthz, restart: on-failure, outboundAllow: [external, 127.0.0.1:9000]}\n  - {name: cache, port: 6379, command: x, protocol: tcp}\n  - {name: db, port: 5432, command: x, protocol: tcp, health: none}\n",
+        )
+        .unwrap();
+        let web = &f.workloads[0];
+        assert_eq!(
+            web.uses,
+            vec![
+                Use {
+                    service: "cache".into(),
+                    port: None
+                },
+                Use {
+                    service: "db".into(),
+                    port: Some(15432)
+                }
+            ]
+        );
+        assert_eq!(web.health, Health::Http("/healthz".into()));
+        assert_eq!(web.restart, Restart::OnFailure);
+        assert_eq!(web.protocol, Protocol::Http);
+        assert_eq!(f.workloads[1].health, Health::Tcp);
+        assert_eq!(f.workloads[2].health, Health::None);
+        assert_eq!(f.workloads[1].restart, Restart::Never);
+        assert_eq!(f.failure_accrual, FailureAccrual::Consecutive);
+        assert!(f.is_tcp("cache") && !f.is_tcp("web"));
+        assert_eq!(tcp_env("my-db"), "MESH_TCP_MY_DB");
     }
 
     #[test]

@@ -1,9 +1,17 @@
 //! The HTTP/1 client against scripted servers on real loopback sockets: what it writes, how it
 //! frames what it reads, and when a connection goes back to the pool.
 
-use super::*;
-use crate::http::test_support::{data, feed};
+use super::{
+    chunked::{parse_hex, parse_length},
+    *,
+};
+use crate::{
+    http::test_support::{data, feed},
+    lock,
+};
+use http::{HeaderValue, Method, StatusCode, Version};
 use http_body_util::BodyExt;
+use std::sync::Mutex;
 use std::{
     net::SocketAddr,
     sync::atomic::{AtomicUsize, Ordering::SeqCst},
