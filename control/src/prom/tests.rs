@@ -67,6 +67,17 @@ fn label_escapes_and_spaces() {
 }
 
 #[test]
+fn labels_are_matched_whole() {
+    // A label is found by its whole name: `tls` is not the tail of `no_tls_reason`.
+    let s = parse_sample(r#"x{no_tls_reason="a",tls="true",le="0.25",no_tls="x"} 1"#).unwrap();
+    assert_eq!(s.label("tls"), Some("true"));
+    assert_eq!(s.label("le"), Some("0.25"));
+    assert_eq!(s.label("no_tls"), Some("x"));
+    assert_eq!(s.label("reason"), None);
+    assert_eq!(s.label("ls"), None);
+}
+
+#[test]
 fn refuses_what_is_not_prometheus_text() {
     for bad in [
         "a",
