@@ -66,7 +66,7 @@ pub fn format(d: Duration) -> String {
     }
     for unit in ["d", "h", "m", "s", "ms", "us"] {
         let per = unit_nanos(unit).unwrap_or(1);
-        if nanos % per == 0 {
+        if nanos.is_multiple_of(per) {
             return format!("{}{unit}", nanos / per);
         }
     }
