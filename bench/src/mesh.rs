@@ -27,7 +27,7 @@ use tokio::process::Command;
 use crate::{
     client,
     counters::Counters,
-    path::{Ctx, RunTotals},
+    path::{self, Ctx, RunTotals},
     procfs::{self, Guarded},
     proxy::{ProxyAddrs, ProxyProc, log_tail, wait_ready},
     report::{self, Peaks, emit},
@@ -240,22 +240,7 @@ pub async fn start_path(ctx: &Ctx<'_>, ports: &[u16], peaks: &mut Peaks) -> anyh
             "bench: warning: the server proxy saw {mtls:?} of its inbound requests over mTLS"
         );
     }
-    let mut proxies = serde_json::Map::new();
-    for p in [&m.client, &m.server] {
-        let pid = p.child.pid;
-        let rss = procfs::status_number(pid, "VmRSS")?;
-        let hwm = peaks.start(p.role, pid)?;
-        proxies.insert(
-            p.role.to_string(),
-            json!({
-                "rss_kb": rss,
-                "hwm_kb": hwm,
-                "threads": procfs::status_number(pid, "Threads").ok(),
-                "identity": p.identity,
-                "listener": report::listener(p.role),
-            }),
-        );
-    }
+    let proxies = path::idle_proxies([&m.client, &m.server], peaks)?;
     let rss_max = [&m.client, &m.server]
         .iter()
         .filter_map(|p| procfs::status_number(p.child.pid, "VmRSS").ok())
@@ -288,57 +273,18 @@ pub async fn start_path(ctx: &Ctx<'_>, ports: &[u16], peaks: &mut Peaks) -> anyh
 /// The mesh's end state (`mesh_end`): both proxies drained through `POST /shutdown`, then the
 /// identity service stopped.
 pub async fn end_path(mut m: Mesh, totals: &RunTotals) -> anyhow::Result<()> {
-    let mut proxies = serde_json::Map::new();
-    let mut rss_max = 0;
-    let mut peak_max = 0;
-    let mut failures_total = 0;
-    let mut log_total = 0;
-    let mut exits = Vec::new();
     let identity_rss = procfs::status_number(m.identity.pid, "VmRSS").ok();
-    // Ask both to drain at once, then collect.
-    for p in [&m.client, &m.server] {
-        let pid = p.child.pid;
-        let end_rss = procfs::status_number(pid, "VmRSS")?;
-        let end_hwm = procfs::status_number(pid, "VmHWM")?;
-        let peak = totals.peaks.of(p.role, end_hwm);
-        let cpu_total = totals.cpu_since_start(pid)?;
-        let failures = client::scrape_counters(p.admin).await.map(|c| c.failures);
-        failures_total += failures.iter().flat_map(|f| f.values()).sum::<u64>();
-        rss_max = rss_max.max(end_rss);
-        peak_max = peak_max.max(peak);
-        let lines = report::log_lines(&p.log);
-        log_total += lines;
-        proxies.insert(
-            p.role.to_string(),
-            json!({
-                "rss_end_kb": end_rss,
-                "hwm_end_kb": end_hwm,
-                "peak_rss_kb": peak,
-                "cpu_total_s": report::round(cpu_total, 2),
-                "failed_responses": failures,
-                "log_lines": lines,
-                "log": p.log.display().to_string(),
-            }),
-        );
-    }
-    for p in [&mut m.client, &mut m.server] {
-        let exit = client::shutdown(p).await;
-        if let Some(Value::Object(o)) = proxies.get_mut(p.role) {
-            o.insert("exit".into(), json!(exit));
-        }
-        exits.push(exit);
-    }
-    let clean = exits.iter().all(|e| e == "exit status: 0");
+    let d = path::drain_proxies(vec![&mut m.client, &mut m.server], totals).await?;
     let identity_log_lines = report::log_lines(&m.identity_log);
     let _ = client::kill(&mut m.identity).await;
     emit(&[
         ("scenario", json!("mesh_end")),
-        ("proxy_rss_end_kb", json!(rss_max)),
-        ("proxy_peak_rss_kb", json!(peak_max)),
-        ("proxies", Value::Object(proxies)),
-        ("proxy_failed_responses_total", json!(failures_total)),
-        ("proxy_log_lines", json!(log_total)),
-        ("proxies_exit_clean", json!(clean)),
+        ("proxy_rss_end_kb", json!(d.rss_max)),
+        ("proxy_peak_rss_kb", json!(d.peak_max)),
+        ("proxies", Value::Object(d.proxies)),
+        ("proxy_failed_responses_total", json!(d.failures_total)),
+        ("proxy_log_lines", json!(d.log_total)),
+        ("proxies_exit_clean", json!(d.clean)),
         ("identity_rss_kb", json!(identity_rss)),
         ("identity_log_lines", json!(identity_log_lines)),
         ("load_errors", json!(totals.load_errors)),

@@ -25,8 +25,9 @@ use crate::{
     policy::{self, Case, PolicyMesh},
     procfs::{self, Guarded},
     proxy::{self, Launch, ProxyAddrs, ProxyProc},
-    report::Peaks,
+    report::{self, Peaks},
 };
+use serde_json::{Value, json};
 
 /// The path under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +133,86 @@ impl RunTotals {
     pub fn cpu_since_start(&self, pid: u32) -> anyhow::Result<f64> {
         Ok(procfs::cpu_seconds(pid)? - self.cpu_start.get(&pid).copied().unwrap_or(0.0))
     }
+}
+
+/// Each proxy's state once it is ready (the `*_idle` rows): RSS, high-water mark (then reset,
+/// so the end row can tell the scenarios' peak), threads, identity and listener, by role.
+pub fn idle_proxies<'a>(
+    procs: impl IntoIterator<Item = &'a ProxyProc>,
+    peaks: &mut Peaks,
+) -> anyhow::Result<serde_json::Map<String, Value>> {
+    let mut proxies = serde_json::Map::new();
+    for p in procs {
+        let pid = p.child.pid;
+        let rss = procfs::status_number(pid, "VmRSS")?;
+        let hwm = peaks.start(p.role, pid)?;
+        proxies.insert(
+            p.role.to_string(),
+            json!({
+                "rss_kb": rss,
+                "hwm_kb": hwm,
+                "threads": procfs::status_number(pid, "Threads").ok(),
+                "identity": p.identity,
+                "listener": report::listener(p.role),
+            }),
+        );
+    }
+    Ok(proxies)
+}
+
+/// What the `*_end` rows report of a path's proxies.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// By role: end RSS and high-water mark, peak, CPU, failed responses, log lines, exit.
+    pub proxies: serde_json::Map<String, Value>,
+    pub rss_max: u64,
+    pub peak_max: u64,
+    pub failures_total: u64,
+    pub log_total: usize,
+    /// Whether every proxy drained and exited 0.
+    pub clean: bool,
+}
+
+/// Reads each proxy's end state, then drains them one by one through `POST /shutdown`.
+pub async fn drain_proxies(
+    mut procs: Vec<&mut ProxyProc>,
+    totals: &RunTotals,
+) -> anyhow::Result<Drained> {
+    let mut d = Drained::default();
+    for p in &procs {
+        let pid = p.child.pid;
+        let end_rss = procfs::status_number(pid, "VmRSS")?;
+        let end_hwm = procfs::status_number(pid, "VmHWM")?;
+        let peak = totals.peaks.of(p.role, end_hwm);
+        let cpu_total = totals.cpu_since_start(pid)?;
+        let failures = client::scrape_counters(p.admin).await.map(|c| c.failures);
+        d.failures_total += failures.iter().flat_map(|f| f.values()).sum::<u64>();
+        d.rss_max = d.rss_max.max(end_rss);
+        d.peak_max = d.peak_max.max(peak);
+        let lines = report::log_lines(&p.log);
+        d.log_total += lines;
+        d.proxies.insert(
+            p.role.to_string(),
+            json!({
+                "rss_end_kb": end_rss,
+                "hwm_end_kb": end_hwm,
+                "peak_rss_kb": peak,
+                "cpu_total_s": report::round(cpu_total, 2),
+                "failed_responses": failures,
+                "log_lines": lines,
+                "log": p.log.display().to_string(),
+            }),
+        );
+    }
+    d.clean = true;
+    for p in procs.iter_mut() {
+        let exit = client::shutdown(p).await;
+        d.clean &= exit == "exit status: 0";
+        if let Some(Value::Object(o)) = d.proxies.get_mut(p.role) {
+            o.insert("exit".into(), json!(exit));
+        }
+    }
+    Ok(d)
 }
 
 /// The running processes of every path a run uses.

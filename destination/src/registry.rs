@@ -38,9 +38,7 @@ use std::{
     net::IpAddr,
     path::PathBuf,
     sync::Arc,
-    time::Duration,
 };
-use tokio::sync::watch;
 
 pub use linkerd_control::watch_file::{Polled, RegistryError};
 
@@ -295,41 +293,33 @@ impl watch_file::Registry for Services {
 // === impl RegistryWatcher ===
 
 /// Polls the registry file and applies changes to the index (`linkerd_control::watch_file`).
-#[derive(Debug)]
-pub struct RegistryWatcher(FileWatcher<Services>);
+pub type RegistryWatcher = FileWatcher<Services>;
 
-impl RegistryWatcher {
-    /// A watcher that has read nothing yet: its first poll applies the file.
-    pub fn new(
-        path: PathBuf,
-        ids: IdentityConfig,
-        index: Arc<Index>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        let services = Arc::new(Services { ids, index });
-        Self(FileWatcher::new(path, services, metrics.source().clone()))
-    }
+/// A watcher that has read nothing yet: its first poll applies the file.
+pub fn watcher(
+    path: PathBuf,
+    ids: IdentityConfig,
+    index: Arc<Index>,
+    metrics: &Metrics,
+) -> RegistryWatcher {
+    FileWatcher::new(
+        path,
+        Arc::new(Services { ids, index }),
+        metrics.source().clone(),
+    )
+}
 
-    /// Loads and applies the file (an error if it is bad: there is no last good state yet).
-    pub async fn start(
-        path: PathBuf,
-        ids: IdentityConfig,
-        index: Arc<Index>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, RegistryError> {
-        let services = Arc::new(Services { ids, index });
-        FileWatcher::start(path, services, metrics.source().clone())
-            .await
-            .map(Self)
-    }
-
-    /// Polls every `every` until `stop` turns true.
-    pub async fn run(self, every: Duration, stop: watch::Receiver<bool>) {
-        self.0.run(every, stop).await
-    }
-
-    /// Checks the file once (see `FileWatcher::poll`).
-    pub async fn poll(&mut self) -> Polled {
-        self.0.poll().await
-    }
+/// Loads and applies the file (an error if it is bad: there is no last good state yet).
+pub async fn start_watcher(
+    path: PathBuf,
+    ids: IdentityConfig,
+    index: Arc<Index>,
+    metrics: &Metrics,
+) -> Result<RegistryWatcher, RegistryError> {
+    FileWatcher::start(
+        path,
+        Arc::new(Services { ids, index }),
+        metrics.source().clone(),
+    )
+    .await
 }

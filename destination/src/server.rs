@@ -8,7 +8,7 @@ use crate::{
     index::Index,
     k8s_watch,
     metrics::{self, Metrics},
-    registry::RegistryWatcher,
+    registry::{self, RegistryWatcher},
 };
 use linkerd_control::{
     Listeners,
@@ -60,13 +60,8 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     let metrics = Arc::new(Metrics::default());
     let registry = match &config.source {
         Source::Registry { path, .. } => Some(
-            RegistryWatcher::start(
-                path.clone(),
-                config.ids.clone(),
-                index.clone(),
-                metrics.clone(),
-            )
-            .await?,
+            registry::start_watcher(path.clone(), config.ids.clone(), index.clone(), &metrics)
+                .await?,
         ),
         Source::Kubernetes(_) => None,
         Source::Manual => {

@@ -22,8 +22,7 @@ use crate::{
 use linkerd_control::watch_file::{self, FileWatcher};
 use proto::id::{IdentityName, is_dns_label};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
-use tokio::sync::watch;
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, sync::Arc};
 
 pub use linkerd_control::watch_file::{Polled, RegistryError};
 
@@ -491,35 +490,18 @@ impl watch_file::Registry for Policies {
 /// Polls the registry file and applies changes to the index (`linkerd_control::watch_file`:
 /// read twice 20 ms apart, parsed off the runtime when the content changed, a bad edit logged
 /// and counted, the last good state kept).
-#[derive(Debug)]
-pub struct RegistryWatcher(FileWatcher<Policies>);
+pub type RegistryWatcher = FileWatcher<Policies>;
 
-impl RegistryWatcher {
-    /// A watcher that has read nothing yet: its first poll applies the file.
-    pub fn new(path: PathBuf, index: Arc<Index>, metrics: Arc<Metrics>) -> Self {
-        let policies = Arc::new(Policies(index));
-        Self(FileWatcher::new(path, policies, metrics.source().clone()))
-    }
+/// A watcher that has read nothing yet: its first poll applies the file.
+pub fn watcher(path: PathBuf, index: Arc<Index>, metrics: &Metrics) -> RegistryWatcher {
+    FileWatcher::new(path, Arc::new(Policies(index)), metrics.source().clone())
+}
 
-    /// Loads and applies the file (an error if it is bad: there is no last good state yet).
-    pub async fn start(
-        path: PathBuf,
-        index: Arc<Index>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, RegistryError> {
-        let policies = Arc::new(Policies(index));
-        FileWatcher::start(path, policies, metrics.source().clone())
-            .await
-            .map(Self)
-    }
-
-    /// Polls every `every` until `stop` turns true.
-    pub async fn run(self, every: Duration, stop: watch::Receiver<bool>) {
-        self.0.run(every, stop).await
-    }
-
-    /// Checks the file once (see `FileWatcher::poll`).
-    pub async fn poll(&mut self) -> Polled {
-        self.0.poll().await
-    }
+/// Loads and applies the file (an error if it is bad: there is no last good state yet).
+pub async fn start_watcher(
+    path: PathBuf,
+    index: Arc<Index>,
+    metrics: &Metrics,
+) -> Result<RegistryWatcher, RegistryError> {
+    FileWatcher::start(path, Arc::new(Policies(index)), metrics.source().clone()).await
 }

@@ -8,7 +8,7 @@ use crate::{
     k8s::KubeWatch,
     metrics::{self, Metrics},
     model::ClusterConfig,
-    registry::RegistryWatcher,
+    registry::{self, RegistryWatcher},
 };
 use linkerd_control::{
     Listeners,
@@ -60,7 +60,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     let metrics = Arc::new(Metrics::default());
     let registry = match &config.source {
         Source::Registry { path, .. } => {
-            Some(RegistryWatcher::start(path.clone(), index.clone(), metrics.clone()).await?)
+            Some(registry::start_watcher(path.clone(), index.clone(), &metrics).await?)
         }
         Source::Kubernetes(_) => None,
         Source::Manual => {

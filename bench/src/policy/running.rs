@@ -19,7 +19,7 @@ use super::{CLIENT_POD, Case, NAMESPACE, Server, registry::registry_yaml};
 use crate::{
     client,
     mesh::{self, CLIENT_ID, Mesh, SERVER_ID},
-    path::{Ctx, RunTotals},
+    path::{self, Ctx, RunTotals},
     procfs::{self, Guarded},
     proxy::{self, ProxyAddrs, ProxyProc},
     report::{self, Peaks, emit},
@@ -237,21 +237,10 @@ pub async fn start_path(
             );
         }
     }
-    let mut proxies = serde_json::Map::new();
-    for p in std::iter::once(&pm.client).chain(pm.servers.values()) {
-        let pid = p.child.pid;
-        let rss = procfs::status_number(pid, "VmRSS")?;
-        let hwm = peaks.start(p.role, pid)?;
-        proxies.insert(
-            p.role.to_string(),
-            json!({
-                "rss_kb": rss,
-                "hwm_kb": hwm,
-                "identity": p.identity,
-                "listener": report::listener(p.role),
-            }),
-        );
-    }
+    let proxies = path::idle_proxies(
+        std::iter::once(&pm.client).chain(pm.servers.values()),
+        peaks,
+    )?;
     emit(&[
         ("scenario", json!("mesh_policy_idle")),
         ("proxies", Value::Object(proxies)),
@@ -279,55 +268,21 @@ pub async fn start_path(
 /// The policy mesh's end state (`mesh_policy_end`): every proxy drained, the control plane
 /// stopped, and the cases whose policy was not applied.
 pub async fn end_path(mut pm: PolicyMesh, totals: &RunTotals) -> anyhow::Result<()> {
-    let mut proxies = serde_json::Map::new();
-    let mut rss_max = 0;
-    let mut peak_max = 0;
-    let mut log_total = 0;
-    for p in std::iter::once(&pm.client).chain(pm.servers.values()) {
-        let pid = p.child.pid;
-        let end_rss = procfs::status_number(pid, "VmRSS")?;
-        let end_hwm = procfs::status_number(pid, "VmHWM")?;
-        let peak = totals.peaks.of(p.role, end_hwm);
-        let cpu_total = totals.cpu_since_start(pid)?;
-        let failures = client::scrape_counters(p.admin).await.map(|c| c.failures);
-        rss_max = rss_max.max(end_rss);
-        peak_max = peak_max.max(peak);
-        let lines = report::log_lines(&p.log);
-        log_total += lines;
-        proxies.insert(
-            p.role.to_string(),
-            json!({
-                "rss_end_kb": end_rss,
-                "peak_rss_kb": peak,
-                "cpu_total_s": report::round(cpu_total, 2),
-                "failed_responses": failures,
-                "log_lines": lines,
-                "log": p.log.display().to_string(),
-            }),
-        );
-    }
     let destination_rss = procfs::status_number(pm.destination.pid, "VmRSS").ok();
     let policy_rss = procfs::status_number(pm.policy.pid, "VmRSS").ok();
-    let mut exits = Vec::new();
-    for p in std::iter::once(&mut pm.client).chain(pm.servers.values_mut()) {
-        let exit = client::shutdown(p).await;
-        if let Some(Value::Object(o)) = proxies.get_mut(p.role) {
-            o.insert("exit".into(), json!(exit));
-        }
-        exits.push(exit);
-    }
+    let procs = std::iter::once(&mut pm.client)
+        .chain(pm.servers.values_mut())
+        .collect();
+    let d = path::drain_proxies(procs, totals).await?;
     let _ = client::kill(&mut pm.destination).await;
     let _ = client::kill(&mut pm.policy).await;
     emit(&[
         ("scenario", json!("mesh_policy_end")),
-        ("proxy_rss_end_kb", json!(rss_max)),
-        ("proxy_peak_rss_kb", json!(peak_max)),
-        ("proxies", Value::Object(proxies)),
-        (
-            "proxies_exit_clean",
-            json!(exits.iter().all(|e| e == "exit status: 0")),
-        ),
-        ("proxy_log_lines", json!(log_total)),
+        ("proxy_rss_end_kb", json!(d.rss_max)),
+        ("proxy_peak_rss_kb", json!(d.peak_max)),
+        ("proxies", Value::Object(d.proxies)),
+        ("proxies_exit_clean", json!(d.clean)),
+        ("proxy_log_lines", json!(d.log_total)),
         ("destination_rss_kb", json!(destination_rss)),
         ("policy_rss_kb", json!(policy_rss)),
         (
