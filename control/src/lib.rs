@@ -15,6 +15,7 @@
 //! * [`shutdown`]: SIGTERM/SIGINT and the stop signal loops select on.
 //! * [`watch_file`]: a polled registry file, parsed off the runtime, last good state kept.
 //! * [`kube`] (feature `kube`): the API server's settings and the watch loop.
+//! * [`source`] (feature `kube`): where a service's state comes from (file, API server, caller).
 //! * [`duration`]: the one duration grammar (`100ms`, `10s`, `5m`, `1h`, `365d`, `1h30m`).
 //! * [`metrics`]: the Prometheus vocabulary (prometheus-client) the services share.
 //! * [`prom`]: a parser of the Prometheus text format, for every consumer of `/metrics`.
@@ -29,6 +30,8 @@ pub mod metrics;
 pub mod prom;
 pub mod serve;
 pub mod shutdown;
+#[cfg(feature = "kube")]
+pub mod source;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 pub mod watch_file;

@@ -12,10 +12,9 @@ use crate::{
 };
 use linkerd_control::{
     Listeners,
-    kube::KubeApiConfig,
     serve::{Admin, Grpc, Source as Task},
 };
-use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 /// Everything `serve` needs.
 #[derive(Clone, Debug)]
@@ -32,16 +31,8 @@ pub struct Config {
     pub grace: Duration,
 }
 
-/// Where endpoints come from.
-#[derive(Clone, Debug)]
-pub enum Source {
-    /// A registry file, polled every `interval`.
-    Registry { path: PathBuf, interval: Duration },
-    /// Services, EndpointSlices and Pods from the API server.
-    Kubernetes(KubeApiConfig),
-    /// Nothing: the caller feeds [`Bound::index`] (tests, benchmarks).
-    Manual,
-}
+/// Where the service's state comes from (a registry file, the API server, or the caller).
+pub use linkerd_control::source::Source;
 
 /// Bound listeners and the loaded index, ready to [`Bound::run`].
 #[derive(Debug)]
@@ -115,18 +106,11 @@ impl Bound {
             ),
             _ => None,
         };
-        let interval = match &self.config.source {
-            Source::Registry { interval, .. } => *interval,
-            _ => Duration::MAX,
-        };
-        let (registry, index) = (self.registry, self.index.clone());
-        let source = move |stop| -> Option<Task> {
-            match (registry, kube) {
-                (Some(w), _) => Some(Box::pin(w.run(interval, stop))),
-                (_, Some(k)) => Some(Box::pin(k.run(stop))),
-                _ => None,
-            }
-        };
+        let index = self.index.clone();
+        let source = self.config.source.task(
+            self.registry,
+            kube.map(|k| move |stop| -> Task { Box::pin(k.run(stop)) }),
+        );
         let (metrics, ready) = metrics::admin(self.index.clone(), self.metrics.clone());
         let grpc = Grpc {
             name: "destination",

@@ -12,10 +12,9 @@ use crate::{
 };
 use linkerd_control::{
     Listeners,
-    kube::KubeApiConfig,
     serve::{Admin, Grpc, Source as Task},
 };
-use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 /// Everything `serve` needs.
 #[derive(Clone, Debug)]
@@ -30,18 +29,8 @@ pub struct Config {
     pub grace: Duration,
 }
 
-/// Where policy comes from.
-#[derive(Clone, Debug)]
-pub enum Source {
-    /// A registry file, polled every `interval`.
-    Registry {
-        path: PathBuf,
-        interval: Duration,
-    },
-    Kubernetes(KubeApiConfig),
-    /// Nothing: the caller feeds [`Bound::index`] (tests).
-    Manual,
-}
+/// Where the service's state comes from (a registry file, the API server, or the caller).
+pub use linkerd_control::source::Source;
 
 /// Bound listeners and the loaded index, ready to [`Bound::run`].
 #[derive(Debug)]
@@ -108,18 +97,11 @@ impl Bound {
             }
             _ => None,
         };
-        let interval = match &self.config.source {
-            Source::Registry { interval, .. } => *interval,
-            _ => Duration::MAX,
-        };
-        let (registry, index) = (self.registry, self.index.clone());
-        let source = move |stop| -> Option<Task> {
-            match (registry, kube) {
-                (Some(w), _) => Some(Box::pin(w.run(interval, stop))),
-                (_, Some(k)) => Some(Box::pin(k.run(stop))),
-                _ => None,
-            }
-        };
+        let index = self.index.clone();
+        let source = self.config.source.task(
+            self.registry,
+            kube.map(|k| move |stop| -> Task { Box::pin(k.run(stop)) }),
+        );
         let (metrics, ready) = metrics::admin(self.index.clone(), self.metrics.clone());
         let policy = PolicyGrpc::new(self.index.clone(), self.metrics.clone());
         let grpc = Grpc {
