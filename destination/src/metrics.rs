@@ -197,31 +197,11 @@ impl Metrics {
         &self.source
     }
 
-    pub fn reloaded(&self, ok: bool) {
-        self.source.reloaded(ok)
-    }
-
     pub fn reload_errors(&self) -> u64 {
         self.source.reload_errors()
     }
 
-    pub fn kube_event(&self) {
-        self.source.kube_event()
-    }
-
-    pub fn kube_error(&self) {
-        self.source.kube_error()
-    }
-
     /// The source has loaded its first full state.
-    pub fn set_ready(&self) {
-        self.source.set_ready()
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.source.is_ready()
-    }
-
     /// Prometheus text exposition.
     pub fn render(&self, index: &Index) -> String {
         let stats = index.stats();
@@ -280,6 +260,7 @@ pub(crate) fn admin(
     let m = metrics.clone();
     let ready = move || {
         metrics
+            .source()
             .is_ready()
             .then_some(())
             .ok_or("no discovery state loaded yet")

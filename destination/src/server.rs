@@ -56,7 +56,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         ),
         Source::Kubernetes(_) => None,
         Source::Manual => {
-            metrics.set_ready();
+            metrics.source().set_ready();
             None
         }
     };

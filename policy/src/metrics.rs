@@ -200,20 +200,8 @@ impl Metrics {
         &self.source
     }
 
-    pub fn reloaded(&self, ok: bool) {
-        self.source.reloaded(ok)
-    }
-
     pub fn reload_errors(&self) -> u64 {
         self.source.reload_errors()
-    }
-
-    pub fn set_ready(&self) {
-        self.source.set_ready()
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.source.is_ready()
     }
 
     /// Prometheus text exposition.
@@ -251,6 +239,7 @@ pub(crate) fn admin(
     let m = metrics.clone();
     let ready = move || {
         metrics
+            .source()
             .is_ready()
             .then_some(())
             .ok_or("no policy state loaded yet")
