@@ -68,6 +68,13 @@ pub fn proxy_command(
     for (k, v) in env {
         cmd.env(k, v);
     }
+    // Extra variables for every proxy of the run, `NAME=value` pairs separated by `;` (e.g.
+    // tracing or the access log on, to measure what they cost).
+    if let Ok(extra) = std::env::var("BENCH_PROXY_ENV") {
+        for (k, v) in extra.split(';').filter_map(|p| p.split_once('=')) {
+            cmd.env(k.trim(), v);
+        }
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);

@@ -452,6 +452,7 @@ pub(crate) enum Target {
 impl Target {
     pub(crate) fn direct(addr: SocketAddr) -> Self {
         Target::Direct(Endpoint {
+            labels: None,
             addr,
             identity: None,
         })

@@ -171,8 +171,8 @@ impl EndpointSet {
     fn apply(&mut self, update: Update) -> Resolution {
         match update.update {
             Some(update::Update::Add(set)) => {
-                for wa in set.addrs {
-                    if let Some(ep) = endpoint_of(&wa) {
+                for wa in &set.addrs {
+                    if let Some(ep) = endpoint_of(wa, &set.metric_labels) {
                         self.endpoints.insert(ep.addr, ep);
                     }
                 }
@@ -199,7 +199,8 @@ impl EndpointSet {
     }
 }
 
-fn endpoint_of(wa: &WeightedAddr) -> Option<Endpoint> {
+/// An endpoint from discovery; `set_labels` are the labels of the update it came in.
+fn endpoint_of(wa: &WeightedAddr, set_labels: &HashMap<String, String>) -> Option<Endpoint> {
     use proto::api::destination::tls_identity::Strategy;
     let addr = proto::net::to_socket_addr(wa.addr.as_ref()?).ok()?;
     let identity = wa
@@ -212,7 +213,42 @@ fn endpoint_of(wa: &WeightedAddr) -> Option<Endpoint> {
             // name too); such an endpoint is dialled in plaintext.
             Strategy::UriLikeIdentity(_) => None,
         });
-    Some(Endpoint { addr, identity })
+    Some(Endpoint {
+        addr,
+        identity,
+        labels: dst_labels(set_labels, &wa.metric_labels),
+    })
+}
+
+/// The outbound metrics' `dst_*` labels, as linkerd2-proxy renders them: the set's labels and
+/// the address's (which win), keys sorted and prefixed `dst_`. A key that is not a valid
+/// Prometheus label name has its other characters replaced with `_`.
+fn dst_labels(set: &HashMap<String, String>, addr: &HashMap<String, String>) -> Option<Arc<str>> {
+    let mut all: std::collections::BTreeMap<&str, &str> = std::collections::BTreeMap::new();
+    for (k, v) in set.iter().chain(addr) {
+        all.insert(k, v);
+    }
+    if all.is_empty() {
+        return None;
+    }
+    let mut out = String::new();
+    for (k, v) in all {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str("dst_");
+        out.extend(k.chars().map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        }));
+        out.push_str("=\"");
+        out.push_str(&crate::metrics::escape(v));
+        out.push('"');
+    }
+    Some(Arc::from(out))
 }
 
 /// A lazily connected channel: plaintext to a loopback address, otherwise mTLS with our
@@ -306,6 +342,35 @@ mod tests {
                 .collect(),
             other => panic!("not ready: {other:?}"),
         }
+    }
+
+    #[test]
+    fn discovery_labels_become_dst_labels() {
+        let set: HashMap<String, String> = [
+            ("service".to_string(), "web".to_string()),
+            ("namespace".to_string(), "ns".to_string()),
+        ]
+        .into();
+        let mut a = wa(1, None);
+        a.metric_labels = [
+            ("pod".to_string(), "web-7f9c-x2".to_string()),
+            ("namespace".to_string(), "addr-wins".to_string()),
+            ("deployment".to_string(), "web".to_string()),
+            ("zone.locality".to_string(), "a \"b\"\nc\\".to_string()),
+        ]
+        .into();
+        let ep = endpoint_of(&a, &set).unwrap();
+        assert_eq!(
+            ep.labels.as_deref(),
+            Some(
+                "dst_deployment=\"web\",dst_namespace=\"addr-wins\",dst_pod=\"web-7f9c-x2\",\
+                 dst_service=\"web\",dst_zone_locality=\"a \\\"b\\\"\\nc\\\\\""
+            )
+        );
+        assert_eq!(
+            endpoint_of(&wa(2, None), &HashMap::new()).unwrap().labels,
+            None
+        );
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// The TLS identity the endpoint's proxy presents, when it is meshed.
     pub identity: Option<Arc<str>>,
+    /// The labels service discovery gave the endpoint (its namespace, service, pod, owner,
+    /// service account...), rendered for the outbound metrics as `dst_<key>="<value>"` pairs.
+    pub labels: Option<Arc<str>>,
 }
 
 /// The current endpoints of a destination; empty when it exists but has none.
@@ -53,6 +56,7 @@ impl StaticResolve {
                 let eps: Endpoints = addrs
                     .iter()
                     .map(|(addr, id)| Endpoint {
+                        labels: None,
                         addr: *addr,
                         identity: id.as_deref().map(Arc::from),
                     })

@@ -92,6 +92,7 @@ pub(crate) async fn forward_on(
         peer: Peer::Dst,
         target_addr: ep.addr,
         tls,
+        dst_labels: ep.labels.clone(),
     });
     stats.open_total.fetch_add(1, Ordering::Relaxed);
     let counted = CountingIo::new(stream, stats.bytes.clone());
@@ -131,6 +132,7 @@ impl SrcConn {
             peer: Peer::Src,
             target_addr,
             tls,
+            dst_labels: None,
         });
         stats.open_total.fetch_add(1, Ordering::Relaxed);
         Self { stats }

@@ -168,6 +168,17 @@ async fn a_ten_times_slower_endpoint_gets_under_ten_percent_of_requests() {
         );
         // The fast ones share the rest.
         assert!(hits[0] > ok / 4 && hits[1] > ok / 4, "{hits:?}");
+        // Each endpoint's requests carry the labels discovery gave it, as `dst_*`.
+        let m = p.metrics().await;
+        for e in &eps {
+            let pod = format!("pod-{}", e.addr.port());
+            let labels = [
+                ("direction", "outbound"),
+                ("dst_namespace", "test"),
+                ("dst_pod", pod.as_str()),
+            ];
+            assert!(m.sum("request_total", &labels) > 0.0, "{pod}: {}", m.text);
+        }
     })
     .await
 }

@@ -21,6 +21,7 @@ mod opaque;
 mod outbound;
 mod policy;
 mod shutdown;
+mod traces;
 mod transparent;
 mod websocket;
 

@@ -358,6 +358,25 @@ async fn retries_hide_a_backend_that_fails_a_fifth_of_requests() {
             "{retries} retries\n{}",
             m.text
         );
+        // Every retried request finally succeeded (some after two retries); every request is
+        // in Linkerd's route families, labelled with the route's and parent's metadata.
+        let successes = route_counter(&m, "outbound_http_route_retry_successes_total");
+        assert!(successes >= retries / 2.0 && successes <= retries, "{}", m.text);
+        let labels = [
+            ("route_name", "web"),
+            ("route_kind", "HTTPRoute"),
+            ("http_status", "200"),
+        ];
+        assert_eq!(
+            m.sum("outbound_http_route_request_statuses_total", &labels),
+            500.0,
+            "{}",
+            m.text
+        );
+        assert_eq!(
+            route_counter(&m, "outbound_http_route_request_duration_seconds_count"),
+            500.0
+        );
     })
     .await;
 }

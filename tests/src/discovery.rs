@@ -57,10 +57,13 @@ fn add(addrs: impl Iterator<Item = SocketAddr>) -> Update {
                 .map(|a| WeightedAddr {
                     addr: Some(tcp(a)),
                     weight: 10000,
+                    // As Linkerd's destination service labels a pod's address.
+                    metric_labels: [("pod".to_string(), format!("pod-{}", a.port()))].into(),
                     ..Default::default()
                 })
                 .collect(),
-            metric_labels: Default::default(),
+            // And the service's.
+            metric_labels: [("namespace".to_string(), "test".to_string())].into(),
         })),
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! | path | response |
 //! | --- | --- |
-//! | `/echo` (and any unknown path) | 200; the request body; `x-req-*` headers describe the request |
+//! | `/echo` (and any unknown path) | 200; the request body; `x-req-*` headers describe the request (and `x-req-traceparent` etc. repeat its trace context) |
 //! | `/bytes?n=N` | 200; `pattern(N)` streamed in 64 KiB chunks |
 //! | `/duplex` | 200 at once; each request body chunk echoed as soon as it arrives |
 //! | `/gated` | 200; `first\n`, then waits for [`TestServer::open_gate`], then `second\nlast\n` |
@@ -20,7 +20,9 @@
 
 use crate::client::{TestBody, channel_body, empty, full};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
+};
 use http_body_util::BodyExt;
 use hyper::{
     body::{Frame, Incoming},
@@ -350,5 +352,25 @@ async fn echo(conn: usize, req: Request<Incoming>) -> Response<TestBody> {
             rsp.headers_mut().insert(name, v);
         }
     }
+    // The trace context the app received, as `x-req-<header>`.
+    for name in TRACE_HEADERS {
+        if let (Some(v), Ok(echo)) = (
+            parts.headers.get(*name),
+            format!("x-req-{name}").parse::<HeaderName>(),
+        ) {
+            rsp.headers_mut().insert(echo, v.clone());
+        }
+    }
     rsp
 }
+
+/// Trace-context headers `/echo` reports.
+pub const TRACE_HEADERS: &[&str] = &[
+    "traceparent",
+    "tracestate",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "b3",
+];

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 fn ep(i: u8) -> Endpoint {
     Endpoint {
+        labels: None,
         addr: SocketAddr::from(([127, 0, 0, i], 80)),
         identity: None,
     }

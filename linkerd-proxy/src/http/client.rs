@@ -295,6 +295,7 @@ impl Inner {
             peer: Peer::Dst,
             target_addr: *addr,
             tls,
+            dst_labels: None,
         });
         stats.open_total.fetch_add(1, Ordering::Relaxed);
         let io = CountingIo::new(stream, stats.bytes.clone());

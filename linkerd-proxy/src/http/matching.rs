@@ -411,6 +411,58 @@ pub(crate) fn grpc_match(m: api_grpc::GrpcRouteMatch) -> Result<RequestMatch, St
 
 /// A route's (or rate limit's) kind and name from the API's metadata; `fallback` names one the
 /// policy service left unnamed.
+/// A policy resource's metric labels, as linkerd2-proxy writes them: `<prefix>_group`,
+/// `_kind`, `_namespace`, `_name` (and, for a parent, `_port` and `_section_name`). A default
+/// resource is kind `default` with no group or namespace.
+pub(crate) fn metadata_labels(
+    m: Option<&meta::Metadata>,
+    prefix: &str,
+    fallback: &str,
+    parent: bool,
+) -> Arc<str> {
+    let esc = crate::metrics::escape;
+    let (group, kind, ns, name, section, port) = match m.and_then(|m| m.kind.as_ref()) {
+        Some(meta::metadata::Kind::Resource(r)) => (
+            esc(&r.group),
+            esc(&r.kind),
+            esc(&r.namespace),
+            esc(&r.name),
+            esc(&r.section),
+            r.port,
+        ),
+        Some(meta::metadata::Kind::Default(n)) => (
+            String::new(),
+            "default".into(),
+            String::new(),
+            esc(n),
+            String::new(),
+            0,
+        ),
+        None => (
+            String::new(),
+            "default".into(),
+            String::new(),
+            esc(fallback),
+            String::new(),
+            0,
+        ),
+    };
+    let mut s = format!(
+        "{prefix}_group=\"{group}\",{prefix}_kind=\"{kind}\",{prefix}_namespace=\"{ns}\",{prefix}_name=\"{name}\""
+    );
+    if parent {
+        let port = if port == 0 {
+            String::new()
+        } else {
+            port.to_string()
+        };
+        s.push_str(&format!(
+            ",{prefix}_port=\"{port}\",{prefix}_section_name=\"{section}\""
+        ));
+    }
+    s.into()
+}
+
 pub(crate) fn metadata_name(m: Option<meta::Metadata>, fallback: &str) -> (Arc<str>, Arc<str>) {
     match m.and_then(|m| m.kind) {
         Some(meta::metadata::Kind::Default(name)) => ("default".into(), name.into()),

@@ -156,6 +156,10 @@ fn http_labels(k: &HttpKey) -> String {
         k.target_addr
     );
     k.tls.labels(k.direction, &mut s);
+    if let Some(l) = &k.dst_labels {
+        s.push(',');
+        s.push_str(l);
+    }
     s
 }
 

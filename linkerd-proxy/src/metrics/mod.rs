@@ -12,6 +12,7 @@ mod process;
 mod tests;
 mod text;
 
+pub(crate) use self::text::escape;
 pub use self::{
     http::{HttpStats, LATENCY_BUCKETS_MS, ResponseClass},
     policy::{AuthzKey, RouteCounters},
@@ -19,7 +20,7 @@ pub use self::{
 
 use self::{
     policy::RouteKey,
-    text::{escape, family, samples, snapshot},
+    text::{family, samples, snapshot},
 };
 use crate::{io::ByteCounters, lock};
 use std::{
@@ -61,6 +62,8 @@ pub struct HttpKey {
     pub authority: Arc<str>,
     pub target_addr: SocketAddr,
     pub tls: Tls,
+    /// Outbound: the endpoint's `dst_*` labels from service discovery.
+    pub dst_labels: Option<Arc<str>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -69,6 +72,8 @@ pub struct TcpKey {
     pub peer: Peer,
     pub target_addr: SocketAddr,
     pub tls: Tls,
+    /// Outbound opaque TCP: the endpoint's `dst_*` labels from service discovery.
+    pub dst_labels: Option<Arc<str>>,
 }
 
 /// The process-wide registry.
@@ -390,5 +395,9 @@ fn tcp_labels(k: &TcpKey) -> String {
         k.target_addr
     );
     k.tls.labels(k.direction, &mut s);
+    if let Some(l) = &k.dst_labels {
+        s.push(',');
+        s.push_str(l);
+    }
     s
 }

@@ -10,8 +10,12 @@ use std::{
     },
 };
 
-/// (parent, route) of an outbound policy route.
+/// An outbound policy route's (parent, route) labels, rendered: `parent_group="…",…` and
+/// `route_group="…",…`.
 pub(super) type RouteKey = (Arc<str>, Arc<str>);
+
+/// `outbound_http_route_request_duration_seconds` buckets (Linkerd's).
+const ROUTE_DURATION_BUCKETS_S: [f64; 4] = [0.05, 0.5, 1.0, 10.0];
 
 /// What an outbound route did: Linkerd's `outbound_http_route_*` counters.
 #[derive(Debug, Default)]
@@ -25,11 +29,41 @@ pub struct RouteCounters {
     pub retry_overflow: AtomicU64,
     pub timeouts: AtomicU64,
     pub faults_injected: AtomicU64,
+    /// Retried requests that finally succeeded.
+    pub retry_successes: AtomicU64,
+    /// Requests by (HTTP status, error), at their response headers.
+    statuses: std::sync::Mutex<Vec<(u16, &'static str, u64)>>,
+    /// Request durations to the response headers: cumulative per bucket (and +Inf), the sum
+    /// in microseconds.
+    durations: [AtomicU64; 5],
+    duration_sum_us: AtomicU64,
 }
 
 impl RouteCounters {
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A routed request's outcome at its response headers: `status` (the proxy's own when
+    /// `error` names why it answered).
+    pub fn record(&self, status: u16, error: Option<&'static str>, elapsed: std::time::Duration) {
+        let error = error.unwrap_or("");
+        {
+            let mut st = lock(&self.statuses);
+            match st.iter_mut().find(|(s, e, _)| *s == status && *e == error) {
+                Some((_, _, n)) => *n += 1,
+                None => st.push((status, error, 1)),
+            }
+        }
+        let secs = elapsed.as_secs_f64();
+        for (b, le) in self.durations.iter().zip(ROUTE_DURATION_BUCKETS_S) {
+            if secs <= le {
+                b.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.durations[4].fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.duration_sum_us.fetch_add(us, Ordering::Relaxed);
     }
 }
 
@@ -93,7 +127,7 @@ impl Metrics {
             return;
         }
         type Get = fn(&RouteCounters) -> &AtomicU64;
-        let families: [(&str, &str, Get); 6] = [
+        let families: [(&str, &str, Get); 7] = [
             (
                 "outbound_http_route_requests_total",
                 "Requests routed by an outbound policy route.",
@@ -103,6 +137,11 @@ impl Metrics {
                 "outbound_http_route_retry_requests_total",
                 "Retries sent by an outbound route.",
                 |c| &c.retries,
+            ),
+            (
+                "outbound_http_route_retry_successes_total",
+                "Retried requests that finally succeeded.",
+                |c| &c.retry_successes,
             ),
             (
                 "outbound_http_route_retry_limit_exceeded_total",
@@ -132,15 +171,40 @@ impl Metrics {
                 help,
                 "counter",
                 &all,
-                |((parent, route), _)| {
-                    format!(
-                        "parent_name=\"{}\",route_name=\"{}\"",
-                        escape(parent),
-                        escape(route)
-                    )
-                },
+                |((parent, route), _)| format!("{parent},{route}"),
                 |(_, c)| get(c).load(Ordering::Relaxed),
             );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP outbound_http_route_request_statuses_total Routed requests by response status \
+             (and the proxy's error when it answered).\n\
+             # TYPE outbound_http_route_request_statuses_total counter"
+        );
+        for ((parent, route), c) in &all {
+            for (status, error, n) in lock(&c.statuses).iter() {
+                let _ = writeln!(
+                    out,
+                    "outbound_http_route_request_statuses_total{{{parent},{route},http_status=\"{status}\",error=\"{error}\"}} {n}"
+                );
+            }
+        }
+        let name = "outbound_http_route_request_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Routed requests' time to their response headers.\n# TYPE {name} histogram"
+        );
+        for ((parent, route), c) in &all {
+            let labels = format!("{parent},{route}");
+            for (i, le) in ROUTE_DURATION_BUCKETS_S.iter().enumerate() {
+                let n = c.durations[i].load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {n}");
+            }
+            let count = c.durations[4].load(Ordering::Relaxed);
+            let sum = c.duration_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
         }
     }
 

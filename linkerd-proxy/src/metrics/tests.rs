@@ -9,6 +9,7 @@ fn encodes_linkerd_families() {
         authority: "web.local:80".into(),
         target_addr: "127.0.0.1:8080".parse().unwrap(),
         tls: Tls::None("not_provided_by_service_discovery"),
+        dst_labels: None,
     };
     let s = m.http(key.clone());
     s.request();
@@ -31,13 +32,30 @@ fn encodes_linkerd_families() {
         peer: Peer::Src,
         target_addr: "127.0.0.1:8080".parse().unwrap(),
         tls: Tls::None("no_tls_from_remote"),
+        dst_labels: None,
     });
     t.open_total.fetch_add(3, Ordering::Relaxed);
     t.close_total.fetch_add(1, Ordering::Relaxed);
     t.bytes.read.fetch_add(10, Ordering::Relaxed);
 
+    // An endpoint from discovery: its labels follow the TLS labels.
+    let labelled = HttpKey {
+        direction: Direction::Outbound,
+        authority: "web.ns.svc.cluster.local:80".into(),
+        target_addr: "10.0.0.9:8080".parse().unwrap(),
+        tls: Tls::Established {
+            peer_id: Some("web.ns.serviceaccount.identity.linkerd.cluster.local".into()),
+        },
+        dst_labels: Some("dst_namespace=\"ns\",dst_pod=\"web-1\"".into()),
+    };
+    m.http(labelled).request();
+
     let mut out = String::new();
     m.encode(&mut out);
+    assert!(
+        out.contains("request_total{direction=\"outbound\",authority=\"web.ns.svc.cluster.local:80\",target_addr=\"10.0.0.9:8080\",tls=\"true\",server_id=\"web.ns.serviceaccount.identity.linkerd.cluster.local\",dst_namespace=\"ns\",dst_pod=\"web-1\"} 1"),
+        "{out}"
+    );
     let labels = "direction=\"outbound\",authority=\"web.local:80\",target_addr=\"127.0.0.1:8080\",tls=\"no_identity\",no_tls_reason=\"not_provided_by_service_discovery\"";
     assert!(
         out.contains(&format!("request_total{{{labels}}} 2")),

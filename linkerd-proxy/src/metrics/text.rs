@@ -35,7 +35,8 @@ pub(super) fn snapshot<K: Clone + Ord, V: Clone>(map: &Mutex<HashMap<K, V>>) -> 
     all
 }
 
-pub(super) fn escape(v: &str) -> String {
+/// A label value escaped for the text format.
+pub(crate) fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

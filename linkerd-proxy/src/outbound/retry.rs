@@ -60,6 +60,9 @@ pub(crate) async fn with_retries<A: Attempts>(
     loop {
         let outcome = attempts.send(req).await;
         if !retryable(retry, grpc, &outcome) {
+            if retries > 0 {
+                RouteCounters::inc(&counters.retry_successes);
+            }
             return outcome;
         }
         if retries >= retry.max_retries {

@@ -321,6 +321,7 @@ async fn a_request_finding_its_connection_going_away_is_sent_on_a_new_one() {
         None,
     );
     let ep = Endpoint {
+        labels: None,
         addr,
         identity: None,
     };

@@ -10,7 +10,7 @@ use super::budget::Budget;
 use super::model::*;
 use crate::balance::Accrual;
 use crate::{
-    http::matching::{RequestMatch, grpc_match, hosts, http_match, metadata_name},
+    http::matching::{RequestMatch, grpc_match, hosts, http_match, metadata_labels, metadata_name},
     metrics::Metrics,
     resolve::Endpoint,
 };
@@ -37,6 +37,7 @@ const DEFAULT_BACKOFF: Backoff = Backoff {
 
 impl OutboundPolicy {
     pub fn from_api(p: api::OutboundPolicy, metrics: &Metrics) -> Result<Self, String> {
+        let parent_labels = metadata_labels(p.metadata.as_ref(), "parent", "unknown", true);
         let (_, parent) = metadata_name(p.metadata, "unknown");
         let kind = p
             .protocol
@@ -48,7 +49,10 @@ impl OutboundPolicy {
             http2: Vec::new(),
             accrual: None,
         };
-        let conv = Conv { parent, metrics };
+        let conv = Conv {
+            parent_labels,
+            metrics,
+        };
         match kind {
             proxy_protocol::Kind::Detect(d) => {
                 if let Some(h) = d.http1 {
@@ -79,7 +83,8 @@ impl OutboundPolicy {
 }
 
 struct Conv<'a> {
-    parent: Arc<str>,
+    /// The parent's metric labels (`parent_group`, ... `parent_section_name`).
+    parent_labels: Arc<str>,
     metrics: &'a Metrics,
 }
 
@@ -88,6 +93,7 @@ impl Conv<'_> {
         routes
             .into_iter()
             .map(|r| {
+                let labels = metadata_labels(r.metadata.as_ref(), "route", "default", false);
                 let (_, name) = metadata_name(r.metadata, "default");
                 let rules = r
                     .rules
@@ -106,7 +112,7 @@ impl Conv<'_> {
                         let backends = http_backends(rule.backends)?;
                         let timeout = route_timeout(rule.timeouts.as_ref(), rule.request_timeout);
                         let retry = rule.retry.map(|r| retry(&r)).transpose()?;
-                        Ok(self.rule(&name, matches, filters, backends, timeout, retry))
+                        Ok(self.rule((&name, &labels), matches, filters, backends, timeout, retry))
                     })
                     .collect::<Result<_, String>>()?;
                 Ok(Route {
@@ -123,6 +129,7 @@ impl Conv<'_> {
         routes
             .into_iter()
             .map(|r| {
+                let labels = metadata_labels(r.metadata.as_ref(), "route", "default", false);
                 let (_, name) = metadata_name(r.metadata, "default");
                 let rules = r
                     .rules
@@ -162,7 +169,7 @@ impl Conv<'_> {
                         )?;
                         let timeout = route_timeout(rule.timeouts.as_ref(), rule.request_timeout);
                         let retry = rule.retry.map(|r| grpc_retry(&r)).transpose()?;
-                        Ok(self.rule(&name, matches, filters, backends, timeout, retry))
+                        Ok(self.rule((&name, &labels), matches, filters, backends, timeout, retry))
                     })
                     .collect::<Result<_, String>>()?;
                 Ok(Route {
@@ -176,7 +183,7 @@ impl Conv<'_> {
 
     fn rule(
         &self,
-        route: &Arc<str>,
+        (route, labels): (&Arc<str>, &Arc<str>),
         matches: Vec<RequestMatch>,
         filters: Vec<Filter>,
         backends: Vec<Backend>,
@@ -192,7 +199,9 @@ impl Conv<'_> {
             timeout,
             retry,
             route: route.clone(),
-            counters: self.metrics.route(self.parent.clone(), route.clone()),
+            counters: self
+                .metrics
+                .route(self.parent_labels.clone(), labels.clone()),
         })
     }
 }
@@ -269,7 +278,11 @@ fn distribution<K, F>(
                             }
                             _ => None,
                         });
-                    BackendTarget::Forward(Endpoint { addr, identity })
+                    BackendTarget::Forward(Endpoint {
+                        addr,
+                        identity,
+                        labels: None,
+                    })
                 }
             };
             Ok(Backend {
