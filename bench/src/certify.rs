@@ -101,7 +101,10 @@ pub async fn run(
     let r = parse(&out).with_context(|| format!("parsing mesh identity bench's output:\n{out}"))?;
     let other = (machine - cpu).max(0.0);
     Ok(vec![
-        ("certs_per_s", json!(crate::all::round(r.certs_per_sec, 1))),
+        (
+            "certs_per_s",
+            json!(crate::report::round(r.certs_per_sec, 1)),
+        ),
         ("p50_us", json!(r.p50)),
         ("p90_us", json!(r.p90)),
         ("p99_us", json!(r.p99)),
@@ -116,9 +119,9 @@ pub async fn run(
         ),
         ("runtime", json!(r.runtime)),
         ("csrs", json!(r.csrs)),
-        ("seconds", json!(crate::all::round(r.seconds, 2))),
-        ("cpu_s", json!(crate::all::round(cpu, 2))),
-        ("other_cpu_s", json!(crate::all::round(other, 2))),
+        ("seconds", json!(crate::report::round(r.seconds, 2))),
+        ("cpu_s", json!(crate::report::round(cpu, 2))),
+        ("other_cpu_s", json!(crate::report::round(other, 2))),
         ("disturbed", json!(other > 0.1 * r.seconds.max(0.001))),
         ("load", json!("mesh identity bench")),
     ])

@@ -7,12 +7,18 @@
 
 mod all;
 mod certify;
+mod client;
+mod counters;
 mod destination;
 mod load;
 mod mesh;
 mod pair;
+mod path;
 mod policy;
 mod procfs;
+mod proxy;
+mod report;
+mod scenario;
 mod server;
 mod stats;
 mod tools;

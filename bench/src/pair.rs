@@ -14,9 +14,19 @@
 //! HTTP-aware proxies with HTTP/1.1 on every hop: the mesh without mTLS and without HTTP/2
 //! between the proxies.
 
-use std::{net::SocketAddr, path::Path};
+use std::net::SocketAddr;
 
-use crate::mesh::{self, ProxyAddrs, ProxyProc};
+use http::{Method, StatusCode};
+use linkerd_proxy::config;
+use serde_json::{Value, json};
+
+use crate::{
+    client,
+    path::{Ctx, RunTotals},
+    procfs,
+    proxy::{self, ProxyAddrs, ProxyProc},
+    report::{self, Peaks, emit},
+};
 
 /// Which two-proxy reference path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,18 +76,9 @@ pub struct Running {
     pub back: ProxyProc,
 }
 
-/// What `start` needs.
-#[derive(Debug)]
-pub struct PairOpts<'a> {
-    pub launch: mesh::Launch<'a>,
-    pub upstream: SocketAddr,
-    /// Logs go here (`pair-tcp-front-proxy.log`, ...).
-    pub log_dir: &'a Path,
-}
-
 /// Starts the back proxy, then the front one, and waits until both are ready. `ports`: six
 /// free loopback ports (inbound, outbound, admin of each).
-pub async fn start(kind: Pair, o: &PairOpts<'_>, ports: &[u16]) -> anyhow::Result<Running> {
+pub async fn start(kind: Pair, o: &Ctx<'_>, ports: &[u16]) -> anyhow::Result<Running> {
     let [a, b, c, d, e, f] = ports else {
         anyhow::bail!("a proxy pair needs 6 ports, got {}", ports.len());
     };
@@ -103,18 +104,54 @@ async fn spawn(
     role: &'static str,
     addrs: ProxyAddrs,
     forward: SocketAddr,
-    o: &PairOpts<'_>,
+    o: &Ctx<'_>,
 ) -> anyhow::Result<ProxyProc> {
-    let mut env = vec![("MESH_PROXY_INBOUND_FORWARD_ADDR", forward.to_string())];
+    let mut env = vec![(config::ENV_INBOUND_FORWARD_ADDR, forward.to_string())];
     if kind == Pair::Tcp {
         // The port an inbound connection is classified by is the one it is forwarded to.
-        env.push((
-            "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION",
-            forward.port().to_string(),
-        ));
+        env.push((config::ENV_INBOUND_OPAQUE_PORTS, forward.port().to_string()));
     }
     let log = o.log_dir.join(format!("{role}-proxy.log"));
     let mut p = o.launch.spawn(role, role, addrs, &env, log, None)?;
-    mesh::wait_ready(&mut p).await?;
+    proxy::wait_ready(&mut p).await?;
     Ok(p)
+}
+
+/// Starts a pair ([`start`]) and sends one request through it.
+pub async fn start_path(
+    kind: Pair,
+    ctx: &Ctx<'_>,
+    ports: &[u16],
+    peaks: &mut Peaks,
+) -> anyhow::Result<Running> {
+    let p = start(kind, ctx, ports).await?;
+    match client::request_once(p.front.inbound, Method::GET, "/").await? {
+        (StatusCode::OK, _) => {}
+        (s, _) => anyhow::bail!("a request through {} failed: {s}", kind.path()),
+    }
+    for q in [&p.front, &p.back] {
+        peaks.start(q.role, q.child.pid)?;
+    }
+    Ok(p)
+}
+
+/// The pair's end state (`pair_tcp_end`, `pair_http_end`), after a graceful shutdown.
+pub async fn end_path(mut p: Running, totals: &RunTotals) -> anyhow::Result<()> {
+    let mut proxies = serde_json::Map::new();
+    for q in [&mut p.front, &mut p.back] {
+        let pid = q.child.pid;
+        let end_hwm = procfs::status_number(pid, "VmHWM")?;
+        let peak = totals.peaks.of(q.role, end_hwm);
+        let failures = client::scrape_counters(q.admin).await.map(|c| c.failures);
+        let exit = client::shutdown(q).await;
+        proxies.insert(
+            q.role.to_string(),
+            json!({"peak_rss_kb": peak, "failed_responses": failures, "exit": exit}),
+        );
+    }
+    emit(&[
+        ("scenario", json!(format!("{}_end", p.kind.path()))),
+        ("proxies", Value::Object(proxies)),
+        ("loadavg_1m", json!(report::loadavg())),
+    ])
 }

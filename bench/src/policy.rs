@@ -17,22 +17,16 @@
 //! After each run the case checks, from the proxies' `/metrics`, that the policy it is about
 //! was applied to the requests it measured; see [`Case::check`].
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::{Duration, Instant},
-};
+mod registry;
+mod running;
 
-use anyhow::{Context as _, bail};
+use std::collections::BTreeMap;
+
 use serde_json::{Value, json};
-use tokio::process::Command;
 
-use crate::{
-    mesh::{self, CLIENT_ID, Counters, Mesh, ProxyAddrs, ProxyProc, SERVER_ID},
-    procfs::Guarded,
-};
+use crate::{counters::Counters, path::ProxyUse};
+
+pub use running::{PolicyMesh, end_path, start_path};
 
 /// The namespace of every Service and workload in the registry.
 pub const NAMESPACE: &str = "bench";
@@ -265,7 +259,7 @@ impl Case {
             if total > 0 {
                 evidence.insert(
                     "split_b_fraction".into(),
-                    json!(crate::all::round(b as f64 / total as f64, 3)),
+                    json!(crate::report::round(b as f64 / total as f64, 3)),
                 );
             }
         }
@@ -346,311 +340,26 @@ impl Server {
     }
 }
 
-/// The registry both services read: a Service per case on port 80 whose endpoints are the
-/// server proxies' inbound listeners, and the policy sections. `upstream_port` is the port the
-/// server proxies deliver to, which is the port their inbound policy is for.
-pub fn registry_yaml(inbound: &BTreeMap<Server, SocketAddr>, upstream_port: u16) -> String {
-    let endpoint = |s: Server| {
-        let addr = inbound
-            .get(&s)
-            .copied()
-            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
-        format!(
-            "      - {{ip: {}, port: {}, identity: {SERVER_ID}, labels: {{pod: {}, app: {}}}}}\n",
-            addr.ip(),
-            addr.port(),
-            s.pod(),
-            s.app()
-        )
+/// The `policy` field of a case's row: the evidence that its policy was applied to the
+/// requests of the run (`used`: the client proxy, then the servers of [`Case::servers`]), or
+/// what is wrong and the field that says so.
+pub fn verdict(case: Case, used: &[ProxyUse]) -> Result<Value, (String, Value)> {
+    let counters: Option<Vec<&Counters>> = used.iter().map(|u| u.counters.as_ref()).collect();
+    let checked = match counters {
+        Some(cs) if !cs.is_empty() => {
+            let servers: Vec<_> = case
+                .servers()
+                .iter()
+                .copied()
+                .zip(cs[1..].iter().copied())
+                .collect();
+            case.check(cs[0], &servers)
+        }
+        _ => Err("a proxy's /metrics could not be read".to_string()),
     };
-    let services: [(&str, Server); 10] = [
-        ("open", Server::Open),
-        ("route", Server::Open),
-        ("authz", Server::Authz),
-        ("route-authz", Server::Authz),
-        ("split", Server::Open),
-        ("split-a", Server::Open),
-        ("split-b", Server::B),
-        ("accrual", Server::Open),
-        ("fault", Server::Open),
-        ("limited", Server::Limited),
-    ];
-    let mut out = String::from("services:\n");
-    for (name, server) in services {
-        out.push_str(&format!(
-            "  - name: {name}\n    namespace: {NAMESPACE}\n    ports: [80]\n    endpoints:\n"
-        ));
-        out.push_str(&endpoint(server));
-    }
-    let retry = "annotations: {retry.linkerd.io/http: 5xx, retry.linkerd.io/limit: \"2\"}";
-    out.push_str(&format!(
-        "workloads:
-  - {{name: {CLIENT_POD}, namespace: {NAMESPACE}, serviceAccount: client, labels: {{app: client}}}}
-serviceAnnotations:
-  - name: accrual
-    namespace: {NAMESPACE}
-    annotations: {{balancer.linkerd.io/failure-accrual: consecutive}}
-servers:
-  - name: {SERVER_NAME}
-    namespace: {NAMESPACE}
-    spec: {{podSelector: {{matchLabels: {{app: {authz_app}}}}}, port: {upstream_port}}}
-  - name: {LIMITED_SERVER}
-    namespace: {NAMESPACE}
-    spec: {{podSelector: {{matchLabels: {{app: {limited_app}}}}}, port: {upstream_port}}}
-meshTLSAuthentications:
-  - name: {AUTHN_NAME}
-    namespace: {NAMESPACE}
-    spec: {{identities: [{CLIENT_ID}]}}
-authorizationPolicies:
-  - name: {AUTHZ_NAME}
-    namespace: {NAMESPACE}
-    spec:
-      targetRef: {{group: policy.linkerd.io, kind: Server, name: {SERVER_NAME}}}
-      requiredAuthenticationRefs:
-        - {{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: {AUTHN_NAME}}}
-  - name: {LIMITED_AUTHZ}
-    namespace: {NAMESPACE}
-    spec:
-      targetRef: {{group: policy.linkerd.io, kind: Server, name: {LIMITED_SERVER}}}
-      requiredAuthenticationRefs:
-        - {{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: {AUTHN_NAME}}}
-httpLocalRateLimitPolicies:
-  - name: {RATE_LIMIT}
-    namespace: {NAMESPACE}
-    spec:
-      targetRef: {{group: policy.linkerd.io, kind: Server, name: {LIMITED_SERVER}}}
-      total: {{requestsPerSecond: 1000000}}
-      identity: {{requestsPerSecond: 1000000}}
-httpRoutes:
-  - name: bench-retry
-    namespace: {NAMESPACE}
-    {retry}
-    spec:
-      parentRefs: [{{kind: Service, name: route, port: 80}}]
-      rules: [{{timeouts: {{request: 5s}}}}]
-  - name: bench-retry-authz
-    namespace: {NAMESPACE}
-    {retry}
-    spec:
-      parentRefs: [{{kind: Service, name: route-authz, port: 80}}]
-      rules: [{{timeouts: {{request: 5s}}}}]
-  - name: bench-split
-    namespace: {NAMESPACE}
-    spec:
-      parentRefs: [{{kind: Service, name: split, port: 80}}]
-      rules:
-        - backendRefs:
-            - {{name: split-a, port: 80, weight: 90}}
-            - {{name: split-b, port: 80, weight: 10}}
-  - name: bench-fault0
-    namespace: {NAMESPACE}
-    spec:
-      parentRefs: [{{kind: Service, name: fault, port: 80}}]
-      rules:
-        - filters: [{{type: FailureInjector, failureInjector: {{status: 503, percent: 0}}}}]
-",
-        authz_app = Server::Authz.app(),
-        limited_app = Server::Limited.app(),
-    ));
-    out
-}
-
-/// The control plane and the proxies of the policy scenarios.
-#[derive(Debug)]
-pub struct PolicyMesh {
-    pub destination: Guarded,
-    pub destination_log: PathBuf,
-    pub policy: Guarded,
-    pub policy_log: PathBuf,
-    pub client: ProxyProc,
-    pub servers: BTreeMap<Server, ProxyProc>,
-    /// From spawning the proxies until all were certified and ready (the server proxies: with
-    /// their first inbound policy).
-    pub ready_in: Duration,
-}
-
-impl PolicyMesh {
-    pub fn server(&self, s: Server) -> anyhow::Result<&ProxyProc> {
-        self.servers
-            .get(&s)
-            .with_context(|| format!("no {} proxy", s.pod()))
-    }
-
-    /// Every process, for CPU accounting.
-    pub fn pids(&self) -> Vec<u32> {
-        let mut pids = vec![self.destination.pid, self.policy.pid, self.client.child.pid];
-        pids.extend(self.servers.values().map(|p| p.child.pid));
-        pids
-    }
-}
-
-/// What `start` needs.
-#[derive(Debug)]
-pub struct PolicyOpts<'a> {
-    pub mesh_bin: &'a Path,
-    /// The proxies' binary, cores and the pid file (which every child goes into).
-    pub launch: mesh::Launch<'a>,
-    pub upstream: SocketAddr,
-    pub scratch: &'a Path,
-    pub log_dir: &'a Path,
-}
-
-fn control_plane(
-    bin: &Path,
-    which: &str,
-    registry: &Path,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    log: &Path,
-) -> anyhow::Result<Command> {
-    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let err = out.try_clone()?;
-    let mut cmd = Command::new(bin);
-    cmd.args([which, "serve", "--registry"])
-        .arg(registry)
-        .arg("--addr")
-        .arg(addr.to_string())
-        .arg("--admin-addr")
-        .arg(admin.to_string())
-        .args(["--log-level", "warn"])
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    Ok(cmd)
-}
-
-/// Writes the registry, starts the destination and policy services, then the client proxy and
-/// the server proxies (certified by `identity`'s service); returns once all are ready.
-/// `ports`: 4 for the control plane, then 3 per proxy.
-pub async fn start(
-    o: &PolicyOpts<'_>,
-    identity: &Mesh,
-    ports: &[u16],
-) -> anyhow::Result<PolicyMesh> {
-    if ports.len() != 4 + 3 * (1 + Server::ALL.len()) {
-        bail!(
-            "policy::start needs {} ports",
-            4 + 3 * (1 + Server::ALL.len())
-        );
-    }
-    let lo = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-    let (dst_addr, dst_admin, pol_addr, pol_admin) =
-        (lo(ports[0]), lo(ports[1]), lo(ports[2]), lo(ports[3]));
-    let addrs = |i: usize| ProxyAddrs {
-        inbound: lo(ports[4 + 3 * i]),
-        outbound: lo(ports[5 + 3 * i]),
-        admin: lo(ports[6 + 3 * i]),
-    };
-    let client_addrs = addrs(0);
-    let server_addrs: BTreeMap<Server, ProxyAddrs> = Server::ALL
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (*s, addrs(i + 1)))
-        .collect();
-    let inbound = server_addrs.iter().map(|(s, a)| (*s, a.inbound)).collect();
-    let registry = o.scratch.join("registry.yaml");
-    std::fs::write(&registry, registry_yaml(&inbound, o.upstream.port()))
-        .with_context(|| format!("writing {}", registry.display()))?;
-
-    let destination_log = o.log_dir.join("destination.log");
-    let mut destination = Guarded::spawn(
-        "destination service",
-        &mut control_plane(
-            o.mesh_bin,
-            "destination",
-            &registry,
-            dst_addr,
-            dst_admin,
-            &destination_log,
-        )?,
-        o.launch.pid_file,
-    )?;
-    let policy_log = o.log_dir.join("policy.log");
-    let mut policy = Guarded::spawn(
-        "policy service",
-        &mut control_plane(
-            o.mesh_bin,
-            "policy",
-            &registry,
-            pol_addr,
-            pol_admin,
-            &policy_log,
-        )?,
-        o.launch.pid_file,
-    )?;
-    for (child, admin, log) in [
-        (&mut destination, dst_admin, &destination_log),
-        (&mut policy, pol_admin, &policy_log),
-    ] {
-        let what = format!("the {} to be ready", child.name);
-        crate::all::wait_until(&what, child, || crate::all::expect_ok(admin, "/ready"))
-            .await
-            .map_err(|e| anyhow::anyhow!("{e:#}\nlog:\n{}", mesh::log_tail(log)))?;
-    }
-
-    let env = |token: &str, id: &str, pod: &str| {
-        let mut env = mesh::identity_env(
-            &identity.trust_anchors,
-            identity.identity_addr,
-            &identity.identity_dir,
-            token,
-            id,
-        );
-        env.extend([
-            ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", dst_addr.to_string()),
-            ("LINKERD2_PROXY_POLICY_SVC_ADDR", pol_addr.to_string()),
-            (
-                "LINKERD2_PROXY_POLICY_WORKLOAD",
-                json!({"ns": NAMESPACE, "pod": pod}).to_string(),
-            ),
-        ]);
-        env
-    };
-    let started = Instant::now();
-    let spawn = |role: &'static str,
-                 name: &'static str,
-                 addrs: ProxyAddrs,
-                 env: Vec<(&'static str, String)>,
-                 id: &'static str|
-     -> anyhow::Result<ProxyProc> {
-        let log = o.log_dir.join(format!("mesh-{role}-proxy.log"));
-        o.launch.spawn(role, name, addrs, &env, log, Some(id))
-    };
-    let mut servers = BTreeMap::new();
-    for (s, a) in &server_addrs {
-        let mut e = env("server", SERVER_ID, s.pod());
-        e.push(("MESH_PROXY_INBOUND_FORWARD_ADDR", o.upstream.to_string()));
-        e.push((
-            "LINKERD2_PROXY_INBOUND_PORTS",
-            o.upstream.port().to_string(),
-        ));
-        let name = match s {
-            Server::Open => "policy server proxy (server-open)",
-            Server::Authz => "policy server proxy (server-authz)",
-            Server::B => "policy server proxy (server-b)",
-            Server::Limited => "policy server proxy (server-limited)",
-        };
-        servers.insert(*s, spawn(s.role(), name, *a, e, SERVER_ID)?);
-    }
-    let mut client = spawn(
-        "policy-client",
-        "policy client proxy",
-        client_addrs,
-        env("client", CLIENT_ID, CLIENT_POD),
-        CLIENT_ID,
-    )?;
-    for p in servers.values_mut() {
-        mesh::wait_ready(p).await?;
-    }
-    mesh::wait_ready(&mut client).await?;
-    Ok(PolicyMesh {
-        destination,
-        destination_log,
-        policy,
-        policy_log,
-        client,
-        servers,
-        ready_in: started.elapsed(),
+    checked.map_err(|e| {
+        let field = json!({"enabled": case.describe(), "applied": false, "error": e});
+        (e, field)
     })
 }
 
@@ -738,24 +447,5 @@ mod tests {
                 .check(&client, &[(Server::Open, &a), (Server::B, &none)])
                 .is_err()
         );
-    }
-
-    #[test]
-    fn registry_names_every_case_service() {
-        let inbound = Server::ALL
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (*s, SocketAddr::from(([127, 0, 0, 1], 5000 + i as u16))))
-            .collect();
-        let y = registry_yaml(&inbound, 8080);
-        for c in Case::ALL {
-            assert!(
-                y.contains(&format!("  - name: {}\n", c.service())),
-                "{}",
-                c.service()
-            );
-        }
-        assert!(y.contains("port: 8080}"));
-        assert!(y.contains("{ip: 127.0.0.1, port: 5001, identity: server.bench"));
     }
 }

@@ -4,11 +4,11 @@
 use crate::{
     Error, IdentityConfig,
     bench::{self, BenchOptions},
-    k8s_watch::KubeApiConfig,
     server::{Config, Source},
 };
-use clap::{ArgGroup, Parser, Subcommand};
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use clap::{Parser, Subcommand};
+use linkerd_control::{args::SourceArgs, kube::KubeApiConfig};
+use std::{process::ExitCode, time::Duration};
 
 #[derive(Debug, Parser)]
 pub struct Args {
@@ -28,61 +28,17 @@ pub enum Command {
     BenchClient(bench::ClientArgs),
 }
 
-#[derive(Debug, clap::Args)]
-#[command(group(ArgGroup::new("source").required(true).args(["registry", "kubernetes"])))]
-pub struct ServeArgs {
-    #[arg(long, env = "MESH_DESTINATION_ADDR", default_value = "0.0.0.0:8086")]
-    pub addr: SocketAddr,
-    #[arg(
-        long,
-        env = "MESH_DESTINATION_ADMIN_ADDR",
-        default_value = "127.0.0.1:9996"
-    )]
-    pub admin_addr: SocketAddr,
-    /// A registry YAML file (watched; see destination/README.md for the schema).
-    #[arg(long, env = "MESH_DESTINATION_REGISTRY")]
-    pub registry: Option<PathBuf>,
-    /// How often the registry file is checked, in milliseconds.
-    #[arg(long, env = "MESH_DESTINATION_REGISTRY_POLL_MS", default_value_t = 500)]
-    pub registry_poll_ms: u64,
-    /// Watch Services, EndpointSlices and Pods (in-cluster config).
-    #[arg(long, env = "MESH_DESTINATION_KUBERNETES")]
-    pub kubernetes: bool,
-    /// API server URL instead of KUBERNETES_SERVICE_HOST/PORT (e.g. http://127.0.0.1:8001).
-    #[arg(long, env = "MESH_DESTINATION_KUBE_API_URL", requires = "kubernetes")]
-    pub kube_api_url: Option<String>,
-    /// CA bundle for the API server (default: the pod's service-account ca.crt).
-    #[arg(long, env = "MESH_DESTINATION_KUBE_CA", requires = "kubernetes")]
-    pub kube_ca: Option<PathBuf>,
-    /// Bearer token file for the API server (default: the pod's service-account token).
-    #[arg(
-        long,
-        env = "MESH_DESTINATION_KUBE_TOKEN_FILE",
-        requires = "kubernetes"
-    )]
-    pub kube_token_file: Option<PathBuf>,
-    #[arg(
-        long,
-        env = "MESH_DESTINATION_CLUSTER_DOMAIN",
-        default_value = "cluster.local"
-    )]
-    pub cluster_domain: String,
-    #[arg(
-        long,
-        env = "MESH_DESTINATION_TRUST_DOMAIN",
-        default_value = "cluster.local"
-    )]
-    pub trust_domain: String,
-    #[arg(
-        long,
-        env = "MESH_DESTINATION_CONTROL_PLANE_NS",
-        default_value = "linkerd"
-    )]
-    pub control_plane_ns: String,
-    /// error, warn, info, debug or trace.
-    #[arg(long, env = "MESH_DESTINATION_LOG", default_value = "info")]
-    pub log_level: tracing::Level,
-}
+linkerd_control::names!(
+    /// The destination service's environment variables (`MESH_DESTINATION_*`) and defaults.
+    Names,
+    "MESH_DESTINATION",
+    "0.0.0.0:8086",
+    "127.0.0.1:9996"
+);
+
+/// `serve`: the shared flags (`--addr`, `--admin-addr`, `--registry` or `--kubernetes`,
+/// `--registry-poll-ms`, the `--kube-*` flags, the domains, `--log-level`).
+pub type ServeArgs = SourceArgs<Names>;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -132,16 +88,13 @@ pub async fn run(args: Args) -> Result<ExitCode, Error> {
 }
 
 async fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(a.log_level)
-        .with_writer(std::io::stderr)
-        .try_init();
+    a.init_log();
     let source = match &a.registry {
         Some(path) => Source::Registry {
             path: path.clone(),
-            interval: Duration::from_millis(a.registry_poll_ms.max(10)),
+            interval: a.poll_interval(),
         },
-        None => Source::Kubernetes(kube_config(&a)?),
+        None => Source::Kubernetes(KubeApiConfig::from_args(&a.kube)?),
     };
     let config = Config {
         addr: a.addr,
@@ -154,44 +107,8 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
         },
         grace: Duration::from_secs(5),
     };
-    crate::serve(config, shutdown_signal()).await?;
+    crate::serve(config, linkerd_control::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// In-cluster by default; with `--kube-api-url`, only what the flags say.
-fn kube_config(a: &ServeArgs) -> Result<KubeApiConfig, Error> {
-    let mut c = match &a.kube_api_url {
-        None => KubeApiConfig::in_cluster()?,
-        Some(url) => {
-            let url = url
-                .parse()
-                .map_err(|_| Error::Usage(format!("--kube-api-url {url:?} is not a URL")))?;
-            KubeApiConfig::new(url)
-        }
-    };
-    if let Some(ca) = &a.kube_ca {
-        c.ca_file = Some(ca.clone());
-    }
-    if let Some(t) = &a.kube_token_file {
-        c.token_file = Some(t.clone());
-    }
-    Ok(c)
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    tracing::info!("shutting down");
 }
 
 #[cfg(test)]

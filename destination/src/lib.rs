@@ -13,6 +13,8 @@
 //! * [`index`]: every service, plus one topic per watched `(service, port)` shared by all its
 //!   watchers: versioned snapshots, each with the diff from the previous one.
 //! * [`registry`] and [`k8s`]: the two sources; [`k8s_watch`] is the thin API-server layer.
+//!   The registry watcher, the watch loop, the serve sequence, the command-line flags and the
+//!   metrics vocabulary are the control plane's (`linkerd-control`).
 //! * [`grpc`]: the streams. Each `Get` stream holds only the last snapshot it sent, and
 //!   computes what to send next when the client is ready for it. [`get`] serves `Get` on
 //!   hyper with no per-stream encode buffer; tonic serves the rest.
@@ -57,12 +59,9 @@ pub enum Error {
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
     #[error(transparent)]
-    Kube(#[from] k8s_watch::KubeError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    Kube(#[from] linkerd_control::kube::KubeError),
+    #[error(transparent)]
+    Bind(#[from] linkerd_control::BindError),
     #[error("{0}")]
     Usage(String),
     #[error("bench: {0}")]

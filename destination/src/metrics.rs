@@ -1,15 +1,14 @@
-//! Metrics and the admin server (`/metrics`, `/ready`, `/live`).
+//! Metrics (prometheus-client, `linkerd_control::metrics`) and the admin server (`/metrics`,
+//! `/ready`, `/live`).
 
 use crate::{index::Index, model::ServiceKey};
+use linkerd_control::metrics::{
+    self as m, Counter, EncodeLabelSet, Family, Gauge, Registry, SourceMetrics,
+};
 use std::{
     collections::BTreeMap,
-    fmt::Write,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-    },
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
-use tokio::{net::TcpListener, sync::watch};
 
 /// Which API a watcher or lookup is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -18,19 +17,43 @@ pub enum Api {
     Profile,
 }
 
+const APIS: [Api; 2] = [Api::Get, Api::Profile];
+const RESULTS: [&str; 3] = ["ok", "not_found", "invalid"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WatcherLabels {
+    api: &'static str,
+    namespace: String,
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiLabels {
+    api: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LookupLabels {
+    api: &'static str,
+    result: &'static str,
+}
+
 /// Counters shared by the gRPC service, the sources and the admin server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
+    registry: Registry,
+    /// Open watches by (service, API); the gauge family mirrors it, under its lock, so a
+    /// service's series goes away with its last watcher.
     watchers: Mutex<BTreeMap<(ServiceKey, Api), u64>>,
-    updates: [AtomicU64; 2],
-    lookups_ok: [AtomicU64; 2],
-    lookups_not_found: [AtomicU64; 2],
-    lookups_invalid: [AtomicU64; 2],
-    reloads_ok: AtomicU64,
-    reloads_failed: AtomicU64,
-    kube_events: AtomicU64,
-    kube_errors: AtomicU64,
-    ready: AtomicBool,
+    watcher_gauges: Family<WatcherLabels, Gauge>,
+    /// By [`Api`]; resolved once so that counting is one atomic add.
+    updates: [Counter; 2],
+    /// By [`Api`], then result (`ok`, `not_found`, `invalid`).
+    lookups: [[Counter; 3]; 2],
+    source: Arc<SourceMetrics>,
+    index_services: Gauge,
+    index_endpoints: Gauge,
+    index_topics: Gauge,
 }
 
 /// Counts one open watch; uncounts it when dropped with its stream.
@@ -54,10 +77,84 @@ impl Api {
     }
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let watcher_gauges = Family::<WatcherLabels, Gauge>::default();
+        m::gauge(
+            &mut registry,
+            "destination_watchers",
+            "Open Get/GetProfile streams, by service.",
+            watcher_gauges.clone(),
+        );
+        let updates = Family::<ApiLabels, Counter>::default();
+        m::counter(
+            &mut registry,
+            "destination_updates_sent_total",
+            "Messages sent on Get/GetProfile streams.",
+            updates.clone(),
+        );
+        let lookups = Family::<LookupLabels, Counter>::default();
+        m::counter(
+            &mut registry,
+            "destination_lookups_total",
+            "Get/GetProfile requests, by result.",
+            lookups.clone(),
+        );
+        let source = Arc::new(SourceMetrics::default());
+        source.register(&mut registry, "destination");
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            m::gauge(registry, name, help, g.clone());
+            g
+        };
+        let index_services = gauge(
+            &mut registry,
+            "destination_index_services",
+            "Services in the index.",
+        );
+        let index_endpoints = gauge(
+            &mut registry,
+            "destination_index_endpoints",
+            "Ready endpoints over all services.",
+        );
+        let index_topics = gauge(
+            &mut registry,
+            "destination_index_topics",
+            "Watched (service, port) entries, each shared by its watchers.",
+        );
+        Self {
+            registry,
+            watchers: Mutex::default(),
+            watcher_gauges,
+            updates: APIS.map(|a| updates.get_or_create(&ApiLabels { api: a.label() }).clone()),
+            lookups: APIS.map(|a| {
+                RESULTS.map(|result| {
+                    lookups
+                        .get_or_create(&LookupLabels {
+                            api: a.label(),
+                            result,
+                        })
+                        .clone()
+                })
+            }),
+            source,
+            index_services,
+            index_endpoints,
+            index_topics,
+        }
+    }
+}
+
 impl Metrics {
     /// Registers an open watch of `key`.
     pub fn watcher(self: &Arc<Self>, api: Api, key: &ServiceKey) -> WatcherGuard {
-        *self.lock_watchers().entry((key.clone(), api)).or_insert(0) += 1;
+        let mut w = self.lock_watchers();
+        let n = w.entry((key.clone(), api)).or_insert(0);
+        *n += 1;
+        self.watcher_gauges
+            .get_or_create(&watcher_labels(api, key))
+            .set(*n as i64);
         WatcherGuard {
             metrics: self.clone(),
             key: key.clone(),
@@ -65,7 +162,7 @@ impl Metrics {
         }
     }
 
-    fn lock_watchers(&self) -> std::sync::MutexGuard<'_, BTreeMap<(ServiceKey, Api), u64>> {
+    fn lock_watchers(&self) -> MutexGuard<'_, BTreeMap<(ServiceKey, Api), u64>> {
         self.watchers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -79,129 +176,47 @@ impl Metrics {
 
     /// Counts a lookup by result (`None`: the stream was opened).
     pub fn lookup(&self, api: Api, err: Option<&tonic::Status>) {
-        let c = match err.map(tonic::Status::code) {
-            None => &self.lookups_ok,
-            Some(tonic::Code::NotFound) => &self.lookups_not_found,
-            Some(_) => &self.lookups_invalid,
+        let result = match err.map(tonic::Status::code) {
+            None => 0,
+            Some(tonic::Code::NotFound) => 1,
+            Some(_) => 2,
         };
-        c[api.i()].fetch_add(1, Relaxed);
+        self.lookups[api.i()][result].inc();
     }
 
     pub fn profile_sent(&self) {
-        self.updates[Api::Profile.i()].fetch_add(1, Relaxed);
+        self.updates[Api::Profile.i()].inc();
     }
 
     pub fn updates_sent(&self, api: Api) -> u64 {
-        self.updates[api.i()].load(Relaxed)
+        self.updates[api.i()].get()
     }
 
-    pub fn reloaded(&self, ok: bool) {
-        let c = if ok {
-            &self.reloads_ok
-        } else {
-            &self.reloads_failed
-        };
-        c.fetch_add(1, Relaxed);
+    /// What the sources (registry file, Kubernetes) count.
+    pub fn source(&self) -> &Arc<SourceMetrics> {
+        &self.source
     }
 
     pub fn reload_errors(&self) -> u64 {
-        self.reloads_failed.load(Relaxed)
-    }
-
-    pub fn kube_event(&self) {
-        self.kube_events.fetch_add(1, Relaxed);
-    }
-
-    pub fn kube_error(&self) {
-        self.kube_errors.fetch_add(1, Relaxed);
+        self.source.reload_errors()
     }
 
     /// The source has loaded its first full state.
-    pub fn set_ready(&self) {
-        self.ready.store(true, Relaxed);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Relaxed)
-    }
-
     /// Prometheus text exposition.
     pub fn render(&self, index: &Index) -> String {
         let stats = index.stats();
-        let mut s = String::with_capacity(2048);
-        s.push_str(
-            "# HELP destination_watchers Open Get/GetProfile streams, by service.\n\
-             # TYPE destination_watchers gauge\n",
-        );
-        for ((key, api), n) in self.lock_watchers().iter().filter(|(_, n)| **n > 0) {
-            let _ = writeln!(
-                s,
-                "destination_watchers{{api=\"{}\",namespace=\"{}\",service=\"{}\"}} {n}",
-                api.label(),
-                key.namespace,
-                key.name
-            );
-        }
-        s.push_str(
-            "# HELP destination_updates_sent_total Messages sent on Get/GetProfile streams.\n\
-             # TYPE destination_updates_sent_total counter\n",
-        );
-        for api in [Api::Get, Api::Profile] {
-            let _ = writeln!(
-                s,
-                "destination_updates_sent_total{{api=\"{}\"}} {}",
-                api.label(),
-                self.updates_sent(api)
-            );
-        }
-        s.push_str(
-            "# HELP destination_lookups_total Get/GetProfile requests, by result.\n\
-             # TYPE destination_lookups_total counter\n",
-        );
-        for api in [Api::Get, Api::Profile] {
-            for (result, c) in [
-                ("ok", &self.lookups_ok),
-                ("not_found", &self.lookups_not_found),
-                ("invalid", &self.lookups_invalid),
-            ] {
-                let _ = writeln!(
-                    s,
-                    "destination_lookups_total{{api=\"{}\",result=\"{result}\"}} {}",
-                    api.label(),
-                    c[api.i()].load(Relaxed)
-                );
-            }
-        }
-        let _ = writeln!(
-            s,
-            "# HELP destination_registry_reloads_total Registry file changes applied or rejected.\n\
-             # TYPE destination_registry_reloads_total counter\n\
-             destination_registry_reloads_total{{result=\"ok\"}} {}\n\
-             destination_registry_reloads_total{{result=\"error\"}} {}\n\
-             # HELP destination_kube_events_total Kubernetes watch events applied.\n\
-             # TYPE destination_kube_events_total counter\n\
-             destination_kube_events_total {}\n\
-             # HELP destination_kube_watch_errors_total Kubernetes watch errors (each is retried).\n\
-             # TYPE destination_kube_watch_errors_total counter\n\
-             destination_kube_watch_errors_total {}\n\
-             # HELP destination_index_services Services in the index.\n\
-             # TYPE destination_index_services gauge\n\
-             destination_index_services {}\n\
-             # HELP destination_index_endpoints Ready endpoints over all services.\n\
-             # TYPE destination_index_endpoints gauge\n\
-             destination_index_endpoints {}\n\
-             # HELP destination_index_topics Watched (service, port) entries, each shared by its watchers.\n\
-             # TYPE destination_index_topics gauge\n\
-             destination_index_topics {}",
-            self.reloads_ok.load(Relaxed),
-            self.reloads_failed.load(Relaxed),
-            self.kube_events.load(Relaxed),
-            self.kube_errors.load(Relaxed),
-            stats.services,
-            stats.endpoints,
-            stats.topics,
-        );
-        s
+        self.index_services.set(stats.services as i64);
+        self.index_endpoints.set(stats.endpoints as i64);
+        self.index_topics.set(stats.topics as i64);
+        m::encode(&[&self.registry])
+    }
+}
+
+fn watcher_labels(api: Api, key: &ServiceKey) -> WatcherLabels {
+    WatcherLabels {
+        api: api.label(),
+        namespace: key.namespace.to_string(),
+        service: key.name.to_string(),
     }
 }
 
@@ -210,7 +225,7 @@ impl Metrics {
 impl WatcherGuard {
     /// Counts one message sent on this stream.
     pub fn sent(&self) {
-        self.metrics.updates[self.api.i()].fetch_add(1, Relaxed);
+        self.metrics.updates[self.api.i()].inc();
     }
 }
 
@@ -220,26 +235,35 @@ impl Drop for WatcherGuard {
         let k = (self.key.clone(), self.api);
         if let Some(n) = w.get_mut(&k) {
             *n = n.saturating_sub(1);
+            let labels = watcher_labels(self.api, &self.key);
             if *n == 0 {
                 w.remove(&k);
+                self.metrics.watcher_gauges.remove(&labels);
+            } else {
+                self.metrics
+                    .watcher_gauges
+                    .get_or_create(&labels)
+                    .set(*n as i64);
             }
         }
     }
 }
 
-/// Serves `/metrics`, `/ready` and `/live` until `shutdown` turns true.
-pub(crate) async fn serve_admin(
-    listener: TcpListener,
+/// What the admin server answers: the metrics text, and ready once a source has loaded.
+pub(crate) fn admin(
     index: Arc<Index>,
     metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
+) -> (
+    impl Fn() -> String + Clone + Send + Sync + 'static,
+    impl Fn() -> Result<(), &'static str> + Clone + Send + Sync + 'static,
 ) {
     let m = metrics.clone();
     let ready = move || {
         metrics
+            .source()
             .is_ready()
             .then_some(())
             .ok_or("no discovery state loaded yet")
     };
-    linkerd_control::serve_admin(listener, shutdown, move || m.render(&index), ready).await
+    (move || m.render(&index), ready)
 }

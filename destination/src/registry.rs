@@ -30,29 +30,17 @@ use crate::{
     metrics::Metrics,
     model::{Backend, DEFAULT_WEIGHT, Identity, Service, ServiceKey, ServicePort, TargetPort},
 };
+use linkerd_control::watch_file::{self, FileWatcher};
 use proto::id::{IdentityName, is_dns_label};
 use serde::Deserialize;
 use std::{
     collections::{BTreeMap, HashMap},
-    hash::{DefaultHasher, Hash, Hasher},
     net::IpAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
-    time::{Duration, SystemTime},
 };
-use tokio::sync::watch;
 
-/// Why a registry file was rejected.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
-}
+pub use linkerd_control::watch_file::{Polled, RegistryError};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -282,175 +270,56 @@ fn backend(
     }))
 }
 
-/// Reads and parses a registry file (on a blocking thread: a big file takes a while).
-pub async fn load(
-    path: &Path,
-    ids: &IdentityConfig,
-) -> Result<HashMap<ServiceKey, Service>, RegistryError> {
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|source| RegistryError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-    parse_blocking(path, text, ids).await
+/// The destination's side of the registry file: its services, applied to the index.
+#[derive(Debug)]
+pub struct Services {
+    ids: IdentityConfig,
+    index: Arc<Index>,
 }
 
-async fn parse_blocking(
-    path: &Path,
-    text: String,
-    ids: &IdentityConfig,
-) -> Result<HashMap<ServiceKey, Service>, RegistryError> {
-    let ids = ids.clone();
-    let invalid = |message| RegistryError::Invalid {
-        path: path.display().to_string(),
-        message,
-    };
-    tokio::task::spawn_blocking(move || parse(&text, &ids))
-        .await
-        .map_err(|e| invalid(format!("parser failed: {e}")))?
-        .map_err(invalid)
-}
+impl watch_file::Registry for Services {
+    type State = HashMap<ServiceKey, Service>;
 
-/// How long a changed file must stay the same before it is parsed.
-const SETTLE: Duration = Duration::from_millis(20);
+    fn parse(&self, text: &str) -> Result<Self::State, String> {
+        parse(text, &self.ids)
+    }
 
-fn hash(text: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
+    /// How many services changed.
+    fn apply(&self, services: Self::State) -> usize {
+        self.index.reset(services)
+    }
 }
 
 // === impl RegistryWatcher ===
 
-/// Polls the registry file and applies changes to the index.
-#[derive(Debug)]
-pub struct RegistryWatcher {
+/// Polls the registry file and applies changes to the index (`linkerd_control::watch_file`).
+pub type RegistryWatcher = FileWatcher<Services>;
+
+/// A watcher that has read nothing yet: its first poll applies the file.
+pub fn watcher(
     path: PathBuf,
     ids: IdentityConfig,
     index: Arc<Index>,
-    metrics: Arc<Metrics>,
-    /// The file's modification time and length at the last read.
-    stat: Option<(SystemTime, u64)>,
-    /// The hash of the content last parsed, good or bad.
-    hash: Option<u64>,
-    /// The last read error reported (so a missing file is reported once).
-    read_error: Option<String>,
+    metrics: &Metrics,
+) -> RegistryWatcher {
+    FileWatcher::new(
+        path,
+        Arc::new(Services { ids, index }),
+        metrics.source().clone(),
+    )
 }
 
-/// What one poll did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Polled {
-    Unchanged,
-    /// Applied; this many services changed.
-    Applied(usize),
-    Rejected,
-}
-
-impl RegistryWatcher {
-    pub fn new(
-        path: PathBuf,
-        ids: IdentityConfig,
-        index: Arc<Index>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
-            path,
-            ids,
-            index,
-            metrics,
-            stat: None,
-            hash: None,
-            read_error: None,
-        }
-    }
-
-    /// Polls every `every` until `stop` turns true.
-    pub async fn run(mut self, every: Duration, mut stop: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    self.poll().await;
-                }
-                _ = crate::server::stopped(&mut stop) => return,
-            }
-        }
-    }
-
-    /// Checks the file once. It is read when its mtime or size changed, or was modified in
-    /// the last two seconds (mtime granularity); it is parsed only if its content changed.
-    pub async fn poll(&mut self) -> Polled {
-        let meta = match tokio::fs::metadata(&self.path).await {
-            Ok(m) => m,
-            Err(e) => return self.read_failed(e),
-        };
-        let stat = (
-            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            meta.len(),
-        );
-        let recent = SystemTime::now()
-            .duration_since(stat.0)
-            .map_or(true, |age| age < Duration::from_secs(2));
-        if self.stat == Some(stat) && !recent {
-            return Polled::Unchanged;
-        }
-        let text = match self.read_settled().await {
-            Ok(Some(t)) => t,
-            // Still being written: look again on the next poll.
-            Ok(None) => return Polled::Unchanged,
-            Err(e) => return self.read_failed(e),
-        };
-        self.stat = Some(stat);
-        self.read_error = None;
-        let hash = hash(&text);
-        if self.hash == Some(hash) {
-            return Polled::Unchanged;
-        }
-        self.hash = Some(hash);
-        match parse_blocking(&self.path, text, &self.ids).await {
-            Ok(services) => {
-                let n = services.len();
-                let changed = self.index.reset(services);
-                self.metrics.reloaded(true);
-                self.metrics.set_ready();
-                tracing::info!(path = %self.path.display(), services = n, changed, "registry applied");
-                Polled::Applied(changed)
-            }
-            Err(e) => {
-                self.metrics.reloaded(false);
-                tracing::error!(error = %e, "registry rejected; keeping the last good state");
-                Polled::Rejected
-            }
-        }
-    }
-
-    /// Reads the file twice, a moment apart; `None` if it changed in between (a writer
-    /// that truncates and then writes is not read half-way).
-    async fn read_settled(&self) -> std::io::Result<Option<String>> {
-        let first = tokio::fs::read_to_string(&self.path).await?;
-        if self.hash == Some(hash(&first)) {
-            return Ok(Some(first));
-        }
-        tokio::time::sleep(SETTLE).await;
-        let second = tokio::fs::read_to_string(&self.path).await?;
-        Ok((first == second).then_some(second))
-    }
-
-    fn read_failed(&mut self, e: std::io::Error) -> Polled {
-        let msg = e.to_string();
-        if self.read_error.as_ref() == Some(&msg) {
-            return Polled::Unchanged;
-        }
-        self.read_error = Some(msg);
-        self.stat = None;
-        self.metrics.reloaded(false);
-        let e = RegistryError::Read {
-            path: self.path.display().to_string(),
-            source: e,
-        };
-        tracing::error!(error = %e, "registry unreadable; keeping the last good state");
-        Polled::Rejected
-    }
+/// Loads and applies the file (an error if it is bad: there is no last good state yet).
+pub async fn start_watcher(
+    path: PathBuf,
+    ids: IdentityConfig,
+    index: Arc<Index>,
+    metrics: &Metrics,
+) -> Result<RegistryWatcher, RegistryError> {
+    FileWatcher::start(
+        path,
+        Arc::new(Services { ids, index }),
+        metrics.source().clone(),
+    )
+    .await
 }

@@ -8,7 +8,7 @@ use linkerd_destination::{
     index::Index,
     metrics::Metrics,
     model::ServiceKey,
-    registry::{Polled, RegistryWatcher},
+    registry::{self, Polled},
 };
 use std::{sync::Arc, time::Duration};
 use support::*;
@@ -30,11 +30,11 @@ async fn reloads_apply_and_invalid_edits_keep_the_last_good_state() {
     std::fs::write(&path, doc(&["10.0.0.1"])).unwrap();
     let index = Arc::new(Index::new());
     let metrics = Arc::new(Metrics::default());
-    let mut w = RegistryWatcher::new(
+    let mut w = registry::watcher(
         path.clone(),
         IdentityConfig::default(),
         index.clone(),
-        metrics.clone(),
+        &metrics,
     );
     assert_eq!(w.poll().await, Polled::Applied(1));
     assert_eq!(

@@ -11,9 +11,10 @@ use crate::{
 };
 use clap::{ArgGroup, Parser, Subcommand};
 use proto::id::IdentityName;
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-pub use crate::duration::parse as parse_duration;
+/// The control plane's duration grammar (`20s`, `24h`, `90d`, `1h30m`, `500ms`).
+pub use linkerd_control::duration::parse as parse_duration;
 
 #[derive(Debug, Parser)]
 pub struct Args {
@@ -70,17 +71,21 @@ pub struct RotateArgs {
     pub issuer_lifetime: Duration,
 }
 
+linkerd_control::names!(
+    /// The identity service's environment variables (`MESH_IDENTITY_*`) and defaults.
+    Names,
+    "MESH_IDENTITY",
+    "0.0.0.0:8080",
+    "127.0.0.1:9990"
+);
+
+/// `serve`: the shared flags (`--addr`, `--admin-addr`, `--log-level`, `--kubernetes` and the
+/// `--kube-*` flags, for TokenReview) and the identity service's.
 #[derive(Debug, clap::Args)]
 #[command(group(ArgGroup::new("auth").required(true).args(["token_key", "kubernetes"])))]
 pub struct ServeArgs {
-    #[arg(long, env = "MESH_IDENTITY_ADDR", default_value = "0.0.0.0:8080")]
-    pub addr: SocketAddr,
-    #[arg(
-        long,
-        env = "MESH_IDENTITY_ADMIN_ADDR",
-        default_value = "127.0.0.1:9990"
-    )]
-    pub admin_addr: SocketAddr,
+    #[command(flatten)]
+    pub serve: linkerd_control::args::ServeArgs<Names>,
     /// PEM bundle of trust anchors.
     #[arg(long, env = "MESH_IDENTITY_TRUST_ANCHORS")]
     pub trust_anchors: PathBuf,
@@ -93,18 +98,6 @@ pub struct ServeArgs {
     /// Accept local HMAC tokens signed with this key file (see `mesh identity token`).
     #[arg(long, env = "MESH_IDENTITY_TOKEN_KEY")]
     pub token_key: Option<PathBuf>,
-    /// Check Kubernetes service-account tokens with TokenReview (in-cluster config).
-    #[arg(long, env = "MESH_IDENTITY_KUBERNETES")]
-    pub kubernetes: bool,
-    /// API server URL instead of KUBERNETES_SERVICE_HOST/PORT (e.g. http://127.0.0.1:8001).
-    #[arg(long, env = "MESH_IDENTITY_KUBE_API_URL", requires = "kubernetes")]
-    pub kube_api_url: Option<String>,
-    /// CA bundle for the API server (default: the pod's service-account ca.crt).
-    #[arg(long, env = "MESH_IDENTITY_KUBE_CA", requires = "kubernetes")]
-    pub kube_ca: Option<PathBuf>,
-    /// Bearer token file for the API server (default: the pod's service-account token).
-    #[arg(long, env = "MESH_IDENTITY_KUBE_TOKEN_FILE", requires = "kubernetes")]
-    pub kube_token_file: Option<PathBuf>,
     #[arg(
         long,
         env = "MESH_IDENTITY_TRUST_DOMAIN",
@@ -126,9 +119,13 @@ pub struct ServeArgs {
     /// How often the issuer files are checked for changes.
     #[arg(long, env = "MESH_IDENTITY_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub reload_interval: Duration,
-    /// error, warn, info, debug or trace.
-    #[arg(long, env = "MESH_IDENTITY_LOG", default_value = "info")]
-    pub log_level: tracing::Level,
+}
+
+impl std::ops::Deref for ServeArgs {
+    type Target = linkerd_control::args::ServeArgs<Names>;
+    fn deref(&self) -> &Self::Target {
+        &self.serve
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -274,10 +271,7 @@ async fn rotate(a: RotateArgs) -> Result<ExitCode, Error> {
 }
 
 async fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(a.log_level)
-        .with_writer(std::io::stderr)
-        .try_init();
+    a.init_log();
     let auth = match &a.token_key {
         Some(key_file) => AuthConfig::Local {
             key_file: key_file.clone(),
@@ -297,44 +291,23 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
         },
         reload_interval: a.reload_interval,
     };
-    crate::serve(config, shutdown_signal()).await?;
+    crate::serve(config, linkerd_control::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// In-cluster by default; with `--kube-api-url`, only what the flags say.
 fn kube_config(a: &ServeArgs) -> Result<TokenReviewConfig, Error> {
-    let mut c = match &a.kube_api_url {
+    let mut c = match a.kube.api_url().map_err(Error::Usage)? {
         None => TokenReviewConfig::in_cluster(&a.control_plane_ns, &a.trust_domain)?,
-        Some(url) => {
-            let url = url
-                .parse()
-                .map_err(|_| Error::Usage(format!("--kube-api-url {url:?} is not a URL")))?;
-            TokenReviewConfig::new(url, &a.control_plane_ns, &a.trust_domain)
-        }
+        Some(url) => TokenReviewConfig::new(url, &a.control_plane_ns, &a.trust_domain),
     };
-    if let Some(ca) = &a.kube_ca {
+    if let Some(ca) = &a.kube.kube_ca {
         c.ca_file = Some(ca.clone());
     }
-    if let Some(t) = &a.kube_token_file {
+    if let Some(t) = &a.kube.kube_token_file {
         c.token_file = Some(t.clone());
     }
     Ok(c)
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    tracing::info!("shutting down");
 }
 
 #[cfg(test)]

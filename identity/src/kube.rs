@@ -6,8 +6,8 @@
 //! `status.user.username = system:serviceaccount:<ns>:<sa>` becomes the identity
 //! `<sa>.<ns>.serviceaccount.identity.<control-plane-ns>.<trust-domain>`.
 //!
-//! This is hand-written on hyper 1 + tokio-rustls (ring) rather than kube-rs: one POST does
-//! not justify kube + k8s-openapi's build time (see the crate README), and the client here
+//! This is hand-written on hyper 1 + tokio-rustls (ring) rather than on kube's client: one
+//! POST, and this crate builds without kube and k8s-openapi (see the crate README); the client
 //! reuses the HTTP/TLS stack the workspace already compiles. Connections are kept alive in a
 //! small pool; the API server's bearer token is reread on every call (kubelet rotates it).
 

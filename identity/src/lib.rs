@@ -42,7 +42,6 @@ pub mod bench;
 pub mod ca;
 pub mod certify;
 pub mod csr;
-pub mod duration;
 pub mod grpc;
 pub mod kube;
 pub mod metrics;
@@ -68,11 +67,8 @@ pub enum Error {
     TokenKey(#[from] token::KeyError),
     #[error(transparent)]
     Kube(#[from] kube::KubeError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] linkerd_control::BindError),
     #[error("gRPC server: {0}")]
     Serve(#[source] tonic::transport::Error),
     #[error(transparent)]

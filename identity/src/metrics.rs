@@ -1,14 +1,11 @@
-//! Metrics and the admin server (`/metrics`, `/ready`, `/live`).
+//! Metrics (prometheus-client, `linkerd_control::metrics`) and the admin server (`/metrics`,
+//! `/ready`, `/live`).
 
 use crate::ca::Ca;
-use std::{
-    fmt::Write,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
-    time::SystemTime,
+use linkerd_control::metrics::{
+    self as m, Counter, EncodeLabelSet, Family, Gauge, Outcomes, Registry,
 };
+use std::{sync::Arc, time::SystemTime};
 use tokio::{net::TcpListener, sync::watch};
 
 /// Every rejection reason label (see the README's error table).
@@ -27,18 +24,59 @@ pub const REASONS: &[&str] = &[
     "internal",
 ];
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 /// Counters shared by the gRPC service, the issuer watcher and the admin server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    issued: AtomicU64,
-    rejected: [AtomicU64; REASONS.len()],
-    reloads_ok: AtomicU64,
-    reloads_failed: AtomicU64,
+    registry: Registry,
+    issued: Counter,
+    /// By [`REASONS`], resolved once.
+    rejected: Vec<Counter>,
+    reloads: Outcomes,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let issued = Counter::default();
+        m::counter(
+            &mut registry,
+            "identity_certificates_issued_total",
+            "Leaf certificates issued.",
+            issued.clone(),
+        );
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        m::counter(
+            &mut registry,
+            "identity_certify_rejections_total",
+            "Certify requests rejected, by reason.",
+            rejected.clone(),
+        );
+        let reloads = Outcomes::default();
+        reloads.register(
+            &mut registry,
+            "identity_issuer_reloads_total",
+            "Issuer changes seen on disk, by result.",
+        );
+        Self {
+            registry,
+            issued,
+            rejected: REASONS
+                .iter()
+                .map(|&reason| rejected.get_or_create(&ReasonLabels { reason }).clone())
+                .collect(),
+            reloads,
+        }
+    }
 }
 
 impl Metrics {
     pub fn issued(&self) {
-        self.issued.fetch_add(1, Relaxed);
+        self.issued.inc();
     }
 
     /// Counts a rejection; `reason` should be one of [`REASONS`] (else it counts as
@@ -48,73 +86,48 @@ impl Metrics {
             .iter()
             .position(|r| *r == reason)
             .unwrap_or(REASONS.len() - 1);
-        self.rejected[i].fetch_add(1, Relaxed);
+        self.rejected[i].inc();
     }
 
     pub fn reloaded(&self, ok: bool) {
-        let c = if ok {
-            &self.reloads_ok
-        } else {
-            &self.reloads_failed
-        };
-        c.fetch_add(1, Relaxed);
+        self.reloads.record(ok);
     }
 
     pub fn issued_total(&self) -> u64 {
-        self.issued.load(Relaxed)
+        self.issued.get()
     }
 
     pub fn rejected_total(&self, reason: &str) -> u64 {
         REASONS
             .iter()
             .position(|r| *r == reason)
-            .map_or(0, |i| self.rejected[i].load(Relaxed))
+            .map_or(0, |i| self.rejected[i].get())
     }
 
-    /// Prometheus text exposition.
+    /// Prometheus text exposition. The issuer's gauges appear once an issuer is loaded.
     pub fn render(&self, ca: &Ca) -> String {
-        let mut s = String::with_capacity(2048);
-        let _ = writeln!(
-            s,
-            "# HELP identity_certificates_issued_total Leaf certificates issued.\n\
-             # TYPE identity_certificates_issued_total counter\n\
-             identity_certificates_issued_total {}",
-            self.issued_total()
-        );
-        s.push_str(
-            "# HELP identity_certify_rejections_total Certify requests rejected, by reason.\n\
-             # TYPE identity_certify_rejections_total counter\n",
-        );
-        for (reason, n) in REASONS.iter().zip(&self.rejected) {
-            let _ = writeln!(
-                s,
-                "identity_certify_rejections_total{{reason=\"{reason}\"}} {}",
-                n.load(Relaxed)
+        let mut issuer = Registry::default();
+        if let Some(i) = ca.issuer() {
+            let expiry = i.not_after();
+            let gauge = |registry: &mut Registry, name: &str, help: &str, v: i64| {
+                let g = Gauge::<i64>::default();
+                g.set(v);
+                m::gauge(registry, name, help, g);
+            };
+            gauge(
+                &mut issuer,
+                "identity_issuer_expiry_timestamp_seconds",
+                "When the issuer (or its chain) expires.",
+                expiry,
+            );
+            gauge(
+                &mut issuer,
+                "issuer_cert_ttl_seconds",
+                "Seconds until the issuer expires (Linkerd's name).",
+                expiry - crate::ca::unix(SystemTime::now()),
             );
         }
-        let _ = writeln!(
-            s,
-            "# HELP identity_issuer_reloads_total Issuer changes seen on disk, by result.\n\
-             # TYPE identity_issuer_reloads_total counter\n\
-             identity_issuer_reloads_total{{result=\"ok\"}} {}\n\
-             identity_issuer_reloads_total{{result=\"error\"}} {}",
-            self.reloads_ok.load(Relaxed),
-            self.reloads_failed.load(Relaxed)
-        );
-        if let Some(issuer) = ca.issuer() {
-            let expiry = issuer.not_after();
-            let ttl = expiry - crate::ca::unix(SystemTime::now());
-            let _ = writeln!(
-                s,
-                "# HELP identity_issuer_expiry_timestamp_seconds When the issuer (or its chain) expires.\n\
-                 # TYPE identity_issuer_expiry_timestamp_seconds gauge\n\
-                 identity_issuer_expiry_timestamp_seconds {expiry}\n\
-                 # HELP issuer_cert_ttl_seconds Seconds until the issuer expires (Linkerd's name).\n\
-                 # TYPE issuer_cert_ttl_seconds gauge\n\
-                 issuer_cert_ttl_seconds {ttl}"
-            );
-        }
-        s
+        m::encode(&[&self.registry, &issuer])
     }
 }
 

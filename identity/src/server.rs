@@ -9,6 +9,7 @@ use crate::{
     metrics::{Metrics, serve_admin},
     token::{AuthError, Authenticator, LocalTokens},
 };
+use linkerd_control::{Listeners, stopped};
 use proto::id::IdentityName;
 use std::{
     future::Future,
@@ -17,7 +18,7 @@ use std::{
     sync::Arc,
     time::Duration,
 };
-use tokio::{net::TcpListener, sync::watch};
+use tokio::sync::watch;
 
 /// Everything `serve` needs.
 #[derive(Clone, Debug)]
@@ -63,8 +64,7 @@ impl Authenticator for AnyAuth {
 /// Bound listeners and loaded state, ready to [`Bound::run`].
 #[derive(Debug)]
 pub struct Bound {
-    grpc: TcpListener,
-    admin: TcpListener,
+    listeners: Listeners,
     certifier: Arc<Certifier<AnyAuth>>,
     metrics: Arc<Metrics>,
     watcher: IssuerWatcher,
@@ -97,14 +97,8 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         }
         AuthConfig::Kubernetes(c) => AnyAuth::Kubernetes(TokenReview::new(c).await?),
     };
-    let listen = |addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { addr, source })
-    };
     Ok(Bound {
-        grpc: listen(config.addr).await?,
-        admin: listen(config.admin_addr).await?,
+        listeners: Listeners::bind(config.addr, config.admin_addr).await?,
         certifier: Arc::new(Certifier::new(ca, auth)),
         metrics,
         watcher,
@@ -119,11 +113,11 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) ->
 
 impl Bound {
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
-        self.grpc.local_addr()
+        self.listeners.addr()
     }
 
     pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
-        self.admin.local_addr()
+        self.listeners.admin_addr()
     }
 
     pub fn ca(&self) -> &Arc<Ca> {
@@ -139,17 +133,17 @@ impl Bound {
         let (stop, stopped) = watch::channel(false);
         let ca = self.certifier.ca().clone();
         let admin = tokio::spawn(serve_admin(
-            self.admin,
+            self.listeners.admin,
             ca,
             self.metrics.clone(),
             stopped.clone(),
         ));
         let watcher = tokio::spawn(self.watcher.run(self.reload_interval, stopped));
-        if let Ok(addr) = self.grpc.local_addr() {
+        if let Ok(addr) = self.listeners.main.local_addr() {
             tracing::info!(%addr, "identity gRPC listening");
         }
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
+        let incoming = tonic::transport::server::TcpIncoming::from(self.listeners.main)
+            .with_nodelay(Some(true));
         let svc = IdentityGrpc::new(self.certifier, self.metrics).into_server();
         let result = tonic::transport::Server::builder()
             .add_service(svc)
@@ -272,8 +266,6 @@ impl IssuerWatcher {
         }
     }
 }
-
-pub(crate) use linkerd_control::stopped;
 
 async fn read(path: &Path) -> Result<Vec<u8>, Error> {
     tokio::fs::read(path).await.map_err(|source| Error::Read {

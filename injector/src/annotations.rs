@@ -168,15 +168,15 @@ pub fn parse_quantity(v: &str) -> Result<f64, String> {
     Ok(n * mult)
 }
 
-/// Linkerd-style durations for `shutdown-grace-period`: `30s`, `500ms`, `2m`, `1h`.
-pub fn parse_duration(v: &str) -> Result<(), String> {
-    let v = v.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    if num.is_empty() || !matches!(unit, "ms" | "s" | "m" | "h") {
-        return Err(format!("{v:?} is not a duration (e.g. 500ms, 30s, 2m, 1h)"));
-    }
-    Ok(())
+/// `shutdown-grace-period`, in the control plane's duration grammar (`30s`, `500ms`, `2m`,
+/// `1h`, `1m30s`, `1.5s`): what to write into the proxy's environment, in a form the proxy
+/// reads (whole milliseconds or a larger unit: `30s`, `90s`, `1500ms`).
+pub fn parse_duration(v: &str) -> Result<String, String> {
+    let d = linkerd_control::duration::parse(v)?;
+    let ms = u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+    Ok(linkerd_control::duration::format(
+        std::time::Duration::from_millis(ms),
+    ))
 }
 
 #[cfg(test)]
@@ -204,6 +204,24 @@ mod tests {
         assert!(parse_subnets("10.0.0.0/33").is_err());
         assert!(parse_subnets("10.0.0.0").is_err());
         assert!(parse_subnets("example/8").is_err());
+    }
+
+    #[test]
+    fn grace_periods_are_written_as_the_proxy_reads_them() {
+        for (v, env) in [
+            ("30s", "30s"),
+            ("500ms", "500ms"),
+            ("2m", "2m"),
+            ("1h", "1h"),
+            ("1m30s", "90s"),
+            ("1.5s", "1500ms"),
+            ("250us", "1ms"),
+        ] {
+            assert_eq!(parse_duration(v).as_deref(), Ok(env), "{v}");
+        }
+        for bad in ["", "30", "-1s", "soon"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -5,15 +5,13 @@ use crate::{
     Error,
     config::InjectConfig,
     events::Events,
-    namespaces::{KubeApiConfig, NamespaceMap, Namespaces},
+    namespaces::{NamespaceMap, Namespaces},
     server::Config,
     workload::{self, ReportOutcome},
 };
 use clap::{ArgGroup, Parser, Subcommand};
-use std::{
-    collections::BTreeMap, io::Read, net::SocketAddr, path::PathBuf, process::ExitCode,
-    time::Duration,
-};
+use linkerd_control::kube::KubeApiConfig;
+use std::{collections::BTreeMap, io::Read, path::PathBuf, process::ExitCode, time::Duration};
 
 #[derive(Debug, Parser)]
 pub struct Args {
@@ -57,17 +55,21 @@ pub struct ProxyArgs {
     pub proxy_version: String,
 }
 
+linkerd_control::names!(
+    /// The injector's environment variables (`MESH_INJECTOR_*`) and defaults.
+    Names,
+    "MESH_INJECTOR",
+    "0.0.0.0:8443",
+    "127.0.0.1:9995"
+);
+
+/// `serve`: the shared flags (`--addr`, `--admin-addr`, `--log-level`, `--kubernetes` and the
+/// `--kube-*` flags) and the webhook's.
 #[derive(Debug, clap::Args)]
 #[command(group(ArgGroup::new("namespaces").required(true).args(["kubernetes", "namespaces_file"])))]
 pub struct ServeArgs {
-    #[arg(long, env = "MESH_INJECTOR_ADDR", default_value = "0.0.0.0:8443")]
-    pub addr: SocketAddr,
-    #[arg(
-        long,
-        env = "MESH_INJECTOR_ADMIN_ADDR",
-        default_value = "127.0.0.1:9995"
-    )]
-    pub admin_addr: SocketAddr,
+    #[command(flatten)]
+    pub serve: linkerd_control::args::ServeArgs<Names>,
     /// PEM serving certificate (chain) for the webhook.
     #[arg(long, env = "MESH_INJECTOR_TLS_CERT")]
     pub tls_cert: PathBuf,
@@ -76,18 +78,16 @@ pub struct ServeArgs {
     pub tls_key: PathBuf,
     #[command(flatten)]
     pub proxy: ProxyArgs,
-    /// Read namespace annotations from the API server (in-cluster config).
-    #[arg(long, env = "MESH_INJECTOR_KUBERNETES")]
-    pub kubernetes: bool,
     /// Instead of the API server: a YAML map of namespace → annotations.
     #[arg(long, env = "MESH_INJECTOR_NAMESPACES_FILE")]
     pub namespaces_file: Option<PathBuf>,
-    /// API server URL instead of KUBERNETES_SERVICE_HOST/PORT (e.g. http://127.0.0.1:8001).
-    #[arg(long, env = "MESH_INJECTOR_KUBE_API_URL", requires = "kubernetes")]
-    pub kube_api_url: Option<String>,
-    /// error, warn, info, debug or trace.
-    #[arg(long, env = "MESH_INJECTOR_LOG", default_value = "info")]
-    pub log_level: tracing::Level,
+}
+
+impl std::ops::Deref for ServeArgs {
+    type Target = linkerd_control::args::ServeArgs<Names>;
+    fn deref(&self) -> &Self::Target {
+        &self.serve
+    }
 }
 
 /// `mesh inject FILE|DIR|-`.
@@ -143,10 +143,7 @@ pub async fn run(args: Args) -> Result<ExitCode, Error> {
 }
 
 async fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(a.log_level)
-        .with_writer(std::io::stderr)
-        .try_init();
+    a.init_log();
     let proxy = a.proxy.clone();
     let inject = tokio::task::spawn_blocking(move || proxy.inject_config())
         .await
@@ -168,18 +165,8 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
             (Namespaces::Static(map), Events::none())
         }
         None => {
-            let api_url =
-                match &a.kube_api_url {
-                    None => None,
-                    Some(url) => Some(url.parse().map_err(|_| {
-                        Error::Usage(format!("--kube-api-url {url:?} is not a URL"))
-                    })?),
-                };
-            let api = KubeApiConfig {
-                api_url,
-                ..KubeApiConfig::default()
-            };
-            let client = api.client().await?;
+            let api = KubeApiConfig::from_args(&a.kube).map_err(|e| Error::Usage(e.to_string()))?;
+            let client = api.client().await.map_err(|e| Error::Kube(e.to_string()))?;
             (Namespaces::Kube(client.clone()), Events::kube(client))
         }
     };
@@ -193,7 +180,7 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
         events,
         grace: Duration::from_secs(5),
     };
-    crate::server::serve(config, shutdown_signal()).await?;
+    crate::server::serve(config, linkerd_control::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -328,20 +315,4 @@ fn collect(dir: &std::path::Path, recursive: bool, out: &mut Vec<PathBuf>) -> Re
         }
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    tracing::info!("shutting down");
 }

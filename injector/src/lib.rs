@@ -44,11 +44,8 @@ pub enum Error {
     },
     #[error("TLS: {0}")]
     Tls(String),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] linkerd_control::BindError),
     #[error("Kubernetes client: {0}")]
     Kube(String),
     #[error("{0}")]

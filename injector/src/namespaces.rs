@@ -3,7 +3,7 @@
 //! when there is no cluster.
 
 use k8s_openapi::api::core::v1::Namespace;
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 /// Annotations by namespace name.
 pub type NamespaceMap = BTreeMap<String, BTreeMap<String, String>>;
@@ -25,34 +25,8 @@ impl std::fmt::Debug for Namespaces {
     }
 }
 
-/// How to reach the API server. Without a URL, kube's inference (in-cluster first).
-#[derive(Clone, Debug, Default)]
-pub struct KubeApiConfig {
-    pub api_url: Option<http::Uri>,
-    pub ca_file: Option<PathBuf>,
-    pub token_file: Option<PathBuf>,
-}
-
 /// How long one namespace lookup may take (the API server gives the webhook 10 s in all).
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
-
-impl KubeApiConfig {
-    pub async fn client(&self) -> Result<kube::Client, crate::Error> {
-        let mut config = match &self.api_url {
-            None => kube::Config::infer()
-                .await
-                .map_err(|e| crate::Error::Kube(e.to_string()))?,
-            Some(url) => kube::Config::new(url.clone()),
-        };
-        if let Some(ca) = &self.ca_file {
-            config.root_cert_file = Some(ca.clone());
-        }
-        if let Some(t) = &self.token_file {
-            config.auth_info.token_file = Some(t.display().to_string());
-        }
-        kube::Client::try_from(config).map_err(|e| crate::Error::Kube(e.to_string()))
-    }
-}
 
 impl Namespaces {
     /// The annotations of namespace `ns` (none for a request without a namespace).

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
+use linkerd_control::{Listeners, stopped};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use std::{
     convert::Infallible, future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration,
@@ -59,14 +60,10 @@ pub struct Bound {
 /// Loads the serving certificate and binds both listeners.
 pub async fn bind(config: Config) -> Result<Bound, Error> {
     let tls = tls_acceptor(&config.tls_cert, &config.tls_key).await?;
-    let listen = |addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { addr, source })
-    };
+    let Listeners { main, admin } = Listeners::bind(config.addr, config.admin_addr).await?;
     Ok(Bound {
-        listener: listen(config.addr).await?,
-        admin: listen(config.admin_addr).await?,
+        listener: main,
+        admin,
         tls,
         state: Arc::new(State {
             inject: config.inject,
@@ -319,5 +316,3 @@ async fn serve_admin(
 ) {
     linkerd_control::serve_admin(listener, shutdown, move || metrics.render(), || Ok(())).await
 }
-
-pub(crate) use linkerd_control::stopped;

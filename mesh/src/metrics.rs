@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use linkerd_control::prom;
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 pub async fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
@@ -123,32 +124,24 @@ pub struct Scrape {
 }
 
 impl Scrape {
+    /// Reads the families `mesh` reports from Prometheus text, with the control plane's parser
+    /// (`linkerd_control::prom`); a line it cannot read is skipped.
     pub fn parse(text: &str) -> Self {
         let mut out = Scrape::default();
-        for line in text.lines() {
-            if line.starts_with('#') {
-                continue;
-            }
-            let Some((series, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let Ok(v) = value.parse::<f64>() else {
-                continue;
-            };
-            let name = series.split('{').next().unwrap_or(series);
+        let (scrape, _) = prom::Scrape::parse_lossy(text);
+        for s in &scrape.samples {
+            let (name, v) = (s.name.as_str(), s.value);
             match name {
                 "process_resident_memory_bytes" => out.rss_bytes = Some(v),
-                "response_total" | "response_latency_ms_bucket" => {
-                    out.route_sample(name, series, v)
-                }
+                "response_total" | "response_latency_ms_bucket" => out.route_sample(s),
                 "tcp_open_total"
                 | "tcp_open_connections"
                 | "tcp_read_bytes_total"
                 | "tcp_write_bytes_total" => {
-                    if label(series, "peer") != Some("src") {
+                    if s.label("peer") != Some("src") {
                         continue;
                     }
-                    let Some(direction) = label(series, "direction") else {
+                    let Some(direction) = s.label("direction") else {
                         continue;
                     };
                     let t = out.tcp.entry(direction.to_string()).or_default();
@@ -160,7 +153,7 @@ impl Scrape {
                     }
                 }
                 "outbound_http_route_retry_requests_total" => {
-                    if let Some(parent) = label(series, "parent_name") {
+                    if let Some(parent) = s.label("parent_name") {
                         *out.retries.entry(parent.to_string()).or_default() += v;
                     }
                 }
@@ -170,31 +163,33 @@ impl Scrape {
         out
     }
 
-    fn route_sample(&mut self, name: &str, series: &str, v: f64) {
-        let Some(direction) = label(series, "direction") else {
+    fn route_sample(&mut self, sample: &prom::Sample) {
+        let label = |name| sample.label(name);
+        let Some(direction) = label("direction") else {
             return;
         };
         let key = RouteKey {
             direction: direction.to_string(),
-            authority: label(series, "authority").unwrap_or("").to_string(),
-            peer_id: label(series, "client_id")
-                .or_else(|| label(series, "server_id"))
+            authority: label("authority").unwrap_or("").to_string(),
+            peer_id: label("client_id")
+                .or_else(|| label("server_id"))
                 .map(str::to_string),
         };
+        let v = sample.value;
         let s = self.routes.entry(key).or_default();
-        if name == "response_total" {
+        if sample.name == "response_total" {
             s.responses += v;
-            let status = label(series, "status_code").and_then(|c| c.parse().ok());
-            let grpc = label(series, "grpc_status").and_then(|c| c.parse().ok());
-            match classify(status, grpc, label(series, "error")) {
+            let status = label("status_code").and_then(|c| c.parse().ok());
+            let grpc = label("grpc_status").and_then(|c| c.parse().ok());
+            match classify(status, grpc, label("error")) {
                 Class::Success => s.successes += v,
                 Class::Denied => s.denied += v,
                 Class::Failed => s.failed += v,
             }
-            if label(series, "tls") == Some("true") {
+            if label("tls") == Some("true") {
                 s.tls_responses += v;
             }
-        } else if let Some(le) = label(series, "le") {
+        } else if let Some(le) = label("le") {
             let bound = if le == "+Inf" {
                 f64::INFINITY
             } else {
@@ -241,23 +236,6 @@ impl Snapshot {
             *self.buckets.entry(*le).or_default() += c;
         }
     }
-}
-
-fn label<'a>(series: &'a str, name: &str) -> Option<&'a str> {
-    // Preceded by `{` or `,`, so `tls` never matches `no_tls_reason`'s tail.
-    let mut from = 0;
-    while let Some(i) = series[from..].find(name) {
-        let start = from + i;
-        let before = series[..start].chars().next_back();
-        let after = &series[start + name.len()..];
-        if matches!(before, Some('{' | ',')) && after.starts_with("=\"") {
-            let value_start = start + name.len() + 2;
-            let end = series[value_start..].find('"')? + value_start;
-            return Some(&series[value_start..end]);
-        }
-        from = start + name.len();
-    }
-    None
 }
 
 /// The `q`-quantile of a histogram given as cumulative counts by upper bound (ending with
@@ -382,14 +360,6 @@ process_resident_memory_bytes 4096000
         assert_eq!(classify(Some(200), Some(0), None), Class::Success);
         assert_eq!(classify(Some(502), None, Some("connect")), Class::Failed);
         assert_eq!(classify(None, None, Some("stream")), Class::Failed);
-    }
-
-    #[test]
-    fn labels_are_matched_whole() {
-        let s = r#"x{no_tls_reason="a",tls="true",le="0.25"}"#;
-        assert_eq!(label(s, "tls"), Some("true"));
-        assert_eq!(label(s, "le"), Some("0.25"));
-        assert_eq!(label(s, "reason"), None);
     }
 
     #[test]

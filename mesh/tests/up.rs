@@ -608,17 +608,19 @@ fn a_tcp_service_is_reached_over_mtls_through_a_local_port() {
     // Redis's sidecar accepted the connections over mTLS, from web's identity.
     let admin = format!("{redis}:4191");
     let (_, metrics) = http_get(&admin, &admin, "/metrics");
-    let mtls = metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("tcp_open_total{direction=\"inbound\",peer=\"src\"")
-                && l.contains("tls=\"true\"")
-                && l.contains(
-                    "client_id=\"web.cache.serviceaccount.identity.linkerd.cluster.local\"",
-                )
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum::<u64>();
+    let (scrape, _) = linkerd_control::prom::Scrape::parse_lossy(&metrics);
+    let mtls = scrape.sum(
+        "tcp_open_total",
+        &[
+            ("direction", "inbound"),
+            ("peer", "src"),
+            ("tls", "true"),
+            (
+                "client_id",
+                "web.cache.serviceaccount.identity.linkerd.cluster.local",
+            ),
+        ],
+    ) as u64;
     assert!(mtls > 0, "{metrics}");
     let out = child.wait_with_output().unwrap();
     let summary = json(&out);

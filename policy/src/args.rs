@@ -2,12 +2,12 @@
 
 use crate::{
     Error,
-    k8s::KubeApiConfig,
     model::{ClusterConfig, DefaultPolicy, default_cluster_networks, parse_nets},
     server::{Config, Source},
 };
-use clap::{ArgGroup, Parser, Subcommand};
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use clap::{Parser, Subcommand};
+use linkerd_control::{args::SourceArgs, kube::KubeApiConfig};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 #[derive(Debug, Parser)]
 pub struct Args {
@@ -27,28 +27,20 @@ pub enum Command {
     },
 }
 
+linkerd_control::names!(
+    /// The policy service's environment variables (`MESH_POLICY_*`) and defaults.
+    Names,
+    "MESH_POLICY",
+    "0.0.0.0:8090",
+    "127.0.0.1:9997"
+);
+
+/// `serve`: the shared flags (`--addr`, `--admin-addr`, `--registry` or `--kubernetes`,
+/// `--registry-poll-ms`, the `--kube-*` flags, the domains, `--log-level`) and the policy's.
 #[derive(Debug, clap::Args)]
-#[command(group(ArgGroup::new("source").required(true).args(["registry", "kubernetes"])))]
 pub struct ServeArgs {
-    #[arg(long, env = "MESH_POLICY_ADDR", default_value = "0.0.0.0:8090")]
-    pub addr: SocketAddr,
-    #[arg(long, env = "MESH_POLICY_ADMIN_ADDR", default_value = "127.0.0.1:9997")]
-    pub admin_addr: SocketAddr,
-    /// The registry YAML file (the destination service's, with policy sections; watched).
-    #[arg(long, env = "MESH_POLICY_REGISTRY")]
-    pub registry: Option<PathBuf>,
-    /// How often the registry file is checked, in milliseconds.
-    #[arg(long, env = "MESH_POLICY_REGISTRY_POLL_MS", default_value_t = 500)]
-    pub registry_poll_ms: u64,
-    /// Watch Pods, Services, Namespaces and the policy resources (in-cluster config).
-    #[arg(long, env = "MESH_POLICY_KUBERNETES")]
-    pub kubernetes: bool,
-    #[arg(long, env = "MESH_POLICY_KUBE_API_URL", requires = "kubernetes")]
-    pub kube_api_url: Option<String>,
-    #[arg(long, env = "MESH_POLICY_KUBE_CA", requires = "kubernetes")]
-    pub kube_ca: Option<PathBuf>,
-    #[arg(long, env = "MESH_POLICY_KUBE_TOKEN_FILE", requires = "kubernetes")]
-    pub kube_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: SourceArgs<Names>,
     /// The policy for ports no Server selects: all-unauthenticated, all-authenticated,
     /// cluster-unauthenticated, cluster-authenticated, audit or deny.
     #[arg(
@@ -67,23 +59,13 @@ pub struct ServeArgs {
         default_value = "0.0.0.0/0,::/0"
     )]
     pub probe_networks: String,
-    #[arg(
-        long,
-        env = "MESH_POLICY_CLUSTER_DOMAIN",
-        default_value = "cluster.local"
-    )]
-    pub cluster_domain: String,
-    #[arg(
-        long,
-        env = "MESH_POLICY_TRUST_DOMAIN",
-        default_value = "cluster.local"
-    )]
-    pub trust_domain: String,
-    #[arg(long, env = "MESH_POLICY_CONTROL_PLANE_NS", default_value = "linkerd")]
-    pub control_plane_ns: String,
-    /// error, warn, info, debug or trace.
-    #[arg(long, env = "MESH_POLICY_LOG", default_value = "info")]
-    pub log_level: tracing::Level,
+}
+
+impl std::ops::Deref for ServeArgs {
+    type Target = SourceArgs<Names>;
+    fn deref(&self) -> &SourceArgs<Names> {
+        &self.source
+    }
 }
 
 /// Runs a `mesh policy` subcommand.
@@ -130,16 +112,13 @@ pub fn cluster_config(a: &ServeArgs) -> Result<ClusterConfig, Error> {
 }
 
 async fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(a.log_level)
-        .with_writer(std::io::stderr)
-        .try_init();
+    a.init_log();
     let source = match &a.registry {
         Some(path) => Source::Registry {
             path: path.clone(),
-            interval: Duration::from_millis(a.registry_poll_ms.max(10)),
+            interval: a.poll_interval(),
         },
-        None => Source::Kubernetes(kube_config(&a)?),
+        None => Source::Kubernetes(KubeApiConfig::from_args(&a.kube)?),
     };
     let config = Config {
         addr: a.addr,
@@ -148,37 +127,8 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
         cluster: cluster_config(&a)?,
         grace: Duration::from_secs(5),
     };
-    crate::serve(config, shutdown_signal()).await?;
+    crate::serve(config, linkerd_control::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn kube_config(a: &ServeArgs) -> Result<KubeApiConfig, Error> {
-    let mut c = KubeApiConfig::default();
-    if let Some(url) = &a.kube_api_url {
-        c.api_url = Some(
-            url.parse()
-                .map_err(|_| Error::Usage(format!("--kube-api-url {url:?} is not a URL")))?,
-        );
-    }
-    c.ca_file = a.kube_ca.clone();
-    c.token_file = a.kube_token_file.clone();
-    Ok(c)
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    tracing::info!("shutting down");
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
-//! The Kubernetes source: `kube::runtime::watcher` streams for Pods, Services, Namespaces and
-//! the policy resources, each object turned into the index's [`State`] by a pure function
-//! (tests feed objects built in code through [`apply`]/[`delete`]).
+//! The Kubernetes source: Pods, Services, Namespaces and the policy resources, each object
+//! turned into the index's [`State`] by a pure function (tests feed objects built in code
+//! through [`apply`]/[`delete`]).
 //!
-//! An initial list (and every relist after a lost watch) is buffered from `Init` to
-//! `InitDone` and replaces that kind's objects in one update. Watch errors are logged,
-//! counted and retried with kube's default backoff; the last state stays served meanwhile.
+//! The watch loop is the control plane's (`linkerd_control::kube::watch_kind`): a list (and
+//! every relist after a lost watch) replaces that kind's objects in one update; watch errors
+//! are logged, counted and retried, the last state served meanwhile; a kind whose CRD is not
+//! installed counts as listed and empty.
 
 use crate::{
     inbound::parse_port_list,
@@ -20,54 +21,16 @@ use k8s_openapi::{
     api::core::v1::{Namespace, Pod, Probe, Service as KService},
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
-use kube::{
-    Api, Client, Resource, ResourceExt,
-    runtime::{WatchStreamExt, watcher},
-};
+use kube::{Client, Resource, ResourceExt};
+use linkerd_control::kube::{Change, KubeApiConfig, KubeError, Lists, watch_kind};
 use serde::de::DeserializeOwned;
-use std::{collections::BTreeMap, fmt::Debug, path::PathBuf, sync::Arc};
+use std::{collections::BTreeMap, fmt::Debug, sync::Arc};
 use tokio::sync::watch;
-use tokio_stream::StreamExt;
-
-/// Where the API server is (kube's inference when `api_url` is `None`).
-#[derive(Clone, Debug, Default)]
-pub struct KubeApiConfig {
-    pub api_url: Option<http::Uri>,
-    pub ca_file: Option<PathBuf>,
-    pub token_file: Option<PathBuf>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum KubeError {
-    #[error("no Kubernetes configuration: {0}")]
-    Infer(String),
-    #[error("cannot build the Kubernetes client: {0}")]
-    Client(String),
-}
-
-impl KubeApiConfig {
-    pub async fn client(&self) -> Result<Client, KubeError> {
-        let mut config = match &self.api_url {
-            None => kube::Config::infer()
-                .await
-                .map_err(|e| KubeError::Infer(e.to_string()))?,
-            Some(url) => kube::Config::new(url.clone()),
-        };
-        if let Some(ca) = &self.ca_file {
-            config.root_cert_file = Some(ca.clone());
-        }
-        if let Some(t) = &self.token_file {
-            config.auth_info.token_file = Some(t.display().to_string());
-        }
-        Client::try_from(config).map_err(|e| KubeError::Client(e.to_string()))
-    }
-}
 
 /// How one kind's objects land in the state.
 pub trait Kind:
     Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
 {
-    const NAME: &'static str;
     fn apply(&self, state: &mut State);
     fn delete(&self, state: &mut State);
     /// Removes every object of this kind (before a relist is applied).
@@ -101,9 +64,8 @@ pub fn delete<K: Kind>(state: &mut State, obj: &K) {
 }
 
 macro_rules! policy_kind {
-    ($ty:ty, $name:literal, $field:ident) => {
+    ($ty:ty, $field:ident) => {
         impl Kind for $ty {
-            const NAME: &'static str = $name;
             fn apply(&self, state: &mut State) {
                 state.$field.insert(
                     key(&self.metadata),
@@ -123,32 +85,15 @@ macro_rules! policy_kind {
     };
 }
 
-policy_kind!(Server, "servers", servers);
-policy_kind!(
-    AuthorizationPolicy,
-    "authorizationpolicies",
-    authorization_policies
-);
-policy_kind!(
-    MeshTLSAuthentication,
-    "meshtlsauthentications",
-    mesh_tls_authentications
-);
-policy_kind!(
-    NetworkAuthentication,
-    "networkauthentications",
-    network_authentications
-);
-policy_kind!(
-    HTTPLocalRateLimitPolicy,
-    "httplocalratelimitpolicies",
-    rate_limits
-);
-policy_kind!(HTTPRoute, "httproutes", http_routes);
-policy_kind!(GRPCRoute, "grpcroutes", grpc_routes);
+policy_kind!(Server, servers);
+policy_kind!(AuthorizationPolicy, authorization_policies);
+policy_kind!(MeshTLSAuthentication, mesh_tls_authentications);
+policy_kind!(NetworkAuthentication, network_authentications);
+policy_kind!(HTTPLocalRateLimitPolicy, rate_limits);
+policy_kind!(HTTPRoute, http_routes);
+policy_kind!(GRPCRoute, grpc_routes);
 
 impl Kind for Pod {
-    const NAME: &'static str = "pods";
     fn apply(&self, state: &mut State) {
         let k = key(&self.metadata);
         let spec = self.spec.as_ref();
@@ -207,7 +152,6 @@ impl Kind for Pod {
 }
 
 impl Kind for KService {
-    const NAME: &'static str = "services";
     fn apply(&self, state: &mut State) {
         let spec = self.spec.as_ref();
         let cluster_ips = spec
@@ -251,7 +195,6 @@ impl Kind for KService {
 }
 
 impl Kind for Namespace {
-    const NAME: &'static str = "namespaces";
     fn apply(&self, state: &mut State) {
         state
             .namespaces
@@ -279,7 +222,7 @@ impl Debug for KubeWatch {
 }
 
 /// Kinds watched; ready once each has been listed.
-const KINDS: u8 = 10;
+const KINDS: usize = 10;
 
 impl KubeWatch {
     pub async fn new(
@@ -295,134 +238,38 @@ impl KubeWatch {
     }
 
     /// Watches until `stop` turns true.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let (listed_tx, mut listed) = watch::channel(0u8);
-        let tx = Arc::new(listed_tx);
-        let metrics = self.metrics.clone();
-        let ready = async move {
-            while *listed.borrow_and_update() < KINDS {
-                if listed.changed().await.is_err() {
-                    return;
-                }
-            }
-            metrics.set_ready();
-            tracing::info!("kubernetes state listed; ready");
-            std::future::pending::<()>().await;
+    pub async fn run(self, stop: watch::Receiver<bool>) {
+        let lists = Lists::new(KINDS);
+        let watches = async {
+            tokio::join!(
+                self.watch::<Pod>(&lists),
+                self.watch::<KService>(&lists),
+                self.watch::<Namespace>(&lists),
+                self.watch::<Server>(&lists),
+                self.watch::<AuthorizationPolicy>(&lists),
+                self.watch::<MeshTLSAuthentication>(&lists),
+                self.watch::<NetworkAuthentication>(&lists),
+                self.watch::<HTTPLocalRateLimitPolicy>(&lists),
+                self.watch::<HTTPRoute>(&lists),
+                self.watch::<GRPCRoute>(&lists),
+            );
         };
-        tokio::select! {
-            _ = self.watch::<Pod>(tx.clone()) => {}
-            _ = self.watch::<KService>(tx.clone()) => {}
-            _ = self.watch::<Namespace>(tx.clone()) => {}
-            _ = self.watch::<Server>(tx.clone()) => {}
-            _ = self.watch::<AuthorizationPolicy>(tx.clone()) => {}
-            _ = self.watch::<MeshTLSAuthentication>(tx.clone()) => {}
-            _ = self.watch::<NetworkAuthentication>(tx.clone()) => {}
-            _ = self.watch::<HTTPLocalRateLimitPolicy>(tx.clone()) => {}
-            _ = self.watch::<HTTPRoute>(tx.clone()) => {}
-            _ = self.watch::<GRPCRoute>(tx) => {}
-            _ = ready => {}
-            _ = crate::server::stopped(&mut stop) => {}
-        }
+        lists.run(self.metrics.source(), watches, stop).await;
     }
 
-    async fn watch<K: Kind>(&self, listed: Arc<watch::Sender<u8>>) {
-        let api: Api<K> = Api::all(self.client.clone());
-        let stream = watcher(api, watcher::Config::default()).default_backoff();
-        let mut stream = std::pin::pin!(stream);
-        let mut buffer: Option<Vec<K>> = None;
-        let mut first = true;
-        while let Some(event) = stream.next().await {
-            let event = match event {
-                Ok(e) => e,
-                Err(e) => {
-                    self.metrics.kube_error();
-                    if first && resource_missing(&e) {
-                        // The kind's CRD is not installed (the Gateway API ones are optional):
-                        // it has no objects, which must not keep the controller unready. The
-                        // watch keeps retrying, so installing the CRD later is picked up.
-                        first = false;
-                        listed.send_modify(|n| *n += 1);
-                        tracing::warn!(
-                            kind = K::NAME,
-                            "the API server does not serve this kind (CRD not installed?); treating it as empty"
-                        );
-                        continue;
-                    }
-                    tracing::warn!(kind = K::NAME, error = %e, "watch failed; retrying");
-                    continue;
-                }
-            };
-            self.metrics.kube_event();
-            match event {
-                watcher::Event::Init => buffer = Some(Vec::new()),
-                watcher::Event::InitApply(obj) => match &mut buffer {
-                    Some(b) => b.push(obj),
-                    None => {
-                        self.index.update(|s| obj.apply(s));
-                    }
-                },
-                watcher::Event::InitDone => {
-                    let objs = buffer.take().unwrap_or_default();
-                    tracing::debug!(kind = K::NAME, n = objs.len(), "listed");
-                    self.index.update(|s| {
-                        K::clear(s);
-                        for o in &objs {
-                            o.apply(s);
-                        }
-                    });
-                    if first {
-                        first = false;
-                        listed.send_modify(|n| *n += 1);
+    async fn watch<K: Kind>(&self, lists: &Lists) {
+        let on = |change: Change<K>| {
+            self.index.update(|s| match change {
+                Change::Apply(obj) => obj.apply(s),
+                Change::Delete(obj) => obj.delete(s),
+                Change::Reset(objs) => {
+                    K::clear(s);
+                    for o in &objs {
+                        o.apply(s);
                     }
                 }
-                watcher::Event::Apply(obj) => {
-                    self.index.update(|s| obj.apply(s));
-                }
-                watcher::Event::Delete(obj) => {
-                    self.index.update(|s| obj.delete(s));
-                }
-            }
-        }
-    }
-}
-
-/// Whether a watch failed because the API server does not serve the kind at all (404 on the
-/// list: its CustomResourceDefinition is not installed).
-fn resource_missing(e: &watcher::Error) -> bool {
-    match e {
-        watcher::Error::InitialListFailed(kube::Error::Api(s))
-        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 404,
-        _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn api_error(code: u16) -> kube::Error {
-        kube::Error::Api(Box::new(kube::core::Status {
-            code,
-            message: "the server could not find the requested resource".into(),
-            reason: "NotFound".into(),
-            ..Default::default()
-        }))
-    }
-
-    #[test]
-    fn a_kind_the_api_server_does_not_serve_counts_as_listed_and_empty() {
-        assert!(resource_missing(&watcher::Error::InitialListFailed(
-            api_error(404)
-        )));
-        assert!(resource_missing(&watcher::Error::WatchStartFailed(
-            api_error(404)
-        )));
-        // Forbidden (RBAC) or a server error is a real failure: keep retrying, stay unready.
-        assert!(!resource_missing(&watcher::Error::InitialListFailed(
-            api_error(403)
-        )));
-        assert!(!resource_missing(&watcher::Error::InitialListFailed(
-            api_error(500)
-        )));
+            });
+        };
+        watch_kind::<K, _>(self.client.clone(), lists, self.metrics.source(), on).await
     }
 }

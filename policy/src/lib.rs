@@ -16,6 +16,8 @@
 //!   messages from it (pure functions), with [`routes`] for the shared pieces.
 //! * [`index`]: the state plus the watched topics; [`grpc`]: the two tonic services.
 //! * [`registry`], [`k8s`]: the sources; [`metrics`], [`server`], [`args`]: admin, wiring, CLI.
+//!   The registry watcher, the watch loop, the serve sequence, the command-line flags, the
+//!   duration grammar and the metrics vocabulary are the control plane's (`linkerd-control`).
 
 pub mod args;
 pub mod grpc;
@@ -39,12 +41,9 @@ pub enum Error {
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
     #[error(transparent)]
-    Kube(#[from] k8s::KubeError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    Kube(#[from] linkerd_control::kube::KubeError),
+    #[error(transparent)]
+    Bind(#[from] linkerd_control::BindError),
     #[error("{0}")]
     Usage(String),
     #[error("crds: {0}")]

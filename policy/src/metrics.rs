@@ -1,14 +1,11 @@
-//! Metrics and the admin server (`/metrics`, `/ready`, `/live`).
+//! Metrics (prometheus-client, `linkerd_control::metrics`) and what the admin server answers
+//! (`/metrics`, `/ready`).
 
 use crate::index::Index;
-use std::{
-    fmt::Write,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-    },
+use linkerd_control::metrics::{
+    self as m, Counter, EncodeLabelSet, Family, Gauge, Registry, SourceMetrics,
 };
-use tokio::{net::TcpListener, sync::watch};
+use std::sync::Arc;
 
 /// Which RPC a lookup or watcher is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,19 +23,42 @@ const APIS: [Api; 4] = [
     Api::OutboundWatch,
 ];
 
-/// Counters shared by the gRPC services, the sources and the admin server.
-#[derive(Debug, Default)]
+const RESULTS: [&str; 3] = ["ok", "not_found", "invalid"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    direction: &'static str,
+    rpc: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LookupLabels {
+    direction: &'static str,
+    rpc: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+/// Counters shared by the gRPC services, the sources and the admin server. Every series is
+/// resolved once, so counting is one atomic operation.
+#[derive(Debug)]
 pub struct Metrics {
-    watchers: [AtomicU64; 4],
-    updates: [AtomicU64; 4],
-    ok: [AtomicU64; 4],
-    not_found: [AtomicU64; 4],
-    invalid: [AtomicU64; 4],
-    reloads_ok: AtomicU64,
-    reloads_failed: AtomicU64,
-    kube_events: AtomicU64,
-    kube_errors: AtomicU64,
-    ready: AtomicBool,
+    registry: Registry,
+    /// By [`Api`].
+    watchers: [Gauge; 4],
+    updates: [Counter; 4],
+    /// By [`Api`], then result (`ok`, `not_found`, `invalid`).
+    lookups: [[Counter; 3]; 4],
+    source: Arc<SourceMetrics>,
+    index_workloads: Gauge,
+    index_services: Gauge,
+    index_resources: Gauge,
+    /// Inbound, outbound.
+    index_topics: [Gauge; 2],
 }
 
 /// Counts one open watch; uncounts it when its stream is dropped.
@@ -49,13 +69,14 @@ pub struct WatcherGuard {
 }
 
 impl Api {
-    fn labels(self) -> (&'static str, &'static str) {
-        match self {
+    fn labels(self) -> RpcLabels {
+        let (direction, rpc) = match self {
             Api::InboundGet => ("inbound", "get_port"),
             Api::InboundWatch => ("inbound", "watch_port"),
             Api::OutboundGet => ("outbound", "get"),
             Api::OutboundWatch => ("outbound", "watch"),
-        }
+        };
+        RpcLabels { direction, rpc }
     }
 
     fn i(self) -> usize {
@@ -63,9 +84,88 @@ impl Api {
     }
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let watchers = Family::<RpcLabels, Gauge>::default();
+        m::gauge(
+            &mut registry,
+            "policy_watchers",
+            "Open watch streams.",
+            watchers.clone(),
+        );
+        let updates = Family::<RpcLabels, Counter>::default();
+        m::counter(
+            &mut registry,
+            "policy_updates_sent_total",
+            "Messages sent on watch streams.",
+            updates.clone(),
+        );
+        let lookups = Family::<LookupLabels, Counter>::default();
+        m::counter(
+            &mut registry,
+            "policy_lookups_total",
+            "Requests by result.",
+            lookups.clone(),
+        );
+        let source = Arc::new(SourceMetrics::default());
+        source.register(&mut registry, "policy");
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            m::gauge(registry, name, help, g.clone());
+            g
+        };
+        let index_workloads = gauge(
+            &mut registry,
+            "policy_index_workloads",
+            "Workloads (pods) in the index.",
+        );
+        let index_services = gauge(
+            &mut registry,
+            "policy_index_services",
+            "Services in the index.",
+        );
+        let index_resources = gauge(
+            &mut registry,
+            "policy_index_resources",
+            "Policy resources (Servers, routes, authorizations, ...).",
+        );
+        let topics = Family::<DirectionLabels, Gauge>::default();
+        m::gauge(
+            &mut registry,
+            "policy_index_topics",
+            "Watched entries, each shared by its watchers.",
+            topics.clone(),
+        );
+        Self {
+            registry,
+            watchers: APIS.map(|a| watchers.get_or_create(&a.labels()).clone()),
+            updates: APIS.map(|a| updates.get_or_create(&a.labels()).clone()),
+            lookups: APIS.map(|a| {
+                let RpcLabels { direction, rpc } = a.labels();
+                RESULTS.map(|result| {
+                    lookups
+                        .get_or_create(&LookupLabels {
+                            direction,
+                            rpc,
+                            result,
+                        })
+                        .clone()
+                })
+            }),
+            source,
+            index_workloads,
+            index_services,
+            index_resources,
+            index_topics: ["inbound", "outbound"]
+                .map(|direction| topics.get_or_create(&DirectionLabels { direction }).clone()),
+        }
+    }
+}
+
 impl Metrics {
     pub fn watcher(self: &Arc<Self>, api: Api) -> WatcherGuard {
-        self.watchers[api.i()].fetch_add(1, Relaxed);
+        self.watchers[api.i()].inc();
         WatcherGuard {
             metrics: self.clone(),
             api,
@@ -73,172 +173,76 @@ impl Metrics {
     }
 
     pub fn watchers(&self, api: Api) -> u64 {
-        self.watchers[api.i()].load(Relaxed)
+        self.watchers[api.i()].get().max(0) as u64
     }
 
     pub fn updates_sent(&self, api: Api) -> u64 {
-        self.updates[api.i()].load(Relaxed)
+        self.updates[api.i()].get()
     }
 
     /// Counts a request by result.
     pub fn lookup(&self, api: Api, err: Option<&tonic::Status>) {
-        let c = match err.map(tonic::Status::code) {
-            None => &self.ok,
-            Some(tonic::Code::NotFound) => &self.not_found,
-            Some(_) => &self.invalid,
+        let result = match err.map(tonic::Status::code) {
+            None => 0,
+            Some(tonic::Code::NotFound) => 1,
+            Some(_) => 2,
         };
-        c[api.i()].fetch_add(1, Relaxed);
+        self.lookups[api.i()][result].inc();
     }
 
     pub fn lookups(&self, api: Api, result: &str) -> u64 {
-        let c = match result {
-            "ok" => &self.ok,
-            "not_found" => &self.not_found,
-            _ => &self.invalid,
-        };
-        c[api.i()].load(Relaxed)
+        let r = RESULTS.iter().position(|r| *r == result).unwrap_or(2);
+        self.lookups[api.i()][r].get()
     }
 
-    pub fn reloaded(&self, ok: bool) {
-        let c = if ok {
-            &self.reloads_ok
-        } else {
-            &self.reloads_failed
-        };
-        c.fetch_add(1, Relaxed);
+    /// What the sources (registry file, Kubernetes) count.
+    pub fn source(&self) -> &Arc<SourceMetrics> {
+        &self.source
     }
 
     pub fn reload_errors(&self) -> u64 {
-        self.reloads_failed.load(Relaxed)
-    }
-
-    pub fn kube_event(&self) {
-        self.kube_events.fetch_add(1, Relaxed);
-    }
-
-    pub fn kube_error(&self) {
-        self.kube_errors.fetch_add(1, Relaxed);
-    }
-
-    pub fn set_ready(&self) {
-        self.ready.store(true, Relaxed);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Relaxed)
+        self.source.reload_errors()
     }
 
     /// Prometheus text exposition.
     pub fn render(&self, index: &Index) -> String {
         let stats = index.stats();
-        let mut s = String::with_capacity(2048);
-        let series = |s: &mut String, name: &str, help: &str, kind: &str, c: &[AtomicU64; 4]| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for api in APIS {
-                let (dir, rpc) = api.labels();
-                let _ = writeln!(
-                    s,
-                    "{name}{{direction=\"{dir}\",rpc=\"{rpc}\"}} {}",
-                    c[api.i()].load(Relaxed)
-                );
-            }
-        };
-        series(
-            &mut s,
-            "policy_watchers",
-            "Open watch streams.",
-            "gauge",
-            &self.watchers,
-        );
-        series(
-            &mut s,
-            "policy_updates_sent_total",
-            "Messages sent on watch streams.",
-            "counter",
-            &self.updates,
-        );
-        let _ = writeln!(
-            s,
-            "# HELP policy_lookups_total Requests by result.\n# TYPE policy_lookups_total counter"
-        );
-        for api in APIS {
-            let (dir, rpc) = api.labels();
-            for (result, c) in [
-                ("ok", &self.ok),
-                ("not_found", &self.not_found),
-                ("invalid", &self.invalid),
-            ] {
-                let _ = writeln!(
-                    s,
-                    "policy_lookups_total{{direction=\"{dir}\",rpc=\"{rpc}\",result=\"{result}\"}} {}",
-                    c[api.i()].load(Relaxed)
-                );
-            }
-        }
-        let _ = writeln!(
-            s,
-            "# HELP policy_registry_reloads_total Registry file changes applied or rejected.\n\
-             # TYPE policy_registry_reloads_total counter\n\
-             policy_registry_reloads_total{{result=\"ok\"}} {}\n\
-             policy_registry_reloads_total{{result=\"error\"}} {}\n\
-             # HELP policy_kube_events_total Kubernetes watch events applied.\n\
-             # TYPE policy_kube_events_total counter\n\
-             policy_kube_events_total {}\n\
-             # HELP policy_kube_watch_errors_total Kubernetes watch errors (each is retried).\n\
-             # TYPE policy_kube_watch_errors_total counter\n\
-             policy_kube_watch_errors_total {}\n\
-             # HELP policy_index_workloads Workloads (pods) in the index.\n\
-             # TYPE policy_index_workloads gauge\n\
-             policy_index_workloads {}\n\
-             # HELP policy_index_services Services in the index.\n\
-             # TYPE policy_index_services gauge\n\
-             policy_index_services {}\n\
-             # HELP policy_index_resources Policy resources (Servers, routes, authorizations, ...).\n\
-             # TYPE policy_index_resources gauge\n\
-             policy_index_resources {}\n\
-             # HELP policy_index_topics Watched entries, each shared by its watchers.\n\
-             # TYPE policy_index_topics gauge\n\
-             policy_index_topics{{direction=\"inbound\"}} {}\n\
-             policy_index_topics{{direction=\"outbound\"}} {}",
-            self.reloads_ok.load(Relaxed),
-            self.reloads_failed.load(Relaxed),
-            self.kube_events.load(Relaxed),
-            self.kube_errors.load(Relaxed),
-            stats.workloads,
-            stats.services,
-            stats.resources,
-            stats.inbound_topics,
-            stats.outbound_topics,
-        );
-        s
+        self.index_workloads.set(stats.workloads as i64);
+        self.index_services.set(stats.services as i64);
+        self.index_resources.set(stats.resources as i64);
+        self.index_topics[0].set(stats.inbound_topics as i64);
+        self.index_topics[1].set(stats.outbound_topics as i64);
+        m::encode(&[&self.registry])
     }
 }
 
 impl WatcherGuard {
     pub fn sent(&self) {
-        self.metrics.updates[self.api.i()].fetch_add(1, Relaxed);
+        self.metrics.updates[self.api.i()].inc();
     }
 }
 
 impl Drop for WatcherGuard {
     fn drop(&mut self) {
-        self.metrics.watchers[self.api.i()].fetch_sub(1, Relaxed);
+        self.metrics.watchers[self.api.i()].dec();
     }
 }
 
-/// Serves `/metrics`, `/ready` and `/live` until `shutdown` turns true.
-pub(crate) async fn serve_admin(
-    listener: TcpListener,
+/// What the admin server answers: the metrics text, and ready once a source has loaded.
+pub(crate) fn admin(
     index: Arc<Index>,
     metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
+) -> (
+    impl Fn() -> String + Clone + Send + Sync + 'static,
+    impl Fn() -> Result<(), &'static str> + Clone + Send + Sync + 'static,
 ) {
     let m = metrics.clone();
     let ready = move || {
         metrics
+            .source()
             .is_ready()
             .then_some(())
             .ok_or("no policy state loaded yet")
     };
-    linkerd_control::serve_admin(listener, shutdown, move || m.render(&index), ready).await
+    (move || m.render(&index), ready)
 }

@@ -230,45 +230,9 @@ pub fn parse_nets(s: &str) -> Result<Vec<IpNet>, String> {
         .collect()
 }
 
-/// Go-style durations as Linkerd and the Gateway API write them: `10s`, `500ms`, `1m30s`,
-/// `1h`, `250us`; `0` is zero.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration (e.g. 10s, 500ms, 1m30s)");
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if s.is_empty() {
-        return Err(bad());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: f64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let secs = match &rest[..unit_len] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
-            _ => return Err(bad()),
-        };
-        rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(n * secs).map_err(|_| bad())?;
-    }
-    Ok(total)
-}
+/// Durations as Linkerd and the Gateway API write them (`10s`, `500ms`, `1m30s`, `1.5s`,
+/// `250us`, `0`): the control plane's one grammar, `linkerd_control::duration`.
+pub use linkerd_control::duration::parse as parse_duration;
 
 /// Does `sel` select a pod with `labels`?
 pub fn selects(sel: &crate::resources::LabelSelector, labels: &BTreeMap<String, String>) -> bool {

@@ -19,29 +19,12 @@ use crate::{
     resources::{BackendRef, Port},
     routes,
 };
+use linkerd_control::watch_file::{self, FileWatcher};
 use proto::id::{IdentityName, is_dns_label};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use std::{
-    collections::BTreeMap,
-    hash::{DefaultHasher, Hash, Hasher},
-    net::IpAddr,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
-use tokio::sync::watch;
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, sync::Arc};
 
-/// Why a registry file was rejected.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
-}
+pub use linkerd_control::watch_file::{Polled, RegistryError};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -487,116 +470,38 @@ pub fn unknown_fields(
     }
 }
 
-/// Reads and parses a registry file.
-pub async fn load_file(path: &Path, cfg: &ClusterConfig) -> Result<State, RegistryError> {
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|source| RegistryError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-    parse(&text, cfg).map_err(|message| RegistryError::Invalid {
-        path: path.display().to_string(),
-        message,
-    })
-}
-
-fn hash(text: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
-}
-
-/// What one poll did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Polled {
-    Unchanged,
-    /// Applied; this many watched topics changed.
-    Applied(usize),
-    Rejected,
-}
-
-/// Polls the registry file and applies changes to the index.
+/// The policy's side of the registry file: the whole state, applied to the index.
 #[derive(Debug)]
-pub struct RegistryWatcher {
+pub struct Policies(Arc<Index>);
+
+impl watch_file::Registry for Policies {
+    type State = State;
+
+    fn parse(&self, text: &str) -> Result<State, String> {
+        parse(text, self.0.config())
+    }
+
+    /// How many watched topics changed.
+    fn apply(&self, state: State) -> usize {
+        self.0.reset(state)
+    }
+}
+
+/// Polls the registry file and applies changes to the index (`linkerd_control::watch_file`:
+/// read twice 20 ms apart, parsed off the runtime when the content changed, a bad edit logged
+/// and counted, the last good state kept).
+pub type RegistryWatcher = FileWatcher<Policies>;
+
+/// A watcher that has read nothing yet: its first poll applies the file.
+pub fn watcher(path: PathBuf, index: Arc<Index>, metrics: &Metrics) -> RegistryWatcher {
+    FileWatcher::new(path, Arc::new(Policies(index)), metrics.source().clone())
+}
+
+/// Loads and applies the file (an error if it is bad: there is no last good state yet).
+pub async fn start_watcher(
     path: PathBuf,
     index: Arc<Index>,
-    metrics: Arc<Metrics>,
-    /// The hash of the content last parsed, good or bad.
-    hash: Option<u64>,
-    read_error: Option<String>,
-}
-
-impl RegistryWatcher {
-    pub fn new(path: PathBuf, index: Arc<Index>, metrics: Arc<Metrics>) -> Self {
-        Self {
-            path,
-            index,
-            metrics,
-            hash: None,
-            read_error: None,
-        }
-    }
-
-    /// Polls every `every` until `stop` turns true.
-    pub async fn run(mut self, every: Duration, mut stop: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => { self.poll().await; }
-                _ = crate::server::stopped(&mut stop) => return,
-            }
-        }
-    }
-
-    /// Reads the file (twice, 20 ms apart, so a half-written file is not taken) and applies it
-    /// if its content changed.
-    pub async fn poll(&mut self) -> Polled {
-        let text = match self.read_settled().await {
-            Ok(Some(t)) => t,
-            Ok(None) => return Polled::Unchanged,
-            Err(e) => {
-                let msg = e.to_string();
-                if self.read_error.as_ref() != Some(&msg) {
-                    self.metrics.reloaded(false);
-                    tracing::error!(path = %self.path.display(), error = %msg, "registry unreadable; keeping the last good state");
-                    self.read_error = Some(msg);
-                    self.hash = None;
-                    return Polled::Rejected;
-                }
-                return Polled::Unchanged;
-            }
-        };
-        self.read_error = None;
-        let h = hash(&text);
-        if self.hash == Some(h) {
-            return Polled::Unchanged;
-        }
-        self.hash = Some(h);
-        match parse(&text, self.index.config()) {
-            Ok(state) => {
-                let changed = self.index.reset(state);
-                self.metrics.reloaded(true);
-                self.metrics.set_ready();
-                tracing::info!(path = %self.path.display(), changed, "registry applied");
-                Polled::Applied(changed)
-            }
-            Err(e) => {
-                self.metrics.reloaded(false);
-                tracing::error!(path = %self.path.display(), error = %e, "registry rejected; keeping the last good state");
-                Polled::Rejected
-            }
-        }
-    }
-
-    async fn read_settled(&self) -> std::io::Result<Option<String>> {
-        let first = tokio::fs::read_to_string(&self.path).await?;
-        if self.hash == Some(hash(&first)) {
-            return Ok(Some(first));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let second = tokio::fs::read_to_string(&self.path).await?;
-        Ok((first == second).then_some(second))
-    }
+    metrics: &Metrics,
+) -> Result<RegistryWatcher, RegistryError> {
+    FileWatcher::start(path, Arc::new(Policies(index)), metrics.source().clone()).await
 }

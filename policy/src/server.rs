@@ -1,16 +1,20 @@
-//! Wiring: configuration → index, source (registry file or Kubernetes), gRPC and admin.
+//! Wiring: configuration → index, source (registry file or Kubernetes), gRPC and admin, on the
+//! control plane's serve sequence (`linkerd_control::serve`).
 
 use crate::{
     Error,
     grpc::PolicyGrpc,
     index::Index,
-    k8s::{KubeApiConfig, KubeWatch},
-    metrics::{Metrics, serve_admin},
+    k8s::KubeWatch,
+    metrics::{self, Metrics},
     model::ClusterConfig,
     registry::{self, RegistryWatcher},
 };
-use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
-use tokio::{net::TcpListener, sync::watch};
+use linkerd_control::{
+    Listeners,
+    serve::{Admin, Grpc, Source as Task},
+};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 /// Everything `serve` needs.
 #[derive(Clone, Debug)]
@@ -25,24 +29,13 @@ pub struct Config {
     pub grace: Duration,
 }
 
-/// Where policy comes from.
-#[derive(Clone, Debug)]
-pub enum Source {
-    /// A registry file, polled every `interval`.
-    Registry {
-        path: PathBuf,
-        interval: Duration,
-    },
-    Kubernetes(KubeApiConfig),
-    /// Nothing: the caller feeds [`Bound::index`] (tests).
-    Manual,
-}
+/// Where the service's state comes from (a registry file, the API server, or the caller).
+pub use linkerd_control::source::Source;
 
 /// Bound listeners and the loaded index, ready to [`Bound::run`].
 #[derive(Debug)]
 pub struct Bound {
-    grpc: TcpListener,
-    admin: TcpListener,
+    listeners: Listeners,
     index: Arc<Index>,
     metrics: Arc<Metrics>,
     config: Config,
@@ -56,28 +49,16 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     let metrics = Arc::new(Metrics::default());
     let registry = match &config.source {
         Source::Registry { path, .. } => {
-            let state = registry::load_file(path, &config.cluster).await?;
-            index.reset(state);
-            let mut w = RegistryWatcher::new(path.clone(), index.clone(), metrics.clone());
-            w.poll().await;
-            metrics.set_ready();
-            tracing::info!(path = %path.display(), "registry loaded");
-            Some(w)
+            Some(registry::start_watcher(path.clone(), index.clone(), &metrics).await?)
         }
         Source::Kubernetes(_) => None,
         Source::Manual => {
-            metrics.set_ready();
+            metrics.source().set_ready();
             None
         }
     };
-    let listen = |addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { addr, source })
-    };
     Ok(Bound {
-        grpc: listen(config.addr).await?,
-        admin: listen(config.admin_addr).await?,
+        listeners: Listeners::bind(config.addr, config.admin_addr).await?,
         index,
         metrics,
         config,
@@ -92,11 +73,11 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) ->
 
 impl Bound {
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
-        self.grpc.local_addr()
+        self.listeners.addr()
     }
 
     pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
-        self.admin.local_addr()
+        self.listeners.admin_addr()
     }
 
     pub fn index(&self) -> &Arc<Index> {
@@ -110,58 +91,39 @@ impl Bound {
     /// Serves until `shutdown` completes; then ends every stream, stops the source and the
     /// admin server, and waits up to the grace period for connections to close.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
-        let (stop, stop_rx) = watch::channel(false);
-        let admin = tokio::spawn(serve_admin(
-            self.admin,
-            self.index.clone(),
-            self.metrics.clone(),
-            stop_rx.clone(),
-        ));
-        let source = match (self.registry, &self.config.source) {
-            (Some(w), Source::Registry { interval, .. }) => {
-                Some(tokio::spawn(w.run(*interval, stop_rx.clone())))
-            }
-            (_, Source::Kubernetes(api)) => {
-                let kube = KubeWatch::new(api, self.index.clone(), self.metrics.clone()).await?;
-                Some(tokio::spawn(kube.run(stop_rx.clone())))
+        let kube = match &self.config.source {
+            Source::Kubernetes(api) => {
+                Some(KubeWatch::new(api, self.index.clone(), self.metrics.clone()).await?)
             }
             _ => None,
         };
-        if let Ok(addr) = self.grpc.local_addr() {
-            tracing::info!(%addr, "policy gRPC listening");
-        }
-        let grpc = PolicyGrpc::new(self.index.clone(), self.metrics.clone());
-        let routes = tonic::service::Routes::new(grpc.inbound_server())
-            .add_service(grpc.outbound_server())
-            .prepare();
-        let (draining, drain_rx) = watch::channel(false);
-        let mut server = tokio::spawn(linkerd_control::serve_h2(
-            self.grpc,
-            routes,
-            drain_rx,
-            MAX_SEND_BUF,
-        ));
-        shutdown.await;
-        // Watch streams never end on their own: end them so connections can close.
-        self.index.close();
-        let _ = draining.send(true);
-        if tokio::time::timeout(self.config.grace, &mut server)
-            .await
-            .is_err()
-        {
-            tracing::warn!("connections still open after the grace period; closing them");
-            server.abort();
-        }
-        let _ = stop.send(true);
-        let _ = admin.await;
-        if let Some(s) = source {
-            let _ = s.await;
-        }
+        let index = self.index.clone();
+        let source = self.config.source.task(
+            self.registry,
+            kube.map(|k| move |stop| -> Task { Box::pin(k.run(stop)) }),
+        );
+        let (metrics, ready) = metrics::admin(self.index.clone(), self.metrics.clone());
+        let policy = PolicyGrpc::new(self.index.clone(), self.metrics.clone());
+        let grpc = Grpc {
+            name: "policy",
+            svc: tonic::service::Routes::new(policy.inbound_server())
+                .add_service(policy.outbound_server())
+                .prepare(),
+            max_send_buf: MAX_SEND_BUF,
+            grace: self.config.grace,
+        };
+        self.listeners
+            .serve_grpc(
+                grpc,
+                Admin { metrics, ready },
+                source,
+                move || index.close(),
+                shutdown,
+            )
+            .await;
         Ok(())
     }
 }
 
 /// Per-stream bytes h2 may buffer beyond what the socket took (as the destination service).
 const MAX_SEND_BUF: usize = 32 * 1024;
-
-pub(crate) use linkerd_control::stopped;

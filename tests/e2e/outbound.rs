@@ -361,7 +361,11 @@ async fn retries_hide_a_backend_that_fails_a_fifth_of_requests() {
         // Every retried request finally succeeded (some after two retries); every request is
         // in Linkerd's route families, labelled with the route's and parent's metadata.
         let successes = route_counter(&m, "outbound_http_route_retry_successes_total");
-        assert!(successes >= retries / 2.0 && successes <= retries, "{}", m.text);
+        assert!(
+            successes >= retries / 2.0 && successes <= retries,
+            "{}",
+            m.text
+        );
         let labels = [
             ("route_name", "web"),
             ("route_kind", "HTTPRoute"),

@@ -1,20 +1,18 @@
-//! Scraping the admin server's `/metrics` and reading the Prometheus text format.
+//! Scraping the admin server's `/metrics` and reading the Prometheus text format, with the
+//! control plane's one parser (`linkerd_control::prom`).
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use linkerd_control::prom::Scrape;
+use std::net::SocketAddr;
 
 /// One sample line: `name{label="value",...} value`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sample {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub value: f64,
-}
+pub use linkerd_control::prom::Sample;
 
 /// A parsed scrape.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
     pub text: String,
     pub samples: Vec<Sample>,
+    scrape: Scrape,
 }
 
 /// `GET /metrics` from the admin server at `admin`.
@@ -28,15 +26,12 @@ impl Metrics {
     /// Parses Prometheus text. Panics on a line it cannot read: the format is part of what the
     /// tests check.
     pub fn parse(text: &str) -> Self {
-        let samples = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|l| parse_line(l).unwrap_or_else(|| panic!("unparseable metrics line: {l:?}")))
-            .collect();
+        let scrape =
+            Scrape::parse(text).unwrap_or_else(|e| panic!("unparseable metrics: {e}\n{text}"));
         Self {
             text: text.to_string(),
-            samples,
+            samples: scrape.samples.clone(),
+            scrape,
         }
     }
 
@@ -46,17 +41,12 @@ impl Metrics {
         name: &'a str,
         labels: &'a [(&'a str, &'a str)],
     ) -> impl Iterator<Item = &'a Sample> + 'a {
-        self.samples.iter().filter(move |s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
-        })
+        self.scrape.find(name, labels)
     }
 
     /// The sum over [`Metrics::find`]: 0 when nothing matches.
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.find(name, labels).map(|s| s.value).sum()
+        self.scrape.sum(name, labels)
     }
 
     /// Whether any sample named `name` has every label in `labels`.
@@ -66,60 +56,10 @@ impl Metrics {
 
     /// Whether the family is declared with `# TYPE`.
     pub fn declares(&self, name: &str) -> bool {
-        self.text
-            .lines()
-            .any(|l| l.starts_with(&format!("# TYPE {name} ")))
+        self.scrape
+            .family(name)
+            .is_some_and(|f| f.kind != "untyped" || self.text.contains(&format!("# TYPE {name} ")))
     }
-}
-
-fn parse_line(line: &str) -> Option<Sample> {
-    let name_end = line.find(['{', ' '])?;
-    let name = line[..name_end].to_string();
-    let mut labels = BTreeMap::new();
-    let mut rest = &line[name_end..];
-    if let Some(after) = rest.strip_prefix('{') {
-        let mut chars = after.char_indices().peekable();
-        let end = loop {
-            // A label name up to `=`, or the closing brace.
-            let (i, c) = chars.next()?;
-            if c == '}' {
-                break i;
-            }
-            if c == ',' {
-                continue;
-            }
-            let mut key = String::from(c);
-            loop {
-                let (_, c) = chars.next()?;
-                if c == '=' {
-                    break;
-                }
-                key.push(c);
-            }
-            if chars.next()?.1 != '"' {
-                return None;
-            }
-            let mut value = String::new();
-            loop {
-                match chars.next()?.1 {
-                    '"' => break,
-                    '\\' => match chars.next()?.1 {
-                        'n' => value.push('\n'),
-                        other => value.push(other),
-                    },
-                    other => value.push(other),
-                }
-            }
-            labels.insert(key.trim().to_string(), value);
-        };
-        rest = &after[end + 1..];
-    }
-    let value = rest.split_whitespace().next()?.parse().ok()?;
-    Some(Sample {
-        name,
-        labels,
-        value,
-    })
 }
 
 #[cfg(test)]

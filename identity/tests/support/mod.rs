@@ -11,43 +11,14 @@ use linkerd_identity::{
 };
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, SystemTime},
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const ID: &str = "web.emojivoto.serviceaccount.identity.linkerd.cluster.local";
 
-/// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!(
-            "identity-test-{tag}-{}-{n}-{}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos()
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use linkerd_control::test_support::TempDir;
 
 /// Trust material and a token key written to a temporary directory.
 pub struct Trust {
@@ -159,14 +130,7 @@ impl Running {
 
     /// GETs an admin path; returns (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
-        let mut s = tokio::net::TcpStream::connect(self.admin).await.unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut rsp = String::new();
-        s.read_to_string(&mut rsp).await.unwrap();
-        let status = rsp[9..12].parse().unwrap();
-        let body = rsp.split_once("\r\n\r\n").unwrap().1.to_string();
-        (status, body)
+        linkerd_control::test_support::admin_get(self.admin, path).await
     }
 
     pub async fn stop(mut self) {

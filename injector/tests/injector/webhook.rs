@@ -26,13 +26,7 @@ struct Webhook {
     _dir: TempDir,
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use linkerd_control::test_support::TempDir;
 
 /// A CA, and a serving certificate it signs for the Service name and 127.0.0.1.
 fn certs(dir: &std::path::Path) -> (String, PathBuf, PathBuf) {
@@ -60,13 +54,8 @@ fn certs(dir: &std::path::Path) -> (String, PathBuf, PathBuf) {
 }
 
 async fn start() -> Webhook {
-    let dir = std::env::temp_dir().join(format!(
-        "injector-webhook-{}-{}",
-        std::process::id(),
-        fastrand_u64()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (ca_pem, tls_cert, tls_key) = certs(&dir);
+    let dir = TempDir::new("injector-webhook");
+    let (ca_pem, tls_cert, tls_key) = certs(dir.path());
     let mut namespaces = BTreeMap::new();
     namespaces.insert("shop".to_string(), ns(&[("linkerd.io/inject", "enabled")]));
     let bound = server::bind(Config {
@@ -92,15 +81,8 @@ async fn start() -> Webhook {
         ca_pem,
         stop: Some(stop),
         task,
-        _dir: TempDir(dir),
+        _dir: dir,
     }
-}
-
-fn fastrand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0);
-    h.finish()
 }
 
 fn client_config(
@@ -161,19 +143,8 @@ async fn post(w: &Webhook, body: Vec<u8>) -> (StatusCode, Bytes) {
 }
 
 async fn admin_get(w: &Webhook, path: &str) -> (StatusCode, String) {
-    let tcp = TcpStream::connect(w.admin).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::get(path)
-        .header("host", "admin")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let rsp = send.send_request(req).await.unwrap();
-    let status = rsp.status();
-    let body = rsp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap())
+    let (status, body) = linkerd_control::test_support::admin_get(w.admin, path).await;
+    (StatusCode::from_u16(status).unwrap(), body)
 }
 
 fn recorded_review() -> Value {

@@ -49,11 +49,11 @@ async fn admin_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)
     metrics::get(addr, path).await
 }
 
+/// The first sample named `name`, read with the control plane's parser.
 fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit_once(' '))
-        .and_then(|(_, v)| v.parse().ok())
+    linkerd_control::prom::Scrape::parse_lossy(text)
+        .0
+        .value(name, &[])
 }
 
 fn now_unix() -> f64 {

@@ -5,7 +5,7 @@ use crate::support::*;
 use linkerd_policy::{
     Source,
     model::ClusterConfig,
-    registry::{Polled, RegistryWatcher, parse},
+    registry::{self, Polled, parse},
 };
 use std::time::Duration;
 
@@ -185,7 +185,7 @@ async fn reloads_and_keeps_the_last_good_state() {
     .await;
     let s = server.index.inbound(&key("web-0"), 8080).unwrap();
     assert_eq!(s.labels["name"], "web-http");
-    let mut w = RegistryWatcher::new(path.clone(), server.index.clone(), server.metrics.clone());
+    let mut w = registry::watcher(path.clone(), server.index.clone(), &server.metrics);
     w.poll().await;
     assert_eq!(w.poll().await, Polled::Unchanged);
 
