@@ -387,8 +387,9 @@ impl MeshFile {
             // starts.
             use linkerd_proxy::config::{Config, ENV_OUTBOUND_PROXY_ALLOW};
             let value = allow.join(",");
-            Config::from_strings(&[(ENV_OUTBOUND_PROXY_ALLOW, value.as_str())])
-                .map_err(|e| anyhow::anyhow!("workload {:?}: outboundAllow: {}", w.name, e.reason))?;
+            Config::from_strings(&[(ENV_OUTBOUND_PROXY_ALLOW, value.as_str())]).map_err(|e| {
+                anyhow::anyhow!("workload {:?}: outboundAllow: {}", w.name, e.reason)
+            })?;
         }
         Ok(())
     }
