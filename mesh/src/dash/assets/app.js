@@ -90,7 +90,7 @@ function layout(g) {
 function renderGraph() {
   const g = state.graph, svg = $("#graph");
   if (!g) return;
-  const NW = 188, NH = 62, CW = 330, RH = 100, PAD = 30;
+  const NW = 190, NH = 62, CW = 430, RH = 96, PAD = 24;
   const { cols, svcOf } = layout(g);
   const rows = Math.max(1, ...cols.map((c) => c.length));
   const W = PAD * 2 + (cols.length - 1) * CW + NW, H = PAD * 2 + rows * RH - (RH - NH) + 14;
@@ -121,11 +121,11 @@ function renderGraph() {
     ge.append(el("path", { d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`, stroke: COLOR[h], "stroke-width": w.toFixed(1), "marker-end": `url(#arrow-${h})` }),
       el("title", {}, `${e.src} → ${e.dst}${e.authority ? " (" + e.authority + ")" : ""}\n${fmt.rps(e.rps)} rps, success ${fmt.pct(e.success_rate)}, p50 ${fmt.ms(e.p50_ms)}, p99 ${fmt.ms(e.p99_ms)}, mTLS ${fmt.pct(e.mtls_rate)}`));
     edges.append(ge);
-    const lock = e.mtls_rate === 1 ? "🔒 " : e.mtls_rate > 0 ? "◐ " : "";
-    const text = `${lock}${fmt.rps(e.rps)} rps · ${fmt.pct(e.success_rate)} · p99 ${fmt.ms(e.p99_ms)}`;
-    const lw = text.length * 6.1 + 12, lx = mx - lw / 2 + (x2 - x1) * 0.08, ly = (y1 + y2) / 2 + (y2 - y1) * 0.08 - 9;
-    labels.append(el("g", { class: "edge label" }, el("rect", { x: lx, y: ly, width: lw, height: 18, rx: 9 }),
-      el("text", { x: lx + 6, y: ly + 13 }, text)));
+    const tls = e.mtls_rate === 1 ? "mTLS" : e.mtls_rate > 0 ? fmt.pct(e.mtls_rate) + " mTLS" : "";
+    const text = `${fmt.rps(e.rps)} rps · ${fmt.pct(e.success_rate)} · p99 ${fmt.ms(e.p99_ms)}`;
+    const lw = text.length * 6.2 + (tls ? tls.length * 6.4 + 8 : 0) + 14, lx = mx - lw / 2, ly = (y1 + y2) / 2 - 9;
+    labels.append(el("g", { class: "label" }, el("rect", { x: lx, y: ly, width: lw, height: 18, rx: 9 }),
+      el("text", { x: lx + 7, y: ly + 13 }, tls ? el("tspan", { class: "tls" }, tls + " ") : null, text)));
   }
   for (const n of g.nodes) {
     const p = pos[n.name], t = n.inbound;
@@ -202,7 +202,7 @@ function chart(title, t, lines, opt = {}) {
   const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none" });
   for (const f of [0, 0.5, 1]) {
     const v = min + (max - min) * f;
-    svg.append(el("line", { class: "gridline", x1: L, x2: W, y1: y(v), y2: y(v) }), el("text", { class: "axis", x: L - 4, y: y(v) + 3, "text-anchor": "end" }, opt.fmt(v, true)));
+    svg.append(el("line", { class: "gridline", x1: L, x2: W, y1: y(v), y2: y(v) }), el("text", { class: "axis", x: L - 4, y: y(v) + 3, "text-anchor": "end" }, v === 0 ? "0" : opt.fmt(v, true)));
   }
   if (!opt.small && t.length > 1) {
     const span = (t[t.length - 1] - t[0]) / 60000;
@@ -257,7 +257,7 @@ function flushTap() {
       el("td", {}, new Date().toLocaleTimeString()), el("td", {}, el("span", { class: "dot", style: `background:${color(ev.workload)}` }), ev.workload),
       el("td", {}, ev.direction === "inbound" ? "in" : "out"), el("td", {}, ev.method), el("td", {}, short(ev.authority)),
       el("td", { class: "path", title: ev.path }, ev.path), el("td", { class: "n " + (ok ? "sr-ok" : "sr-bad") }, st),
-      el("td", { class: "n" }, fmt.ms(ev.latency_us / 1000)), el("td", {}, ev.tls ? "🔒" : "–"));
+      el("td", { class: "n" }, fmt.ms(ev.latency_us / 1000)), el("td", { class: ev.tls ? "tls-yes" : "tls-no" }, ev.tls ? "mTLS" : "plain"));
   });
   tb.prepend(...rows);
   while (tb.rows.length > 200) tb.deleteRow(-1);
