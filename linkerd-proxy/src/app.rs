@@ -103,30 +103,44 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
             .clone()
             .evict_idle(config.outbound.discovery_idle_timeout),
     );
-    let forwarding = |direction, connect_timeout, tls, creds, limits: &listen::Limits| {
-        let client = Client::new(
-            connect_timeout,
-            config.outbound.max_idle_per_endpoint,
-            metrics.clone(),
-            direction,
-            tls,
-            creds,
-        );
-        tokio::spawn(client.evict_idle(HTTP1_IDLE_TIMEOUT));
-        Arc::new(Forwarding {
-            client,
-            metrics: metrics.clone(),
-            in_flight: listen::in_flight(&metrics, direction, limits),
-            header_read_timeout: limits.header_read_timeout,
-            header_timeouts: listen::header_timeouts(&metrics, direction),
-        })
+    let tracer = match config.trace.clone() {
+        Some(t) => Some(
+            crate::trace::Tracer::start(t, creds.clone(), &metrics)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+        ),
+        None => None,
     };
+    let access_log = config
+        .access_log
+        .map(|format| crate::access_log::AccessLog::start(format, &metrics, tokio::io::stderr()));
+    let forwarding =
+        |direction, connect_timeout, tls, creds, limits: &listen::Limits, access_log| {
+            let client = Client::new(
+                connect_timeout,
+                config.outbound.max_idle_per_endpoint,
+                metrics.clone(),
+                direction,
+                tls,
+                creds,
+            );
+            tokio::spawn(client.evict_idle(HTTP1_IDLE_TIMEOUT));
+            Arc::new(Forwarding {
+                client,
+                metrics: metrics.clone(),
+                in_flight: listen::in_flight(&metrics, direction, limits),
+                header_read_timeout: limits.header_read_timeout,
+                header_timeouts: listen::header_timeouts(&metrics, direction),
+                tracer: tracer.clone(),
+                access_log,
+            })
+        };
     let out_fw = forwarding(
         Direction::Outbound,
         config.outbound.connect_timeout,
         Tls::None("not_provided_by_service_discovery"),
         creds.clone(),
         &config.outbound.limits,
+        None,
     );
     let in_fw = forwarding(
         Direction::Inbound,
@@ -134,6 +148,7 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         Tls::None("no_tls_from_remote"),
         None,
         &config.inbound.limits,
+        access_log,
     );
     let (drain_ctl, drain) = drain::channel();
     let (shutdown, shutdown_rx) = watch::channel(false);

@@ -6,12 +6,16 @@
 //! `MESH_PROXY_*` prefix. Values are read through [`Strings`] so tests never touch the process
 //! environment. Every variable is documented in `linkerd-proxy/README.md`.
 
+pub use self::observe::*;
 pub use crate::{
+    access_log::Format as AccessLogFormat,
     inbound::Config as InboundConfig,
     listen::Limits,
     log::LogFormat,
     outbound::{Config as OutboundConfig, LocalListener},
+    trace::TraceConfig,
 };
+mod observe;
 mod values;
 
 use self::values::*;
@@ -131,6 +135,10 @@ pub struct Config {
     pub destination: Option<crate::destination::DestinationConfig>,
     /// Inbound authorization: the default policy and, optionally, the policy service.
     pub policy: crate::inbound::policy::client::InboundPolicyConfig,
+    /// Span export; `None`: trace headers pass through untouched.
+    pub trace: Option<TraceConfig>,
+    /// Inbound access log lines on stderr.
+    pub access_log: Option<AccessLogFormat>,
 }
 
 #[derive(Clone, Debug)]
@@ -293,12 +301,15 @@ impl Config {
                     .into(),
             });
         }
+        let trace = parse_trace(s, identity.is_some())?;
+        let access_log = parse_access_log(s)?;
         let mut outbound = outbound;
         // The control plane is never reached through HTTP-proxy mode.
         let control_plane = [
             identity.as_ref().map(|i| i.svc_addr.as_str()),
             destination.as_ref().map(|d| d.svc_addr.as_str()),
             policy.service.as_ref().map(|p| p.svc_addr.as_str()),
+            trace.as_ref().map(|t| t.collector_addr.as_str()),
         ];
         outbound.proxy_allow.control_plane = control_plane
             .into_iter()
@@ -311,6 +322,8 @@ impl Config {
             .admin_ports
             .push(admin.listen_addr.port());
         let config = Config {
+            trace,
+            access_log,
             identity,
             destination,
             policy,

@@ -283,7 +283,13 @@ async fn serve_inbound_http(
     conn: InboundConn,
     drain: Drain,
 ) {
-    let core = Core::new(Direction::Inbound, conn.tls, ctx.fw.clone(), drain);
+    let core = Core::new(
+        Direction::Inbound,
+        conn.tls,
+        ctx.fw.clone(),
+        drain,
+        conn.client,
+    );
     let http = Http::new(core, conn.target, conn.policy, conn.client.ip());
     crate::http::server::serve(io, proto, Arc::new(http)).await;
 }

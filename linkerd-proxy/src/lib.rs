@@ -12,7 +12,7 @@
 //! 0  plumbing:          io, drain, log, backoff, idle, build_info, transport, tap, trim
 //! 1  one concern:       metrics, detect, resolve, tls
 //! 2  building blocks:   control, balance
-//! 3  connections:       tcp, identity, destination
+//! 3  connections, sinks: tcp, identity, destination, trace, access_log
 //! 4  HTTP:              http
 //! 5  listeners:         listen
 //! 6  the two halves:    inbound, outbound
@@ -32,6 +32,7 @@
 
 #![warn(unreachable_pub)]
 
+pub(crate) mod access_log;
 pub(crate) mod admin;
 pub mod app;
 pub(crate) mod backoff;
@@ -56,8 +57,9 @@ pub(crate) mod resolve;
 pub(crate) mod tap;
 pub(crate) mod tcp;
 pub mod tls;
-pub(crate) mod transport;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(crate) mod trace;
+pub(crate) mod transport;
 pub(crate) mod trim;
 
 use std::process::ExitCode;

@@ -107,7 +107,13 @@ pub async fn serve_conn(ctx: Arc<Outbound>, acc: Accepted, drain: Drain, _slot: 
     match (proto, orig) {
         (Protocol::Http1 | Protocol::Http2, _) => {
             let dst = orig.map_or(Dst::Proxy, Dst::OrigDst);
-            let core = Core::new(Direction::Outbound, OUTBOUND_TLS, ctx.fw.clone(), drain);
+            let core = Core::new(
+                Direction::Outbound,
+                OUTBOUND_TLS,
+                ctx.fw.clone(),
+                drain,
+                acc.client,
+            );
             let http = Http::new(core, dst, ctx.shared.clone());
             crate::http::server::serve(io, proto, Arc::new(http)).await;
         }

@@ -76,11 +76,11 @@ impl Tap {
     }
 
     /// Starts tapping a request (call only when [`Tap::is_active`]).
-    pub fn start(self: &Arc<Self>, event: TapEvent) -> Box<Pending> {
-        Box::new(Pending {
+    pub fn start(self: &Arc<Self>, event: TapEvent) -> Pending {
+        Pending {
             tap: self.clone(),
             event,
-        })
+        }
     }
 
     fn publish(&self, line: Bytes) {
@@ -158,7 +158,7 @@ impl TapEvent {
 }
 
 /// Appends `v` as a JSON string.
-fn json_str(out: &mut String, v: &str) {
+pub(crate) fn json_str(out: &mut String, v: &str) {
     out.push('"');
     for c in v.chars() {
         match c {

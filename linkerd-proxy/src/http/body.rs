@@ -48,8 +48,8 @@ pub struct Recorder {
     /// stays small; a status beyond that is `UNKNOWN` (2).
     pub grpc_status: Option<u16>,
     pub start: Instant,
-    /// Set only while someone watches `/tap`.
-    pub tap: Option<Box<crate::tap::Pending>>,
+    /// `/tap`, the trace span, the access log: set only when one of them watches.
+    pub(crate) observe: Option<Box<super::observe::Observe>>,
     /// Released when the response ends: the request's place in flight and on its connection
     /// (the header-read timeout waits for the next head only after it).
     pub held: super::inflight::Held,
@@ -327,13 +327,8 @@ impl Recorder {
             },
             elapsed,
         );
-        if let Some(t) = self.tap {
-            t.finish(
-                Some(self.status),
-                self.grpc_status.map(u32::from),
-                error,
-                elapsed,
-            );
+        if let Some(o) = self.observe {
+            o.finish(self.status, self.grpc_status.map(u32::from), error, elapsed);
         }
     }
 }

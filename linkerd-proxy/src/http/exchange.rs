@@ -10,14 +10,17 @@ use super::{
     errors::ProxyError,
     headers::strip_hop_by_hop,
     inflight::{Held, InFlight},
+    observe::Observe,
 };
 use crate::{
+    access_log::AccessLog,
     balance::{Accrual, Target},
     drain::Drain,
     lock,
     metrics::{Direction, HttpKey, HttpStats, Metrics, ResponseClass, Tls},
     resolve::Endpoint,
     tap::{Pending, TapEvent},
+    trace::{Span, Tracer},
 };
 use http::{
     HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header, uri,
@@ -46,6 +49,10 @@ pub struct Forwarding {
     pub header_read_timeout: Duration,
     /// Connections closed by the header-read timeout.
     pub header_timeouts: Arc<AtomicU64>,
+    /// Spans for sampled requests, when tracing is configured.
+    pub(crate) tracer: Option<Arc<Tracer>>,
+    /// The access log (inbound only, as in Linkerd).
+    pub(crate) access_log: Option<Arc<AccessLog>>,
 }
 
 /// One downstream HTTP connection's part that does not depend on its direction.
@@ -56,6 +63,8 @@ pub(crate) struct Core {
     pub tls: Tls,
     pub fw: Arc<Forwarding>,
     pub drain: Drain,
+    /// The downstream client's address.
+    pub peer: SocketAddr,
     /// The last label set used on this connection, so a connection reusing one authority
     /// looks its counters up once.
     last: Mutex<Option<(HeaderValue, SocketAddr, Arc<HttpStats>)>>,
@@ -79,8 +88,8 @@ pub(crate) struct InFlightRequest {
     pub start: Instant,
     pub grpc: bool,
     pub authority: HeaderValue,
-    /// Set only while someone watches `/tap`.
-    pub tap: Option<Box<Pending>>,
+    /// `/tap`, the trace span, the access log: set only when one of them watches.
+    pub observe: Option<Box<Observe>>,
 }
 
 /// How the response of a forwarded request is finished.
@@ -98,19 +107,31 @@ pub(crate) struct Finish {
 }
 
 impl Core {
-    pub(crate) fn new(direction: Direction, tls: Tls, fw: Arc<Forwarding>, drain: Drain) -> Self {
+    pub(crate) fn new(
+        direction: Direction,
+        tls: Tls,
+        fw: Arc<Forwarding>,
+        drain: Drain,
+        peer: SocketAddr,
+    ) -> Self {
         Self {
             direction,
             tls,
             fw,
             drain,
+            peer,
             last: Mutex::new(None),
         }
     }
 
-    /// A request's start: its authority (`""` when it names none), the time, and the `/tap`
-    /// event when someone watches.
-    pub(crate) fn begin(&self, req: &Request<Incoming>, authority: HeaderValue) -> InFlightRequest {
+    /// A request's start: its authority (`""` when it names none), the time, and whoever
+    /// watches it: the `/tap` event, its trace span (whose context the request's headers now
+    /// carry to the next hop), its access log entry.
+    pub(crate) fn begin(
+        &self,
+        req: &mut Request<Incoming>,
+        authority: HeaderValue,
+    ) -> InFlightRequest {
         // Nobody watching `/tap`: one relaxed load, nothing built.
         let tap = self
             .fw
@@ -118,11 +139,34 @@ impl Core {
             .tap()
             .is_active()
             .then(|| self.tap_start(req, &authority));
+        let span = self.fw.tracer.as_ref().and_then(|t| {
+            let ids = t.begin(self.direction, req.headers_mut())?;
+            let a = String::from_utf8_lossy(authority.as_bytes());
+            let mut span = Span::new(ids, req, &a, self.peer);
+            span.peer_identity = self.peer_id();
+            Some((t.clone(), span))
+        });
+        let access = self.fw.access_log.as_ref().map(|log| {
+            let trace_id = match &span {
+                Some((_, s)) => Some(s.trace_id_hex()),
+                None => crate::trace::trace_id_of(req.headers()),
+            };
+            let entry = AccessLog::entry(req, self.peer, self.peer_id(), trace_id);
+            (log.clone(), Box::new(entry))
+        });
         InFlightRequest {
             start: Instant::now(),
             grpc: super::errors::is_grpc(req),
             authority,
-            tap,
+            observe: Observe { tap, span, access }.boxed(),
+        }
+    }
+
+    /// The downstream peer's verified identity (inbound over mTLS).
+    fn peer_id(&self) -> Option<Arc<str>> {
+        match &self.tls {
+            Tls::Established { peer_id } => peer_id.clone(),
+            Tls::None(_) => None,
         }
     }
 
@@ -154,7 +198,7 @@ impl Core {
     }
 
     /// What `/tap` reports about a request, captured before it is forwarded.
-    fn tap_start(&self, req: &Request<Incoming>, authority: &HeaderValue) -> Box<Pending> {
+    fn tap_start(&self, req: &Request<Incoming>, authority: &HeaderValue) -> Pending {
         let (tls, peer_id) = match &self.tls {
             Tls::Established { peer_id } => (true, peer_id.as_deref().map(str::to_string)),
             Tls::None(_) => (false, None),
@@ -186,8 +230,14 @@ impl Core {
             grpc_status: r.grpc.then(|| error.grpc_code()),
             error: Some(error.label()),
         };
-        if let Some(t) = r.tap {
-            t.finish(class.status, class.grpc_status, class.error, elapsed);
+        if let Some(mut o) = r.observe {
+            o.headers(rsp.status().as_u16(), Some(rsp.headers()));
+            o.finish(
+                rsp.status().as_u16(),
+                class.grpc_status,
+                class.error,
+                elapsed,
+            );
         }
         match stats {
             Some(s) => s.response(class, elapsed),
@@ -258,12 +308,16 @@ impl Core {
             rsp.headers_mut().remove(&L5D_ORIG_PROTO);
             *rsp.version_mut() = Version::HTTP_11;
         }
+        let mut observe = r.observe;
+        if let Some(o) = observe.as_mut() {
+            o.headers(status.as_u16(), Some(rsp.headers()));
+        }
         let recorder = Recorder {
             stats: f.stats,
             status: status.as_u16(),
             grpc_status: grpc_status(rsp.headers()).map(narrow_grpc),
             start: r.start,
-            tap: r.tap,
+            observe,
             held: f.held,
         };
         rsp.map(|body| body.with_recorder(recorder))

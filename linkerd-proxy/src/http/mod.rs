@@ -12,6 +12,7 @@ pub(crate) mod header_timeout;
 pub(crate) mod headers;
 pub(crate) mod inflight;
 pub mod matching;
+pub(crate) mod observe;
 pub(crate) mod pool;
 pub(crate) mod server;
 #[cfg(test)]

@@ -82,7 +82,7 @@ impl Http {
         let core = &self.core;
         let checked = check_host(&req);
         let authority = authority_of(&req).unwrap_or(HeaderValue::from_static(""));
-        let r = core.begin(&req, authority);
+        let mut r = core.begin(&mut req, authority);
         // Denials are counted on the application's address, where the allowed requests are.
         if let Err(e) = checked.and_then(|()| self.authorize(&req, &r.authority)) {
             return core.fail(e, r, None, self.app.addr);
@@ -116,7 +116,12 @@ impl Http {
             timeout: None,
             accrual: None,
         };
-        match core.send_once(&self.app, &how, req).await {
+        let sent = std::time::Instant::now();
+        let rsp = core.send_once(&self.app, &how, req).await;
+        if let Some((_, entry)) = r.observe.as_mut().and_then(|o| o.access.as_mut()) {
+            entry.upstream = sent.elapsed();
+        }
+        match rsp {
             Ok(rsp) => {
                 let f = Finish {
                     stats,

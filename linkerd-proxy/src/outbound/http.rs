@@ -128,7 +128,7 @@ impl Http {
         let checked = check_host(&req);
         let authority = authority_of(&req);
         let named = authority.is_some();
-        let mut r = core.begin(&req, authority.unwrap_or(HeaderValue::from_static("")));
+        let mut r = core.begin(&mut req, authority.unwrap_or(HeaderValue::from_static("")));
         if let Err(e) = checked {
             return core.fail(e, r, None, Self::NO_TARGET);
         }
@@ -154,10 +154,16 @@ impl Http {
             Ok(t) => t,
             Err(e) => return core.fail(e, r, None, Self::NO_TARGET),
         };
-        if let Some(t) = r.tap.as_mut() {
-            let id = target.endpoint().identity.as_deref();
-            t.event.tls = id.is_some();
-            t.event.peer_id = id.map(str::to_string);
+        if let Some(o) = r.observe.as_mut() {
+            let id = target.endpoint().identity.as_ref();
+            if let Some(t) = o.tap.as_mut() {
+                t.event.tls = id.is_some();
+                t.event.peer_id = id.map(|i| i.to_string());
+            }
+            if let Some((_, span)) = o.span.as_mut() {
+                span.peer_identity = id.cloned();
+                span.route = plan.as_ref().map(|p| p.rule.route.clone());
+            }
         }
         if req.method() == Method::CONNECT && matches!(self.dst, Dst::Proxy) {
             return Box::pin(self.tunnel(req, target, r, held)).await;
@@ -205,7 +211,8 @@ impl Http {
             None => Retarget::Name(&r.authority, https),
         };
         let addr = target.endpoint().addr;
-        let send = self.send(plan.as_ref(), target, &how, req, retarget);
+        let mut sends = 0;
+        let send = self.send(plan.as_ref(), target, &how, req, retarget, &mut sends);
         let rsp = match total {
             Some(t) => match tokio::time::timeout(t, send).await {
                 Ok(rsp) => rsp,
@@ -218,6 +225,11 @@ impl Http {
             },
             None => send.await,
         };
+        if sends > 1
+            && let Some((_, span)) = r.observe.as_mut().and_then(|o| o.span.as_mut())
+        {
+            span.resends = sends - 1;
+        }
         let mut rsp = match rsp {
             Ok(rsp) => rsp,
             Err(e) => return core.fail(e, r, Some(&stats), addr),
@@ -245,6 +257,7 @@ impl Http {
         how: &Attempt,
         req: Request<Incoming>,
         retarget: Retarget<'_>,
+        sends: &mut u32,
     ) -> Outcome {
         let retry = plan
             .and_then(|p| Some((p, p.rule.retry.as_ref()?)))
@@ -257,6 +270,7 @@ impl Http {
                     plan,
                     how,
                     target: &mut target,
+                    sends,
                 };
                 let counters = &plan.rule.counters;
                 Box::pin(retry::with_retries(
@@ -468,8 +482,9 @@ impl Http {
                 return core.fail(e.into(), r, Some(&stats), addr);
             }
         };
-        if let Some(t) = r.tap {
-            t.finish(Some(200), None, None, r.start.elapsed());
+        if let Some(mut o) = r.observe {
+            o.headers(200, None);
+            o.finish(200, None, None, r.start.elapsed());
         }
         // The connection becomes the tunnel: no more request heads, and it is bounded as a
         // connection, not as a request in flight.
@@ -518,10 +533,13 @@ struct PlanAttempts<'a> {
     plan: &'a Plan,
     how: &'a Attempt,
     target: &'a mut Target,
+    /// Attempts sent so far (the trace span reports the retries).
+    sends: &'a mut u32,
 }
 
 impl Attempts for PlanAttempts<'_> {
     fn send(&mut self, req: Request<ProxyBody>) -> impl Future<Output = Outcome> + Send {
+        *self.sends += 1;
         let retarget = Retarget::Plan(self.plan);
         self.http.attempt(self.target, self.how, req, retarget)
     }

@@ -1,0 +1,388 @@
+//! Access logs (`LINKERD2_PROXY_ACCESS_LOG=apache|json`): one line on stderr per inbound HTTP
+//! request, with the fields Linkerd's proxy writes, when its response headers are sent (a
+//! response the proxy made itself, such as a 403, included).
+//!
+//! The request path fills an [`Entry`] and hands it to a bounded channel; a task formats the
+//! lines and writes them. When the channel is full the line is dropped and counted
+//! (`proxy_access_log_dropped_total`): a slow stderr never slows a request.
+//!
+//! - `apache`: `<client.addr> <client.id> - [<timestamp>] "<method> <uri> <version>" <status>`
+//! - `json`: `client.addr`, `client.id`, `host`, `method`, `processing_ns`, `request_bytes`,
+//!   `response_bytes` (when the response has a `content-length`), `status`, `timestamp`,
+//!   `total_ns`, `trace_id`, `uri`, `user_agent`, `version`, keys sorted.
+//!
+//! `timestamp` is the request's arrival in RFC 3339 (UTC, nanoseconds); `total_ns` runs to the
+//! response headers, `processing_ns` is that less the wait for the application's response.
+//! `trace_id` is the request's W3C or B3 trace id, else `x-request-id`, else
+//! `x-amzn-trace-id`.
+
+use crate::{
+    metrics::{Metrics, Series},
+    tap::json_str,
+};
+use http::{HeaderMap, HeaderName, Method, Request, Version, header};
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+use tokio::{io::AsyncWriteExt, sync::mpsc, time::Instant};
+
+/// Lines waiting to be written; beyond this they are dropped.
+const BUFFER: usize = 1024;
+/// Header values longer than this are cut.
+const MAX_VALUE: usize = 2048;
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_AMZN_TRACE_ID: HeaderName = HeaderName::from_static("x-amzn-trace-id");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Apache,
+    Json,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "apache" => Ok(Format::Apache),
+            "json" => Ok(Format::Json),
+            _ => Err("expected `apache` or `json`".into()),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct AccessLog {
+    tx: mpsc::Sender<Box<Entry>>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// One request's line, filled as the request goes.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    client_addr: SocketAddr,
+    client_id: Option<Arc<str>>,
+    timestamp: SystemTime,
+    start: Instant,
+    method: Method,
+    uri: String,
+    version: Version,
+    trace_id: String,
+    request_bytes: String,
+    user_agent: String,
+    host: String,
+    status: u16,
+    response_bytes: Option<String>,
+    total: Duration,
+    /// The wait for the application's response headers.
+    pub upstream: Duration,
+}
+
+fn header_str(h: &HeaderMap, name: &HeaderName) -> String {
+    h.get(name)
+        .map(|v| cut(&String::from_utf8_lossy(v.as_bytes())))
+        .unwrap_or_default()
+}
+
+fn cut(s: &str) -> String {
+    let mut end = s.len().min(MAX_VALUE);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+impl AccessLog {
+    /// Starts the writer: lines go to `out` (stderr in the proxy).
+    pub(crate) fn start<W>(format: Format, metrics: &Metrics, out: W) -> Arc<Self>
+    where
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(BUFFER);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let d = dropped.clone();
+        metrics.register_series(Series {
+            name: "proxy_access_log_dropped_total",
+            help: "Access log lines dropped because the writer was behind.",
+            kind: "counter",
+            labels: String::new(),
+            value: Box::new(move || d.load(Ordering::Relaxed)),
+        });
+        tokio::spawn(write_lines(format, rx, out));
+        Arc::new(Self { tx, dropped })
+    }
+
+    /// A request's entry, from its head.
+    pub(crate) fn entry<B>(
+        req: &Request<B>,
+        client_addr: SocketAddr,
+        client_id: Option<Arc<str>>,
+        trace_id: Option<String>,
+    ) -> Entry {
+        let h = req.headers();
+        let trace_id = trace_id
+            .map(|t| cut(&t))
+            .or_else(|| Some(header_str(h, &X_REQUEST_ID)).filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| header_str(h, &X_AMZN_TRACE_ID));
+        Entry {
+            client_addr,
+            client_id,
+            timestamp: SystemTime::now(),
+            start: Instant::now(),
+            method: req.method().clone(),
+            uri: cut(&req.uri().to_string()),
+            version: req.version(),
+            trace_id,
+            request_bytes: header_str(h, &header::CONTENT_LENGTH),
+            user_agent: header_str(h, &header::USER_AGENT),
+            host: header_str(h, &header::HOST),
+            status: 0,
+            response_bytes: None,
+            total: Duration::ZERO,
+            upstream: Duration::ZERO,
+        }
+    }
+
+    /// The response headers are going out: the line is complete.
+    pub(crate) fn log(&self, mut e: Box<Entry>, status: u16, response: Option<&HeaderMap>) {
+        e.total = e.start.elapsed();
+        e.status = status;
+        e.response_bytes = response
+            .and_then(|h| h.get(header::CONTENT_LENGTH))
+            .map(|v| cut(&String::from_utf8_lossy(v.as_bytes())));
+        if self.tx.try_send(e).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn write_lines<W>(format: Format, mut rx: mpsc::Receiver<Box<Entry>>, mut out: W)
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = String::new();
+    while let Some(e) = rx.recv().await {
+        format_line(format, &e, &mut buf);
+        // Whatever else is waiting goes in the same write.
+        while buf.len() < 64 * 1024 {
+            match rx.try_recv() {
+                Ok(e) => format_line(format, &e, &mut buf),
+                Err(_) => break,
+            }
+        }
+        if out.write_all(buf.as_bytes()).await.is_err() {
+            // Nowhere to write: keep draining so the request path never waits.
+            buf.clear();
+            continue;
+        }
+        let _ = out.flush().await;
+        buf.clear();
+        if buf.capacity() > 256 * 1024 {
+            buf.shrink_to(4096);
+        }
+    }
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+pub(crate) fn format_line(format: Format, e: &Entry, out: &mut String) {
+    let ts = rfc3339(e.timestamp);
+    let processing = e.total.saturating_sub(e.upstream);
+    match format {
+        Format::Apache => {
+            let id = e.client_id.as_deref().unwrap_or("-");
+            let _ = writeln!(
+                out,
+                "{} {} - [{}] \"{} {} {}\" {}",
+                e.client_addr,
+                id,
+                ts,
+                e.method,
+                e.uri.replace(['"', '\n', '\r'], "%22"),
+                version_str(e.version),
+                e.status
+            );
+        }
+        Format::Json => {
+            let field = |out: &mut String, first: bool, k: &str, v: &str| {
+                out.push_str(if first { "{" } else { "," });
+                json_str(out, k);
+                out.push(':');
+                json_str(out, v);
+            };
+            field(out, true, "client.addr", &e.client_addr.to_string());
+            field(
+                out,
+                false,
+                "client.id",
+                e.client_id.as_deref().unwrap_or("-"),
+            );
+            field(out, false, "host", &e.host);
+            field(out, false, "method", e.method.as_str());
+            field(
+                out,
+                false,
+                "processing_ns",
+                &processing.as_nanos().to_string(),
+            );
+            field(out, false, "request_bytes", &e.request_bytes);
+            if let Some(b) = &e.response_bytes {
+                field(out, false, "response_bytes", b);
+            }
+            let _ = write!(out, ",\"status\":{}", e.status);
+            field(out, false, "timestamp", &ts);
+            field(out, false, "total_ns", &e.total.as_nanos().to_string());
+            field(out, false, "trace_id", &e.trace_id);
+            field(out, false, "uri", &e.uri);
+            field(out, false, "user_agent", &e.user_agent);
+            field(out, false, "version", version_str(e.version));
+            out.push_str("}\n");
+        }
+    }
+}
+
+/// RFC 3339 in UTC with nanoseconds: `2022-08-23T20:28:20.071809491Z`.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(i64::try_from(days).unwrap_or(0));
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
+/// days-to-civil algorithm, in 400-year eras of 146,097 days).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
+        let t = UNIX_EPOCH + Duration::new(1_661_286_500, 71_809_491);
+        assert_eq!(rfc3339(t), "2022-08-23T20:28:20.071809491Z");
+        // A leap day, and the end of a century that is not a leap year.
+        assert_eq!(
+            &rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400))[..10],
+            "2000-02-29"
+        );
+        assert_eq!(
+            &rfc3339(UNIX_EPOCH + Duration::from_secs(4_107_542_400))[..10],
+            "2100-03-01"
+        );
+    }
+
+    fn entry() -> Entry {
+        let req = Request::post("/users?x=1")
+            .header(header::HOST, "web.test")
+            .header(header::USER_AGENT, "curl/8 \"quoted\"\tx")
+            .header(header::CONTENT_LENGTH, "5")
+            .header("x-request-id", "req-7")
+            .body(())
+            .unwrap();
+        let mut e = AccessLog::entry(&req, "10.0.0.1:4000".parse().unwrap(), None, None);
+        e.status = 201;
+        e.total = Duration::from_micros(1500);
+        e.upstream = Duration::from_micros(1000);
+        e.timestamp = UNIX_EPOCH + Duration::new(1_661_286_500, 71_809_491);
+        e
+    }
+
+    #[test]
+    fn apache_lines() {
+        let mut out = String::new();
+        format_line(Format::Apache, &entry(), &mut out);
+        assert_eq!(
+            out,
+            "10.0.0.1:4000 - - [2022-08-23T20:28:20.071809491Z] \"POST /users?x=1 HTTP/1.1\" 201\n"
+        );
+    }
+
+    #[test]
+    fn json_lines_parse_with_sorted_keys() {
+        let mut e = entry();
+        e.client_id = Some("web.ns.serviceaccount.identity.linkerd.cluster.local".into());
+        e.response_bytes = Some("12".into());
+        let mut out = String::new();
+        format_line(Format::Json, &e, &mut out);
+        assert!(
+            out.ends_with('\n') && out.matches('\n').count() == 1,
+            "{out}"
+        );
+        let keys: Vec<&str> = out
+            .split(",\"")
+            .map(|p| p.trim_start_matches("{\"").split('"').next().unwrap())
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        assert!(out.contains("\"status\":201,"), "{out}");
+        assert!(out.contains("\"total_ns\":\"1500000\""), "{out}");
+        assert!(out.contains("\"processing_ns\":\"500000\""), "{out}");
+        assert!(out.contains("\"trace_id\":\"req-7\""), "{out}");
+        assert!(
+            out.contains("\"user_agent\":\"curl/8 \\\"quoted\\\"\\tx\""),
+            "{out}"
+        );
+        assert!(out.contains("\"request_bytes\":\"5\""), "{out}");
+        assert!(out.contains("\"response_bytes\":\"12\""), "{out}");
+    }
+
+    #[tokio::test]
+    async fn lines_are_written_and_a_full_buffer_drops() {
+        let (w, mut r) = tokio::io::duplex(1 << 20);
+        let log = AccessLog::start(Format::Apache, &Metrics::new(), w);
+        for _ in 0..3 {
+            log.log(Box::new(entry()), 200, None);
+        }
+        let mut got = Vec::new();
+        while got.iter().filter(|b| **b == b'\n').count() < 3 {
+            let mut buf = [0; 4096];
+            let n = tokio::io::AsyncReadExt::read(&mut r, &mut buf)
+                .await
+                .unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(String::from_utf8(got).unwrap().lines().count(), 3);
+        // A writer that never drains: past the buffer, lines are dropped, not queued.
+        let (w, _keep) = tokio::io::duplex(1);
+        let log = AccessLog::start(Format::Json, &Metrics::new(), w);
+        for _ in 0..(BUFFER + 100) {
+            log.log(Box::new(entry()), 200, None);
+        }
+        assert!(log.dropped.load(Ordering::Relaxed) >= 99);
+    }
+}

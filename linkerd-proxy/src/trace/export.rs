@@ -1,0 +1,143 @@
+//! The exporter task: spans from the request path, batched, sent to the collector with
+//! `TraceService/Export` (OTLP/gRPC, unary calls).
+//!
+//! A batch is sent when it holds `max_batch` spans or when its first span has waited
+//! `flush_interval`. A failed or timed-out call drops its batch (counted) and backs off
+//! (100 ms doubling to 10 s) before the next one; meanwhile spans wait in the bounded
+//! channel, and beyond its capacity they are dropped where they were made. The channel
+//! (gRPC over the control-plane client) reconnects by itself.
+
+use super::{Span, TraceConfig, TraceStats, span::kv};
+use crate::{backoff::Backoff, metrics::Metrics, metrics::Series};
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
+    common::v1::{InstrumentationScope, any_value::Value},
+    resource::v1::Resource,
+    trace::v1::{ResourceSpans, ScopeSpans},
+};
+use std::sync::{Arc, atomic::Ordering};
+use tokio::{sync::mpsc, time::Instant};
+use tonic::transport::Channel;
+use tracing::debug;
+
+pub(super) fn register_metrics(metrics: &Metrics, stats: &Arc<TraceStats>) {
+    type Read = fn(&TraceStats) -> u64;
+    let series: [(&'static str, &'static str, &'static str, Read); 5] = [
+        (
+            "proxy_trace_spans_exported_total",
+            "Spans the trace collector accepted.",
+            "",
+            |s| s.exported.load(Ordering::Relaxed),
+        ),
+        (
+            "proxy_trace_export_requests_total",
+            "Export calls to the trace collector, by result.",
+            "result=\"ok\"",
+            |s| s.requests_ok.load(Ordering::Relaxed),
+        ),
+        (
+            "proxy_trace_export_requests_total",
+            "Export calls to the trace collector, by result.",
+            "result=\"error\"",
+            |s| s.requests_failed.load(Ordering::Relaxed),
+        ),
+        (
+            "proxy_trace_spans_dropped_total",
+            "Spans not exported: the buffer was full, or their export call failed.",
+            "reason=\"buffer_full\"",
+            |s| s.dropped_full.load(Ordering::Relaxed),
+        ),
+        (
+            "proxy_trace_spans_dropped_total",
+            "Spans not exported: the buffer was full, or their export call failed.",
+            "reason=\"export_failed\"",
+            |s| s.dropped_failed.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, labels, read) in series {
+        let s = stats.clone();
+        metrics.register_series(Series {
+            name,
+            help,
+            kind: "counter",
+            labels: labels.to_string(),
+            value: Box::new(move || read(&s)),
+        });
+    }
+}
+
+pub(super) async fn run(
+    config: TraceConfig,
+    channel: Channel,
+    mut rx: mpsc::Receiver<Span>,
+    stats: Arc<TraceStats>,
+) {
+    let mut client = TraceServiceClient::new(channel);
+    let resource = Resource {
+        attributes: config
+            .resource
+            .iter()
+            .map(|(k, v)| kv(k, Value::StringValue(v.clone())))
+            .collect(),
+        ..Default::default()
+    };
+    let scope = InstrumentationScope {
+        name: "linkerd-proxy".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    };
+    let mut failures = 0u32;
+    let mut open = true;
+    while open {
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        let deadline = Instant::now() + config.flush_interval;
+        while batch.len() < config.max_batch {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(span)) => batch.push(span),
+                Ok(None) => {
+                    open = false;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let n = batch.len() as u64;
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(resource.clone()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(scope.clone()),
+                    spans: batch.into_iter().map(Span::into_otlp).collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        match tokio::time::timeout(config.export_timeout, client.export(req)).await {
+            Ok(Ok(rsp)) => {
+                failures = 0;
+                let rejected = rsp
+                    .into_inner()
+                    .partial_success
+                    .map_or(0, |p| u64::try_from(p.rejected_spans).unwrap_or(0))
+                    .min(n);
+                stats.requests_ok.fetch_add(1, Ordering::Relaxed);
+                stats.exported.fetch_add(n - rejected, Ordering::Relaxed);
+                stats.dropped_failed.fetch_add(rejected, Ordering::Relaxed);
+            }
+            outcome => {
+                match outcome {
+                    Ok(Err(status)) => debug!(%status, spans = n, "span export failed"),
+                    _ => debug!(spans = n, "span export timed out"),
+                }
+                stats.requests_failed.fetch_add(1, Ordering::Relaxed);
+                stats.dropped_failed.fetch_add(n, Ordering::Relaxed);
+                tokio::time::sleep(Backoff::RECONNECT.delay(failures)).await;
+                failures = failures.saturating_add(1);
+            }
+        }
+    }
+}
