@@ -11,11 +11,11 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-/// The proxy's tracing variables (the contract with linkerd-proxy's trace export).
-const COLLECTOR_ADDR: &str = "LINKERD2_PROXY_TRACE_COLLECTOR_SVC_ADDR";
-const SERVICE_NAME: &str = "LINKERD2_PROXY_TRACE_SERVICE_NAME";
-const PROTOCOL: &str = "LINKERD2_PROXY_TRACE_PROTOCOL";
-const SAMPLE_RATIO: &str = "MESH_PROXY_TRACE_SAMPLE_RATIO";
+// The proxy's tracing variables, by the proxy's own names.
+use linkerd_proxy::config::{
+    ENV_TRACE_COLLECTOR_SVC_ADDR as COLLECTOR_ADDR, ENV_TRACE_PROTOCOL as PROTOCOL,
+    ENV_TRACE_SAMPLE_RATIO as SAMPLE_RATIO, ENV_TRACE_SERVICE_NAME as SERVICE_NAME,
+};
 
 #[derive(Debug)]
 pub struct Observe {
@@ -52,7 +52,10 @@ impl Observe {
         );
         let store = Arc::new(Mutex::new(Store::default()));
         let (collector, own_receiver) = match o.trace_collector {
-            Some(c) => (c.to_string(), false),
+            Some(c) => {
+                check_collector(c)?;
+                (c.to_string(), false)
+            }
             None => {
                 let addr = SocketAddr::from((o.control_plane, otlp::PORT));
                 otlp::serve(otlp::bind(addr).await?, store.clone());
@@ -142,6 +145,41 @@ impl Observe {
         schema::MeshUp {
             rss_bytes: dash::self_rss_bytes(),
             dashboard: self.dashboard.map(|a| format!("http://{a}")),
+        }
+    }
+}
+
+/// The sidecars export plaintext, which the proxy allows only to a collector on loopback (one
+/// elsewhere is reached over mTLS with its mesh identity: deploy/README.md).
+fn check_collector(addr: &str) -> anyhow::Result<()> {
+    let host = match addr.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => h.trim_start_matches('[').trim_end_matches(']'),
+        _ => anyhow::bail!("--trace-collector {addr}: expected host:port"),
+    };
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    anyhow::ensure!(
+        loopback,
+        "--trace-collector {addr}: the sidecars of `mesh up` export in plaintext, so the \
+         collector must listen on loopback (e.g. Jaeger's or an OpenTelemetry collector's \
+         OTLP/gRPC port, 127.0.0.1:4317)"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_collector_must_be_on_loopback() {
+        for ok in ["127.0.0.1:4317", "localhost:4317", "[::1]:4317"] {
+            assert!(check_collector(ok).is_ok(), "{ok}");
+        }
+        for bad in ["10.0.0.1:4317", "jaeger:4317", "127.0.0.1"] {
+            assert!(check_collector(bad).is_err(), "{bad}");
         }
     }
 }

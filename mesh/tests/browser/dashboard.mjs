@@ -37,7 +37,8 @@ try {
   for (const e of found.edges) if (e.src !== "outside" && e.rps > 0 && e.mtls !== "1") fail(`${e.src} -> ${e.dst} is not all mTLS`);
   const text = await page.textContent("body");
   for (const n of names) if (!text.includes(n)) fail(`the page does not name ${n}`);
-  found.labels = await page.$$eval("#graph .edge.label text", (ts) => ts.map((t) => t.textContent));
+  found.labels = await page.$$eval("#graph .label text", (ts) => ts.map((t) => t.textContent));
+  if (!found.labels.some((l) => /^mTLS \d/.test(l))) fail(`no edge labelled with mTLS and its rate: ${found.labels}`);
   // Charts fill as samples arrive.
   await page.waitForFunction(() => document.querySelectorAll("#detail-charts .chart path").length >= 3, null, { timeout: 15000 }).catch(() => fail("no charts"));
   await page.waitForTimeout(1500);
@@ -57,8 +58,14 @@ try {
   await page.click('.tabs button[data-tab="traces"]');
   await page.waitForSelector("#trace-table tbody tr[data-trace]", { timeout: 20000 }).catch(() => fail("no traces listed"));
   if (minWorkloads > 0) {
-    const row = await page.waitForSelector(`#trace-table tbody tr[data-services]:is(${[...Array(10).keys()].filter((k) => k + 1 >= minWorkloads).map((k) => `[data-services="${k + 1}"]`).join(",")})`, { timeout: 30000 }).catch(() => fail(`no trace with spans from ${minWorkloads} workloads`));
-    await row.click();
+    // Spans arrive as each sidecar exports its batch: wait for a trace complete enough.
+    const id = await page.waitForFunction((n) => {
+      for (const r of document.querySelectorAll("#trace-table tbody tr[data-trace]")) {
+        if (r.dataset.services.split(" ").filter((s) => s !== "load").length >= n) return r.dataset.trace;
+      }
+      return false;
+    }, minWorkloads, { timeout: 30000, polling: 500 }).catch(() => fail(`no trace with spans from ${minWorkloads} workloads`));
+    await page.click(`#trace-table tbody tr[data-trace="${await id.jsonValue()}"]`);
   } else {
     await page.click("#trace-table tbody tr[data-trace]");
   }

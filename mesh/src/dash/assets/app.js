@@ -272,15 +272,19 @@ async function loadTraces() {
   const d = await getJSON("api/traces?limit=100" + (svc ? "&service=" + encodeURIComponent(svc) : ""));
   const tb = $("#trace-table tbody");
   if (!d.traces.length) { tb.replaceChildren(el("tr", {}, el("td", { colspan: 5, class: "empty" }, "No traces yet: they appear as the sidecars export spans."))); return; }
-  tb.replaceChildren(...d.traces.map((t) => el("tr", { class: state.trace === t.trace_id ? "selected" : null, "data-trace": t.trace_id, "data-services": t.services.length, onclick: () => openTrace(t.trace_id) },
+  tb.replaceChildren(...d.traces.map((t) => el("tr", { class: state.trace === t.trace_id ? "selected" : null, "data-trace": t.trace_id, "data-services": t.services.join(" "), onclick: () => openTrace(t.trace_id) },
     el("td", {}, new Date(t.start_unix_ms).toLocaleTimeString()), el("td", {}, `${t.root_service} ${t.root_name}`),
     el("td", { class: "n" + (t.errors ? " sr-bad" : "") }, fmt.ms(t.duration_ms)), el("td", { class: "n" }, t.spans),
-    el("td", {}, t.services.map((s) => el("span", { class: "chip", style: `background:${color(s)}` }, s))))));
+    el("td", { class: "chips" }, t.services.map((s) => el("span", { class: "chip", style: `background:${color(s)}` }, s))))));
+  // The open trace gains spans as the sidecars export them: show them.
+  const open = d.traces.find((t) => t.trace_id === state.trace);
+  if (open && open.spans !== state.traceSpans) openTrace(open.trace_id);
 }
 async function openTrace(id) {
   state.trace = id;
   for (const tr of document.querySelectorAll("#trace-table tr")) tr.classList.toggle("selected", tr.dataset.trace === id);
   const t = await getJSON("api/traces/" + id);
+  state.traceSpans = t.spans.length;
   const kids = {}, ids = new Set(t.spans.map((s) => s.span_id));
   for (const s of t.spans) { const p = ids.has(s.parent_span_id) ? s.parent_span_id : ""; (kids[p] = kids[p] || []).push(s); }
   const order = [];
@@ -290,7 +294,8 @@ async function openTrace(id) {
   const rows = order.map(([s, d]) => {
     const left = (100 * s.start_ms) / total, width = Math.max(0.3, (100 * s.duration_ms) / total);
     const row = el("div", { class: "wf-row", "data-service": s.service, onclick: () => { for (const r of wf.querySelectorAll(".wf-row")) r.classList.remove("selected"); row.classList.add("selected"); info.replaceChildren(attrs(s)); } },
-      el("div", { class: "wf-name", style: `padding-left:${d * 14}px`, title: `${s.service} ${s.kind} ${s.name}` }, el("span", { class: "chip", style: `background:${color(s.service)}` }, s.service), el("span", { class: "kind" }, s.kind), s.name),
+      el("div", { class: "wf-name", style: `padding-left:${d * 14}px`, title: `${s.service} ${s.kind} ${s.name}` }, el("span", { class: "chip", style: `background:${color(s.service)}` }, s.service), el("span", { class: "kind" }, s.kind), s.name,
+        s.kind === "client" && s.attributes["mesh.peer.identity"] ? el("span", { class: "kind" }, " → " + s.attributes["mesh.peer.identity"].split(".")[0]) : null),
       el("div", { class: "wf-track" }, el("div", { class: "wf-bar" + (s.error ? " err" : ""), style: `left:${left}%;width:${width}%;background:${color(s.service)}` }),
         el("span", { class: "wf-dur", style: left + width > 80 ? `right:${100 - left + 0.5}%` : `left:${left + width + 0.5}%` }, fmt.ms(s.duration_ms))));
     return row;
