@@ -478,7 +478,10 @@ mod tests {
             "traceparent",
             HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
         );
-        h.insert("b3", HeaderValue::from_static("80f198ee56343ba8-e457b5a2e4d86bd1-1"));
+        h.insert(
+            "b3",
+            HeaderValue::from_static("80f198ee56343ba8-e457b5a2e4d86bd1-1"),
+        );
         h.insert("x-b3-sampled", HeaderValue::from_static("1"));
         h.insert("authorization", HeaderValue::from_static("secret"));
         let c = trace_context(&h);

@@ -36,13 +36,23 @@ fn get_json(addr: &str, path: &str) -> Value {
 fn demo(rt: &Runtime, seconds: &str) -> (Child, String) {
     let child = rt
         .mesh()
-        .args(["up", "--seconds", seconds, "--json", "--proxy-bin", "builtin"])
+        .args([
+            "up",
+            "--seconds",
+            seconds,
+            "--json",
+            "--proxy-bin",
+            "builtin",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run mesh up");
     let state = rt.wait_for_state("demo", Duration::from_secs(90));
-    let addr = state["dashboard"].as_str().expect("a dashboard").to_string();
+    let addr = state["dashboard"]
+        .as_str()
+        .expect("a dashboard")
+        .to_string();
     (child, addr)
 }
 
@@ -99,7 +109,14 @@ fn dashboard_api_shows_the_demo_s_graph_and_traces() {
         .iter()
         .map(|n| n["name"].as_str().unwrap())
         .collect();
-    for w in ["outside", "frontend", "backend-v1", "backend-v2", "ratings", "quotes"] {
+    for w in [
+        "outside",
+        "frontend",
+        "backend-v1",
+        "backend-v2",
+        "ratings",
+        "quotes",
+    ] {
         assert!(names.contains(&w), "{w}: {graph}");
     }
     let backend = graph["services"]
@@ -152,12 +169,21 @@ fn dashboard_api_shows_the_demo_s_graph_and_traces() {
     // The page and its live events.
     let (status, page) = get(&addr, "/");
     assert_eq!(status, 200);
-    assert!(page.contains("app.js") && !page.contains("https://"), "{page}");
+    assert!(
+        page.contains("app.js") && !page.contains("https://"),
+        "{page}"
+    );
     let (status, _) = http_get(&addr, "evil.example", "/api/graph");
     assert_eq!(status, 403, "a name other than localhost is refused");
     let status = get_json(&addr, "/api/status");
-    assert!(status["page_bytes"].as_u64().unwrap() < 64 * 1024, "{status}");
-    assert!(status["traces"]["collected"].as_u64().unwrap() > 0, "{status}");
+    assert!(
+        status["page_bytes"].as_u64().unwrap() < 64 * 1024,
+        "{status}"
+    );
+    assert!(
+        status["traces"]["collected"].as_u64().unwrap() > 0,
+        "{status}"
+    );
     let history = get_json(&addr, "/api/history");
     assert!(!history["t"].as_array().unwrap().is_empty(), "{history}");
     let tick = first_event(&addr, "/api/events");
@@ -173,7 +199,10 @@ fn dashboard_api_shows_the_demo_s_graph_and_traces() {
     // budget (< 40 MB) holds for release builds; a debug build's services are larger.
     let cp = summary["control_plane"]["rss_bytes"].as_u64().unwrap();
     assert!(cfg!(debug_assertions) || cp < 40 << 20, "{summary}");
-    assert!(summary["mesh_up"]["rss_bytes"].as_u64().is_some(), "{summary}");
+    assert!(
+        summary["mesh_up"]["rss_bytes"].as_u64().is_some(),
+        "{summary}"
+    );
 }
 
 /// The first event of a server-sent event stream.
@@ -203,9 +232,8 @@ fn first_event(addr: &str, path: &str) -> String {
 
 fn browser_tools() -> bool {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let have = tool("node")
-        && tool("chromium")
-        && dir.join("node_modules/playwright-core").is_dir();
+    let have =
+        tool("node") && tool("chromium") && dir.join("node_modules/playwright-core").is_dir();
     if !have {
         let required = ["MESH_REQUIRE_TOOLS", "MESH_REQUIRE_NETNS"]
             .iter()
@@ -243,7 +271,10 @@ fn dashboard_page_in_headless_chromium() {
     let _ = child.wait();
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let found: Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert!(found["trace_workloads"].as_array().unwrap().len() >= 3, "{found}");
+    assert!(
+        found["trace_workloads"].as_array().unwrap().len() >= 3,
+        "{found}"
+    );
     for shot in ["dashboard.png", "tap.png", "traces.png"] {
         assert!(shots.join(shot).is_file(), "{shot}");
     }
