@@ -57,8 +57,15 @@ impl Observe {
                 (c.to_string(), false)
             }
             None => {
-                let addr = SocketAddr::from((o.control_plane, otlp::PORT));
-                otlp::serve(otlp::bind(addr).await?, store.clone());
+                // OTLP's port, unless something listens there on all addresses (a collector
+                // of the user's): then any free port.
+                let listener =
+                    match otlp::bind(SocketAddr::from((o.control_plane, otlp::PORT))).await {
+                        Ok(l) => l,
+                        Err(_) => otlp::bind(SocketAddr::from((o.control_plane, 0))).await?,
+                    };
+                let addr = listener.local_addr()?;
+                otlp::serve(listener, store.clone());
                 (addr.to_string(), true)
             }
         };

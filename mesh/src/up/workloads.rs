@@ -112,10 +112,6 @@ pub fn addresses(file: &MeshFile, cp: Ipv4Addr, first: Ipv4Addr) -> Vec<(SocketA
         .iter()
         .map(|(port, what)| (SocketAddr::from((cp, *port)), what.to_string()))
         .collect();
-    out.push((
-        SocketAddr::from((cp, crate::dash::otlp::PORT)),
-        "the trace receiver".to_string(),
-    ));
     for w in place(file, first).unwrap_or_default() {
         let n = w.name().to_string();
         out.push((w.inbound(), format!("the inbound sidecar of {n}")));
