@@ -8,6 +8,10 @@
 //! the reply; a failed call makes the reply a 502 (gRPC: `UNAVAILABLE`). A `redis:` call is
 //! opaque TCP: it counts the request with `INCR` on a Redis server (through a local port of
 //! its sidecar, which carries the connection over mTLS).
+//!
+//! As an app instrumented with OpenTelemetry would, it copies the incoming request's trace
+//! context (W3C `traceparent`/`tracestate`, B3 single and multi headers) onto the calls it makes
+//! for it, so the sidecars' spans of one request join in one trace across workloads.
 
 use anyhow::{Context, anyhow, bail};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -118,6 +122,29 @@ impl FromStr for Call {
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// The trace context headers an app carries from a request to the calls it makes for it.
+pub const TRACE_HEADERS: [&str; 8] = [
+    "traceparent",
+    "tracestate",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "b3",
+];
+
+/// The incoming request's trace context headers.
+fn trace_context(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in TRACE_HEADERS {
+        for v in headers.get_all(name) {
+            out.append(name, v.clone());
+        }
+    }
+    out
+}
+
 struct App {
     args: Args,
     /// One HTTP/2 connection to the sidecar, shared by every h2 and gRPC call.
@@ -151,13 +178,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 impl App {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let grpc = is_grpc(req.headers());
+        let context = trace_context(req.headers());
         let path = req.uri().path().to_string();
         // Drain the request body (a gRPC request message, or anything else).
         let _ = req.into_body().collect().await;
         let mut text = format!("{} served {path}\n", self.args.name);
         let mut ok = true;
         for call in &self.args.call {
-            match self.call(call).await {
+            match self.call(call, &context).await {
                 Ok(reply) => text.push_str(&format!("  {call} -> {}\n", reply.trim_end())),
                 Err(e) => {
                     ok = false;
@@ -176,17 +204,17 @@ impl App {
         }
     }
 
-    async fn call(&self, call: &Call) -> anyhow::Result<String> {
+    async fn call(&self, call: &Call, context: &HeaderMap) -> anyhow::Result<String> {
         match call.protocol {
-            Protocol::Http1 => self.call_http1(&call.uri).await,
-            Protocol::H2 | Protocol::Grpc => self.call_h2(call).await,
+            Protocol::Http1 => self.call_http1(&call.uri, context).await,
+            Protocol::H2 | Protocol::Grpc => self.call_h2(call, context).await,
             Protocol::Redis => call_redis(&call.uri).await,
         }
     }
 
     /// One request through the sidecar's HTTP proxy (absolute-form) on a fresh connection; the
     /// sidecar pools connections to the other side.
-    async fn call_http1(&self, uri: &http::Uri) -> anyhow::Result<String> {
+    async fn call_http1(&self, uri: &http::Uri, context: &HeaderMap) -> anyhow::Result<String> {
         let authority = uri
             .authority()
             .ok_or_else(|| anyhow!("{uri} has no host"))?
@@ -215,9 +243,10 @@ impl App {
                 .unwrap_or("/")
                 .parse()?
         };
-        let req = Request::get(target)
+        let mut req = Request::get(target)
             .header(header::HOST, authority.as_str())
             .body(Empty::<Bytes>::new())?;
+        req.headers_mut().extend(context.clone());
         let rsp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
             .await
             .context("no response within 5 s")??;
@@ -231,7 +260,7 @@ impl App {
 
     /// An HTTP/2 (or gRPC) request on the shared prior-knowledge connection to the sidecar,
     /// which routes it by `:authority`.
-    async fn call_h2(&self, call: &Call) -> anyhow::Result<String> {
+    async fn call_h2(&self, call: &Call, context: &HeaderMap) -> anyhow::Result<String> {
         let mut sender = self.h2_sender().await?;
         let grpc = call.protocol == Protocol::Grpc;
         let mut req = Request::post(call.uri.clone());
@@ -244,7 +273,8 @@ impl App {
             req = req.method(http::Method::GET);
             Bytes::new()
         };
-        let req = req.body(Full::new(body))?;
+        let mut req = req.body(Full::new(body))?;
+        req.headers_mut().extend(context.clone());
         let rsp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
             .await
             .context("no response within 5 s")?;
@@ -440,6 +470,25 @@ fn parse_grpc_frame(body: &[u8]) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trace_context_headers_are_carried_and_nothing_else() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
+        h.insert(
+            "b3",
+            HeaderValue::from_static("80f198ee56343ba8-e457b5a2e4d86bd1-1"),
+        );
+        h.insert("x-b3-sampled", HeaderValue::from_static("1"));
+        h.insert("authorization", HeaderValue::from_static("secret"));
+        let c = trace_context(&h);
+        assert_eq!(c.len(), 3);
+        assert!(c.get("authorization").is_none());
+        assert_eq!(c["x-b3-sampled"], "1");
+    }
 
     #[test]
     fn grpc_frames_round_trip() {

@@ -50,6 +50,12 @@ pub struct State {
     pub policy_admin: SocketAddr,
     pub trust_anchor_file: PathBuf,
     pub workloads: Vec<StateWorkload>,
+    /// `mesh up`'s dashboard (`null` with `--no-dashboard`).
+    #[serde(default)]
+    pub dashboard: Option<SocketAddr>,
+    /// Where its sidecars export spans (the embedded OTLP receiver, or `--trace-collector`).
+    #[serde(default)]
+    pub trace_collector: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -484,6 +490,8 @@ mod tests {
             policy_admin: "127.0.0.9:9997".parse().unwrap(),
             trust_anchor_file: "/nonexistent".into(),
             workloads: vec![],
+            dashboard: None,
+            trace_collector: None,
         };
         let (_, _live) = claim_name(&dir, "live", false).unwrap();
         write_state(&paths(&dir, "live").state, &state("live")).unwrap();

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod dash;
 mod demo;
 mod install;
 mod instance;
@@ -66,6 +67,9 @@ enum Command {
     Edges(viz::edges::EdgesArgs),
     /// The service graph as Graphviz DOT (and SVG with --svg, when `dot` is installed).
     Graph(viz::graph::GraphArgs),
+    /// Serve the dashboard of a running mesh (service graph, golden metrics, live requests,
+    /// traces); `mesh up` serves one too.
+    Dashboard(dash::Args),
     /// Verify a running mesh, with a hint for each failure.
     ///
     /// The control plane ready, certificates valid and not near expiry, every sidecar ready,
@@ -116,6 +120,7 @@ fn main() -> ExitCode {
         Command::Edges(args) => run(viz::edges::edges(args)),
         Command::Graph(args) => run(viz::graph::graph(args)),
         Command::Check(args) => run(viz::check::check(args)),
+        Command::Dashboard(args) => run(dash::dashboard(args)),
         Command::Identity(args) => run(async { Ok(linkerd_identity::args::run(args).await?) }),
         Command::Destination(args) => {
             run(async { Ok(linkerd_destination::args::run(args).await?) })

@@ -127,7 +127,34 @@ pub struct Summary {
     /// How the sidecars were started.
     pub sidecar_command: String,
     pub control_plane: ControlPlane,
+    /// The traces the embedded receiver collected (`null` when the sidecars export elsewhere,
+    /// `--trace-collector`).
+    #[serde(default)]
+    pub traces: Option<Traces>,
+    /// `mesh up`'s own process (the dashboard and the trace receiver live in it).
+    #[serde(default)]
+    pub mesh_up: MeshUp,
     pub workloads: Vec<Workload>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Traces {
+    /// Traces seen (distinct trace ids), including those no longer kept.
+    pub collected: u64,
+    /// Traces kept at the end (at most 1,000).
+    pub stored: usize,
+    pub spans: u64,
+    /// How many of the mesh's workloads exported spans, and which.
+    pub workloads: usize,
+    pub workload_names: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MeshUp {
+    /// Resident memory at the end.
+    pub rss_bytes: Option<u64>,
+    /// Where the dashboard was served (`null` with `--no-dashboard`).
+    pub dashboard: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -278,6 +305,14 @@ mod tests {
             control_plane: ControlPlane {
                 rss_bytes: Some(80_000_000),
             },
+            traces: Some(Traces {
+                collected: 10,
+                stored: 10,
+                spans: 70,
+                workloads: 5,
+                workload_names: vec!["frontend".into()],
+            }),
+            mesh_up: MeshUp::default(),
             workloads: vec![workload()],
         };
         let s = serde_json::to_value(&stat).unwrap();

@@ -82,6 +82,8 @@ pub struct Launcher<'a> {
     /// The instance directory (the apps' working directories are under it).
     pub dir: &'a Path,
     pub logs: &'a Path,
+    /// The sidecars' trace export variables (`observe.rs`).
+    pub trace_env: &'a [(&'static str, String)],
 }
 
 impl Launcher<'_> {
@@ -135,7 +137,10 @@ impl Launcher<'_> {
         if let Some(allow) = &w.spec.outbound_allow {
             env = env.outbound_proxy_allow(allow);
         }
-        env.into_vars()
+        let mut vars = env.into_vars();
+        vars.extend(self.trace_env.iter().cloned());
+        vars.push((super::observe::Observe::SERVICE_NAME, w.name().to_string()));
+        vars
     }
 
     pub fn spawn_sidecar(&self, w: &Workload) -> anyhow::Result<Child> {

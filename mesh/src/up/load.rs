@@ -1,6 +1,11 @@
 //! The load generator (HTTP/1.1 GETs to the front door, as a client outside the mesh would
 //! send them: to the inbound sidecar of a ready workload serving the load's service) and the
 //! one-request probe that must succeed before `mesh up` prints its `Try:` line.
+//!
+//! The load generator starts traces as an instrumented client would: a share of its requests
+//! carry a sampled W3C `traceparent` (the others an unsampled one, so the sidecars do not start
+//! traces of their own for them), and it records its own client span of each sampled request
+//! in the trace store, the root of the trace the sidecars continue.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -14,6 +19,17 @@ use std::{
     time::Duration,
 };
 use tokio::sync::watch;
+
+use crate::dash::traces::{Span, Store};
+use std::sync::Mutex;
+
+/// Which requests start traces, and where the load generator's own spans go.
+#[derive(Clone, Debug)]
+pub struct Tracing {
+    /// The share of requests sampled (0 to 1).
+    pub sample: f64,
+    pub store: Arc<Mutex<Store>>,
+}
 
 /// A running load generator.
 #[derive(Debug)]
@@ -31,14 +47,18 @@ impl Load {
         authority: String,
         path: String,
         rps: u32,
+        tracing: Option<Tracing>,
     ) -> Self {
         let sent = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(generate(
-            front,
-            authority,
-            path,
+            Target {
+                front,
+                authority,
+                path,
+            },
             rps,
+            tracing,
             sent.clone(),
             failed.clone(),
         ));
@@ -60,15 +80,25 @@ impl Load {
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
-/// Over one keep-alive connection, reconnecting after a failure or when the front moves.
-async fn generate(
+struct Target {
     front: watch::Receiver<Option<SocketAddr>>,
     authority: String,
     path: String,
+}
+
+/// Over one keep-alive connection, reconnecting after a failure or when the front moves.
+async fn generate(
+    target: Target,
     rps: u32,
+    tracing: Option<Tracing>,
     sent: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
 ) {
+    let Target {
+        front,
+        authority,
+        path,
+    } = target;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rps.max(1))));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut conn: Option<(SocketAddr, Sender)> = None;
@@ -85,10 +115,26 @@ async fn generate(
                 {
                     conn = connect(addr).await.map(|s| (addr, s));
                 }
-                match conn.as_mut() {
-                    Some((_, tx)) => get(tx, &authority, &path).await.is_ok(),
-                    None => false,
+                let context = tracing.as_ref().map(|t| Context::new(t.sample));
+                let started = std::time::SystemTime::now();
+                let outcome = match conn.as_mut() {
+                    Some((_, tx)) => get(tx, &authority, &path, context.as_ref()).await,
+                    None => Err(Outcome::Failed("cannot connect".into())),
+                };
+                if let (Some(t), Some(c)) = (&tracing, &context)
+                    && c.sampled
+                {
+                    let status = match &outcome {
+                        Ok(()) => Some(200),
+                        Err(Outcome::Status(s, _)) => Some(*s),
+                        Err(Outcome::Failed(_)) => None,
+                    };
+                    let span = c.span(started, &authority, &path, status);
+                    if let Ok(mut store) = t.store.lock() {
+                        store.insert(vec![span]);
+                    }
                 }
+                outcome.is_ok()
             }
         };
         if !ok {
@@ -111,29 +157,118 @@ async fn connect(addr: SocketAddr) -> Option<Sender> {
     Some(tx)
 }
 
-/// One GET; the status and body when it is not a success.
-async fn get(tx: &mut Sender, authority: &str, path: &str) -> Result<(), String> {
-    let req = http::Request::get(path)
-        .header(http::header::HOST, authority)
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
+/// One request's W3C trace context.
+#[derive(Debug)]
+struct Context {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    sampled: bool,
+}
+
+impl Context {
+    fn new(sample: f64) -> Self {
+        let mut trace_id = fastrand::u128(1..).to_be_bytes();
+        // W3C: the trace id's version-independent randomness; never all zeros.
+        trace_id[0] |= 1;
+        Context {
+            trace_id,
+            span_id: fastrand::u64(1..).to_be_bytes(),
+            sampled: fastrand::f64() < sample,
+        }
+    }
+
+    fn traceparent(&self) -> String {
+        use crate::dash::traces::hex;
+        format!(
+            "00-{}-{}-{}",
+            hex(&self.trace_id),
+            hex(&self.span_id),
+            if self.sampled { "01" } else { "00" }
+        )
+    }
+
+    /// The load generator's client span of the request.
+    fn span(
+        &self,
+        started: std::time::SystemTime,
+        authority: &str,
+        path: &str,
+        status: Option<u16>,
+    ) -> Span {
+        let ns = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        };
+        let mut attributes = vec![
+            ("http.request.method".to_string(), "GET".to_string()),
+            ("url.path".to_string(), path.to_string()),
+            ("server.address".to_string(), authority.to_string()),
+        ];
+        match status {
+            Some(s) => attributes.push(("http.response.status_code".into(), s.to_string())),
+            None => attributes.push(("error.type".into(), "connect".into())),
+        }
+        Span {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            parent: None,
+            name: format!("GET {path}"),
+            kind: "client",
+            service: "load".into(),
+            start_ns: ns(started),
+            end_ns: ns(std::time::SystemTime::now()),
+            error: status.is_none_or(|s| s >= 500),
+            attributes,
+        }
+    }
+}
+
+/// Why a request did not succeed.
+#[derive(Debug)]
+enum Outcome {
+    Status(u16, String),
+    Failed(String),
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Status(s, body) => write!(f, "{s}: {body}"),
+            Outcome::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// One GET (with a trace context, when given); the status and body when it is not a success.
+async fn get(
+    tx: &mut Sender,
+    authority: &str,
+    path: &str,
+    context: Option<&Context>,
+) -> Result<(), Outcome> {
+    let failed = |e: &dyn std::fmt::Display| Outcome::Failed(e.to_string());
+    let mut req = http::Request::get(path).header(http::header::HOST, authority);
+    if let Some(c) = context {
+        req = req.header("traceparent", c.traceparent());
+    }
+    let req = req.body(Empty::new()).map_err(|e| failed(&e))?;
     let rsp = tokio::time::timeout(Duration::from_secs(10), tx.send_request(req))
         .await
-        .map_err(|_| "no response within 10 s".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| failed(&"no response within 10 s"))?
+        .map_err(|e| failed(&e))?;
     let status = rsp.status();
     let body = rsp
         .into_body()
         .collect()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| failed(&e))?
         .to_bytes();
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!(
-            "{status}: {}",
-            String::from_utf8_lossy(&body).trim_end()
+        Err(Outcome::Status(
+            status.as_u16(),
+            String::from_utf8_lossy(&body).trim_end().to_string(),
         ))
     }
 }
@@ -150,12 +285,12 @@ pub async fn probe(
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let outcome = match connect(addr).await {
-            Some(mut tx) => get(&mut tx, authority, path).await,
-            None => Err(format!("cannot connect to {addr}")),
+            Some(mut tx) => get(&mut tx, authority, path, None).await,
+            None => Err(Outcome::Failed(format!("cannot connect to {addr}"))),
         };
         match outcome {
             Ok(()) => return Ok(()),
-            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.to_string()),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }

@@ -25,6 +25,7 @@ mod config;
 mod control;
 mod launch;
 mod load;
+mod observe;
 mod process;
 mod registry;
 mod summary;
@@ -91,6 +92,21 @@ pub struct Args {
     /// removed. A kept one goes when a mesh of the same name starts.
     #[arg(long)]
     keep_logs: bool,
+    /// Serve the dashboard (service graph, golden metrics, live requests, traces) here.
+    /// Default: 127.0.0.1:50750, or the next free port.
+    #[arg(long, value_name = "ADDR")]
+    dashboard: Option<SocketAddr>,
+    /// Serve no dashboard.
+    #[arg(long, conflicts_with = "dashboard")]
+    no_dashboard: bool,
+    /// Sidecars export their spans (OTLP/gRPC) to this collector (host:port: Jaeger, Tempo,
+    /// an OpenTelemetry collector) instead of `mesh up`'s own receiver.
+    #[arg(long, value_name = "HOST:PORT")]
+    trace_collector: Option<String>,
+    /// The share of requests traced (0 to 1): the load generator's, and those that reach a
+    /// sidecar without a trace context.
+    #[arg(long, default_value = "0.1", value_name = "SHARE")]
+    trace_sample: f64,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -184,6 +200,17 @@ impl Up<'_> {
         let proxy = ProxyCommand::choose(&exe, self.args.proxy_bin.as_deref())?;
         let placed = workloads::place(self.file, self.block.first)?;
         let mut running: Vec<Running> = placed.iter().cloned().map(Running::new).collect();
+        let observe = observe::Observe::start(observe::Options {
+            mesh: self.name,
+            control_plane: self.block.control_plane,
+            dashboard: self.args.dashboard,
+            no_dashboard: self.args.no_dashboard,
+            trace_collector: self.args.trace_collector.as_deref(),
+            sample: self.args.trace_sample,
+            json: self.args.json,
+        })
+        .await?;
+        let trace_env = observe.sidecar_env();
         let mut cp = control::ControlPlane::start(
             &exe,
             self.block.control_plane,
@@ -200,8 +227,11 @@ impl Up<'_> {
             cp: &endpoints,
             dir: &self.paths.dir,
             logs: &self.logs,
+            trace_env: &trace_env,
         };
-        let outcome = self.serve(signals, &mut cp, &mut running, &launcher).await;
+        let outcome = self
+            .serve(signals, &mut cp, &mut running, &launcher, &observe)
+            .await;
         // In order: apps, then sidecars (draining), then the control plane. A second signal
         // meanwhile kills whatever is left.
         let hurry = tokio::select! {
@@ -231,6 +261,7 @@ impl Up<'_> {
         cp: &mut control::ControlPlane,
         running: &mut [Running],
         launcher: &Launcher<'_>,
+        observe: &observe::Observe,
     ) -> anyhow::Result<Result<ExitCode, Stopped>> {
         let args = self.args;
         let timeout = Duration::from_secs(args.ready_timeout_secs);
@@ -274,7 +305,8 @@ impl Up<'_> {
         // anyone sends once they can find it (`mesh stat`, a test, the load) is counted.
         let first = scrape_all(running).await;
         let started = tokio::time::Instant::now();
-        self.write_state(running, &cp.trust_anchor_file)?;
+        observe.feed(running, &first);
+        self.write_state(running, &cp.trust_anchor_file, observe)?;
         let (front_tx, front_rx) = tokio::sync::watch::channel(front.as_ref().map(|f| f.0));
         let load = self.file.load.as_ref().map(|l| {
             let port = self
@@ -292,16 +324,20 @@ impl Up<'_> {
                 authority,
                 l.path.clone(),
                 args.rps.unwrap_or(l.rps),
+                Some(observe.load_tracing()),
             )
         });
         if !args.json {
             self.intro(running, launcher, try_line.as_deref())?;
         }
         let header = format!(
-            "mesh {} ({} workloads; `mesh down {}` or Ctrl-C stops it)\n{}\n\n",
+            "mesh {} ({} workloads; `mesh down {}` or Ctrl-C stops it)\n{}{}\n\n",
             self.name,
             running.len(),
             self.name,
+            observe
+                .dashboard
+                .map_or(String::new(), |a| format!("Dashboard: http://{a}\n")),
             try_line.as_deref().unwrap_or("")
         );
         let mut rolling = Rolling::default();
@@ -320,12 +356,14 @@ impl Up<'_> {
             }
             if workloads::check(running, launcher).await {
                 self.publish(cp, running)?;
-                self.write_state(running, &cp.trust_anchor_file)?;
+                self.write_state(running, &cp.trust_anchor_file, observe)?;
                 let _ = front_tx.send(front_door(self.file, running).map(|f| f.0));
             }
             ticks += 1;
             if ticks.is_multiple_of(4) {
-                rolling.push(std::time::Instant::now(), scrape_all(running).await);
+                let scrapes = scrape_all(running).await;
+                observe.feed(running, &scrapes);
+                rolling.push(std::time::Instant::now(), scrapes);
                 if !args.json {
                     summary::print_live(
                         &header,
@@ -354,6 +392,8 @@ impl Up<'_> {
             last: &last,
             secs,
             load: load.as_ref().map(|l| (l.sent(), l.failed())),
+            traces: observe.summary(running),
+            mesh_up: observe.mesh_up(),
         });
         if args.json {
             outln!("{}", serde_json::to_string_pretty(&summary)?)?;
@@ -429,7 +469,12 @@ impl Up<'_> {
     }
 
     /// What `mesh stat|top|edges|graph|check|list|down` read to find the running mesh.
-    fn write_state(&self, running: &[Running], trust_anchor_file: &Path) -> anyhow::Result<()> {
+    fn write_state(
+        &self,
+        running: &[Running],
+        trust_anchor_file: &Path,
+        observe: &observe::Observe,
+    ) -> anyhow::Result<()> {
         let cp = self.block.control_plane;
         let state = State {
             name: self.name.to_string(),
@@ -461,6 +506,8 @@ impl Up<'_> {
                     ready: r.is_ready(),
                 })
                 .collect(),
+            dashboard: observe.dashboard,
+            trace_collector: Some(observe.collector.clone()),
         };
         instance::write_state(&self.paths.state, &state)
     }

@@ -106,6 +106,8 @@ pub struct Run<'a> {
     pub secs: f64,
     /// (sent, failed), when the file has a load generator.
     pub load: Option<(u64, u64)>,
+    pub traces: Option<schema::Traces>,
+    pub mesh_up: schema::MeshUp,
 }
 
 pub fn summarize(run: Run<'_>) -> Summary {
@@ -137,6 +139,8 @@ pub fn summarize(run: Run<'_>) -> Summary {
         control_plane: schema::ControlPlane {
             rss_bytes: run.control_plane_rss,
         },
+        traces: run.traces,
+        mesh_up: run.mesh_up,
         workloads,
     }
 }

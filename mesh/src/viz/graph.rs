@@ -150,6 +150,8 @@ mod tests {
                     ready: true,
                 },
             ],
+            dashboard: None,
+            trace_collector: None,
         };
         let edges = edges_of(&proxies[..1], &[Ok(Scrape::parse(CLIENT))]);
         let text = dot(&proxies, Some(&state), &edges);

@@ -37,6 +37,14 @@ pub struct Proxy {
 }
 
 impl Target {
+    /// A local mesh by name (default: the only one running).
+    pub fn named(mesh: Option<String>) -> Self {
+        Target {
+            mesh,
+            admin: Vec::new(),
+        }
+    }
+
     pub fn resolve(&self) -> anyhow::Result<(Vec<Proxy>, Option<State>)> {
         if !self.admin.is_empty() {
             let proxies = self

@@ -172,7 +172,7 @@ fn print_top(
 }
 
 /// Reads one proxy's `/tap` stream line by line into `tx`.
-async fn tap_stream(
+pub(crate) async fn tap_stream(
     name: String,
     admin: SocketAddr,
     seconds: u64,
