@@ -25,6 +25,16 @@ pub const PROXY_IMAGE: &str = "config.linkerd.io/proxy-image";
 pub const PROXY_IMAGE_VERSION: &str = "config.linkerd.io/proxy-version";
 pub const DEFAULT_INBOUND_POLICY: &str = "config.linkerd.io/default-inbound-policy";
 pub const SHUTDOWN_GRACE_PERIOD: &str = "config.linkerd.io/shutdown-grace-period";
+/// The OTLP/gRPC collector the proxy sends spans to, `host:port` (Linkerd's tracing annotation).
+pub const TRACE_COLLECTOR: &str = "config.linkerd.io/trace-collector";
+/// The collector's ServiceAccount, for its mesh identity (default: the collector Service's name).
+pub const TRACE_COLLECTOR_SERVICE_ACCOUNT: &str =
+    "config.alpha.linkerd.io/trace-collector-service-account";
+/// The spans' `service.name` (default: the pod's `app.kubernetes.io/instance`,
+/// `app.kubernetes.io/name` or `app` label).
+pub const TRACE_COLLECTOR_NAME: &str = "config.linkerd.io/trace-collector-name";
+/// `apache` or `json`: the proxy's inbound access log.
+pub const ACCESS_LOG: &str = "config.linkerd.io/access-log";
 /// On a namespace: the webhook's `namespaceSelector` leaves it alone.
 pub const ADMISSION_WEBHOOKS: &str = "config.linkerd.io/admission-webhooks";
 

@@ -43,6 +43,9 @@ pub const TOKEN_DIR: &str = "/var/run/secrets/tokens";
 pub const TOKEN_FILE: &str = "linkerd-identity-token";
 pub const TOKEN_AUDIENCE: &str = "identity.l5d.io";
 pub const TOKEN_LIFETIME_SECONDS: i64 = 86400;
+/// The pod's labels for the proxy's trace resource attributes (downward API), as Linkerd mounts them.
+pub const VOLUME_PODINFO: &str = "linkerd-podinfo";
+pub const PODINFO_DIR: &str = "/var/run/linkerd/podinfo";
 
 /// What to do with a pod.
 #[derive(Clone, Debug, PartialEq)]
@@ -306,7 +309,8 @@ fn plan(
         .chain(copied.iter().map(|(k, v)| (*k, *v)))
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let s = settings(mode, &effective, t.spec, cfg);
+    let labels = t.meta.and_then(|m| m.labels.as_ref());
+    let s = settings(mode, &effective, t.spec, labels, cfg);
 
     let mut p = PatchBuilder {
         prefix: t.prefix,
@@ -357,7 +361,7 @@ fn plan(
         .flatten()
         .map(|v| v.name.as_str())
         .collect();
-    let volumes: Vec<Value> = volumes()
+    let volumes: Vec<Value> = volumes(&s)
         .into_iter()
         .filter(|v| !existing.contains(&v["name"].as_str().unwrap_or_default()))
         .collect();

@@ -3,8 +3,8 @@
 
 use super::*;
 
-pub(super) fn volumes() -> Vec<Value> {
-    vec![
+pub(super) fn volumes(s: &Settings) -> Vec<Value> {
+    let mut v = vec![
         json!({"name": VOLUME_END_ENTITY, "emptyDir": {"medium": "Memory"}}),
         json!({
             "name": VOLUME_TOKEN,
@@ -15,7 +15,14 @@ pub(super) fn volumes() -> Vec<Value> {
             }}]},
         }),
         json!({"name": VOLUME_XTABLES_LOCK, "emptyDir": {}}),
-    ]
+    ];
+    if s.trace.is_some() {
+        v.push(json!({
+            "name": VOLUME_PODINFO,
+            "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]},
+        }));
+    }
+    v
 }
 
 /// The iptables step: the proxy image's `init` command with proxy-init's flags.
@@ -117,6 +124,11 @@ pub(super) fn proxy_container(s: &Settings, cfg: &InjectConfig) -> Value {
     });
     if s.resources.as_object().is_some_and(|r| !r.is_empty()) {
         c["resources"] = s.resources.clone();
+    }
+    if s.trace.is_some()
+        && let Some(mounts) = c["volumeMounts"].as_array_mut()
+    {
+        mounts.push(json!({"name": VOLUME_PODINFO, "mountPath": PODINFO_DIR, "readOnly": true}));
     }
     c
 }
@@ -248,6 +260,28 @@ pub(super) fn proxy_env(s: &Settings, cfg: &InjectConfig) -> Vec<Value> {
     );
     if s.mode == Mode::Ingress {
         set("LINKERD2_PROXY_INGRESS_MODE", "true".into());
+    }
+    if let Some(log) = &s.access_log {
+        set("LINKERD2_PROXY_ACCESS_LOG", log.clone());
+    }
+    if let Some(t) = &s.trace {
+        set("LINKERD2_PROXY_TRACE_COLLECTOR_SVC_ADDR", t.addr.clone());
+        if let Some(name) = &t.svc_name {
+            set("LINKERD2_PROXY_TRACE_COLLECTOR_SVC_NAME", name.clone());
+        }
+        set("LINKERD2_PROXY_TRACE_PROTOCOL", "opentelemetry".into());
+        if let Some(n) = &t.service_name {
+            set("LINKERD2_PROXY_TRACE_SERVICE_NAME", n.clone());
+        }
+        set(
+            "LINKERD2_PROXY_TRACE_ATTRIBUTES_PATH",
+            format!("{PODINFO_DIR}/labels"),
+        );
+        set(
+            "LINKERD2_PROXY_TRACE_EXTRA_ATTRIBUTES",
+            "k8s.pod.name=$(_pod_name)\nk8s.namespace.name=$(_pod_ns)\nk8s.node.name=$(_pod_nodeName)"
+                .into(),
+        );
     }
     env
 }

@@ -21,13 +21,102 @@ pub(super) struct Settings {
     pub(super) resources: Value,
     pub(super) cores: Option<u64>,
     pub(super) shutdown_grace_period: Option<String>,
+    /// Span export, from `config.linkerd.io/trace-collector`.
+    pub(super) trace: Option<Trace>,
+    /// `apache` or `json`.
+    pub(super) access_log: Option<String>,
     pub(super) warnings: Vec<String>,
+}
+
+/// Where the proxy sends spans and under which name.
+pub(super) struct Trace {
+    /// `host:port`.
+    pub(super) addr: String,
+    /// The collector's mesh identity; `None` for a loopback collector (plaintext).
+    pub(super) svc_name: Option<String>,
+    pub(super) service_name: Option<String>,
+}
+
+/// The trace settings from the annotations; the collector's namespace is its host's second
+/// label (`collector.tracing.svc.cluster.local`), else the pod's own.
+fn trace(
+    get: &dyn Fn(&str) -> Option<String>,
+    labels: Option<&BTreeMap<String, String>>,
+    cfg: &InjectConfig,
+    warn: &mut dyn FnMut(&str, &str, String),
+) -> Option<Trace> {
+    let addr = get(ann::TRACE_COLLECTOR)?;
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        warn(ann::TRACE_COLLECTOR, &addr, "expected host:port".into());
+        return None;
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+    if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
+        warn(ann::TRACE_COLLECTOR, &addr, "expected host:port".into());
+        return None;
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let svc_name = (!loopback).then(|| {
+        let mut parts = host.split('.');
+        let svc = parts.next().unwrap_or_default().to_string();
+        let ns = parts
+            .next()
+            .filter(|n| !n.is_empty())
+            .map_or_else(|| "$(_pod_ns)".to_string(), str::to_string);
+        let sa = get(ann::TRACE_COLLECTOR_SERVICE_ACCOUNT)
+            .filter(|sa| {
+                sa.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+            })
+            .unwrap_or(svc);
+        format!(
+            "{sa}.{ns}.serviceaccount.identity.{}.{}",
+            cfg.control_plane_ns, cfg.trust_domain
+        )
+    });
+    // A `$(` would be expanded by the kubelet from the proxy's other variables.
+    let plain = |v: &String| !v.contains("$(") && !v.chars().any(char::is_control);
+    let service_name = match get(ann::TRACE_COLLECTOR_NAME) {
+        Some(n) if plain(&n) => Some(n),
+        Some(n) => {
+            warn(
+                ann::TRACE_COLLECTOR_NAME,
+                &n,
+                "no `$(` or control characters".into(),
+            );
+            None
+        }
+        None => None,
+    }
+    .or_else(|| {
+        let l = labels?;
+        [
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/name",
+            "app",
+        ]
+        .iter()
+        .find_map(|k| l.get(*k).cloned())
+    });
+    Some(Trace {
+        addr,
+        svc_name,
+        service_name,
+    })
 }
 
 pub(super) fn settings(
     mode: Mode,
     a: &BTreeMap<&str, &str>,
     spec: &PodSpec,
+    labels: Option<&BTreeMap<String, String>>,
     cfg: &InjectConfig,
 ) -> Settings {
     let mut warnings = Vec::new();
@@ -174,6 +263,18 @@ pub(super) fn settings(
         Some(v) => v.to_string(),
         None => cfg.default_log_level.clone(),
     };
+    let owned = |k: &str| get(k).map(str::to_string);
+    let trace = trace(&owned, labels, cfg, &mut warn);
+    let access_log = match get(ann::ACCESS_LOG) {
+        Some(v) if v.eq_ignore_ascii_case("apache") || v.eq_ignore_ascii_case("json") => {
+            Some(v.to_ascii_lowercase())
+        }
+        Some(v) => {
+            warn(ann::ACCESS_LOG, v, "expected apache or json".into());
+            None
+        }
+        None => None,
+    };
     Settings {
         mode,
         image: get(ann::PROXY_IMAGE)
@@ -193,6 +294,8 @@ pub(super) fn settings(
         resources: Value::Object(resources),
         cores,
         shutdown_grace_period,
+        trace,
+        access_log,
         warnings,
     }
 }

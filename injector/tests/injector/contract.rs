@@ -269,3 +269,123 @@ fn every_variable_is_documented_or_knowingly_ignored() {
         );
     }
 }
+
+/// Linkerd's tracing and access-log annotations (on the pod or its namespace) become the
+/// proxy's variables, which the proxy accepts: the collector's mesh identity from its host's
+/// namespace and the ServiceAccount annotation, the pod's labels as resource attributes.
+#[test]
+fn tracing_and_access_log_annotations_reach_the_proxy_config() {
+    let cfg = config();
+    let mut pod = yaml("pod-annotated.yaml");
+    let a = &mut pod["metadata"]["annotations"];
+    a["config.linkerd.io/trace-collector"] = json!("otel-collector.tracing.svc.cluster.local:4317");
+    a["config.alpha.linkerd.io/trace-collector-service-account"] = json!("otel");
+    a["config.linkerd.io/access-log"] = json!("JSON");
+    pod["metadata"]["labels"]["app.kubernetes.io/name"] = json!("web-app");
+    let (outcome, out) = inject_pod(&pod, &ns(&[]), &cfg);
+    assert!(
+        matches!(outcome, Outcome::Inject { ref warnings, .. } if warnings.is_empty()),
+        "{outcome:?}"
+    );
+    let proxy = init_container(&out["spec"], "linkerd-proxy");
+    let env = kubelet_env(proxy);
+    let parsed = linkerd_proxy::config::Config::from_strings(&env).unwrap();
+    let t = parsed.trace.expect("tracing is on");
+    assert_eq!(
+        t.collector_addr,
+        "otel-collector.tracing.svc.cluster.local:4317"
+    );
+    assert_eq!(
+        t.collector_name.as_deref(),
+        Some("otel.tracing.serviceaccount.identity.linkerd.cluster.local")
+    );
+    let attr = |k: &str| {
+        t.resource
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(attr("service.name"), Some("web-app"));
+    assert_eq!(attr("k8s.pod.name"), Some("web-7c9f8b6d5-x2x4z"));
+    assert_eq!(attr("k8s.namespace.name"), Some("shop"));
+    assert_eq!(
+        parsed.access_log,
+        Some(linkerd_proxy::config::AccessLogFormat::Json)
+    );
+    // The pod's labels, mounted where the attributes file is read from.
+    assert_eq!(
+        env["LINKERD2_PROXY_TRACE_ATTRIBUTES_PATH"],
+        "/var/run/linkerd/podinfo/labels"
+    );
+    let mounts = proxy["volumeMounts"].as_array().unwrap();
+    assert!(mounts.iter().any(|m| m["name"] == "linkerd-podinfo" && m["mountPath"] == "/var/run/linkerd/podinfo"), "{mounts:?}");
+    let volumes = out["spec"]["volumes"].as_array().unwrap();
+    let podinfo = volumes
+        .iter()
+        .find(|v| v["name"] == "linkerd-podinfo")
+        .expect("the podinfo volume");
+    assert_eq!(
+        podinfo["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"],
+        "metadata.labels"
+    );
+
+    // From the namespace, a collector named without its namespace: the pod's own.
+    let pod = yaml("pod-annotated.yaml");
+    let (_, out) = inject_pod(
+        &pod,
+        &ns(&[("config.linkerd.io/trace-collector", "collector:4317")]),
+        &cfg,
+    );
+    let env = kubelet_env(init_container(&out["spec"], "linkerd-proxy"));
+    let t = linkerd_proxy::config::Config::from_strings(&env)
+        .unwrap()
+        .trace
+        .unwrap();
+    assert_eq!(
+        t.collector_name.as_deref(),
+        Some("collector.shop.serviceaccount.identity.linkerd.cluster.local")
+    );
+
+    // Hostile or broken values: a warning each, no tracing, and the pod still injected.
+    for (key, value) in [
+        ("config.linkerd.io/trace-collector", "collector"),
+        ("config.linkerd.io/trace-collector", "collector:0"),
+        (
+            "config.linkerd.io/trace-collector",
+            "$(LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS):4317",
+        ),
+        ("config.linkerd.io/trace-collector", "a b:4317"),
+        ("config.linkerd.io/access-log", "combined"),
+    ] {
+        let mut pod = yaml("pod-annotated.yaml");
+        pod["metadata"]["annotations"][key] = json!(value);
+        let (outcome, out) = inject_pod(&pod, &ns(&[]), &cfg);
+        let Outcome::Inject { warnings, .. } = &outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(
+            warnings.iter().any(|w| w.contains(key)),
+            "{key}={value}: {warnings:?}"
+        );
+        let env = kubelet_env(init_container(&out["spec"], "linkerd-proxy"));
+        let parsed = linkerd_proxy::config::Config::from_strings(&env).unwrap();
+        assert!(
+            parsed.trace.is_none() && parsed.access_log.is_none(),
+            "{key}={value}"
+        );
+        assert!(!env.contains_key("LINKERD2_PROXY_TRACE_COLLECTOR_SVC_ADDR"));
+    }
+    // A service name that would expand another variable is refused; tracing stays on.
+    let mut pod = yaml("pod-annotated.yaml");
+    pod["metadata"]["annotations"]["config.linkerd.io/trace-collector"] = json!("127.0.0.1:4317");
+    pod["metadata"]["annotations"]["config.linkerd.io/trace-collector-name"] = json!("$(_pod_sa)");
+    let (_, out) = inject_pod(&pod, &ns(&[]), &cfg);
+    let env = kubelet_env(init_container(&out["spec"], "linkerd-proxy"));
+    let t = linkerd_proxy::config::Config::from_strings(&env)
+        .unwrap()
+        .trace
+        .unwrap();
+    assert_eq!(t.collector_name, None, "a loopback collector is plaintext");
+    // The pod's `app` label instead.
+    assert_eq!(env["LINKERD2_PROXY_TRACE_SERVICE_NAME"], "web");
+}
