@@ -2,8 +2,10 @@
 //! request, with the fields Linkerd's proxy writes, when its response headers are sent (a
 //! response the proxy made itself, such as a 403, included).
 //!
-//! The request path fills an [`Entry`] and hands it to a bounded channel; a task formats the
-//! lines and writes them. When the channel is full the line is dropped and counted
+//! The request path fills an [`Entry`] and pushes it onto a bounded queue; a thread of its own
+//! (so that a blocked stderr never blocks the runtime) wakes every 50 ms, or when the queue is
+//! a quarter full, formats the lines and writes them in one go. A request never wakes it by
+//! itself. When the queue is full the line is dropped and counted
 //! (`proxy_access_log_dropped_total`): a slow stderr never slows a request.
 //!
 //! - `apache`: `<client.addr> <client.id> - [<timestamp>] "<method> <uri> <version>" <status>`
@@ -25,15 +27,18 @@ use std::{
     fmt::Write as _,
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, Condvar, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
-use tokio::{io::AsyncWriteExt, sync::mpsc, time::Instant};
 
 /// Lines waiting to be written; beyond this they are dropped.
-const BUFFER: usize = 1024;
+const BUFFER: usize = 4096;
+/// Queued lines that wake the writer before its interval.
+const WAKE_AT: usize = BUFFER / 4;
+/// How long a line may wait for the writer.
+const INTERVAL: Duration = Duration::from_millis(50);
 /// Header values longer than this are cut.
 const MAX_VALUE: usize = 2048;
 
@@ -59,8 +64,16 @@ impl std::str::FromStr for Format {
 
 #[derive(Debug)]
 pub(crate) struct AccessLog {
-    tx: mpsc::Sender<Box<Entry>>,
+    queue: Arc<Queue>,
     dropped: Arc<AtomicU64>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    /// Boxed as they travel with the request: queuing moves a pointer, not the entry.
+    #[allow(clippy::vec_box)]
+    lines: Mutex<Vec<Box<Entry>>>,
+    wake: Condvar,
 }
 
 /// One request's line, filled as the request goes.
@@ -99,13 +112,17 @@ fn cut(s: &str) -> String {
 }
 
 impl AccessLog {
-    /// Starts the writer: lines go to `out` (stderr in the proxy).
-    pub(crate) fn start<W>(format: Format, metrics: &Metrics, out: W) -> Arc<Self>
+    /// Starts the writer thread: lines go to `out` (stderr in the proxy).
+    pub(crate) fn start<W>(format: Format, metrics: &Metrics, out: W) -> std::io::Result<Arc<Self>>
     where
-        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+        W: std::io::Write + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel(BUFFER);
+        let queue = Arc::new(Queue::default());
         let dropped = Arc::new(AtomicU64::new(0));
+        let q = queue.clone();
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(format, &q, out))?;
         let d = dropped.clone();
         metrics.register_series(Series {
             name: "proxy_access_log_dropped_total",
@@ -114,8 +131,7 @@ impl AccessLog {
             labels: String::new(),
             value: Box::new(move || d.load(Ordering::Relaxed)),
         });
-        tokio::spawn(write_lines(format, rx, out));
-        Arc::new(Self { tx, dropped })
+        Ok(Arc::new(Self { queue, dropped }))
     }
 
     /// A request's entry, from its head.
@@ -156,35 +172,45 @@ impl AccessLog {
         e.response_bytes = response
             .and_then(|h| h.get(header::CONTENT_LENGTH))
             .map(|v| cut(&String::from_utf8_lossy(v.as_bytes())));
-        if self.tx.try_send(e).is_err() {
+        let mut lines = crate::lock(&self.queue.lines);
+        if lines.len() >= BUFFER {
+            drop(lines);
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        lines.push(e);
+        if lines.len() == WAKE_AT {
+            self.queue.wake.notify_one();
         }
     }
 }
 
-async fn write_lines<W>(format: Format, mut rx: mpsc::Receiver<Box<Entry>>, mut out: W)
-where
-    W: tokio::io::AsyncWrite + Unpin,
-{
+/// The writer thread: drains the queue every [`INTERVAL`] (or when woken), writes the lines.
+fn write_lines<W: std::io::Write>(format: Format, queue: &Queue, mut out: W) {
     let mut buf = String::new();
-    while let Some(e) = rx.recv().await {
-        format_line(format, &e, &mut buf);
-        // Whatever else is waiting goes in the same write.
-        while buf.len() < 64 * 1024 {
-            match rx.try_recv() {
-                Ok(e) => format_line(format, &e, &mut buf),
-                Err(_) => break,
+    loop {
+        let batch = {
+            let mut lines = crate::lock(&queue.lines);
+            if lines.len() < WAKE_AT {
+                lines = match queue.wake.wait_timeout(lines, INTERVAL) {
+                    Ok((l, _)) => l,
+                    Err(poisoned) => poisoned.into_inner().0,
+                };
             }
-        }
-        if out.write_all(buf.as_bytes()).await.is_err() {
-            // Nowhere to write: keep draining so the request path never waits.
-            buf.clear();
+            std::mem::take(&mut *lines)
+        };
+        if batch.is_empty() {
             continue;
         }
-        let _ = out.flush().await;
+        for e in &batch {
+            format_line(format, e, &mut buf);
+        }
+        drop(batch);
+        // Nowhere to write: the lines are lost, the queue keeps draining.
+        let _ = out.write_all(buf.as_bytes()).and_then(|()| out.flush());
         buf.clear();
         if buf.capacity() > 256 * 1024 {
-            buf.shrink_to(4096);
+            buf.shrink_to(16 * 1024);
         }
     }
 }
@@ -361,28 +387,67 @@ mod tests {
         assert!(out.contains("\"response_bytes\":\"12\""), "{out}");
     }
 
-    #[tokio::test]
-    async fn lines_are_written_and_a_full_buffer_drops() {
-        let (w, mut r) = tokio::io::duplex(1 << 20);
-        let log = AccessLog::start(Format::Apache, &Metrics::new(), w);
+    /// A writer tests can read.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A stderr nobody reads: every write blocks.
+    struct Stuck;
+
+    impl std::io::Write for Stuck {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            loop {
+                std::thread::park();
+            }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_are_written_and_a_full_buffer_drops() {
+        let out = Shared::default();
+        let log = AccessLog::start(Format::Apache, &Metrics::new(), out.clone()).unwrap();
         for _ in 0..3 {
             log.log(Box::new(entry()), 200, None);
         }
-        let mut got = Vec::new();
-        while got.iter().filter(|b| **b == b'\n').count() < 3 {
-            let mut buf = [0; 4096];
-            let n = tokio::io::AsyncReadExt::read(&mut r, &mut buf)
-                .await
-                .unwrap();
-            got.extend_from_slice(&buf[..n]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while out
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            < 3
+        {
+            assert!(Instant::now() < deadline, "lines not written");
+            std::thread::park_timeout(Duration::from_millis(10));
         }
-        assert_eq!(String::from_utf8(got).unwrap().lines().count(), 3);
-        // A writer that never drains: past the buffer, lines are dropped, not queued.
-        let (w, _keep) = tokio::io::duplex(1);
-        let log = AccessLog::start(Format::Json, &Metrics::new(), w);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        // A writer that never returns: past the queue's bound, lines are dropped, not kept.
+        let log = AccessLog::start(Format::Json, &Metrics::new(), Stuck).unwrap();
+        log.log(Box::new(entry()), 200, None);
+        let until = Instant::now() + INTERVAL * 3;
+        while Instant::now() < until {
+            std::thread::park_timeout(INTERVAL);
+        }
         for _ in 0..(BUFFER + 100) {
             log.log(Box::new(entry()), 200, None);
         }
-        assert!(log.dropped.load(Ordering::Relaxed) >= 99);
+        assert_eq!(log.dropped.load(Ordering::Relaxed), 100);
+        assert_eq!(crate::lock(&log.queue.lines).len(), BUFFER);
     }
 }

@@ -110,9 +110,14 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         ),
         None => None,
     };
-    let access_log = config
-        .access_log
-        .map(|format| crate::access_log::AccessLog::start(format, &metrics, tokio::io::stderr()));
+    let access_log = match config.access_log {
+        Some(format) => Some(crate::access_log::AccessLog::start(
+            format,
+            &metrics,
+            std::io::stderr(),
+        )?),
+        None => None,
+    };
     let forwarding =
         |direction, connect_timeout, tls, creds, limits: &listen::Limits, access_log| {
             let client = Client::new(

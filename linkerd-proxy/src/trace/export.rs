@@ -1,8 +1,9 @@
 //! The exporter task: spans from the request path, batched, sent to the collector with
 //! `TraceService/Export` (OTLP/gRPC, unary calls).
 //!
-//! A batch is sent when it holds `max_batch` spans or when its first span has waited
-//! `flush_interval`. A failed or timed-out call drops its batch (counted) and backs off
+//! The exporter sleeps until a batch is full (`max_batch` spans queued: the request path
+//! notifies it) or its flush interval has passed, then sends what is queued in batches of up
+//! to `max_batch`; a span never wakes it by itself. A failed or timed-out call drops its batch (counted) and backs off
 //! (100 ms doubling to 10 s) before the next one; meanwhile spans wait in the bounded
 //! channel, and beyond its capacity they are dropped where they were made. The channel
 //! (gRPC over the control-plane client) reconnects by itself.
@@ -16,7 +17,7 @@ use opentelemetry_proto::tonic::{
     trace::v1::{ResourceSpans, ScopeSpans},
 };
 use std::sync::{Arc, atomic::Ordering};
-use tokio::{sync::mpsc, time::Instant};
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tracing::debug;
 
@@ -70,6 +71,7 @@ pub(super) async fn run(
     config: TraceConfig,
     channel: Channel,
     mut rx: mpsc::Receiver<Span>,
+    full: Arc<tokio::sync::Notify>,
     stats: Arc<TraceStats>,
 ) {
     let mut client = TraceServiceClient::new(channel);
@@ -87,23 +89,22 @@ pub(super) async fn run(
         ..Default::default()
     };
     let mut failures = 0u32;
-    let mut open = true;
-    while open {
-        let Some(first) = rx.recv().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        let deadline = Instant::now() + config.flush_interval;
-        while batch.len() < config.max_batch {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(span)) => batch.push(span),
-                Ok(None) => {
-                    open = false;
-                    break;
-                }
-                Err(_) => break,
+    let mut queued = Vec::new();
+    loop {
+        if rx.is_empty() {
+            if rx.is_closed() {
+                return;
             }
+            tokio::select! {
+                _ = full.notified() => {}
+                _ = tokio::time::sleep(config.flush_interval) => {}
+            }
+            continue;
         }
+        if rx.recv_many(&mut queued, config.max_batch).await == 0 {
+            return;
+        }
+        let batch = std::mem::take(&mut queued);
         let n = batch.len() as u64;
         let req = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {

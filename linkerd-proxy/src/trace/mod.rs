@@ -74,6 +74,11 @@ pub(crate) struct TraceStats {
 #[derive(Debug)]
 pub(crate) struct Tracer {
     tx: mpsc::Sender<Span>,
+    /// Wakes the exporter when a batch is full; otherwise it wakes on its flush interval, so
+    /// a span costs the request path no wake-up.
+    full: Arc<tokio::sync::Notify>,
+    /// Queued spans that make a full batch.
+    batch: usize,
     /// Requests without a context start a trace when a random `u64` falls below this.
     start_below: u64,
     stats: Arc<TraceStats>,
@@ -96,9 +101,19 @@ impl Tracer {
         export::register_metrics(metrics, &stats);
         let (tx, rx) = mpsc::channel(config.buffer.max(1));
         let start_below = ratio_threshold(config.sample_ratio);
-        tokio::spawn(export::run(config, channel, rx, stats.clone()));
+        let full = Arc::new(tokio::sync::Notify::new());
+        let batch = config.max_batch.clamp(1, config.buffer.max(1));
+        tokio::spawn(export::run(
+            config,
+            channel,
+            rx,
+            full.clone(),
+            stats.clone(),
+        ));
         Ok(Arc::new(Self {
             tx,
+            full,
+            batch,
             start_below,
             stats,
         }))
@@ -167,6 +182,10 @@ impl Tracer {
     pub(crate) fn finish(&self, span: Span) {
         if self.tx.try_send(span).is_err() {
             self.stats.dropped_full.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.tx.max_capacity() - self.tx.capacity() >= self.batch {
+            self.full.notify_one();
         }
     }
 }
@@ -209,6 +228,8 @@ mod tests {
         let (tx, rx) = mpsc::channel(2);
         let t = Tracer {
             tx,
+            full: Arc::default(),
+            batch: 2,
             start_below: ratio_threshold(ratio),
             stats: Arc::default(),
         };
