@@ -50,6 +50,19 @@ pub fn proxy_command(
     log: &Path,
 ) -> anyhow::Result<Command> {
     let mut cmd = Command::new(bin);
+    proxy_env(&mut cmd, cores, addrs, env, log)?;
+    Ok(cmd)
+}
+
+/// Gives `cmd` (the proxy, or a command that execs it) the proxy's environment and no other
+/// proxy setting, its listeners, and `log` as stderr.
+pub fn proxy_env(
+    cmd: &mut Command,
+    cores: usize,
+    addrs: ProxyAddrs,
+    env: &[(&str, String)],
+    log: &Path,
+) -> anyhow::Result<()> {
     for (k, _) in std::env::vars_os() {
         if let Some(k) = k.to_str()
             && (k.starts_with("LINKERD2_PROXY_") || k.starts_with("MESH_PROXY_"))
@@ -71,7 +84,7 @@ pub fn proxy_command(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);
-    Ok(cmd)
+    Ok(())
 }
 
 /// How the proxies of a run are started: the binary, `LINKERD2_PROXY_CORES`, the pid file.
