@@ -57,7 +57,7 @@ pub struct Mesh {
 }
 
 /// Runs `mesh <args>` to completion and returns its stdout.
-async fn mesh_cli(bin: &Path, args: &[&str]) -> anyhow::Result<String> {
+pub async fn mesh_cli(bin: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(bin)
         .args(args)
         .stdin(Stdio::null())

@@ -5,7 +5,7 @@
 //! redirections (`REDIRECT`, `SO_ORIGINAL_DST`), veths and bridge as in a cluster.
 //!
 //! ```text
-//!  node (br0 10.201.0.254, identity service :8080)
+//!  node (br0 10.201.0.254); identity pod: identity service :8080, its sidecar (TLS)
 //!   ├ c-direct  load ────────────────────────────────────────────────► s-plain  app :8080
 //!   ├ c-relay   load ─OUTPUT─► sidecar :4140 (opaque TCP) ──────────► s-plain
 //!   ├ c-hop     load ─OUTPUT─► sidecar :4140 (HTTP) ────────────────► s-plain
@@ -39,7 +39,7 @@ use linkerd_proxy::config;
 pub use self::run::{run, wanted};
 use crate::{
     mesh::{self, CLIENT_ID, SERVER_ID},
-    netns::{self, NODE_IP, Node, Pod},
+    netns::{self, Node, Pod},
     procfs::Guarded,
     proxy::{self, ProxyAddrs},
 };
@@ -50,6 +50,8 @@ const OUTBOUND: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCA
 const ADMIN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 4191);
 const IDENTITY_ADMIN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9990);
 const PROXY_UID: &str = "2102";
+/// The identity service's own identity (its sidecar's), as Linkerd names it.
+const IDENTITY_ID: &str = "linkerd-identity.linkerd.serviceaccount.identity.linkerd.cluster.local";
 /// Runs what follows as the proxy's user, as the proxy container's `runAsUser` would.
 const AS_PROXY_UID: [&str; 5] = ["--reuid", PROXY_UID, "--regid", PROXY_UID, "--clear-groups"];
 
@@ -206,14 +208,26 @@ impl Cluster {
         let proxy_bin = proxy_bin_for_uid(b.proxy, b.scratch).await?;
         let id_dir = b.scratch.join("identity");
         let mut anchors = String::new();
+        let mut identity_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, APP_PORT));
         if paths.contains(&PPath::Mesh) {
-            let (identity, pem) = start_identity(b, &c.node.netns(), &id_dir).await?;
+            // The identity service's own pod, with its sidecar, as Linkerd deploys it: the
+            // sidecar is certified over loopback, and terminates the other proxies' TLS.
+            let pod = c.node.pod("identity").await?;
+            init_rules(b.proxy, &pod).await?;
+            let (identity, pem) = start_identity(b, &pod.netns, &id_dir).await?;
             c.identity = Some(identity);
             anchors = pem;
+            let mut env =
+                mesh::identity_env(&anchors, identity_addr, &id_dir, "identity", IDENTITY_ID);
+            env.push((config::ENV_IDENTITY_SVC_NAME, IDENTITY_ID.to_string()));
+            let i = c.spawn_sidecar(b, &proxy_bin, "identity", &pod, &env)?;
+            c.wait_ready(i).await?;
+            identity_addr = SocketAddr::from((pod.ip, APP_PORT));
         }
         let identity_env = |name: &str, id: &str| {
-            let addr = SocketAddr::from((NODE_IP, APP_PORT));
-            mesh::identity_env(&anchors, addr, &id_dir, name, id)
+            let mut env = mesh::identity_env(&anchors, identity_addr, &id_dir, name, id);
+            env.push((config::ENV_IDENTITY_SVC_NAME, IDENTITY_ID.to_string()));
+            env
         };
         let opaque = || vec![(config::ENV_OUTBOUND_OPAQUE_PORTS, APP_PORT.to_string())];
         for (path, client) in &clients {
@@ -309,7 +323,12 @@ impl Cluster {
             outbound: OUTBOUND,
             admin: ADMIN,
         };
-        proxy::proxy_env(&mut cmd, b.proxy_cores, addrs, env, &log)?;
+        let mut env = env.to_vec();
+        // `BENCH_PROD_PROXY_LOG=debug` when a sidecar will not start: `warn` says little.
+        if let Ok(level) = std::env::var("BENCH_PROD_PROXY_LOG") {
+            env.push((config::ENV_LOG, level));
+        }
+        proxy::proxy_env(&mut cmd, b.proxy_cores, addrs, &env, &log)?;
         let child = Guarded::spawn("sidecar", &mut cmd, b.pid_file)?;
         self.sidecars.push(Sidecar {
             role,
@@ -433,24 +452,36 @@ async fn start_app(b: &Bins<'_>, pod: &Pod) -> anyhow::Result<Guarded> {
     }
 }
 
-/// `mesh identity serve` in the node's namespace, on the bridge's address, with fresh trust
-/// material and a token per identity in `dir`, readable by the proxies' uid. Returns the
-/// process and the trust anchors.
+/// `mesh identity serve` on `:8080` in the identity pod, with fresh trust material and a
+/// token per identity in `dir`, readable by the proxies' uid. Returns the process and the
+/// trust anchors.
 async fn start_identity(
     b: &Bins<'_>,
-    node_ns: &str,
+    pod_ns: &str,
     dir: &Path,
 ) -> anyhow::Result<(Guarded, String)> {
     mesh::init_trust(b.mesh, dir).await?;
+    let key = dir.join("token.key");
+    let key_s = key.to_str().context("the scratch path is not UTF-8")?;
+    let args = [
+        "identity",
+        "token",
+        "--key",
+        key_s,
+        "--identity",
+        IDENTITY_ID,
+    ];
+    let token = mesh::mesh_cli(b.mesh, &args).await?;
+    std::fs::write(dir.join("identity.token"), token.trim())?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-    for token in ["client.token", "server.token"] {
+    for token in ["client.token", "server.token", "identity.token"] {
         std::fs::set_permissions(dir.join(token), std::fs::Permissions::from_mode(0o644))?;
     }
     let log = b.log_dir.join("prod-identity.log");
     let log_file = std::fs::File::create(&log)?;
-    let mut cmd = netns::exec_in(node_ns, b.mesh);
+    let mut cmd = netns::exec_in(pod_ns, b.mesh);
     cmd.args(["identity", "serve", "--addr"])
-        .arg(SocketAddr::from((NODE_IP, APP_PORT)).to_string())
+        .arg(SocketAddr::from((Ipv4Addr::UNSPECIFIED, APP_PORT)).to_string())
         .arg("--admin-addr")
         .arg(IDENTITY_ADMIN.to_string())
         .arg("--trust-anchors")
@@ -470,7 +501,7 @@ async fn start_identity(
     let admin = IDENTITY_ADMIN.to_string();
     loop {
         id.check_running()?;
-        match fetch(b.bench, node_ns, &admin, "/ready", false).await {
+        match fetch(b.bench, pod_ns, &admin, "/ready", false).await {
             Ok(_) => break,
             Err(e) if Instant::now() > deadline => {
                 bail!(

@@ -81,9 +81,12 @@ pub fn proxy_env(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log_file);
+    // The proxy's log lines go to stdout (tracing's default writer), its fatal errors to
+    // stderr: both into the log.
+    let out = log_file
+        .try_clone()
+        .with_context(|| format!("opening {}", log.display()))?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(log_file);
     Ok(())
 }
 
