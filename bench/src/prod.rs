@@ -296,11 +296,8 @@ impl Cluster {
             started.elapsed().as_secs_f64() * 1e3
         );
         for w in &c.paths {
-            let addr = format!(
-                "{}",
-                w.url.trim_start_matches("http://").trim_end_matches('/')
-            );
-            fetch(b.bench, &w.client.netns, &addr, "/", false)
+            let addr = w.url.trim_start_matches("http://").trim_end_matches('/');
+            fetch(b.bench, &w.client.netns, addr, "/", false)
                 .await
                 .with_context(|| format!("a request on the prod {} path", w.path.part()))?;
         }
