@@ -83,7 +83,8 @@ async fn run_inner(opts: &AllOpts) -> anyhow::Result<()> {
         .only
         .iter()
         .any(|p| "destination".starts_with(p.as_str()) && !p.is_empty());
-    if table.is_empty() && !certify && !destination {
+    let prod = crate::prod::wanted(opts);
+    if table.is_empty() && !certify && !destination && !prod {
         bail!("no scenario matches --only {}", opts.only.join(","));
     }
     let uses = |via: Via| table.iter().any(|g| g.entries.iter().any(|e| e.via == via));
@@ -105,7 +106,7 @@ async fn run_inner(opts: &AllOpts) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => exe.with_file_name("linkerd-proxy"),
     };
-    if (uses(Via::Proxy) || uses(Via::Mesh)) && !proxy_bin.is_file() {
+    if (uses(Via::Proxy) || uses(Via::Mesh) || prod) && !proxy_bin.is_file() {
         bail!(
             "no proxy binary at {}; build it with `cargo build --release -p linkerd-proxy`",
             proxy_bin.display()
@@ -115,7 +116,7 @@ async fn run_inner(opts: &AllOpts) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => exe.with_file_name("mesh"),
     };
-    if (uses(Via::Mesh) || certify || destination) && !mesh_bin.is_file() {
+    if (uses(Via::Mesh) || certify || destination || prod) && !mesh_bin.is_file() {
         bail!(
             "no mesh binary at {}; build it with `cargo build --release -p mesh`",
             mesh_bin.display()
@@ -145,6 +146,18 @@ async fn run_inner(opts: &AllOpts) -> anyhow::Result<()> {
     }
     if !table.is_empty() {
         run_http(opts, &env, &table).await?;
+    }
+    if prod {
+        let bins = crate::prod::Bins {
+            bench: &env.exe,
+            proxy: &env.proxy_bin,
+            mesh: &env.mesh_bin,
+            scratch: &env.scratch.0,
+            log_dir: &env.log_dir,
+            proxy_cores: opts.proxy_cores,
+            pid_file: opts.pid_file.as_deref(),
+        };
+        crate::prod::run(opts, &bins).await?;
     }
     if certify {
         // Last, with every other process of the run gone.

@@ -12,10 +12,12 @@ mod counters;
 mod destination;
 mod load;
 mod mesh;
+mod netns;
 mod pair;
 mod path;
 mod policy;
 mod procfs;
+mod prod;
 mod proxy;
 mod report;
 mod scenario;
@@ -27,6 +29,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use http::Method;
 use serde_json::json;
 
 #[derive(Debug, Parser)]
@@ -102,6 +105,17 @@ enum Cmd {
         threads: usize,
         #[arg(long, default_value_t = 64)]
         body_size: usize,
+    },
+    /// One HTTP/1.1 request (e.g. to a proxy's admin server inside a pod's network namespace,
+    /// which `bench all` cannot reach): prints the body; fails unless the status is 2xx.
+    Fetch {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// POST instead of GET.
+        #[arg(long)]
+        post: bool,
     },
     /// Open-loop load at a fixed rate; prints one JSON object.
     Load {
@@ -190,6 +204,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             threads,
             body_size,
         }),
+        Cmd::Fetch { addr, path, post } => {
+            let method = if post { Method::POST } else { Method::GET };
+            let fetch = client::request_once(addr, method, &path);
+            let (status, body) = current_thread_runtime()?.block_on(fetch)?;
+            if !status.is_success() {
+                anyhow::bail!("{path}: {status}");
+            }
+            print!("{}", String::from_utf8_lossy(&body));
+            Ok(())
+        }
         Cmd::Load {
             url,
             rate,

@@ -57,7 +57,7 @@ pub struct Mesh {
 }
 
 /// Runs `mesh <args>` to completion and returns its stdout.
-async fn mesh_cli(bin: &Path, args: &[&str]) -> anyhow::Result<String> {
+pub async fn mesh_cli(bin: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(bin)
         .args(args)
         .stdin(Stdio::null())
@@ -95,22 +95,8 @@ pub async fn start(o: &Ctx<'_>, ports: &[u16]) -> anyhow::Result<Mesh> {
     };
     let lo = |p: &u16| SocketAddr::from(([127, 0, 0, 1], *p));
     let dir = o.scratch.join("identity");
-    let dir_s = dir.to_str().context("the scratch path is not UTF-8")?;
-    mesh_cli(o.mesh_bin, &["identity", "init", "--dir", dir_s, "--force"]).await?;
+    init_trust(o.mesh_bin, &dir).await?;
     let key = dir.join("token.key");
-    let key_s = key.to_str().context("the scratch path is not UTF-8")?;
-    for (name, id) in [("client", CLIENT_ID), ("server", SERVER_ID)] {
-        let token = mesh_cli(
-            o.mesh_bin,
-            &["identity", "token", "--key", key_s, "--identity", id],
-        )
-        .await?;
-        // `mesh identity token` ends its output with a newline, and the identity service
-        // checks the file's bytes as they are ("MAC is not hex"): write the token alone.
-        let path = dir.join(format!("{name}.token"));
-        std::fs::write(&path, token.trim())
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
 
     let identity_log = o.log_dir.join("identity.log");
     let log_file = std::fs::File::create(&identity_log)
@@ -196,6 +182,28 @@ pub async fn start(o: &Ctx<'_>, ports: &[u16]) -> anyhow::Result<Mesh> {
         server,
         certified_in,
     })
+}
+
+/// `mesh identity init` in `dir` (a fresh trust anchor, issuer and token key), and a token for
+/// each of the client and the server identity (`client.token`, `server.token`).
+pub async fn init_trust(mesh_bin: &Path, dir: &Path) -> anyhow::Result<()> {
+    let dir_s = dir.to_str().context("the scratch path is not UTF-8")?;
+    mesh_cli(mesh_bin, &["identity", "init", "--dir", dir_s, "--force"]).await?;
+    let key = dir.join("token.key");
+    let key_s = key.to_str().context("the scratch path is not UTF-8")?;
+    for (name, id) in [("client", CLIENT_ID), ("server", SERVER_ID)] {
+        let token = mesh_cli(
+            mesh_bin,
+            &["identity", "token", "--key", key_s, "--identity", id],
+        )
+        .await?;
+        // `mesh identity token` ends its output with a newline, and the identity service
+        // checks the file's bytes as they are ("MAC is not hex"): write the token alone.
+        let path = dir.join(format!("{name}.token"));
+        std::fs::write(&path, token.trim())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The environment that has a proxy certified as `id` with the token `<dir>/<token>.token`.

@@ -141,6 +141,67 @@ pub fn status_number(pid: u32, key: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("bad {key} in /proc/{pid}/status"))
 }
 
+/// What the scheduler did for a process, summed over its threads (`/proc/<pid>/task/*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sched {
+    /// Time on a CPU and time runnable but waiting for one (`schedstat`), in nanoseconds.
+    pub on_cpu_ns: u64,
+    pub wait_ns: u64,
+    /// Times a thread was put on a CPU (`schedstat`'s third field): about one per wake-up.
+    pub slices: u64,
+    /// Context switches: the thread blocked (voluntary) or was preempted (involuntary).
+    pub voluntary: u64,
+    pub involuntary: u64,
+}
+
+impl Sched {
+    /// `self - earlier`, field by field (threads that exited in between are not counted).
+    pub fn since(&self, earlier: &Sched) -> Sched {
+        Sched {
+            on_cpu_ns: self.on_cpu_ns.saturating_sub(earlier.on_cpu_ns),
+            wait_ns: self.wait_ns.saturating_sub(earlier.wait_ns),
+            slices: self.slices.saturating_sub(earlier.slices),
+            voluntary: self.voluntary.saturating_sub(earlier.voluntary),
+            involuntary: self.involuntary.saturating_sub(earlier.involuntary),
+        }
+    }
+}
+
+/// The scheduler's counters for `pid`, over all its threads.
+pub fn sched(pid: u32) -> anyhow::Result<Sched> {
+    let mut total = Sched::default();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))?;
+    for task in tasks {
+        let dir = task?.path();
+        // A thread may exit between the listing and the reads: skip it.
+        let (Ok(stat), Ok(status)) = (
+            std::fs::read_to_string(dir.join("schedstat")),
+            std::fs::read_to_string(dir.join("status")),
+        ) else {
+            continue;
+        };
+        let f: Vec<u64> = stat
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if let [on, wait, slices] = f[..] {
+            total.on_cpu_ns += on;
+            total.wait_ns += wait;
+            total.slices += slices;
+        }
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        total.voluntary += field("voluntary_ctxt_switches");
+        total.involuntary += field("nonvoluntary_ctxt_switches");
+    }
+    Ok(total)
+}
+
 /// Resets the peak RSS (`VmHWM`) of `pid` to its current RSS, so that the next reading is the
 /// peak of what happened in between. Returns false where the kernel does not allow it.
 pub fn reset_peak_rss(pid: u32) -> bool {
@@ -178,5 +239,8 @@ mod tests {
         assert!(status_number(pid, "NoSuchKey").is_err());
         assert!(self_and_children_cpu_seconds().expect("self stat") >= 0.0);
         assert!(machine_busy_seconds().expect("/proc/stat") > 0.0);
+        let s = sched(pid).expect("sched");
+        assert!(s.on_cpu_ns > 0 && s.slices > 0, "{s:?}");
+        assert_eq!(s.since(&s), Sched::default());
     }
 }

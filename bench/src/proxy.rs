@@ -50,6 +50,19 @@ pub fn proxy_command(
     log: &Path,
 ) -> anyhow::Result<Command> {
     let mut cmd = Command::new(bin);
+    proxy_env(&mut cmd, cores, addrs, env, log)?;
+    Ok(cmd)
+}
+
+/// Gives `cmd` (the proxy, or a command that execs it) the proxy's environment and no other
+/// proxy setting, its listeners, and `log` as stderr.
+pub fn proxy_env(
+    cmd: &mut Command,
+    cores: usize,
+    addrs: ProxyAddrs,
+    env: &[(&str, String)],
+    log: &Path,
+) -> anyhow::Result<()> {
     for (k, _) in std::env::vars_os() {
         if let Some(k) = k.to_str()
             && (k.starts_with("LINKERD2_PROXY_") || k.starts_with("MESH_PROXY_"))
@@ -75,10 +88,13 @@ pub fn proxy_command(
             cmd.env(k.trim(), v);
         }
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log_file);
-    Ok(cmd)
+    // The proxy's log lines go to stdout (tracing's default writer), its fatal errors to
+    // stderr: both into the log.
+    let out = log_file
+        .try_clone()
+        .with_context(|| format!("opening {}", log.display()))?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(log_file);
+    Ok(())
 }
 
 /// How the proxies of a run are started: the binary, `LINKERD2_PROXY_CORES`, the pid file.

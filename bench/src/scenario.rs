@@ -152,6 +152,7 @@ pub async fn measure(
             let (s, tool, conc) = match entry.proto {
                 Proto::Http1 => (
                     tools::wrk(
+                        None,
                         url,
                         proxy,
                         opts.connections,

@@ -122,8 +122,9 @@ fn wrk_script(via: &Via) -> anyhow::Result<String> {
 }
 
 /// `wrk -t1 -c<connections> -d<secs>s --latency`; with `proxy`, through that HTTP proxy
-/// (absolute-form requests for `url`).
+/// (absolute-form requests for `url`); with `netns`, inside that network namespace.
 pub async fn wrk(
+    netns: Option<&str>,
     url: &str,
     proxy: Option<SocketAddr>,
     connections: usize,
@@ -136,10 +137,13 @@ pub async fn wrk(
     std::fs::write(&script, wrk_script(&via)?)
         .with_context(|| format!("writing {}", script.display()))?;
     let secs = whole_secs(duration);
+    let mut cmd = match netns {
+        Some(ns) => crate::netns::exec_in(ns, Path::new("wrk")),
+        None => Command::new("wrk"),
+    };
     let out = run_tool(
         "wrk",
-        Command::new("wrk")
-            .arg("-t1")
+        cmd.arg("-t1")
             .arg(format!("-c{connections}"))
             .arg(format!("-d{secs}s"))
             .arg("--latency")
