@@ -152,7 +152,11 @@ impl AccessLog {
             timestamp: SystemTime::now(),
             start: Instant::now(),
             method: req.method().clone(),
-            uri: cut(&req.uri().to_string()),
+            // Origin-form (HTTP/1) as received, without formatting; absolute-form whole.
+            uri: match (req.uri().scheme(), req.uri().path_and_query()) {
+                (None, Some(pq)) => cut(pq.as_str()),
+                _ => cut(&req.uri().to_string()),
+            },
             version: req.version(),
             trace_id,
             request_bytes: header_str(h, &header::CONTENT_LENGTH),

@@ -160,6 +160,12 @@ impl TapEvent {
 /// Appends `v` as a JSON string.
 pub(crate) fn json_str(out: &mut String, v: &str) {
     out.push('"');
+    // Most values need no escape: copied whole.
+    if !v.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(v);
+        out.push('"');
+        return;
+    }
     for c in v.chars() {
         match c {
             '"' => out.push_str("\\\""),
