@@ -230,22 +230,21 @@ fn version_str(v: Version) -> &'static str {
 }
 
 pub(crate) fn format_line(format: Format, e: &Entry, out: &mut String) {
-    let ts = rfc3339(e.timestamp);
     let processing = e.total.saturating_sub(e.upstream);
     match format {
         Format::Apache => {
             let id = e.client_id.as_deref().unwrap_or("-");
-            let _ = writeln!(
-                out,
-                "{} {} - [{}] \"{} {} {}\" {}",
-                e.client_addr,
-                id,
-                ts,
-                e.method,
-                e.uri.replace(['"', '\n', '\r'], "%22"),
-                version_str(e.version),
-                e.status
-            );
+            let _ = write!(out, "{} {id} - [", e.client_addr);
+            push_rfc3339(out, e.timestamp);
+            out.push_str("] \"");
+            out.push_str(e.method.as_str());
+            out.push(' ');
+            out.push_str(&e.uri.replace(['"', '\n', '\r'], "%22"));
+            out.push(' ');
+            out.push_str(version_str(e.version));
+            out.push_str("\" ");
+            push_digits(out, u64::from(e.status), 1);
+            out.push('\n');
         }
         Format::Json => {
             let field = |out: &mut String, first: bool, k: &str, v: &str| {
@@ -254,7 +253,7 @@ pub(crate) fn format_line(format: Format, e: &Entry, out: &mut String) {
                 out.push(':');
                 json_str(out, v);
             };
-            field(out, true, "client.addr", &e.client_addr.to_string());
+            let _ = write!(out, "{{\"client.addr\":\"{}\"", e.client_addr);
             field(
                 out,
                 false,
@@ -263,19 +262,21 @@ pub(crate) fn format_line(format: Format, e: &Entry, out: &mut String) {
             );
             field(out, false, "host", &e.host);
             field(out, false, "method", e.method.as_str());
-            field(
-                out,
-                false,
-                "processing_ns",
-                &processing.as_nanos().to_string(),
-            );
+            let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+            out.push_str(",\"processing_ns\":\"");
+            push_digits(out, nanos(processing), 1);
+            out.push('"');
             field(out, false, "request_bytes", &e.request_bytes);
             if let Some(b) = &e.response_bytes {
                 field(out, false, "response_bytes", b);
             }
-            let _ = write!(out, ",\"status\":{}", e.status);
-            field(out, false, "timestamp", &ts);
-            field(out, false, "total_ns", &e.total.as_nanos().to_string());
+            out.push_str(",\"status\":");
+            push_digits(out, u64::from(e.status), 1);
+            out.push_str(",\"timestamp\":\"");
+            push_rfc3339(out, e.timestamp);
+            out.push_str("\",\"total_ns\":\"");
+            push_digits(out, nanos(e.total), 1);
+            out.push('"');
             field(out, false, "trace_id", &e.trace_id);
             field(out, false, "uri", &e.uri);
             field(out, false, "user_agent", &e.user_agent);
@@ -286,18 +287,51 @@ pub(crate) fn format_line(format: Format, e: &Entry, out: &mut String) {
 }
 
 /// RFC 3339 in UTC with nanoseconds: `2022-08-23T20:28:20.071809491Z`.
-pub(crate) fn rfc3339(t: SystemTime) -> String {
+#[cfg(test)]
+fn rfc3339(t: SystemTime) -> String {
+    let mut out = String::with_capacity(30);
+    push_rfc3339(&mut out, t);
+    out
+}
+
+/// [`rfc3339`] appended to `out`, digit by digit (a line's formatting is mostly numbers).
+fn push_rfc3339(out: &mut String, t: SystemTime) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, day) = civil_from_days(i64::try_from(days).unwrap_or(0));
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_nanos()
-    )
+    push_digits(out, u64::try_from(y).unwrap_or(0), 4);
+    out.push('-');
+    push_digits(out, u64::from(m), 2);
+    out.push('-');
+    push_digits(out, u64::from(day), 2);
+    out.push('T');
+    push_digits(out, rem / 3600, 2);
+    out.push(':');
+    push_digits(out, rem % 3600 / 60, 2);
+    out.push(':');
+    push_digits(out, rem % 60, 2);
+    out.push('.');
+    push_digits(out, u64::from(d.subsec_nanos()), 9);
+    out.push('Z');
+}
+
+/// `n` in decimal, zero-padded to `width` digits.
+fn push_digits(out: &mut String, mut n: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = i.min(buf.len().saturating_sub(width));
+    for b in &buf[start..] {
+        out.push(char::from(*b));
+    }
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
