@@ -3,19 +3,16 @@
 //!
 //! The exporter sleeps until a batch is full (`max_batch` spans queued: the request path
 //! notifies it) or its flush interval has passed, then sends what is queued in batches of up
-//! to `max_batch`; a span never wakes it by itself. A failed or timed-out call drops its batch (counted) and backs off
-//! (100 ms doubling to 10 s) before the next one; meanwhile spans wait in the bounded
-//! channel, and beyond its capacity they are dropped where they were made. The channel
-//! (gRPC over the control-plane client) reconnects by itself.
+//! to `max_batch` (encoded by `otlp.rs`); a span never wakes it by itself. A failed or timed-out
+//! call drops its batch (counted) and backs off (100 ms doubling to 10 s) before the next one;
+//! meanwhile spans wait in the bounded channel, and beyond its capacity they are dropped where
+//! they were made. The channel (gRPC over the control-plane client) reconnects by itself.
 
-use super::{Span, TraceConfig, TraceStats, span::kv};
-use crate::{backoff::Backoff, metrics::Metrics, metrics::Series};
-use opentelemetry_proto::tonic::{
-    collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
-    common::v1::{InstrumentationScope, any_value::Value},
-    resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans},
+use super::{
+    Span, TraceConfig, TraceStats,
+    otlp::{BatchEncoder, RawCodec},
 };
+use crate::{backoff::Backoff, metrics::Metrics, metrics::Series};
 use std::sync::{Arc, atomic::Ordering};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -74,20 +71,12 @@ pub(super) async fn run(
     full: Arc<tokio::sync::Notify>,
     stats: Arc<TraceStats>,
 ) {
-    let mut client = TraceServiceClient::new(channel);
-    let resource = Resource {
-        attributes: config
-            .resource
-            .iter()
-            .map(|(k, v)| kv(k, Value::StringValue(v.clone())))
-            .collect(),
-        ..Default::default()
-    };
-    let scope = InstrumentationScope {
-        name: "linkerd-proxy".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        ..Default::default()
-    };
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let path = http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    );
+    let mut encoder =
+        BatchEncoder::new(&config.resource, "linkerd-proxy", env!("CARGO_PKG_VERSION"));
     let mut failures = 0u32;
     let mut queued = Vec::new();
     loop {
@@ -106,18 +95,16 @@ pub(super) async fn run(
         }
         let batch = std::mem::take(&mut queued);
         let n = batch.len() as u64;
-        let req = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(resource.clone()),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(scope.clone()),
-                    spans: batch.into_iter().map(Span::into_otlp).collect(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
+        let req = encoder.request(&batch);
+        drop(batch);
+        let export = async {
+            grpc.ready()
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            grpc.unary(tonic::Request::new(req), path.clone(), RawCodec)
+                .await
         };
-        match tokio::time::timeout(config.export_timeout, client.export(req)).await {
+        match tokio::time::timeout(config.export_timeout, export).await {
             Ok(Ok(rsp)) => {
                 failures = 0;
                 let rejected = rsp

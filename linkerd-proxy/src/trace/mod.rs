@@ -14,6 +14,7 @@
 
 mod context;
 mod export;
+mod otlp;
 mod resource;
 mod span;
 

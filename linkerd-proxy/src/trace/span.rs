@@ -12,10 +12,9 @@
 use super::Ids;
 use crate::metrics::Direction;
 use http::{Method, Request, Version, header};
-use opentelemetry_proto::tonic::{
-    common::v1::{AnyValue, KeyValue, any_value::Value},
-    trace::v1::{self as otlp, span::SpanKind, status::StatusCode},
-};
+#[cfg(test)]
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use std::{
     net::SocketAddr,
     sync::Arc,
@@ -123,30 +122,31 @@ impl Span {
         )
     }
 
-    /// The OTLP span.
-    pub(crate) fn into_otlp(self) -> otlp::Span {
-        let mut attrs = Vec::with_capacity(18);
-        let mut s = |k: &str, v: String| attrs.push(kv(k, Value::StringValue(v)));
+    /// Every attribute, in order, to `f`. Strings are the span's own or `scratch`'s (numbers
+    /// and addresses are written there without `fmt`'s machinery).
+    pub(super) fn attributes(&self, f: &mut dyn FnMut(&str, Attr<'_>)) {
         let direction = match self.ids.direction {
             Direction::Inbound => "inbound",
             Direction::Outbound => "outbound",
         };
-        s("direction", direction.into());
-        s("http.request.method", self.method.as_str().into());
-        s("url.path", self.path);
-        if let Some(q) = self.query {
-            s("url.query", q);
+        f("direction", Attr::Str(direction));
+        f("http.request.method", Attr::Str(self.method.as_str()));
+        f("url.path", Attr::Str(&self.path));
+        if let Some(q) = &self.query {
+            f("url.query", Attr::Str(q));
         }
         if let Some(sc) = self.scheme {
-            s("url.scheme", sc.into());
+            f("url.scheme", Attr::Str(sc));
         }
         let (host, port) = split_authority(&self.authority);
         if !host.is_empty() {
-            s("server.address", host.to_string());
+            f("server.address", Attr::Str(host));
         }
-        s("network.peer.address", self.peer.ip().to_string());
-        if let Some(ua) = self.user_agent {
-            s("user_agent.original", ua);
+        let mut ip = Scratch::default();
+        ip.ip(self.peer.ip());
+        f("network.peer.address", Attr::Str(ip.as_str()));
+        if let Some(ua) = &self.user_agent {
+            f("user_agent.original", Attr::Str(ua));
         }
         let version = match self.version {
             Version::HTTP_09 => "0.9",
@@ -155,80 +155,204 @@ impl Span {
             Version::HTTP_3 => "3",
             _ => "1.1",
         };
-        s("network.protocol.version", version.into());
+        f("network.protocol.version", Attr::Str(version));
         if let Some(id) = &self.peer_identity {
-            s("mesh.peer.identity", id.to_string());
+            f("mesh.peer.identity", Attr::Str(id));
         }
         if let Some(r) = &self.route {
-            s("mesh.route.name", r.to_string());
+            f("mesh.route.name", Attr::Str(r));
         }
         if let Some(e) = self.error {
-            s("error.type", e.into());
-            s("http.response.header.l5d-proxy-error", e.into());
+            f("error.type", Attr::Str(e));
+            f("http.response.header.l5d-proxy-error", Attr::Str(e));
         }
-        let mut i = |k: &str, v: i64| attrs.push(kv(k, Value::IntValue(v)));
         if let Some(p) = port {
-            i("server.port", i64::from(p));
+            f("server.port", Attr::Int(i64::from(p)));
         }
-        i("network.peer.port", i64::from(self.peer.port()));
+        f("network.peer.port", Attr::Int(i64::from(self.peer.port())));
         if let Some(st) = self.status {
-            i("http.response.status_code", i64::from(st));
+            f("http.response.status_code", Attr::Int(i64::from(st)));
         }
         if let Some(g) = self.grpc_status {
-            i("rpc.grpc.status_code", i64::from(g));
+            f("rpc.grpc.status_code", Attr::Int(i64::from(g)));
         }
         if self.resends > 0 {
-            i("http.request.resend_count", i64::from(self.resends));
+            f(
+                "http.request.resend_count",
+                Attr::Int(i64::from(self.resends)),
+            );
         }
-        // HTTP semantic conventions: a server span fails on 5xx, a client span on 4xx too; a
-        // span the proxy answered fails with its reason.
-        let failed = self.error.is_some()
-            || self.status.is_some_and(|st| match self.ids.direction {
-                Direction::Inbound => st >= 500,
-                Direction::Outbound => st >= 400,
-            });
-        if failed
+        if self.failed()
             && self.error.is_none()
             && let Some(st) = self.status
         {
-            attrs.push(kv("error.type", Value::StringValue(st.to_string())));
+            let mut code = Scratch::default();
+            code.number(u64::from(st));
+            f("error.type", Attr::Str(code.as_str()));
         }
-        let status = otlp::Status {
-            code: if failed {
-                StatusCode::Error
-            } else {
-                StatusCode::Unset
-            } as i32,
-            message: String::new(),
-        };
-        let name = match &self.route {
-            Some(r) if !r.is_empty() => format!("{} {r}", self.method),
-            _ => self.method.as_str().to_string(),
-        };
-        // The parent is the caller's (remote) span; a started trace has none.
+    }
+
+    /// HTTP semantic conventions: a server span fails on 5xx, a client span on 4xx too; a
+    /// span the proxy answered fails with its reason.
+    pub(super) fn failed(&self) -> bool {
+        self.error.is_some()
+            || self.status.is_some_and(|st| match self.ids.direction {
+                Direction::Inbound => st >= 500,
+                Direction::Outbound => st >= 400,
+            })
+    }
+
+    /// The name: the method, and the route when one matched (`GET users`).
+    pub(super) fn name(&self) -> (&str, Option<&str>) {
+        let route = self.route.as_deref().filter(|r| !r.is_empty());
+        (self.method.as_str(), route)
+    }
+
+    pub(super) fn ids(&self) -> &Ids {
+        &self.ids
+    }
+
+    /// OTLP's flags: the W3C trace flags, and whether the parent is remote (it is the caller's
+    /// span; a trace started here has none).
+    pub(super) fn flags(&self) -> u32 {
         let remote = match self.ids.parent_id {
             Some(_) => 0x100 | 0x200,
             None => 0x100,
         };
+        u32::from(self.ids.flags) | remote
+    }
+
+    /// OTLP's span kind: `SERVER` (2) inbound, `CLIENT` (3) outbound.
+    pub(super) fn kind(&self) -> SpanKind {
+        match self.ids.direction {
+            Direction::Inbound => SpanKind::Server,
+            Direction::Outbound => SpanKind::Client,
+        }
+    }
+
+    pub(super) fn times(&self) -> (u64, u64) {
+        let end = self.end.unwrap_or_else(SystemTime::now);
+        (unix_nanos(self.start), unix_nanos(end))
+    }
+
+    /// The span as `opentelemetry-proto`'s message: what the hand-written encoding
+    /// (`otlp.rs`) must decode to.
+    #[cfg(test)]
+    pub(crate) fn into_otlp(self) -> opentelemetry_proto::tonic::trace::v1::Span {
+        use opentelemetry_proto::tonic::trace::v1::{self as otlp, status::StatusCode};
+        let mut attributes = Vec::new();
+        self.attributes(&mut |k, v| {
+            let v = match v {
+                Attr::Str(s) => Value::StringValue(s.to_string()),
+                Attr::Int(i) => Value::IntValue(i),
+            };
+            attributes.push(kv(k, v));
+        });
+        let (method, route) = self.name();
+        let name = match route {
+            Some(r) => format!("{method} {r}"),
+            None => method.to_string(),
+        };
+        let (start, end) = self.times();
         otlp::Span {
             trace_id: self.ids.trace_id.to_vec(),
             span_id: self.ids.span_id.to_vec(),
             parent_span_id: self.ids.parent_id.map(|p| p.to_vec()).unwrap_or_default(),
-            flags: u32::from(self.ids.flags) | remote,
+            flags: self.flags(),
             name,
-            kind: match self.ids.direction {
-                Direction::Inbound => SpanKind::Server,
-                Direction::Outbound => SpanKind::Client,
-            } as i32,
-            start_time_unix_nano: unix_nanos(self.start),
-            end_time_unix_nano: unix_nanos(self.end.unwrap_or_else(SystemTime::now)),
-            attributes: attrs,
-            status: Some(status),
+            kind: self.kind() as i32,
+            start_time_unix_nano: start,
+            end_time_unix_nano: end,
+            attributes,
+            status: Some(otlp::Status {
+                code: if self.failed() {
+                    StatusCode::Error
+                } else {
+                    StatusCode::Unset
+                } as i32,
+                message: String::new(),
+            }),
             ..Default::default()
         }
     }
 }
 
+/// An attribute's value.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Attr<'a> {
+    Str(&'a str),
+    Int(i64),
+}
+
+/// A small stack buffer for a number or an address.
+struct Scratch {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self {
+            buf: [0; 48],
+            len: 0,
+        }
+    }
+}
+
+impl Scratch {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+
+    fn push(&mut self, b: u8) {
+        if self.len < self.buf.len() {
+            self.buf[self.len] = b;
+            self.len += 1;
+        }
+    }
+
+    fn number(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for d in &digits[i..] {
+            self.push(*d);
+        }
+    }
+
+    fn ip(&mut self, ip: std::net::IpAddr) {
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                for (i, o) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.push(b'.');
+                    }
+                    self.number(u64::from(o));
+                }
+            }
+            std::net::IpAddr::V6(v6) => {
+                use std::fmt::Write as _;
+                let _ = write!(self, "{v6}");
+            }
+        }
+    }
+}
+
+impl std::fmt::Write for Scratch {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        s.bytes().for_each(|b| self.push(b));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
 pub(super) fn kv(key: &str, value: Value) -> KeyValue {
     KeyValue {
         key: key.to_string(),
@@ -259,6 +383,7 @@ fn split_authority(a: &str) -> (&str, Option<u16>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::trace::v1::{self as otlp, status::StatusCode};
 
     fn attr<'a>(s: &'a otlp::Span, key: &str) -> Option<&'a Value> {
         s.attributes
