@@ -1,6 +1,9 @@
 //! Policy series: inbound authorization decisions, local rate limits, and outbound routes.
 
-use super::{Metrics, samples, snapshot, text::escape};
+use super::{
+    Metrics, samples, snapshot,
+    text::{escape, family},
+};
 use crate::lock;
 use std::{
     fmt::Write as _,
@@ -175,11 +178,11 @@ impl Metrics {
                 |(_, c)| get(c).load(Ordering::Relaxed),
             );
         }
-        let _ = writeln!(
+        family(
             out,
-            "# HELP outbound_http_route_request_statuses_total Routed requests by response status \
-             (and the proxy's error when it answered).\n\
-             # TYPE outbound_http_route_request_statuses_total counter"
+            "outbound_http_route_request_statuses_total",
+            "Routed requests by response status (and the proxy's error when it answered).",
+            "counter",
         );
         for ((parent, route), c) in &all {
             for (status, error, n) in lock(&c.statuses).iter() {
@@ -190,9 +193,11 @@ impl Metrics {
             }
         }
         let name = "outbound_http_route_request_duration_seconds";
-        let _ = writeln!(
+        family(
             out,
-            "# HELP {name} Routed requests' time to their response headers.\n# TYPE {name} histogram"
+            name,
+            "Routed requests' time to their response headers.",
+            "histogram",
         );
         for ((parent, route), c) in &all {
             let labels = format!("{parent},{route}");
