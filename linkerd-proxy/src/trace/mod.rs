@@ -124,7 +124,7 @@ impl Tracer {
     /// request's sampled context, or started here by the sampling ratio. The request's trace
     /// headers then name this span as the next hop's parent.
     pub(crate) fn begin(&self, direction: Direction, headers: &mut HeaderMap) -> Option<Ids> {
-        let span_id = loop {
+        let span_id = || loop {
             let id = fastrand::u64(..).to_be_bytes();
             if id != [0; 8] {
                 break id;
@@ -132,6 +132,7 @@ impl Tracer {
         };
         match context::extract(headers) {
             Some(cx) if cx.sampled == Some(true) => {
+                let span_id = span_id();
                 cx.inject(headers, &span_id, true);
                 Some(Ids {
                     trace_id: cx.trace_id,
@@ -146,6 +147,7 @@ impl Tracer {
             // B3 with the decision deferred: this proxy decides, and tells the next hop.
             Some(cx) => {
                 let sampled = self.sample();
+                let span_id = span_id();
                 cx.inject(headers, &span_id, sampled);
                 sampled.then_some(Ids {
                     trace_id: cx.trace_id,
@@ -162,6 +164,7 @@ impl Tracer {
                         break id;
                     }
                 };
+                let span_id = span_id();
                 context::start(headers, &trace_id, &span_id);
                 Some(Ids {
                     trace_id,
