@@ -247,28 +247,24 @@ pub(crate) fn format_line(format: Format, e: &Entry, out: &mut String) {
             out.push('\n');
         }
         Format::Json => {
-            let field = |out: &mut String, first: bool, k: &str, v: &str| {
-                out.push_str(if first { "{" } else { "," });
+            // Every field after the first (`client.addr`, written below).
+            let field = |out: &mut String, k: &str, v: &str| {
+                out.push(',');
                 json_str(out, k);
                 out.push(':');
                 json_str(out, v);
             };
             let _ = write!(out, "{{\"client.addr\":\"{}\"", e.client_addr);
-            field(
-                out,
-                false,
-                "client.id",
-                e.client_id.as_deref().unwrap_or("-"),
-            );
-            field(out, false, "host", &e.host);
-            field(out, false, "method", e.method.as_str());
+            field(out, "client.id", e.client_id.as_deref().unwrap_or("-"));
+            field(out, "host", &e.host);
+            field(out, "method", e.method.as_str());
             let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
             out.push_str(",\"processing_ns\":\"");
             push_digits(out, nanos(processing), 1);
             out.push('"');
-            field(out, false, "request_bytes", &e.request_bytes);
+            field(out, "request_bytes", &e.request_bytes);
             if let Some(b) = &e.response_bytes {
-                field(out, false, "response_bytes", b);
+                field(out, "response_bytes", b);
             }
             out.push_str(",\"status\":");
             push_digits(out, u64::from(e.status), 1);
@@ -277,10 +273,10 @@ pub(crate) fn format_line(format: Format, e: &Entry, out: &mut String) {
             out.push_str("\",\"total_ns\":\"");
             push_digits(out, nanos(e.total), 1);
             out.push('"');
-            field(out, false, "trace_id", &e.trace_id);
-            field(out, false, "uri", &e.uri);
-            field(out, false, "user_agent", &e.user_agent);
-            field(out, false, "version", version_str(e.version));
+            field(out, "trace_id", &e.trace_id);
+            field(out, "uri", &e.uri);
+            field(out, "user_agent", &e.user_agent);
+            field(out, "version", version_str(e.version));
             out.push_str("}\n");
         }
     }

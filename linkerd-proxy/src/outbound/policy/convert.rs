@@ -37,8 +37,7 @@ const DEFAULT_BACKOFF: Backoff = Backoff {
 
 impl OutboundPolicy {
     pub fn from_api(p: api::OutboundPolicy, metrics: &Metrics) -> Result<Self, String> {
-        let parent_labels = metadata_labels(p.metadata.as_ref(), "parent", "unknown", true);
-        let (_, parent) = metadata_name(p.metadata, "unknown");
+        let (parent, parent_labels) = named(p.metadata, "parent", "unknown", true);
         let kind = p
             .protocol
             .and_then(|p| p.kind)
@@ -82,6 +81,19 @@ impl OutboundPolicy {
     }
 }
 
+/// A policy resource's name and its metric labels (`<prefix>_group`, ..., with `_port` and
+/// `_section_name` for a parent).
+fn named(
+    m: Option<proto::api::meta::Metadata>,
+    prefix: &str,
+    fallback: &str,
+    parent: bool,
+) -> (Arc<str>, Arc<str>) {
+    let labels = metadata_labels(m.as_ref(), prefix, fallback, parent);
+    let (_, name) = metadata_name(m, fallback);
+    (name, labels)
+}
+
 struct Conv<'a> {
     /// The parent's metric labels (`parent_group`, ... `parent_section_name`).
     parent_labels: Arc<str>,
@@ -93,8 +105,7 @@ impl Conv<'_> {
         routes
             .into_iter()
             .map(|r| {
-                let labels = metadata_labels(r.metadata.as_ref(), "route", "default", false);
-                let (_, name) = metadata_name(r.metadata, "default");
+                let (name, labels) = named(r.metadata, "route", "default", false);
                 let rules = r
                     .rules
                     .into_iter()
@@ -129,8 +140,7 @@ impl Conv<'_> {
         routes
             .into_iter()
             .map(|r| {
-                let labels = metadata_labels(r.metadata.as_ref(), "route", "default", false);
-                let (_, name) = metadata_name(r.metadata, "default");
+                let (name, labels) = named(r.metadata, "route", "default", false);
                 let rules = r
                     .rules
                     .into_iter()
