@@ -36,6 +36,7 @@ pub struct Tracing {
 pub struct Load {
     sent: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
+    stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -51,18 +52,25 @@ impl Load {
     ) -> Self {
         let sent = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
+        let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(generate(
             Target {
                 front,
                 authority,
                 path,
+                stopped,
             },
             rps,
             tracing,
             sent.clone(),
             failed.clone(),
         ));
-        Load { sent, failed, task }
+        Load {
+            sent,
+            failed,
+            stop,
+            task,
+        }
     }
 
     pub fn sent(&self) -> u64 {
@@ -73,8 +81,18 @@ impl Load {
         self.failed.load(Ordering::Relaxed)
     }
 
-    pub fn stop(&self) {
-        self.task.abort();
+    /// Sends no new request and lets the one in flight finish (for up to two seconds, then
+    /// drops it), so that the counts every sidecar reports afterwards agree with `sent`: a
+    /// request cut off halfway would be counted by the sidecars it had reached and by nobody
+    /// else.
+    pub async fn stop(&mut self) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(2), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
     }
 }
 
@@ -84,6 +102,8 @@ struct Target {
     front: watch::Receiver<Option<SocketAddr>>,
     authority: String,
     path: String,
+    /// Turns true when the generator is to stop before its next request.
+    stopped: watch::Receiver<bool>,
 }
 
 /// Over one keep-alive connection, reconnecting after a failure or when the front moves.
@@ -98,12 +118,16 @@ async fn generate(
         front,
         authority,
         path,
+        mut stopped,
     } = target;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rps.max(1))));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut conn: Option<(SocketAddr, Sender)> = None;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
         sent.fetch_add(1, Ordering::Relaxed);
         let target = *front.borrow();
         let ok = match target {

@@ -308,7 +308,7 @@ impl Up<'_> {
         observe.feed(running, &first);
         self.write_state(running, &cp.trust_anchor_file, observe)?;
         let (front_tx, front_rx) = tokio::sync::watch::channel(front.as_ref().map(|f| f.0));
-        let load = self.file.load.as_ref().map(|l| {
+        let mut load = self.file.load.as_ref().map(|l| {
             let port = self
                 .file
                 .services()
@@ -378,8 +378,8 @@ impl Up<'_> {
                 break;
             }
         }
-        if let Some(load) = &load {
-            load.stop();
+        if let Some(load) = load.as_mut() {
+            load.stop().await;
         }
         let secs = started.elapsed().as_secs_f64();
         let last = scrape_all(running).await;
