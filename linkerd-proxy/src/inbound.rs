@@ -103,95 +103,81 @@ pub async fn serve_conn(ctx: Arc<Inbound>, acc: Accepted, drain: Drain, _slot: C
     // Bytes are counted from the first one; the label set is known once TLS is settled.
     let io = CountingIo::new(acc.stream, Default::default());
     let creds = ctx.creds.as_ref().and_then(|c| c.borrow().clone());
-    if let Some(creds) = creds {
-        let (peek, mut io) = match client_hello::peek(io, cfg.detect_timeout).await {
-            Ok(p) => p,
-            Err(e) => return debug!(error = %e, "inbound TLS detection failed"),
-        };
-        match peek {
-            client_hello::Peek::ClientHello(Some(sni)) if *sni == *creds.local_id => {
-                // A client certificate is required unless the port's policy can admit a TLS
-                // client without one (and then it is verified whenever it is presented).
-                let config = if policy.current().admits_anonymous {
-                    creds.server_optional.clone()
-                } else {
-                    creds.server.clone()
-                };
-                let accept = tokio_rustls::TlsAcceptor::from(config).accept(io);
-                let mut tls = match tokio::time::timeout(
-                    cfg.detect_timeout.max(Duration::from_secs(1)),
-                    accept,
-                )
-                .await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        return debug!(client = %acc.client, error = %e, "inbound TLS handshake failed");
-                    }
-                    Err(_) => {
-                        return debug!(client = %acc.client, "inbound TLS handshake timed out");
-                    }
-                };
-                let client_id = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(identity_of);
-                let label = Tls::Established { peer_id: client_id };
-                let src = SrcConn::open(&ctx.metrics, Direction::Inbound, target, label.clone());
-                tls.get_mut().0.get_mut().rebind(src.counters());
-                let io = Box::new(tls);
-                let conn = InboundConn {
-                    client: acc.client,
-                    target,
-                    port,
-                    tls: label,
-                    policy,
-                    silent: false,
-                };
-                serve_inbound(&ctx, io, conn, drain).await;
-                drop(src);
-            }
-            // TLS for someone else (the application's own, end to end) or plaintext.
-            peek => {
-                let label = match peek {
-                    client_hello::Peek::ClientHello(_) => Tls::None("passthru"),
-                    _ => INBOUND_TLS,
-                };
-                // Nothing arrived within the detect timeout: detection would only wait again.
-                let silent = io.prefix().is_empty();
-                let src = SrcConn::open(&ctx.metrics, Direction::Inbound, target, label.clone());
-                io.get_mut().rebind(src.counters());
-                let io = Box::new(io);
-                let conn = InboundConn {
-                    client: acc.client,
-                    target,
-                    port,
-                    tls: label,
-                    policy,
-                    silent,
-                };
-                serve_inbound(&ctx, io, conn, drain).await;
-                drop(src);
+    let open = |label: &Tls| SrcConn::open(&ctx.metrics, Direction::Inbound, target, label.clone());
+    let (label, silent, src, io): (Tls, bool, SrcConn, BoxIo) = match creds {
+        None => {
+            let mut io = io;
+            let src = open(&INBOUND_TLS);
+            io.rebind(src.counters());
+            (INBOUND_TLS, false, src, Box::new(io))
+        }
+        Some(creds) => {
+            let (peek, mut io) = match client_hello::peek(io, cfg.detect_timeout).await {
+                Ok(p) => p,
+                Err(e) => return debug!(error = %e, "inbound TLS detection failed"),
+            };
+            match peek {
+                client_hello::Peek::ClientHello(Some(sni)) if *sni == *creds.local_id => {
+                    // A client certificate is required unless the port's policy can admit a
+                    // TLS client without one (and then it is verified whenever it is
+                    // presented).
+                    let config = if policy.current().admits_anonymous {
+                        creds.server_optional.clone()
+                    } else {
+                        creds.server.clone()
+                    };
+                    let accept = tokio_rustls::TlsAcceptor::from(config).accept(io);
+                    let mut tls = match tokio::time::timeout(
+                        cfg.detect_timeout.max(Duration::from_secs(1)),
+                        accept,
+                    )
+                    .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            return debug!(client = %acc.client, error = %e, "inbound TLS handshake failed");
+                        }
+                        Err(_) => {
+                            return debug!(client = %acc.client, "inbound TLS handshake timed out");
+                        }
+                    };
+                    let client_id = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(identity_of);
+                    let label = Tls::Established { peer_id: client_id };
+                    let src = open(&label);
+                    tls.get_mut().0.get_mut().rebind(src.counters());
+                    (label, false, src, Box::new(tls))
+                }
+                // TLS for someone else (the application's own, end to end) or plaintext.
+                peek => {
+                    let label = match peek {
+                        client_hello::Peek::ClientHello(_) => Tls::None("passthru"),
+                        _ => INBOUND_TLS,
+                    };
+                    // Nothing arrived within the detect timeout: detection would only wait
+                    // again.
+                    let silent = io.prefix().is_empty();
+                    let src = open(&label);
+                    io.get_mut().rebind(src.counters());
+                    (label, silent, src, Box::new(io))
+                }
             }
         }
-    } else {
-        let mut io = io;
-        let src = SrcConn::open(&ctx.metrics, Direction::Inbound, target, INBOUND_TLS);
-        io.rebind(src.counters());
-        let io = Box::new(io);
-        let conn = InboundConn {
-            client: acc.client,
-            target,
-            port,
-            tls: INBOUND_TLS,
-            policy,
-            silent: false,
-        };
-        serve_inbound(&ctx, io, conn, drain).await;
-        drop(src);
-    }
+    };
+    let conn = InboundConn {
+        client: acc.client,
+        target,
+        port,
+        tls: label,
+        policy,
+        silent,
+    };
+    serve_inbound(&ctx, io, conn, drain).await;
+    drop(src);
 }
 
 /// An inbound connection once its TLS is settled.
@@ -367,14 +353,7 @@ async fn forward_on(
     target: SocketAddr,
     drain: Drain,
 ) {
-    let f = tcp::Forward {
-        direction: Direction::Inbound,
-        plaintext: INBOUND_TLS,
-        connect_timeout: ctx.config.connect_timeout,
-        creds: None,
-        metrics: &ctx.metrics,
-    };
-    tcp::forward_on(io, upstream, &Target::direct(target), f, drain).await;
+    tcp::forward_on(io, upstream, &Target::direct(target), relay(ctx), drain).await;
 }
 
 /// Relays an opaque inbound connection to the application.
@@ -382,14 +361,18 @@ async fn forward(ctx: &Inbound, io: BoxIo, target: &Target, drain: Drain) {
     if let Some(l) = ctx.own.find(target.endpoint().addr) {
         return debug!(target = %target.endpoint().addr, listener = l.as_str(), "not forwarding to the proxy's own listener");
     }
-    let f = tcp::Forward {
+    tcp::forward(io, target, relay(ctx), drain).await;
+}
+
+/// How an inbound connection is relayed: to the application, in plaintext.
+fn relay(ctx: &Inbound) -> tcp::Forward<'_> {
+    tcp::Forward {
         direction: Direction::Inbound,
         plaintext: INBOUND_TLS,
         connect_timeout: ctx.config.connect_timeout,
         creds: None,
         metrics: &ctx.metrics,
-    };
-    tcp::forward(io, target, f, drain).await;
+    }
 }
 
 fn loopback(ip: IpAddr) -> IpAddr {

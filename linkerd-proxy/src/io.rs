@@ -12,6 +12,66 @@ use std::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// `AsyncWrite` for a wrapper `$ty<I>` whose `io: I` field does the writing: every call is
+/// passed through, and `$wrote(this, n)` runs after each write that took `n` bytes (for
+/// counting; an empty closure costs nothing).
+macro_rules! delegate_async_write {
+    ($ty:ident, |$this:ident, $n:ident| $wrote:block) => {
+        impl<I> $ty<I> {
+            #[inline]
+            fn wrote(&self, res: &std::task::Poll<std::io::Result<usize>>) {
+                if let std::task::Poll::Ready(Ok($n)) = *res {
+                    let $this = self;
+                    $wrote
+                }
+            }
+        }
+
+        impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $ty<I> {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                b: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                let this = self.get_mut();
+                let res = std::pin::Pin::new(&mut this.io).poll_write(cx, b);
+                this.wrote(&res);
+                res
+            }
+
+            fn poll_write_vectored(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                let this = self.get_mut();
+                let res = std::pin::Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+                this.wrote(&res);
+                res
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                self.io.is_write_vectored()
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+            }
+
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+            }
+        }
+    };
+}
+pub(crate) use delegate_async_write;
+
 /// Any byte stream the proxy accepts or dials.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
@@ -92,30 +152,17 @@ impl<I: AsyncRead + Unpin> AsyncRead for PrefixedIo<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<I> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, b)
-    }
+delegate_async_write!(PrefixedIo, |_this, _n| {});
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
+/// Reads from `io` into `buf`, and says how many bytes the read added.
+pub(crate) fn read_counting<I: AsyncRead + Unpin>(
+    io: &mut I,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> (Poll<io::Result<()>>, usize) {
+    let before = buf.filled().len();
+    let res = Pin::new(io).poll_read(cx, buf);
+    (res, buf.filled().len() - before)
 }
 
 // === impl CountingIo ===
@@ -147,9 +194,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for CountingIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
-        let res = Pin::new(&mut this.io).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
+        let (res, n) = read_counting(&mut this.io, cx, buf);
         if n > 0 {
             this.counters.read.fetch_add(n as u64, Ordering::Relaxed);
         }
@@ -157,38 +202,6 @@ impl<I: AsyncRead + Unpin> AsyncRead for CountingIo<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for CountingIo<I> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let res = Pin::new(&mut this.io).poll_write(cx, b);
-        if let Poll::Ready(Ok(n)) = res {
-            this.counters.write.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        res
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let res = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = res {
-            this.counters.write.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        res
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
+delegate_async_write!(CountingIo, |this, n| {
+    this.counters.write.fetch_add(n as u64, Ordering::Relaxed);
+});

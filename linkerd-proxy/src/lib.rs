@@ -178,3 +178,14 @@ async fn shutdown_signal() -> &'static str {
         }
     }
 }
+
+/// For tests: a one-thread runtime whose clock moves only when every task waits (timeouts,
+/// retry budgets and rate limits are tested in paused time).
+#[cfg(test)]
+pub(crate) fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}

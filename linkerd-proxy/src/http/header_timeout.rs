@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, ReadBuf},
     time::{Instant, Sleep},
 };
 
@@ -93,11 +93,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for HeaderTimeout<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
-        let res = Pin::new(&mut this.io).poll_read(cx, buf);
+        let (res, n) = crate::io::read_counting(&mut this.io, cx, buf);
         if res.is_ready() {
             // Bytes (or the end of the stream, or an error) are never withheld.
-            this.clock.after_read(buf.filled().len() > before);
+            this.clock.after_read(n > 0);
             return res;
         }
         match this.clock.after_read(false) {
@@ -110,31 +109,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for HeaderTimeout<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for HeaderTimeout<I> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, b)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
+crate::io::delegate_async_write!(HeaderTimeout, |_this, _n| {});
 
 #[cfg(test)]
 mod tests {

@@ -45,6 +45,25 @@ const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 /// HTTP/1: the most a connection buffers of a request head (and of pipelined requests).
 const MAX_H1_BUF: usize = 64 * 1024;
 
+/// Runs a hyper connection to its end; once the proxy drains, asks it to finish what it has
+/// in flight and take nothing new. The connection is polled first: no random start on every
+/// wake-up, and the drain is looked at only while the connection waits. (A macro: the two
+/// connection types share `graceful_shutdown` by name, not by a trait.)
+macro_rules! until_drained {
+    ($conn:expr, $drain:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        tokio::select! {
+            biased;
+            res = conn.as_mut() => res,
+            _ = $drain.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    }};
+}
+
 /// Serves HTTP on `io` until the client closes it or the proxy drains.
 pub(crate) async fn serve<H: Handle>(io: PrefixedIo<BoxIo>, proto: detect::Protocol, http: Arc<H>) {
     let core = http.core();
@@ -79,17 +98,7 @@ pub(crate) async fn serve<H: Handle>(io: PrefixedIo<BoxIo>, proto: detect::Proto
                 .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
                 .max_header_list_size(MAX_HEADER_LIST_SIZE)
                 .serve_connection(TokioIo::new(io), svc);
-            tokio::pin!(conn);
-            // The connection first: no random start on every wake-up, and the drain is looked
-            // at only while the connection waits.
-            tokio::select! {
-                biased;
-                res = conn.as_mut() => res,
-                _ = drain.signaled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
+            until_drained!(conn, drain)
         }
         _ => {
             let io = HeaderTimeout::new(
@@ -121,15 +130,7 @@ pub(crate) async fn serve<H: Handle>(io: PrefixedIo<BoxIo>, proto: detect::Proto
                 .max_buf_size(MAX_H1_BUF)
                 .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                biased;
-                res = conn.as_mut() => res,
-                _ = drain.signaled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
+            until_drained!(conn, drain)
         }
     };
     if let Err(e) = res {

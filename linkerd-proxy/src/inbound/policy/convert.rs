@@ -9,6 +9,20 @@ use crate::metrics::{AuthzKey, Metrics};
 use proto::api::inbound as api;
 use std::{net::IpAddr, sync::Arc};
 
+/// The routes of a list of `api::HttpRoute` or `api::GrpcRoute`, whose matches `$convert`
+/// converts. (A macro: the two messages are alike in shape only.)
+macro_rules! routes {
+    ($routes:expr, $convert:expr) => {
+        $routes
+            .into_iter()
+            .map(|r| {
+                let rules = r.rules.into_iter().map(|rule| rule.matches);
+                route(r.metadata, r.hosts, rules, r.authorizations, $convert)
+            })
+            .collect::<Result<Vec<RouteSpec>, String>>()
+    };
+}
+
 impl ServerPolicy {
     /// The local default: what a port gets before (or without) the policy service.
     pub fn default_for(policy: DefaultPolicy, cluster: &[Net], metrics: &Metrics) -> Self {
@@ -150,21 +164,21 @@ impl ServerPolicy {
         let (protocol, routes, rate_limit) = match kind_proto {
             Kind::Detect(d) => (
                 ServerProtocol::Detect,
-                http_routes(d.http_routes)?,
+                routes!(d.http_routes, http_match)?,
                 d.http_local_rate_limit,
             ),
             Kind::Http1(h) => (
                 ServerProtocol::Http1,
-                http_routes(h.routes)?,
+                routes!(h.routes, http_match)?,
                 h.local_rate_limit,
             ),
             Kind::Http2(h) => (
                 ServerProtocol::Http2,
-                http_routes(h.routes)?,
+                routes!(h.routes, http_match)?,
                 h.local_rate_limit,
             ),
             // The API has no rate limit for gRPC servers.
-            Kind::Grpc(g) => (ServerProtocol::Grpc, grpc_routes(g.routes)?, None),
+            Kind::Grpc(g) => (ServerProtocol::Grpc, routes!(g.routes, grpc_match)?, None),
             Kind::Opaque(_) => (ServerProtocol::Opaque, vec![], None),
             Kind::Tls(_) => (ServerProtocol::Tls, vec![], None),
         };
@@ -272,60 +286,32 @@ fn authorization(a: api::Authz) -> Result<Authorization, String> {
     })
 }
 
-fn http_routes(routes: Vec<api::HttpRoute>) -> Result<Vec<RouteSpec>, String> {
-    routes
-        .into_iter()
-        .map(|r| {
-            let (kind, name) = metadata_name(r.metadata, "unnamed");
-            let mut matches = Vec::new();
-            for rule in r.rules {
-                if rule.matches.is_empty() {
-                    matches.push(RequestMatch::default());
-                }
-                for m in rule.matches {
-                    matches.push(http_match(m)?);
-                }
-            }
-            Ok(RouteSpec {
-                synthesized: &*kind == "default",
-                name,
-                hosts: hosts(r.hosts),
-                matches,
-                authorizations: r
-                    .authorizations
-                    .into_iter()
-                    .map(authorization)
-                    .collect::<Result<_, _>>()?,
-            })
-        })
-        .collect()
-}
-
-fn grpc_routes(routes: Vec<api::GrpcRoute>) -> Result<Vec<RouteSpec>, String> {
-    routes
-        .into_iter()
-        .map(|r| {
-            let (kind, name) = metadata_name(r.metadata, "unnamed");
-            let mut matches = Vec::new();
-            for rule in r.rules {
-                if rule.matches.is_empty() {
-                    matches.push(RequestMatch::default());
-                }
-                for m in rule.matches {
-                    matches.push(grpc_match(m)?);
-                }
-            }
-            Ok(RouteSpec {
-                synthesized: &*kind == "default",
-                name,
-                hosts: hosts(r.hosts),
-                matches,
-                authorizations: r
-                    .authorizations
-                    .into_iter()
-                    .map(authorization)
-                    .collect::<Result<_, _>>()?,
-            })
-        })
-        .collect()
+/// A route of either kind: a rule without matches matches every request.
+fn route<M>(
+    metadata: Option<proto::api::meta::Metadata>,
+    route_hosts: Vec<proto::api::http_route::HostMatch>,
+    rules: impl Iterator<Item = Vec<M>>,
+    authorizations: Vec<api::Authz>,
+    convert: fn(M) -> Result<RequestMatch, String>,
+) -> Result<RouteSpec, String> {
+    let (kind, name) = metadata_name(metadata, "unnamed");
+    let mut matches = Vec::new();
+    for rule in rules {
+        if rule.is_empty() {
+            matches.push(RequestMatch::default());
+        }
+        for m in rule {
+            matches.push(convert(m)?);
+        }
+    }
+    Ok(RouteSpec {
+        synthesized: &*kind == "default",
+        name,
+        hosts: hosts(route_hosts),
+        matches,
+        authorizations: authorizations
+            .into_iter()
+            .map(authorization)
+            .collect::<Result<_, _>>()?,
+    })
 }

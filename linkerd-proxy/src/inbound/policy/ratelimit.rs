@@ -246,14 +246,6 @@ mod prop {
         proptest::collection::vec((gap, 0..CLIENTS), 0..150)
     }
 
-    fn paused() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap()
-    }
-
     /// Feeds `arrivals` to each limiter in turn at the same instants; returns, per arrival, its
     /// time (ms) and each limiter's decision.
     fn run(
@@ -261,7 +253,7 @@ mod prop {
         arrivals: &[(u32, usize)],
         feeds: impl Fn(usize, usize) -> bool,
     ) -> Vec<(u64, Vec<Option<bool>>)> {
-        paused().block_on(async {
+        crate::paused_runtime().block_on(async {
             let mut now = 0u64;
             let mut out = Vec::new();
             for &(gap, client) in arrivals {

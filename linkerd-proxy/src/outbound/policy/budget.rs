@@ -158,11 +158,7 @@ mod prop {
 
     /// Runs `ops` on a budget in paused time, checking each retry against the model.
     fn run(ratio: f64, min_per_sec: u32, ttl: Duration, ops: &[Op]) -> Result<(), TestCaseError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
+        let rt = crate::paused_runtime();
         rt.block_on(async {
             let budget = Budget::new(ratio, min_per_sec, ttl);
             let len = ttl.as_secs().clamp(1, 60);
@@ -230,11 +226,7 @@ mod prop {
             ttl_ms in 0u64..70_000,
             ops in ops(),
         ) {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .start_paused(true)
-                .build()
-                .unwrap();
+            let rt = crate::paused_runtime();
             rt.block_on(async {
                 let budget = Budget::new(ratio, 0, Duration::from_millis(ttl_ms));
                 for op in &ops {

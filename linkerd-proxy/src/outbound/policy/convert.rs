@@ -94,6 +94,36 @@ fn named(
     (name, labels)
 }
 
+/// Backends of a distribution of `api::$kind::Distribution` (an HTTP or a gRPC route's): every
+/// backend of `RandomAvailable` with its weight, the first of `FirstAvailable`; `$filter`
+/// converts that kind's filters. (A macro: the two kinds' messages are alike in shape only.)
+macro_rules! backends {
+    ($kind:ident, $d:expr, $filter:expr) => {{
+        use api::$kind::distribution::Kind;
+        distribution(
+            $d.and_then(|d| d.kind),
+            |k| match k {
+                Kind::Empty(_) => Vec::new(),
+                Kind::FirstAvailable(f) => f
+                    .backends
+                    .into_iter()
+                    .take(1)
+                    .map(|b| (b.backend, b.filters, 1, b.request_timeout))
+                    .collect(),
+                Kind::RandomAvailable(r) => r
+                    .backends
+                    .into_iter()
+                    .filter_map(|w| {
+                        w.backend
+                            .map(|b| (b.backend, b.filters, w.weight, b.request_timeout))
+                    })
+                    .collect(),
+            },
+            $filter,
+        )
+    }};
+}
+
 struct Conv<'a> {
     /// The parent's metric labels (`parent_group`, ... `parent_section_name`).
     parent_labels: Arc<str>,
@@ -102,104 +132,62 @@ struct Conv<'a> {
 
 impl Conv<'_> {
     fn http_routes(&self, routes: Vec<api::HttpRoute>) -> Result<Vec<Route>, String> {
-        routes
-            .into_iter()
-            .map(|r| {
-                let (name, labels) = named(r.metadata, "route", "default", false);
-                let rules = r
-                    .rules
-                    .into_iter()
-                    .map(|rule| {
-                        let matches = rule
-                            .matches
-                            .into_iter()
-                            .map(http_match)
-                            .collect::<Result<_, _>>()?;
-                        let filters = rule
-                            .filters
-                            .into_iter()
-                            .map(|f| http_filter(f.kind))
-                            .collect::<Result<_, _>>()?;
-                        let backends = http_backends(rule.backends)?;
-                        let timeout = route_timeout(rule.timeouts.as_ref(), rule.request_timeout);
-                        let retry = rule.retry.map(|r| retry(&r)).transpose()?;
-                        Ok(self.rule((&name, &labels), matches, filters, backends, timeout, retry))
-                    })
-                    .collect::<Result<_, String>>()?;
-                Ok(Route {
-                    name,
-                    hosts: hosts(r.hosts),
-                    rules,
-                })
+        let routes = routes.into_iter().map(|r| (r.metadata, r.hosts, r.rules));
+        self.routes(routes, |rule| {
+            Ok(RuleParts {
+                matches: each(rule.matches, http_match)?,
+                filters: each(rule.filters, |f| http_filter(f.kind))?,
+                backends: backends!(http_route, rule.backends, |f| http_filter(f.kind))?,
+                timeout: route_timeout(rule.timeouts.as_ref(), rule.request_timeout),
+                retry: rule.retry.map(|r| retry(&r)).transpose()?,
             })
-            .collect()
+        })
     }
 
     fn grpc_routes(&self, routes: Vec<api::GrpcRoute>) -> Result<Vec<Route>, String> {
-        use api::grpc_route as g;
+        let routes = routes.into_iter().map(|r| (r.metadata, r.hosts, r.rules));
+        self.routes(routes, |rule| {
+            Ok(RuleParts {
+                matches: each(rule.matches, grpc_match)?,
+                filters: each(rule.filters, |f| grpc_filter(f.kind))?,
+                backends: backends!(grpc_route, rule.backends, |f| grpc_filter(f.kind))?,
+                timeout: route_timeout(rule.timeouts.as_ref(), rule.request_timeout),
+                retry: rule.retry.map(|r| grpc_retry(&r)).transpose()?,
+            })
+        })
+    }
+
+    /// Routes of either kind: each route's metadata, hosts and rules, and how one of its
+    /// rules converts.
+    fn routes<R>(
+        &self,
+        routes: impl Iterator<Item = RouteParts<R>>,
+        rule: impl Fn(R) -> Result<RuleParts, String>,
+    ) -> Result<Vec<Route>, String> {
         routes
-            .into_iter()
-            .map(|r| {
-                let (name, labels) = named(r.metadata, "route", "default", false);
-                let rules = r
-                    .rules
+            .map(|(metadata, route_hosts, rules)| {
+                let (name, labels) = named(metadata, "route", "default", false);
+                let rules = rules
                     .into_iter()
-                    .map(|rule| {
-                        let matches = rule
-                            .matches
-                            .into_iter()
-                            .map(grpc_match)
-                            .collect::<Result<_, _>>()?;
-                        let filters = rule
-                            .filters
-                            .into_iter()
-                            .map(|f| grpc_filter(f.kind))
-                            .collect::<Result<_, _>>()?;
-                        let backends = distribution(
-                            rule.backends.and_then(|d| d.kind),
-                            |k| match k {
-                                g::distribution::Kind::Empty(_) => Vec::new(),
-                                g::distribution::Kind::FirstAvailable(f) => f
-                                    .backends
-                                    .into_iter()
-                                    .take(1)
-                                    .map(|b| (b.backend, b.filters, 1, b.request_timeout))
-                                    .collect(),
-                                g::distribution::Kind::RandomAvailable(r) => r
-                                    .backends
-                                    .into_iter()
-                                    .filter_map(|w| {
-                                        w.backend.map(|b| {
-                                            (b.backend, b.filters, w.weight, b.request_timeout)
-                                        })
-                                    })
-                                    .collect(),
-                            },
-                            |f| grpc_filter(f.kind),
-                        )?;
-                        let timeout = route_timeout(rule.timeouts.as_ref(), rule.request_timeout);
-                        let retry = rule.retry.map(|r| grpc_retry(&r)).transpose()?;
-                        Ok(self.rule((&name, &labels), matches, filters, backends, timeout, retry))
-                    })
+                    .map(|r| Ok(self.rule((&name, &labels), rule(r)?)))
                     .collect::<Result<_, String>>()?;
                 Ok(Route {
                     name,
-                    hosts: hosts(r.hosts),
+                    hosts: hosts(route_hosts),
                     rules,
                 })
             })
             .collect()
     }
 
-    fn rule(
-        &self,
-        (route, labels): (&Arc<str>, &Arc<str>),
-        matches: Vec<RequestMatch>,
-        filters: Vec<Filter>,
-        backends: Vec<Backend>,
-        timeout: Option<Duration>,
-        retry: Option<Retry>,
-    ) -> Arc<Rule> {
+    fn rule(&self, (route, labels): (&Arc<str>, &Arc<str>), parts: RuleParts) -> Arc<Rule> {
+        let RuleParts {
+            matches,
+            filters,
+            backends,
+            timeout,
+            retry,
+        } = parts;
         let total_weight = backends.iter().map(|b| u64::from(b.weight)).sum();
         Arc::new(Rule {
             matches,
@@ -216,29 +204,25 @@ impl Conv<'_> {
     }
 }
 
-fn http_backends(d: Option<api::http_route::Distribution>) -> Result<Vec<Backend>, String> {
-    use api::http_route as h;
-    distribution(
-        d.and_then(|d| d.kind),
-        |k| match k {
-            h::distribution::Kind::Empty(_) => Vec::new(),
-            h::distribution::Kind::FirstAvailable(f) => f
-                .backends
-                .into_iter()
-                .take(1)
-                .map(|b| (b.backend, b.filters, 1, b.request_timeout))
-                .collect(),
-            h::distribution::Kind::RandomAvailable(r) => r
-                .backends
-                .into_iter()
-                .filter_map(|w| {
-                    w.backend
-                        .map(|b| (b.backend, b.filters, w.weight, b.request_timeout))
-                })
-                .collect(),
-        },
-        |f| http_filter(f.kind),
-    )
+/// A route message of either kind: its metadata, hosts and rules.
+type RouteParts<R> = (
+    Option<proto::api::meta::Metadata>,
+    Vec<api_route::HostMatch>,
+    Vec<R>,
+);
+
+/// One rule, converted, before its counters are attached.
+struct RuleParts {
+    matches: Vec<RequestMatch>,
+    filters: Vec<Filter>,
+    backends: Vec<Backend>,
+    timeout: Option<Duration>,
+    retry: Option<Retry>,
+}
+
+/// Converts every item, or says why one does not.
+fn each<T, U>(items: Vec<T>, f: impl FnMut(T) -> Result<U, String>) -> Result<Vec<U>, String> {
+    items.into_iter().map(f).collect()
 }
 
 /// (backend, its filters, weight, per-attempt timeout).
