@@ -106,6 +106,23 @@ pub(crate) struct Finish {
     pub from_h2: bool,
 }
 
+impl Finish {
+    /// Counts `req` on `stats` and notes what finishing its response takes: its place in
+    /// flight, and what it asked of the connection (an upgrade, HTTP/2 downstream).
+    pub(crate) fn begin(stats: Arc<HttpStats>, held: Held, req: &mut Request<Incoming>) -> Self {
+        stats.request();
+        let upgrade = wants_upgrade(req);
+        Finish {
+            stats,
+            held,
+            downstream_upgrade: upgrade.then(|| hyper::upgrade::on(&mut *req)),
+            upgrade,
+            downstream_h2: req.version() == Version::HTTP_2,
+            from_h2: false,
+        }
+    }
+}
+
 impl Core {
     pub(crate) fn new(
         direction: Direction,

@@ -10,7 +10,6 @@ use crate::{
         client::Protocol,
         exchange::{
             Attempt, Core, Finish, L5D_ORIG_PROTO, authority_of, check_host, prepare_request,
-            wants_upgrade,
         },
         inflight::Held,
         server::Handle,
@@ -18,7 +17,7 @@ use crate::{
     metrics::Tls,
     resolve::Endpoint,
 };
-use http::{HeaderName, HeaderValue, Request, Response, Version};
+use http::{HeaderName, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use std::{
     net::{IpAddr, SocketAddr},
@@ -88,11 +87,8 @@ impl Http {
         if let Err(e) = checked.and_then(|()| self.authorize(&req, &r.authority)) {
             return core.fail(e, r, None, self.app.addr);
         }
-        let stats = core.stats(&r.authority, &self.app);
-        stats.request();
-        let upgrade = wants_upgrade(&req);
-        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let downstream_h2 = req.version() == Version::HTTP_2;
+        let f = Finish::begin(core.stats(&r.authority, &self.app), held, &mut req);
+        let (upgrade, downstream_h2) = (f.upgrade, f.downstream_h2);
         let h = req.headers_mut();
         // A peer proxy carried an HTTP/1 request over HTTP/2: the application gets HTTP/1.
         let orig_proto = h.remove(&L5D_ORIG_PROTO);
@@ -108,7 +104,7 @@ impl Http {
         };
         let req = match prepare_request(req, &r.authority, proto, upgrade) {
             Ok(req) => req.map(|b| ProxyBody::stream(b, None)),
-            Err(e) => return core.fail(e, r, Some(&stats), self.app.addr),
+            Err(e) => return core.fail(e, r, Some(&f.stats), self.app.addr),
         };
         let how = Attempt {
             proto,
@@ -123,18 +119,8 @@ impl Http {
             entry.upstream = sent.elapsed();
         }
         match rsp {
-            Ok(rsp) => {
-                let f = Finish {
-                    stats,
-                    held,
-                    downstream_upgrade,
-                    upgrade,
-                    downstream_h2,
-                    from_h2: false,
-                };
-                core.respond(rsp, r, f)
-            }
-            Err(e) => core.fail(e.error, r, Some(&stats), self.app.addr),
+            Ok(rsp) => core.respond(rsp, r, f),
+            Err(e) => core.fail(e.error, r, Some(&f.stats), self.app.addr),
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::{
         client::{Protocol, SendError},
         exchange::{
             Attempt, Core, Finish, InFlightRequest, L5D_ORIG_PROTO, authority_of, check_host,
-            prepare_request, record_outcome, wants_upgrade, with_port,
+            prepare_request, record_outcome, with_port,
         },
         inflight::Held,
         server::Handle,
@@ -168,11 +168,8 @@ impl Http {
         if req.method() == Method::CONNECT && matches!(self.dst, Dst::Proxy) {
             return Box::pin(self.tunnel(req, target, r, held)).await;
         }
-        let stats = core.stats(&r.authority, target.endpoint());
-        stats.request();
-        let upgrade = wants_upgrade(&req);
-        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let downstream_h2 = req.version() == Version::HTTP_2;
+        let mut f = Finish::begin(core.stats(&r.authority, target.endpoint()), held, &mut req);
+        let (upgrade, downstream_h2) = (f.upgrade, f.downstream_h2);
         req.headers_mut().remove(&L5D_ORIG_PROTO);
         // Between meshed proxies, HTTP/1 travels as HTTP/2 so that one mTLS connection
         // multiplexes every request; the receiving proxy restores HTTP/1 for its application.
@@ -193,7 +190,7 @@ impl Http {
         };
         let req = match prepare_request(req, &r.authority, proto, upgrade) {
             Ok(r) => r,
-            Err(e) => return core.fail(e, r, Some(&stats), target.endpoint().addr),
+            Err(e) => return core.fail(e, r, Some(&f.stats), target.endpoint().addr),
         };
         let how = Attempt {
             proto,
@@ -239,19 +236,12 @@ impl Http {
         }
         let mut rsp = match rsp {
             Ok(rsp) => rsp,
-            Err(e) => return core.fail(e, r, Some(&stats), addr),
+            Err(e) => return core.fail(e, r, Some(&f.stats), addr),
         };
         if let Some(p) = &plan {
             p.rule.edit_response(p.backend, rsp.headers_mut());
         }
-        let f = Finish {
-            stats,
-            held,
-            downstream_upgrade,
-            upgrade,
-            downstream_h2,
-            from_h2: to_h2,
-        };
+        f.from_h2 = to_h2;
         core.respond(rsp, r, f)
     }
 

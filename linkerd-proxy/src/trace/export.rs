@@ -20,38 +20,40 @@ use tracing::debug;
 
 pub(super) fn register_metrics(metrics: &Metrics, stats: &Arc<TraceStats>) {
     type Read = fn(&TraceStats) -> u64;
-    let series: [(&'static str, &'static str, &'static str, Read); 5] = [
+    /// A family's name, help, and its series: labels and where the value is read.
+    type Family = (&'static str, &'static str, &'static [(&'static str, Read)]);
+    let families: [Family; 3] = [
         (
             "proxy_trace_spans_exported_total",
             "Spans the trace collector accepted.",
-            "",
-            |s| s.exported.load(Ordering::Relaxed),
+            &[("", |s| s.exported.load(Ordering::Relaxed))],
         ),
         (
             "proxy_trace_export_requests_total",
             "Export calls to the trace collector, by result.",
-            "result=\"ok\"",
-            |s| s.requests_ok.load(Ordering::Relaxed),
-        ),
-        (
-            "proxy_trace_export_requests_total",
-            "Export calls to the trace collector, by result.",
-            "result=\"error\"",
-            |s| s.requests_failed.load(Ordering::Relaxed),
-        ),
-        (
-            "proxy_trace_spans_dropped_total",
-            "Spans not exported: the buffer was full, or their export call failed.",
-            "reason=\"buffer_full\"",
-            |s| s.dropped_full.load(Ordering::Relaxed),
+            &[
+                ("result=\"ok\"", |s| s.requests_ok.load(Ordering::Relaxed)),
+                ("result=\"error\"", |s| {
+                    s.requests_failed.load(Ordering::Relaxed)
+                }),
+            ],
         ),
         (
             "proxy_trace_spans_dropped_total",
             "Spans not exported: the buffer was full, or their export call failed.",
-            "reason=\"export_failed\"",
-            |s| s.dropped_failed.load(Ordering::Relaxed),
+            &[
+                ("reason=\"buffer_full\"", |s| {
+                    s.dropped_full.load(Ordering::Relaxed)
+                }),
+                ("reason=\"export_failed\"", |s| {
+                    s.dropped_failed.load(Ordering::Relaxed)
+                }),
+            ],
         ),
     ];
+    let series = families
+        .into_iter()
+        .flat_map(|(name, help, series)| series.iter().map(move |(l, r)| (name, help, *l, *r)));
     for (name, help, labels, read) in series {
         let s = stats.clone();
         metrics.register_series(Series {
