@@ -11,7 +11,7 @@
 
 use crate::{
     Error, IdentityConfig,
-    model::{Backend, Service, ServiceKey, ServicePort, TargetPort},
+    model::{Backend, Service, ServiceKey, ServicePort},
     server::{self, Config, Source},
 };
 use proto::{
@@ -226,11 +226,7 @@ pub fn service(n: usize) -> Service {
         .collect();
     Service {
         cluster_ips: vec![IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1))],
-        ports: vec![ServicePort {
-            port: 8080,
-            name: "http".into(),
-            target: TargetPort::Number(8080),
-        }],
+        ports: vec![ServicePort::same_target(8080, "http")],
         backends,
         ..Service::default()
     }
