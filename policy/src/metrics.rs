@@ -87,55 +87,36 @@ impl Api {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
-        let watchers = Family::<RpcLabels, Gauge>::default();
-        m::gauge(
-            &mut registry,
-            "policy_watchers",
-            "Open watch streams.",
-            watchers.clone(),
-        );
-        let updates = Family::<RpcLabels, Counter>::default();
-        m::counter(
+        let watchers: Family<RpcLabels, Gauge> =
+            m::new_gauge(&mut registry, "policy_watchers", "Open watch streams.");
+        let updates: Family<RpcLabels, Counter> = m::new_counter(
             &mut registry,
             "policy_updates_sent_total",
             "Messages sent on watch streams.",
-            updates.clone(),
         );
-        let lookups = Family::<LookupLabels, Counter>::default();
-        m::counter(
-            &mut registry,
-            "policy_lookups_total",
-            "Requests by result.",
-            lookups.clone(),
-        );
+        let lookups: Family<LookupLabels, Counter> =
+            m::new_counter(&mut registry, "policy_lookups_total", "Requests by result.");
         let source = Arc::new(SourceMetrics::default());
         source.register(&mut registry, "policy");
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let g = Gauge::default();
-            m::gauge(registry, name, help, g.clone());
-            g
-        };
-        let index_workloads = gauge(
+        let index_workloads: Gauge = m::new_gauge(
             &mut registry,
             "policy_index_workloads",
             "Workloads (pods) in the index.",
         );
-        let index_services = gauge(
+        let index_services: Gauge = m::new_gauge(
             &mut registry,
             "policy_index_services",
             "Services in the index.",
         );
-        let index_resources = gauge(
+        let index_resources: Gauge = m::new_gauge(
             &mut registry,
             "policy_index_resources",
             "Policy resources (Servers, routes, authorizations, ...).",
         );
-        let topics = Family::<DirectionLabels, Gauge>::default();
-        m::gauge(
+        let topics: Family<DirectionLabels, Gauge> = m::new_gauge(
             &mut registry,
             "policy_index_topics",
             "Watched entries, each shared by its watchers.",
-            topics.clone(),
         );
         Self {
             registry,
