@@ -56,3 +56,19 @@ pub fn only<T>(items: impl IntoIterator<Item = T>) -> Option<T> {
     let first = items.next()?;
     items.next().is_none().then_some(first)
 }
+
+/// A file (or standard input) that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {path}: {source}")]
+pub struct ReadError {
+    pub path: String,
+    pub source: std::io::Error,
+}
+
+impl ReadError {
+    /// The error of reading `path`, for `map_err`.
+    pub fn at(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self + use<> {
+        let path = path.display().to_string();
+        move |source| Self { path, source }
+    }
+}

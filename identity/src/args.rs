@@ -10,6 +10,7 @@ use crate::{
     trust::{self, TrustOptions},
 };
 use clap::{ArgGroup, Parser, Subcommand};
+use linkerd_control::ReadError;
 use proto::id::IdentityName;
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -238,10 +239,8 @@ async fn rotate(a: RotateArgs) -> Result<ExitCode, Error> {
         async move {
             tokio::fs::read_to_string(&path)
                 .await
-                .map_err(|source| Error::Read {
-                    path: path.display().to_string(),
-                    source,
-                })
+                .map_err(ReadError::at(&path))
+                .map_err(Error::from)
         }
     };
     let anchor = read(trust::ANCHOR_FILE).await?;

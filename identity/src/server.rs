@@ -9,7 +9,7 @@ use crate::{
     metrics::{Metrics, serve_admin},
     token::{AuthError, Authenticator, LocalTokens},
 };
-use linkerd_control::{Listeners, stopped};
+use linkerd_control::{Listeners, ReadError, stopped};
 use proto::id::IdentityName;
 use std::{
     future::Future,
@@ -268,8 +268,5 @@ impl IssuerWatcher {
 }
 
 async fn read(path: &Path) -> Result<Vec<u8>, Error> {
-    tokio::fs::read(path).await.map_err(|source| Error::Read {
-        path: path.display().to_string(),
-        source,
-    })
+    Ok(tokio::fs::read(path).await.map_err(ReadError::at(path))?)
 }
