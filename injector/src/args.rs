@@ -9,15 +9,12 @@ use crate::{
     server::Config,
     workload::{self, ReportOutcome},
 };
-use clap::{ArgGroup, Parser, Subcommand};
+use clap::{ArgGroup, Subcommand};
 use linkerd_control::{ReadError, kube::KubeApiConfig};
 use std::{collections::BTreeMap, io::Read, path::PathBuf, process::ExitCode, time::Duration};
 
-#[derive(Debug, Parser)]
-pub struct Args {
-    #[command(subcommand)]
-    pub command: Command,
-}
+/// `mesh injector …`.
+pub type Args = linkerd_control::args::Cli<Command>;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -83,12 +80,7 @@ pub struct ServeArgs {
     pub namespaces_file: Option<PathBuf>,
 }
 
-impl std::ops::Deref for ServeArgs {
-    type Target = linkerd_control::args::ServeArgs<Names>;
-    fn deref(&self) -> &Self::Target {
-        &self.serve
-    }
-}
+linkerd_control::deref_args!(ServeArgs => serve: linkerd_control::args::ServeArgs<Names>);
 
 /// `mesh inject FILE|DIR|-`.
 #[derive(Debug, clap::Args)]
