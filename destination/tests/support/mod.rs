@@ -140,13 +140,18 @@ pub fn with_conditions(
 
 /// A pod with service account `sa`; meshed by control plane `linkerd` if `meshed`;
 /// `ports` are named container ports.
+/// The label of a pod meshed by the control plane in namespace `ns`.
+pub fn control_plane_label(ns: &str) -> Option<BTreeMap<String, String>> {
+    Some(BTreeMap::from([(
+        "linkerd.io/control-plane-ns".to_string(),
+        ns.to_string(),
+    )]))
+}
+
 pub fn pod(ns: &str, name: &str, sa: &str, meshed: bool, ports: &[(&str, i32)]) -> Pod {
     let mut m = meta(ns, name);
     if meshed {
-        m.labels = Some(BTreeMap::from([(
-            "linkerd.io/control-plane-ns".to_string(),
-            "linkerd".to_string(),
-        )]));
+        m.labels = control_plane_label("linkerd");
     }
     Pod {
         metadata: m,
