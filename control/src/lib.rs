@@ -5,12 +5,13 @@
 //!  args ──► ServeArgs / KubeArgs / RegistryArgs / MeshArgs (flattened into each service's clap args)
 //!  serve::Listeners::bind ─► run: admin server ─┬─ source: watch_file::FileWatcher (registry file)
 //!                                               │          kube::watch_kind (API server, feature `kube`)
-//!                                               └─ serve_h2 (gRPC) ── shutdown ─► close ─► drain ─► stop
+//!                                               └─ Grpc::serve_h2 ── shutdown ─► close ─► drain ─► stop
 //!  metrics: prometheus-client registries, SourceMetrics; prom: the text-format parser
 //! ```
 //!
 //! * [`args`]: the shared command-line flags, each service naming its own env variables.
-//! * [`serve`]: binding, accepting, the HTTP/2 server loop and the serve sequence.
+//! * [`serve`]: binding, a bound service ([`Bound`]), accepting, the HTTP/2 server loop and
+//!   the serve sequence.
 //! * [`admin`]: `/metrics`, `/ready`, `/live`.
 //! * [`shutdown`]: SIGTERM/SIGINT and the stop signal loops select on.
 //! * [`watch_file`]: a polled registry file, parsed off the runtime, last good state kept.
@@ -20,6 +21,8 @@
 //! * [`metrics`]: the Prometheus vocabulary (prometheus-client) the services share.
 //! * [`prom`]: a parser of the Prometheus text format, for every consumer of `/metrics`.
 //! * `test_support` (feature `test-support`): helpers for the services' tests.
+//!
+//! At the root: [`print`], [`ReadError`] and [`only`].
 
 pub mod admin;
 pub mod args;
@@ -37,7 +40,7 @@ pub mod test_support;
 pub mod watch_file;
 
 pub use admin::serve_admin;
-pub use serve::{BindError, Listeners, accept, serve_h2};
+pub use serve::{BindError, Bound, Listeners, accept};
 pub use shutdown::{shutdown_signal, stopped};
 
 /// Writes `text` to stdout in one go and flushes it. `println!` panics when the reader has gone

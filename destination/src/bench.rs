@@ -103,8 +103,8 @@ pub async fn run(opts: BenchOptions) -> Result<Report, Error> {
     };
     let bound = server::bind(config).await?;
     let addr = bound.grpc_addr().map_err(|e| bench(e.to_string()))?;
-    let index = bound.index().clone();
-    let metrics = bound.metrics().clone();
+    let index = bound.index.clone();
+    let metrics = bound.metrics.clone();
     let key = ServiceKey::new("bench", "bench");
     let mut svc = service(opts.endpoints.max(2));
     let moving = svc

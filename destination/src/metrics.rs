@@ -186,10 +186,6 @@ impl Metrics {
         &self.source
     }
 
-    pub fn reload_errors(&self) -> u64 {
-        self.source.reload_errors()
-    }
-
     /// The source has loaded its first full state.
     /// Prometheus text exposition.
     pub fn render(&self, index: &Index) -> String {
@@ -236,23 +232,4 @@ impl Drop for WatcherGuard {
             }
         }
     }
-}
-
-/// What the admin server answers: the metrics text, and ready once a source has loaded.
-pub(crate) fn admin(
-    index: Arc<Index>,
-    metrics: Arc<Metrics>,
-) -> (
-    impl Fn() -> String + Clone + Send + Sync + 'static,
-    impl Fn() -> Result<(), &'static str> + Clone + Send + Sync + 'static,
-) {
-    let m = metrics.clone();
-    let ready = move || {
-        metrics
-            .source()
-            .is_ready()
-            .then_some(())
-            .ok_or("no discovery state loaded yet")
-    };
-    (move || m.render(&index), ready)
 }

@@ -181,10 +181,6 @@ impl Metrics {
         &self.source
     }
 
-    pub fn reload_errors(&self) -> u64 {
-        self.source.reload_errors()
-    }
-
     /// Prometheus text exposition.
     pub fn render(&self, index: &Index) -> String {
         let stats = index.stats();
@@ -207,23 +203,4 @@ impl Drop for WatcherGuard {
     fn drop(&mut self) {
         self.metrics.watchers[self.api.i()].dec();
     }
-}
-
-/// What the admin server answers: the metrics text, and ready once a source has loaded.
-pub(crate) fn admin(
-    index: Arc<Index>,
-    metrics: Arc<Metrics>,
-) -> (
-    impl Fn() -> String + Clone + Send + Sync + 'static,
-    impl Fn() -> Result<(), &'static str> + Clone + Send + Sync + 'static,
-) {
-    let m = metrics.clone();
-    let ready = move || {
-        metrics
-            .source()
-            .is_ready()
-            .then_some(())
-            .ok_or("no policy state loaded yet")
-    };
-    (move || m.render(&index), ready)
 }

@@ -217,8 +217,8 @@ impl Server {
         let bound = server::bind(config).await.unwrap();
         let addr = bound.grpc_addr().unwrap();
         let admin = bound.admin_addr().unwrap();
-        let index = bound.index().clone();
-        let metrics = bound.metrics().clone();
+        let index = bound.index.clone();
+        let metrics = bound.metrics.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(bound.run(async move {
             let _ = rx.await;

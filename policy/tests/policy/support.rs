@@ -133,8 +133,8 @@ impl Server {
         .unwrap();
         let addr = bound.grpc_addr().unwrap();
         let admin = bound.admin_addr().unwrap();
-        let index = bound.index().clone();
-        let metrics = bound.metrics().clone();
+        let index = bound.index.clone();
+        let metrics = bound.metrics.clone();
         let (stop, mut rx) = watch::channel(false);
         let task = tokio::spawn(async move {
             bound
