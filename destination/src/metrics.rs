@@ -186,7 +186,6 @@ impl Metrics {
         &self.source
     }
 
-    /// The source has loaded its first full state.
     /// Prometheus text exposition.
     pub fn render(&self, index: &Index) -> String {
         let stats = index.stats();
