@@ -7,13 +7,22 @@
 //! ServeArgs<N>   --addr --admin-addr --log-level              every service
 //!   KubeArgs<N>    --kubernetes --kube-api-url --kube-ca --kube-token-file
 //! SourceArgs<N>  ServeArgs + --registry --registry-poll-ms    destination, policy
-//!                --cluster-domain --trust-domain --control-plane-ns
+//!                --cluster-domain
+//!   IdentityArgs<N> --trust-domain --control-plane-ns         destination, policy, identity
 //! ```
 //!
 //! A service's own args struct flattens one of them and dereferences to it, so its code (and
 //! its tests) read `args.addr` whatever struct holds the flag.
 
 use std::{fmt::Debug, marker::PhantomData, net::SocketAddr, path::PathBuf, time::Duration};
+
+// A service's command line (`mesh <service> …`): one of its subcommands, `C`. (No doc
+// comment: it would become the help text of every service's command.)
+#[derive(Debug, clap::Parser)]
+pub struct Cli<C: clap::Subcommand> {
+    #[command(subcommand)]
+    pub command: C,
+}
 
 /// A service's environment variables and defaults for the shared flags.
 pub trait Names: Debug + Send + Sync + 'static {
@@ -57,6 +66,21 @@ macro_rules! names {
             const CLUSTER_DOMAIN_ENV: &'static str = concat!($prefix, "_CLUSTER_DOMAIN");
             const TRUST_DOMAIN_ENV: &'static str = concat!($prefix, "_TRUST_DOMAIN");
             const CONTROL_PLANE_NS_ENV: &'static str = concat!($prefix, "_CONTROL_PLANE_NS");
+        }
+    };
+}
+
+/// Makes a service's own serve arguments (`$args`) dereference to the shared ones they
+/// flatten (`$field: $target`), so that its code reads `args.addr` as well as its own flags.
+#[macro_export]
+macro_rules! deref_args {
+    ($args:ty => $field:ident: $target:ty) => {
+        impl std::ops::Deref for $args {
+            type Target = $target;
+
+            fn deref(&self) -> &$target {
+                &self.$field
+            }
         }
     };
 }
@@ -114,11 +138,21 @@ pub struct SourceArgs<N: Names> {
     /// Service names are `<svc>.<ns>.svc.<cluster-domain>`.
     #[arg(long, env = N::CLUSTER_DOMAIN_ENV, default_value = "cluster.local")]
     pub cluster_domain: String,
+    #[command(flatten)]
+    pub ids: IdentityArgs<N>,
+}
+
+/// How the mesh's identities are named (destination, policy, identity).
+#[derive(Debug, clap::Args)]
+#[group(skip)]
+pub struct IdentityArgs<N: Names> {
     /// Identities are `<sa>.<ns>.serviceaccount.identity.<control-plane-ns>.<trust-domain>`.
     #[arg(long, env = N::TRUST_DOMAIN_ENV, default_value = "cluster.local")]
     pub trust_domain: String,
     #[arg(long, env = N::CONTROL_PLANE_NS_ENV, default_value = "linkerd")]
     pub control_plane_ns: String,
+    #[arg(skip)]
+    pub names: PhantomData<N>,
 }
 
 impl<N: Names> std::ops::Deref for SourceArgs<N> {
@@ -156,6 +190,20 @@ impl<N: Names> SourceArgs<N> {
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.registry_poll_ms.max(10))
     }
+
+    /// Where the state comes from: `--registry`, polled every [`Self::poll_interval`], or the
+    /// API server the `--kube-*` flags describe.
+    #[cfg(feature = "kube")]
+    pub fn source(&self) -> Result<crate::source::Source, crate::kube::KubeError> {
+        use crate::{kube::KubeApiConfig, source::Source};
+        Ok(match &self.registry {
+            Some(path) => Source::Registry {
+                path: path.clone(),
+                interval: self.poll_interval(),
+            },
+            None => Source::Kubernetes(KubeApiConfig::from_args(&self.kube)?),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -181,7 +229,7 @@ mod tests {
         assert_eq!(c.log_level, tracing::Level::INFO);
         assert_eq!(c.poll_interval(), Duration::from_millis(500));
         assert_eq!(c.cluster_domain, "cluster.local");
-        assert_eq!(c.control_plane_ns, "linkerd");
+        assert_eq!(c.ids.control_plane_ns, "linkerd");
         assert_eq!(c.kube.api_url(), Ok(None));
         let cmd = <Cli as clap::CommandFactory>::command();
         let env = |id: &str| {

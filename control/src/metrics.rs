@@ -39,6 +39,28 @@ pub fn gauge(registry: &mut Registry, name: &str, help: &str, metric: impl Metri
     registry.register(name, help_text(help), metric);
 }
 
+/// A new counter (or family of counters), registered as [`counter`] does.
+pub fn new_counter<M: Metric + Clone + Default>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+) -> M {
+    let metric = M::default();
+    counter(registry, name, help, metric.clone());
+    metric
+}
+
+/// A new gauge (or family of gauges), registered.
+pub fn new_gauge<M: Metric + Clone + Default>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+) -> M {
+    let metric = M::default();
+    gauge(registry, name, help, metric.clone());
+    metric
+}
+
 /// prometheus-client ends every help text with a full stop.
 fn help_text(help: &str) -> &str {
     help.strip_suffix('.').unwrap_or(help)

@@ -1,6 +1,13 @@
 //! Stopping: the process's shutdown signal, and the stop flag every loop selects on.
 
+use std::future::Future;
 use tokio::sync::watch;
+
+/// What a service serves until: a future that completes when it should stop
+/// ([`shutdown_signal`] in production, a channel in tests).
+pub trait Shutdown: Future<Output = ()> + Send {}
+
+impl<F: Future<Output = ()> + Send> Shutdown for F {}
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C), then logs that the service is shutting down.
 pub async fn shutdown_signal() {

@@ -2,10 +2,11 @@
 
 use crate::{
     kube::KubeApiConfig,
+    metrics::SourceMetrics,
     serve,
     watch_file::{FileWatcher, Registry},
 };
-use std::{path::PathBuf, time::Duration};
+use std::{future::Future, path::PathBuf, time::Duration};
 use tokio::sync::watch;
 
 /// Where a service's state comes from.
@@ -20,7 +21,29 @@ pub enum Source {
 }
 
 impl Source {
-    /// The serve sequence's source task ([`serve::Listeners::serve_grpc`]): `registry` polled
+    /// The registry watcher `start` makes of a [`Source::Registry`]'s file (its first load
+    /// must succeed: there is no last good state to keep), else none; a [`Source::Manual`]
+    /// service is ready at once.
+    pub async fn start_registry<R, E, F>(
+        &self,
+        metrics: &SourceMetrics,
+        start: impl FnOnce(PathBuf) -> F,
+    ) -> Result<Option<FileWatcher<R>>, E>
+    where
+        R: Registry,
+        F: Future<Output = Result<FileWatcher<R>, E>>,
+    {
+        match self {
+            Source::Registry { path, .. } => start(path.clone()).await.map(Some),
+            Source::Kubernetes(_) => Ok(None),
+            Source::Manual => {
+                metrics.set_ready();
+                Ok(None)
+            }
+        }
+    }
+
+    /// The serve sequence's source task ([`serve::Grpc::serve`]): `registry` polled
     /// every `interval` of [`Source::Registry`], else the watch `kube` starts, else none.
     pub fn task<R, K>(
         &self,

@@ -1,7 +1,11 @@
 //! Helpers for the services' tests (feature `test-support`): a temporary directory, requests
-//! to an admin server, waiting for readiness, and scraping `/metrics`.
+//! to an admin server, waiting for readiness, scraping `/metrics`, and a bound service running
+//! on a task of its own.
 
-use crate::prom::Scrape;
+use crate::{
+    prom::Scrape,
+    serve::{Bound, Service},
+};
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -93,5 +97,51 @@ pub async fn wait_ready(addr: SocketAddr, within: Duration) {
             "{addr} not ready within {within:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A bound service running on a task of its own until [`Running::stop`] (dropped, it stops
+/// too: its shutdown signal completes).
+#[derive(Debug)]
+pub struct Running<E> {
+    /// The service's own (gRPC) address.
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), E>>,
+}
+
+impl<E: Send + 'static> Running<E> {
+    /// Runs `bound` on a task of its own.
+    pub fn spawn<S>(bound: Bound<S>) -> Self
+    where
+        S: Service<Error = E> + Send + 'static,
+    {
+        let addr = bound
+            .grpc_addr()
+            .unwrap_or_else(|e| panic!("the service's address: {e}"));
+        let admin = bound
+            .admin_addr()
+            .unwrap_or_else(|e| panic!("the admin address: {e}"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(bound.run(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            admin,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops the service and waits for it to wind down (panics if that takes longer than
+    /// `within`); what it returned.
+    pub async fn stop(self, within: Duration) -> Result<(), E> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(within, self.task)
+            .await
+            .unwrap_or_else(|_| panic!("the service did not stop within {within:?}"))
+            .unwrap_or_else(|e| panic!("the service's task: {e}"))
     }
 }

@@ -4,17 +4,14 @@
 use crate::{
     Error, IdentityConfig,
     bench::{self, BenchOptions},
-    server::{Config, Source},
+    server::Config,
 };
-use clap::{Parser, Subcommand};
-use linkerd_control::{args::SourceArgs, kube::KubeApiConfig};
+use clap::Subcommand;
+use linkerd_control::args::SourceArgs;
 use std::{process::ExitCode, time::Duration};
 
-#[derive(Debug, Parser)]
-pub struct Args {
-    #[command(subcommand)]
-    pub command: Command,
-}
+/// `mesh destination …`.
+pub type Args = linkerd_control::args::Cli<Command>;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -89,21 +86,14 @@ pub async fn run(args: Args) -> Result<ExitCode, Error> {
 
 async fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
     a.init_log();
-    let source = match &a.registry {
-        Some(path) => Source::Registry {
-            path: path.clone(),
-            interval: a.poll_interval(),
-        },
-        None => Source::Kubernetes(KubeApiConfig::from_args(&a.kube)?),
-    };
     let config = Config {
         addr: a.addr,
         admin_addr: a.admin_addr,
-        source,
+        source: a.source()?,
         cluster_domain: a.cluster_domain,
         ids: IdentityConfig {
-            control_plane_ns: a.control_plane_ns,
-            trust_domain: a.trust_domain,
+            control_plane_ns: a.ids.control_plane_ns,
+            trust_domain: a.ids.trust_domain,
         },
         grace: Duration::from_secs(5),
     };
@@ -114,6 +104,7 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     #[test]
     fn cli_parses() {

@@ -11,7 +11,7 @@
 
 use crate::{
     Error, IdentityConfig,
-    model::{Backend, Service, ServiceKey, ServicePort, TargetPort},
+    model::{Backend, Service, ServiceKey, ServicePort},
     server::{self, Config, Source},
 };
 use proto::{
@@ -103,8 +103,8 @@ pub async fn run(opts: BenchOptions) -> Result<Report, Error> {
     };
     let bound = server::bind(config).await?;
     let addr = bound.grpc_addr().map_err(|e| bench(e.to_string()))?;
-    let index = bound.index().clone();
-    let metrics = bound.metrics().clone();
+    let index = bound.index.clone();
+    let metrics = bound.metrics.clone();
     let key = ServiceKey::new("bench", "bench");
     let mut svc = service(opts.endpoints.max(2));
     let moving = svc
@@ -226,11 +226,7 @@ pub fn service(n: usize) -> Service {
         .collect();
     Service {
         cluster_ips: vec![IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1))],
-        ports: vec![ServicePort {
-            port: 8080,
-            name: "http".into(),
-            target: TargetPort::Number(8080),
-        }],
+        ports: vec![ServicePort::same_target(8080, "http")],
         backends,
         ..Service::default()
     }

@@ -165,13 +165,11 @@ impl Index {
     /// The service whose cluster IP is `ip` (`None` if none or several).
     pub fn service_by_cluster_ip(&self, ip: IpAddr) -> Option<ServiceKey> {
         let inner = self.lock();
-        let mut found = inner
+        let at_ip = inner
             .services
             .iter()
-            .filter(|(_, s)| s.cluster_ips.contains(&ip))
-            .map(|(k, _)| k);
-        let first = found.next()?.clone();
-        found.next().is_none().then_some(first)
+            .filter(|(_, s)| s.cluster_ips.contains(&ip));
+        linkerd_control::only(at_ip.map(|(k, _)| k)).cloned()
     }
 
     /// The endpoint at `addr` in any service (for `GetProfile` on a pod address).

@@ -80,45 +80,34 @@ impl Api {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
-        let watcher_gauges = Family::<WatcherLabels, Gauge>::default();
-        m::gauge(
+        let watcher_gauges: Family<WatcherLabels, Gauge> = m::new_gauge(
             &mut registry,
             "destination_watchers",
             "Open Get/GetProfile streams, by service.",
-            watcher_gauges.clone(),
         );
-        let updates = Family::<ApiLabels, Counter>::default();
-        m::counter(
+        let updates: Family<ApiLabels, Counter> = m::new_counter(
             &mut registry,
             "destination_updates_sent_total",
             "Messages sent on Get/GetProfile streams.",
-            updates.clone(),
         );
-        let lookups = Family::<LookupLabels, Counter>::default();
-        m::counter(
+        let lookups: Family<LookupLabels, Counter> = m::new_counter(
             &mut registry,
             "destination_lookups_total",
             "Get/GetProfile requests, by result.",
-            lookups.clone(),
         );
         let source = Arc::new(SourceMetrics::default());
         source.register(&mut registry, "destination");
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let g = Gauge::default();
-            m::gauge(registry, name, help, g.clone());
-            g
-        };
-        let index_services = gauge(
+        let index_services: Gauge = m::new_gauge(
             &mut registry,
             "destination_index_services",
             "Services in the index.",
         );
-        let index_endpoints = gauge(
+        let index_endpoints: Gauge = m::new_gauge(
             &mut registry,
             "destination_index_endpoints",
             "Ready endpoints over all services.",
         );
-        let index_topics = gauge(
+        let index_topics: Gauge = m::new_gauge(
             &mut registry,
             "destination_index_topics",
             "Watched (service, port) entries, each shared by its watchers.",
@@ -197,11 +186,6 @@ impl Metrics {
         &self.source
     }
 
-    pub fn reload_errors(&self) -> u64 {
-        self.source.reload_errors()
-    }
-
-    /// The source has loaded its first full state.
     /// Prometheus text exposition.
     pub fn render(&self, index: &Index) -> String {
         let stats = index.stats();
@@ -247,23 +231,4 @@ impl Drop for WatcherGuard {
             }
         }
     }
-}
-
-/// What the admin server answers: the metrics text, and ready once a source has loaded.
-pub(crate) fn admin(
-    index: Arc<Index>,
-    metrics: Arc<Metrics>,
-) -> (
-    impl Fn() -> String + Clone + Send + Sync + 'static,
-    impl Fn() -> Result<(), &'static str> + Clone + Send + Sync + 'static,
-) {
-    let m = metrics.clone();
-    let ready = move || {
-        metrics
-            .source()
-            .is_ready()
-            .then_some(())
-            .ok_or("no discovery state loaded yet")
-    };
-    (move || m.render(&index), ready)
 }

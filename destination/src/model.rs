@@ -199,6 +199,19 @@ impl fmt::Display for ServiceKey {
     }
 }
 
+// === impl ServicePort ===
+
+impl ServicePort {
+    /// Port `port`, named `name`, whose traffic goes to the same port on the backends.
+    pub fn same_target(port: u16, name: impl Into<String>) -> Self {
+        Self {
+            port,
+            name: name.into(),
+            target: TargetPort::Number(port),
+        }
+    }
+}
+
 // === impl Service ===
 
 impl Service {
@@ -229,11 +242,7 @@ impl Service {
         port: u16,
         old: &BTreeMap<SocketAddr, Arc<Endpoint>>,
     ) -> BTreeMap<SocketAddr, Arc<Endpoint>> {
-        let undeclared = ServicePort {
-            port,
-            name: String::new(),
-            target: TargetPort::Number(port),
-        };
+        let undeclared = ServicePort::same_target(port, "");
         let sp = self.port(port).unwrap_or(&undeclared);
         let mut out = BTreeMap::new();
         for b in &self.backends {

@@ -180,11 +180,7 @@ fn service(def: ServiceDef, ids: &IdentityConfig) -> Result<(ServiceKey, Service
     };
     for p in def.ports {
         let p = match p {
-            PortDef::Number(port) => ServicePort {
-                port,
-                name: String::new(),
-                target: TargetPort::Number(port),
-            },
+            PortDef::Number(port) => ServicePort::same_target(port, ""),
             PortDef::Full(f) => ServicePort {
                 port: f.port,
                 name: f.name,

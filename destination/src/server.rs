@@ -7,12 +7,13 @@ use crate::{
     grpc::DestinationGrpc,
     index::Index,
     k8s_watch,
-    metrics::{self, Metrics},
+    metrics::Metrics,
     registry::{self, RegistryWatcher},
 };
 use linkerd_control::{
     Listeners,
-    serve::{Admin, Grpc, Source as Task},
+    serve::{Grpc, Service, Source as Task, source_admin},
+    shutdown::Shutdown,
 };
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -35,38 +36,37 @@ pub struct Config {
 pub use linkerd_control::source::Source;
 
 /// Bound listeners and the loaded index, ready to [`Bound::run`].
+pub type Bound = linkerd_control::Bound<Loaded>;
+
+/// What [`bind`] loads, and the configuration [`Bound::run`] needs.
 #[derive(Debug)]
-pub struct Bound {
-    listeners: Listeners,
-    index: Arc<Index>,
-    metrics: Arc<Metrics>,
+pub struct Loaded {
+    pub index: Arc<Index>,
+    pub metrics: Arc<Metrics>,
     config: Config,
     registry: Option<RegistryWatcher>,
 }
 
-/// Loads the registry (a first load that fails is an error: there is no last good state to
-/// keep) and binds both listeners.
+/// Loads the registry (a first load that fails is an error) and binds both listeners.
 pub async fn bind(config: Config) -> Result<Bound, Error> {
     let index = Arc::new(Index::new());
     let metrics = Arc::new(Metrics::default());
-    let registry = match &config.source {
-        Source::Registry { path, .. } => Some(
-            registry::start_watcher(path.clone(), config.ids.clone(), index.clone(), &metrics)
-                .await?,
-        ),
-        Source::Kubernetes(_) => None,
-        Source::Manual => {
-            metrics.source().set_ready();
-            None
-        }
-    };
-    Ok(Bound {
-        listeners: Listeners::bind(config.addr, config.admin_addr).await?,
-        index,
-        metrics,
-        config,
-        registry,
-    })
+    let registry = config
+        .source
+        .start_registry(metrics.source(), |path| {
+            registry::start_watcher(path, config.ids.clone(), index.clone(), &metrics)
+        })
+        .await?;
+    let listeners = Listeners::bind(config.addr, config.admin_addr).await?;
+    Ok(Bound::new(
+        listeners,
+        Loaded {
+            index,
+            metrics,
+            config,
+            registry,
+        },
+    ))
 }
 
 /// [`bind`] then [`Bound::run`].
@@ -74,26 +74,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) ->
     bind(config).await?.run(shutdown).await
 }
 
-impl Bound {
-    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listeners.addr()
-    }
-
-    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listeners.admin_addr()
-    }
-
-    pub fn index(&self) -> &Arc<Index> {
-        &self.index
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
+impl Service for Loaded {
+    type Error = Error;
 
     /// Serves until `shutdown` completes; then ends every stream, stops the source and the
     /// admin server, and waits up to the grace period for connections to close.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+    async fn run(self, listeners: Listeners, shutdown: impl Shutdown) -> Result<(), Error> {
         let kube = match &self.config.source {
             Source::Kubernetes(api) => Some(
                 k8s_watch::start(
@@ -111,7 +97,6 @@ impl Bound {
             self.registry,
             kube.map(|k| move |stop| -> Task { Box::pin(k.run(stop)) }),
         );
-        let (metrics, ready) = metrics::admin(self.index.clone(), self.metrics.clone());
         let grpc = Grpc {
             name: "destination",
             svc: Routes::new(DestinationGrpc::new(
@@ -122,14 +107,16 @@ impl Bound {
             max_send_buf: MAX_SEND_BUF,
             grace: self.config.grace,
         };
-        self.listeners
-            .serve_grpc(
-                grpc,
-                Admin { metrics, ready },
-                source,
-                move || index.close(),
-                shutdown,
-            )
+        let render = {
+            let (index, metrics) = (self.index.clone(), self.metrics.clone());
+            move || metrics.render(&index)
+        };
+        let admin = source_admin(
+            render,
+            self.metrics.source().clone(),
+            "no discovery state loaded yet",
+        );
+        grpc.serve(listeners, admin, source, move || index.close(), shutdown)
             .await;
         Ok(())
     }

@@ -7,7 +7,7 @@ use linkerd_destination::{
     Source,
     api::{protocol_hint, tls_identity, update},
     metrics::Api,
-    model::{Backend, Service, ServiceKey, ServicePort, TargetPort},
+    model::{Backend, Service, ServiceKey, ServicePort},
 };
 use std::{
     collections::BTreeMap,
@@ -38,11 +38,7 @@ fn backend(ip: &str, meshed: bool) -> Arc<Backend> {
 fn web(backends: Vec<Arc<Backend>>) -> Service {
     Service {
         cluster_ips: vec!["10.96.0.1".parse().unwrap()],
-        ports: vec![ServicePort {
-            port: 8080,
-            name: "http".into(),
-            target: TargetPort::Number(8080),
-        }],
+        ports: vec![ServicePort::same_target(8080, "http")],
         backends,
         ..Service::default()
     }

@@ -20,6 +20,11 @@ fn kube() -> KubeIndex {
     KubeIndex::new(Arc::new(Index::new()), IdentityConfig::default())
 }
 
+/// emojivoto/web: port 80 (`http`) to 8080, at 10.96.0.1.
+fn web_service() -> k8s_openapi::api::core::v1::Service {
+    service("emojivoto", "web", &[(80, "http", int(8080))], "10.96.0.1")
+}
+
 fn web() -> ServiceKey {
     ServiceKey::new("emojivoto", "web")
 }
@@ -27,12 +32,7 @@ fn web() -> ServiceKey {
 #[tokio::test]
 async fn endpoints_added_and_removed() {
     let mut k = kube();
-    k.apply_service(&service(
-        "emojivoto",
-        "web",
-        &[(80, "http", int(8080))],
-        "10.96.0.1",
-    ));
+    k.apply_service(&web_service());
     k.flush();
     let mut rx = k.index().watch(&web(), 80).unwrap();
     let first = rx.borrow_and_update().clone();
@@ -90,12 +90,7 @@ async fn endpoints_added_and_removed() {
 #[tokio::test]
 async fn not_ready_and_terminating_endpoints_are_dropped() {
     let mut k = kube();
-    k.apply_service(&service(
-        "emojivoto",
-        "web",
-        &[(80, "http", int(8080))],
-        "10.96.0.1",
-    ));
+    k.apply_service(&web_service());
     let eps = vec![
         endpoint("10.0.0.1", None),
         with_conditions(endpoint("10.0.0.2", None), Some(false), None),
@@ -193,12 +188,7 @@ async fn headless_services_serve_undeclared_ports() {
 #[tokio::test]
 async fn meshed_pods_carry_identity_and_h2() {
     let mut k = kube();
-    k.apply_service(&service(
-        "emojivoto",
-        "web",
-        &[(80, "http", int(8080))],
-        "10.96.0.1",
-    ));
+    k.apply_service(&web_service());
     k.apply_slice(&slice(
         "emojivoto",
         "web-a",
@@ -233,13 +223,7 @@ async fn meshed_pods_carry_identity_and_h2() {
 
     // A pod meshed by another control plane is not ours to vouch for.
     let mut other = pod("emojivoto", "web-1", "web", false, &[]);
-    other.metadata.labels = Some(
-        [(
-            "linkerd.io/control-plane-ns".to_string(),
-            "other".to_string(),
-        )]
-        .into(),
-    );
+    other.metadata.labels = control_plane_label("other");
     k.apply_pod(&other);
     k.flush();
     let s = next(&mut rx).await;
@@ -263,13 +247,7 @@ async fn identity_uses_the_configured_domain_and_namespace() {
         vec![endpoint("10.0.0.9", Some("cart-1"))],
     ));
     let mut p = pod("shop", "cart-1", "cart-sa", false, &[]);
-    p.metadata.labels = Some(
-        [(
-            "linkerd.io/control-plane-ns".to_string(),
-            "mesh-system".to_string(),
-        )]
-        .into(),
-    );
+    p.metadata.labels = control_plane_label("mesh-system");
     k.apply_pod(&p);
     k.flush();
     let rx = index.watch(&ServiceKey::new("shop", "cart"), 80).unwrap();

@@ -59,7 +59,7 @@ async fn reloads_apply_and_invalid_edits_keep_the_last_good_state() {
     .unwrap();
     assert_eq!(w.poll().await, Polled::Rejected);
     assert_eq!(w.poll().await, Polled::Unchanged);
-    assert_eq!(metrics.reload_errors(), 1);
+    assert_eq!(metrics.source().reload_errors(), 1);
     assert!(!rx.has_changed().unwrap());
     assert_eq!(index.service(&key).unwrap().backends.len(), 2);
 
@@ -67,7 +67,7 @@ async fn reloads_apply_and_invalid_edits_keep_the_last_good_state() {
     std::fs::remove_file(&path).unwrap();
     assert_eq!(w.poll().await, Polled::Rejected);
     assert_eq!(w.poll().await, Polled::Unchanged);
-    assert_eq!(metrics.reload_errors(), 2);
+    assert_eq!(metrics.source().reload_errors(), 2);
     assert_eq!(index.stats().services, 1);
 
     // Fixed: applied as a diff against the last good state.

@@ -9,18 +9,16 @@ use crate::{
     token::{self, LocalTokens},
     trust::{self, TrustOptions},
 };
-use clap::{ArgGroup, Parser, Subcommand};
+use clap::{ArgGroup, Subcommand};
+use linkerd_control::{ReadError, args::IdentityArgs};
 use proto::id::IdentityName;
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 /// The control plane's duration grammar (`20s`, `24h`, `90d`, `1h30m`, `500ms`).
 pub use linkerd_control::duration::parse as parse_duration;
 
-#[derive(Debug, Parser)]
-pub struct Args {
-    #[command(subcommand)]
-    pub command: Command,
-}
+/// `mesh identity …`.
+pub type Args = linkerd_control::args::Cli<Command>;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -40,18 +38,11 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
-    #[arg(long, env = "MESH_IDENTITY_DIR")]
-    pub dir: PathBuf,
-    #[arg(
-        long,
-        env = "MESH_IDENTITY_TRUST_DOMAIN",
-        default_value = "cluster.local"
-    )]
-    pub trust_domain: String,
+    /// The directory, trust domain and issuer lifetime, as `rotate` takes them.
+    #[command(flatten)]
+    pub issuer: RotateArgs,
     #[arg(long, default_value = "365d", value_parser = parse_duration)]
     pub anchor_lifetime: Duration,
-    #[arg(long, default_value = "90d", value_parser = parse_duration)]
-    pub issuer_lifetime: Duration,
     /// Overwrite existing files.
     #[arg(long)]
     pub force: bool,
@@ -98,18 +89,8 @@ pub struct ServeArgs {
     /// Accept local HMAC tokens signed with this key file (see `mesh identity token`).
     #[arg(long, env = "MESH_IDENTITY_TOKEN_KEY")]
     pub token_key: Option<PathBuf>,
-    #[arg(
-        long,
-        env = "MESH_IDENTITY_TRUST_DOMAIN",
-        default_value = "cluster.local"
-    )]
-    pub trust_domain: String,
-    #[arg(
-        long,
-        env = "MESH_IDENTITY_CONTROL_PLANE_NS",
-        default_value = "linkerd"
-    )]
-    pub control_plane_ns: String,
+    #[command(flatten)]
+    pub ids: IdentityArgs<Names>,
     /// Leaf lifetime.
     #[arg(long, env = "MESH_IDENTITY_LIFETIME", default_value = "24h", value_parser = parse_duration)]
     pub lifetime: Duration,
@@ -121,12 +102,7 @@ pub struct ServeArgs {
     pub reload_interval: Duration,
 }
 
-impl std::ops::Deref for ServeArgs {
-    type Target = linkerd_control::args::ServeArgs<Names>;
-    fn deref(&self) -> &Self::Target {
-        &self.serve
-    }
-}
+linkerd_control::deref_args!(ServeArgs => serve: linkerd_control::args::ServeArgs<Names>);
 
 #[derive(Debug, clap::Args)]
 pub struct TokenArgs {
@@ -188,11 +164,11 @@ fn print(text: &str) -> Result<(), Error> {
 
 async fn init(a: InitArgs) -> Result<ExitCode, Error> {
     let opts = TrustOptions {
-        trust_domain: a.trust_domain,
+        trust_domain: a.issuer.trust_domain,
         anchor_lifetime: a.anchor_lifetime,
-        issuer_lifetime: a.issuer_lifetime,
+        issuer_lifetime: a.issuer.issuer_lifetime,
     };
-    let dir = a.dir;
+    let dir = a.issuer.dir;
     let force = a.force;
     let written = tokio::task::spawn_blocking(move || -> Result<_, Error> {
         for f in [
@@ -238,10 +214,8 @@ async fn rotate(a: RotateArgs) -> Result<ExitCode, Error> {
         async move {
             tokio::fs::read_to_string(&path)
                 .await
-                .map_err(|source| Error::Read {
-                    path: path.display().to_string(),
-                    source,
-                })
+                .map_err(ReadError::at(&path))
+                .map_err(Error::from)
         }
     };
     let anchor = read(trust::ANCHOR_FILE).await?;
@@ -298,8 +272,8 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
 /// In-cluster by default; with `--kube-api-url`, only what the flags say.
 fn kube_config(a: &ServeArgs) -> Result<TokenReviewConfig, Error> {
     let mut c = match a.kube.api_url().map_err(Error::Usage)? {
-        None => TokenReviewConfig::in_cluster(&a.control_plane_ns, &a.trust_domain)?,
-        Some(url) => TokenReviewConfig::new(url, &a.control_plane_ns, &a.trust_domain),
+        None => TokenReviewConfig::in_cluster(&a.ids.control_plane_ns, &a.ids.trust_domain)?,
+        Some(url) => TokenReviewConfig::new(url, &a.ids.control_plane_ns, &a.ids.trust_domain),
     };
     if let Some(ca) = &a.kube.kube_ca {
         c.ca_file = Some(ca.clone());
@@ -313,6 +287,7 @@ fn kube_config(a: &ServeArgs) -> Result<TokenReviewConfig, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     #[test]
     fn cli_parses() {
@@ -336,34 +311,18 @@ mod tests {
         assert_eq!(s.lifetime, Duration::from_secs(86400));
         assert_eq!(s.skew, Duration::from_secs(20));
         // Exactly one of --token-key / --kubernetes.
-        assert!(
-            Args::try_parse_from([
-                "identity",
-                "serve",
-                "--trust-anchors",
-                "a",
-                "--issuer-cert",
-                "b",
-                "--issuer-key",
-                "c",
-            ])
-            .is_err()
-        );
-        assert!(
-            Args::try_parse_from([
-                "identity",
-                "serve",
-                "--trust-anchors",
-                "a",
-                "--issuer-cert",
-                "b",
-                "--issuer-key",
-                "c",
-                "--token-key",
-                "k",
-                "--kubernetes",
-            ])
-            .is_err()
-        );
+        let files = [
+            "identity",
+            "serve",
+            "--trust-anchors",
+            "a",
+            "--issuer-cert",
+            "b",
+            "--issuer-key",
+            "c",
+        ];
+        assert!(Args::try_parse_from(files).is_err());
+        let both = [&files[..], &["--token-key", "k", "--kubernetes"]].concat();
+        assert!(Args::try_parse_from(both).is_err());
     }
 }

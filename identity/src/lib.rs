@@ -56,11 +56,8 @@ pub use trust::{TrustFiles, TrustOptions, generate_trust};
 /// Errors from setting up or running the service and its commands.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] linkerd_control::ReadError),
     #[error("trust anchors {path}: {source}")]
     Anchors { path: String, source: ca::LoadError },
     #[error(transparent)]

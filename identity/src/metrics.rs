@@ -42,19 +42,15 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
-        let issued = Counter::default();
-        m::counter(
+        let issued: Counter = m::new_counter(
             &mut registry,
             "identity_certificates_issued_total",
             "Leaf certificates issued.",
-            issued.clone(),
         );
-        let rejected = Family::<ReasonLabels, Counter>::default();
-        m::counter(
+        let rejected: Family<ReasonLabels, Counter> = m::new_counter(
             &mut registry,
             "identity_certify_rejections_total",
             "Certify requests rejected, by reason.",
-            rejected.clone(),
         );
         let reloads = Outcomes::default();
         reloads.register(

@@ -9,7 +9,7 @@ use crate::{
     metrics::{Metrics, serve_admin},
     token::{AuthError, Authenticator, LocalTokens},
 };
-use linkerd_control::{Listeners, stopped};
+use linkerd_control::{Listeners, ReadError, serve::Service, shutdown::Shutdown, stopped};
 use proto::id::IdentityName;
 use std::{
     future::Future,
@@ -62,9 +62,11 @@ impl Authenticator for AnyAuth {
 }
 
 /// Bound listeners and loaded state, ready to [`Bound::run`].
+pub type Bound = linkerd_control::Bound<Loaded>;
+
+/// What [`bind`] loads: the CA and authenticator, the metrics and the issuer watcher.
 #[derive(Debug)]
-pub struct Bound {
-    listeners: Listeners,
+pub struct Loaded {
     certifier: Arc<Certifier<AnyAuth>>,
     metrics: Arc<Metrics>,
     watcher: IssuerWatcher,
@@ -97,13 +99,16 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         }
         AuthConfig::Kubernetes(c) => AnyAuth::Kubernetes(TokenReview::new(c).await?),
     };
-    Ok(Bound {
-        listeners: Listeners::bind(config.addr, config.admin_addr).await?,
+    let loaded = Loaded {
         certifier: Arc::new(Certifier::new(ca, auth)),
         metrics,
         watcher,
         reload_interval: config.reload_interval,
-    })
+    };
+    Ok(Bound::new(
+        Listeners::bind(config.addr, config.admin_addr).await?,
+        loaded,
+    ))
 }
 
 /// [`bind`] then [`Bound::run`].
@@ -111,15 +116,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) ->
     bind(config).await?.run(shutdown).await
 }
 
-impl Bound {
-    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listeners.addr()
-    }
-
-    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listeners.admin_addr()
-    }
-
+impl Loaded {
     pub fn ca(&self) -> &Arc<Ca> {
         self.certifier.ca()
     }
@@ -127,23 +124,27 @@ impl Bound {
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
+}
+
+impl Service for Loaded {
+    type Error = Error;
 
     /// Serves until `shutdown` completes, then stops the admin server and the watcher.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+    async fn run(self, listeners: Listeners, shutdown: impl Shutdown) -> Result<(), Error> {
         let (stop, stopped) = watch::channel(false);
         let ca = self.certifier.ca().clone();
         let admin = tokio::spawn(serve_admin(
-            self.listeners.admin,
+            listeners.admin,
             ca,
             self.metrics.clone(),
             stopped.clone(),
         ));
         let watcher = tokio::spawn(self.watcher.run(self.reload_interval, stopped));
-        if let Ok(addr) = self.listeners.main.local_addr() {
+        if let Ok(addr) = listeners.main.local_addr() {
             tracing::info!(%addr, "identity gRPC listening");
         }
-        let incoming = tonic::transport::server::TcpIncoming::from(self.listeners.main)
-            .with_nodelay(Some(true));
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listeners.main).with_nodelay(Some(true));
         let svc = IdentityGrpc::new(self.certifier, self.metrics).into_server();
         let result = tonic::transport::Server::builder()
             .add_service(svc)
@@ -268,8 +269,5 @@ impl IssuerWatcher {
 }
 
 async fn read(path: &Path) -> Result<Vec<u8>, Error> {
-    tokio::fs::read(path).await.map_err(|source| Error::Read {
-        path: path.display().to_string(),
-        source,
-    })
+    Ok(tokio::fs::read(path).await.map_err(ReadError::at(path))?)
 }

@@ -9,15 +9,12 @@ use crate::{
     server::Config,
     workload::{self, ReportOutcome},
 };
-use clap::{ArgGroup, Parser, Subcommand};
-use linkerd_control::kube::KubeApiConfig;
+use clap::{ArgGroup, Subcommand};
+use linkerd_control::{ReadError, kube::KubeApiConfig};
 use std::{collections::BTreeMap, io::Read, path::PathBuf, process::ExitCode, time::Duration};
 
-#[derive(Debug, Parser)]
-pub struct Args {
-    #[command(subcommand)]
-    pub command: Command,
-}
+/// `mesh injector …`.
+pub type Args = linkerd_control::args::Cli<Command>;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -83,12 +80,7 @@ pub struct ServeArgs {
     pub namespaces_file: Option<PathBuf>,
 }
 
-impl std::ops::Deref for ServeArgs {
-    type Target = linkerd_control::args::ServeArgs<Names>;
-    fn deref(&self) -> &Self::Target {
-        &self.serve
-    }
-}
+linkerd_control::deref_args!(ServeArgs => serve: linkerd_control::args::ServeArgs<Names>);
 
 /// `mesh inject FILE|DIR|-`.
 #[derive(Debug, clap::Args)]
@@ -117,10 +109,8 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 impl ProxyArgs {
     /// Reads the trust anchors and builds the injection config. Blocking (reads a file).
     pub fn inject_config(&self) -> Result<InjectConfig, Error> {
-        let pem = std::fs::read_to_string(&self.trust_anchors).map_err(|source| Error::Read {
-            path: self.trust_anchors.display().to_string(),
-            source,
-        })?;
+        let pem = std::fs::read_to_string(&self.trust_anchors)
+            .map_err(ReadError::at(&self.trust_anchors))?;
         if !pem.contains("-----BEGIN CERTIFICATE-----") {
             return Err(Error::Usage(format!(
                 "{}: no PEM certificate in it",
@@ -152,10 +142,7 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
         Some(path) => {
             let text = tokio::fs::read_to_string(path)
                 .await
-                .map_err(|source| Error::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?;
+                .map_err(ReadError::at(path))?;
             let map: NamespaceMap = if text.trim().is_empty() {
                 NamespaceMap::new()
             } else {
@@ -251,16 +238,15 @@ pub fn inject(a: InjectArgs) -> Result<ExitCode, Error> {
 /// The inputs: stdin, a file, or a directory's manifests, each with its name.
 fn read_inputs(file: &str, recursive: bool) -> Result<Vec<(String, String)>, Error> {
     let read = |path: &std::path::Path| {
-        std::fs::read_to_string(path).map_err(|source| Error::Read {
-            path: path.display().to_string(),
-            source,
-        })
+        std::fs::read_to_string(path)
+            .map_err(ReadError::at(path))
+            .map_err(Error::from)
     };
     if file == "-" {
         let mut s = String::new();
         std::io::stdin()
             .read_to_string(&mut s)
-            .map_err(|source| Error::Read {
+            .map_err(|source| ReadError {
                 path: "standard input".into(),
                 source,
             })?;
@@ -297,10 +283,7 @@ fn read_inputs(file: &str, recursive: bool) -> Result<Vec<(String, String)>, Err
 }
 
 fn collect(dir: &std::path::Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<(), Error> {
-    let entries = std::fs::read_dir(dir).map_err(|source| Error::Read {
-        path: dir.display().to_string(),
-        source,
-    })?;
+    let entries = std::fs::read_dir(dir).map_err(ReadError::at(dir))?;
     for e in entries.filter_map(Result::ok) {
         let p = e.path();
         if p.is_dir() {

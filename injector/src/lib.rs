@@ -37,11 +37,8 @@ pub use patch::{Outcome, SkipReason};
 /// Errors from setting up or running the webhook.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] linkerd_control::ReadError),
     #[error("TLS: {0}")]
     Tls(String),
     #[error(transparent)]

@@ -25,29 +25,22 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
-        let counter = |registry: &mut Registry, name: &str, help: &str| {
-            let c = Counter::default();
-            m::counter(registry, name, help, c.clone());
-            c
-        };
-        let requests = counter(
+        let requests: Counter = m::new_counter(
             &mut registry,
             "proxy_inject_admission_requests_total",
             "AdmissionReviews received.",
         );
-        let responses = Family::<ResponseLabels, Counter>::default();
-        m::counter(
+        let responses: Family<ResponseLabels, Counter> = m::new_counter(
             &mut registry,
             "proxy_inject_admission_responses_total",
             "Pods admitted, by whether and why injection was skipped.",
-            responses.clone(),
         );
-        let failed = counter(
+        let failed: Counter = m::new_counter(
             &mut registry,
             "proxy_inject_admission_failures_total",
             "Pods admitted unchanged because injection failed.",
         );
-        let bad_requests = counter(
+        let bad_requests: Counter = m::new_counter(
             &mut registry,
             "proxy_inject_bad_requests_total",
             "Requests that were not a usable AdmissionReview.",

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
-use linkerd_control::{Listeners, stopped};
+use linkerd_control::{Listeners, ReadError, stopped};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use std::{
     convert::Infallible, future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration,
@@ -84,12 +84,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) ->
 async fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, Error> {
     let read = |p: &PathBuf| {
         let p = p.clone();
-        async move {
-            tokio::fs::read(&p).await.map_err(|source| Error::Read {
-                path: p.display().to_string(),
-                source,
-            })
-        }
+        async move { tokio::fs::read(&p).await.map_err(ReadError::at(&p)) }
     };
     let (cert_pem, key_pem) = (read(cert).await?, read(key).await?);
     let chain = CertificateDer::pem_slice_iter(&cert_pem)

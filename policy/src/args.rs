@@ -3,17 +3,14 @@
 use crate::{
     Error,
     model::{ClusterConfig, DefaultPolicy, default_cluster_networks, parse_nets},
-    server::{Config, Source},
+    server::Config,
 };
-use clap::{Parser, Subcommand};
-use linkerd_control::{args::SourceArgs, kube::KubeApiConfig};
+use clap::Subcommand;
+use linkerd_control::args::SourceArgs;
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-#[derive(Debug, Parser)]
-pub struct Args {
-    #[command(subcommand)]
-    pub command: Command,
-}
+/// `mesh policy …`.
+pub type Args = linkerd_control::args::Cli<Command>;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -61,12 +58,7 @@ pub struct ServeArgs {
     pub probe_networks: String,
 }
 
-impl std::ops::Deref for ServeArgs {
-    type Target = SourceArgs<Names>;
-    fn deref(&self) -> &SourceArgs<Names> {
-        &self.source
-    }
-}
+linkerd_control::deref_args!(ServeArgs => source: SourceArgs<Names>);
 
 /// Runs a `mesh policy` subcommand.
 pub async fn run(args: Args) -> Result<ExitCode, Error> {
@@ -105,25 +97,18 @@ pub fn cluster_config(a: &ServeArgs) -> Result<ClusterConfig, Error> {
         },
         probe_networks: nets("--probe-networks", &a.probe_networks)?,
         cluster_domain: a.cluster_domain.trim_matches('.').to_string(),
-        control_plane_ns: a.control_plane_ns.clone(),
-        trust_domain: a.trust_domain.clone(),
+        control_plane_ns: a.ids.control_plane_ns.clone(),
+        trust_domain: a.ids.trust_domain.clone(),
         ..ClusterConfig::default()
     })
 }
 
 async fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
     a.init_log();
-    let source = match &a.registry {
-        Some(path) => Source::Registry {
-            path: path.clone(),
-            interval: a.poll_interval(),
-        },
-        None => Source::Kubernetes(KubeApiConfig::from_args(&a.kube)?),
-    };
     let config = Config {
         addr: a.addr,
         admin_addr: a.admin_addr,
-        source,
+        source: a.source()?,
         cluster: cluster_config(&a)?,
         grace: Duration::from_secs(5),
     };
@@ -134,6 +119,7 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     #[test]
     fn cli_parses() {

@@ -36,8 +36,8 @@ pub struct Index {
 #[derive(Debug, Default)]
 struct Inner {
     state: State,
-    inbound: HashMap<(Key, u16), watch::Sender<Option<Arc<Server>>>>,
-    outbound: HashMap<(Key, u16), watch::Sender<Option<Arc<OutboundPolicy>>>>,
+    inbound: Topics<Server>,
+    outbound: Topics<OutboundPolicy>,
     closed: bool,
 }
 
@@ -95,36 +95,28 @@ impl Index {
     /// Subscribes to `port` of `workload`; `None` if the workload is unknown. The receiver's
     /// current value is the first message to send.
     pub fn watch_inbound(&self, workload: &Key, port: u16) -> Option<InboundRx> {
-        let mut inner = self.lock();
-        let topic = (workload.clone(), port);
-        if let Some(tx) = inner.inbound.get(&topic)
-            && tx.borrow().is_some()
-        {
-            return Some(tx.subscribe());
-        }
-        let server = inbound::server(&inner.state, &self.cfg, workload, port)?;
-        let (tx, rx) = watch::channel(Some(Arc::new(server)));
-        if !inner.closed {
-            inner.inbound.insert(topic, tx);
-        }
-        Some(rx)
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let first = || inbound::server(&inner.state, &self.cfg, workload, port);
+        subscribe(
+            &mut inner.inbound,
+            inner.closed,
+            (workload.clone(), port),
+            first,
+        )
     }
 
     /// Subscribes to `port` of service `svc`; `None` if the service is unknown.
     pub fn watch_outbound(&self, svc: &Key, port: u16) -> Option<OutboundRx> {
-        let mut inner = self.lock();
-        let topic = (svc.clone(), port);
-        if let Some(tx) = inner.outbound.get(&topic)
-            && tx.borrow().is_some()
-        {
-            return Some(tx.subscribe());
-        }
-        let policy = outbound::policy(&inner.state, &self.cfg, svc, port)?;
-        let (tx, rx) = watch::channel(Some(Arc::new(policy)));
-        if !inner.closed {
-            inner.outbound.insert(topic, tx);
-        }
-        Some(rx)
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let first = || outbound::policy(&inner.state, &self.cfg, svc, port);
+        subscribe(
+            &mut inner.outbound,
+            inner.closed,
+            (svc.clone(), port),
+            first,
+        )
     }
 
     /// The inbound policy right now (`GetPort`).
@@ -140,14 +132,12 @@ impl Index {
     /// The service with cluster IP `ip` (`None` if none or several).
     pub fn service_by_ip(&self, ip: IpAddr) -> Option<Key> {
         let inner = self.lock();
-        let mut found = inner
+        let at_ip = inner
             .state
             .services
             .iter()
-            .filter(|(_, s)| s.cluster_ips.contains(&ip))
-            .map(|(k, _)| k);
-        let first = found.next()?.clone();
-        found.next().is_none().then_some(first)
+            .filter(|(_, s)| s.cluster_ips.contains(&ip));
+        linkerd_control::only(at_ip.map(|(k, _)| k)).cloned()
     }
 
     /// Ends every watch (their streams end) and refuses new topics: for shutdown.
@@ -184,35 +174,58 @@ impl Index {
 
 impl Inner {
     fn publish(&mut self, cfg: &ClusterConfig) -> usize {
-        let mut changed = 0;
         let state = &self.state;
-        self.inbound.retain(|(key, port), tx| {
-            if tx.receiver_count() == 0 {
-                return false;
-            }
-            let next = inbound::server(state, cfg, key, *port);
-            if tx.borrow().as_deref() != next.as_ref() {
-                changed += 1;
-                let gone = next.is_none();
-                tx.send_replace(next.map(Arc::new));
-                // The streams end with NOT_FOUND; a later watch starts a new topic.
-                return !gone;
-            }
-            true
-        });
-        self.outbound.retain(|(key, port), tx| {
-            if tx.receiver_count() == 0 {
-                return false;
-            }
-            let next = outbound::policy(state, cfg, key, *port);
-            if tx.borrow().as_deref() != next.as_ref() {
-                changed += 1;
-                let gone = next.is_none();
-                tx.send_replace(next.map(Arc::new));
-                return !gone;
-            }
-            true
-        });
-        changed
+        republish(&mut self.inbound, |key, port| {
+            inbound::server(state, cfg, key, port)
+        }) + republish(&mut self.outbound, |key, port| {
+            outbound::policy(state, cfg, key, port)
+        })
     }
+}
+
+/// The watched topics of one direction, by `(workload or service, port)`.
+type Topics<T> = HashMap<(Key, u16), watch::Sender<Option<Arc<T>>>>;
+
+/// A receiver of `topic`: the live one's, or a new topic's whose first message is `first()`
+/// (kept unless the index is `closed`); `None` if `first` finds nothing to send.
+fn subscribe<T>(
+    topics: &mut Topics<T>,
+    closed: bool,
+    topic: (Key, u16),
+    first: impl FnOnce() -> Option<T>,
+) -> Option<watch::Receiver<Option<Arc<T>>>> {
+    if let Some(tx) = topics.get(&topic)
+        && tx.borrow().is_some()
+    {
+        return Some(tx.subscribe());
+    }
+    let (tx, rx) = watch::channel(Some(Arc::new(first()?)));
+    if !closed {
+        topics.insert(topic, tx);
+    }
+    Some(rx)
+}
+
+/// Recomputes every watched topic with `compute` and sends the messages that changed; drops
+/// the topics nobody watches and those whose subject is gone. Returns how many changed.
+fn republish<T: PartialEq>(
+    topics: &mut Topics<T>,
+    compute: impl Fn(&Key, u16) -> Option<T>,
+) -> usize {
+    let mut changed = 0;
+    topics.retain(|(key, port), tx| {
+        if tx.receiver_count() == 0 {
+            return false;
+        }
+        let next = compute(key, *port);
+        if tx.borrow().as_deref() != next.as_ref() {
+            changed += 1;
+            let gone = next.is_none();
+            tx.send_replace(next.map(Arc::new));
+            // The streams end with NOT_FOUND; a later watch starts a new topic.
+            return !gone;
+        }
+        true
+    });
+    changed
 }

@@ -87,55 +87,36 @@ impl Api {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
-        let watchers = Family::<RpcLabels, Gauge>::default();
-        m::gauge(
-            &mut registry,
-            "policy_watchers",
-            "Open watch streams.",
-            watchers.clone(),
-        );
-        let updates = Family::<RpcLabels, Counter>::default();
-        m::counter(
+        let watchers: Family<RpcLabels, Gauge> =
+            m::new_gauge(&mut registry, "policy_watchers", "Open watch streams.");
+        let updates: Family<RpcLabels, Counter> = m::new_counter(
             &mut registry,
             "policy_updates_sent_total",
             "Messages sent on watch streams.",
-            updates.clone(),
         );
-        let lookups = Family::<LookupLabels, Counter>::default();
-        m::counter(
-            &mut registry,
-            "policy_lookups_total",
-            "Requests by result.",
-            lookups.clone(),
-        );
+        let lookups: Family<LookupLabels, Counter> =
+            m::new_counter(&mut registry, "policy_lookups_total", "Requests by result.");
         let source = Arc::new(SourceMetrics::default());
         source.register(&mut registry, "policy");
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let g = Gauge::default();
-            m::gauge(registry, name, help, g.clone());
-            g
-        };
-        let index_workloads = gauge(
+        let index_workloads: Gauge = m::new_gauge(
             &mut registry,
             "policy_index_workloads",
             "Workloads (pods) in the index.",
         );
-        let index_services = gauge(
+        let index_services: Gauge = m::new_gauge(
             &mut registry,
             "policy_index_services",
             "Services in the index.",
         );
-        let index_resources = gauge(
+        let index_resources: Gauge = m::new_gauge(
             &mut registry,
             "policy_index_resources",
             "Policy resources (Servers, routes, authorizations, ...).",
         );
-        let topics = Family::<DirectionLabels, Gauge>::default();
-        m::gauge(
+        let topics: Family<DirectionLabels, Gauge> = m::new_gauge(
             &mut registry,
             "policy_index_topics",
             "Watched entries, each shared by its watchers.",
-            topics.clone(),
         );
         Self {
             registry,
@@ -200,10 +181,6 @@ impl Metrics {
         &self.source
     }
 
-    pub fn reload_errors(&self) -> u64 {
-        self.source.reload_errors()
-    }
-
     /// Prometheus text exposition.
     pub fn render(&self, index: &Index) -> String {
         let stats = index.stats();
@@ -226,23 +203,4 @@ impl Drop for WatcherGuard {
     fn drop(&mut self) {
         self.metrics.watchers[self.api.i()].dec();
     }
-}
-
-/// What the admin server answers: the metrics text, and ready once a source has loaded.
-pub(crate) fn admin(
-    index: Arc<Index>,
-    metrics: Arc<Metrics>,
-) -> (
-    impl Fn() -> String + Clone + Send + Sync + 'static,
-    impl Fn() -> Result<(), &'static str> + Clone + Send + Sync + 'static,
-) {
-    let m = metrics.clone();
-    let ready = move || {
-        metrics
-            .source()
-            .is_ready()
-            .then_some(())
-            .ok_or("no policy state loaded yet")
-    };
-    (move || m.render(&index), ready)
 }

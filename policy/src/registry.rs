@@ -26,31 +26,24 @@ use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, sync::Arc};
 
 pub use linkerd_control::watch_file::{Polled, RegistryError};
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// Every section is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 struct File {
     /// The destination service's section: only what policy needs is read.
-    #[serde(default)]
     services: Vec<ServiceView>,
-    #[serde(default)]
     workloads: Vec<WorkloadDef>,
-    #[serde(default)]
     namespaces: Vec<NamedAnnotations>,
-    #[serde(default)]
     service_annotations: Vec<NamedAnnotations>,
-    #[serde(default)]
     servers: Vec<Item>,
-    #[serde(default)]
     authorization_policies: Vec<Item>,
-    #[serde(default, rename = "meshTLSAuthentications")]
+    #[serde(rename = "meshTLSAuthentications")]
     mesh_tls_authentications: Vec<Item>,
-    #[serde(default)]
     network_authentications: Vec<Item>,
-    #[serde(default)]
     http_local_rate_limit_policies: Vec<Item>,
-    #[serde(default, rename = "httpRoutes")]
+    #[serde(rename = "httpRoutes")]
     http_routes: Vec<Item>,
-    #[serde(default, rename = "grpcRoutes")]
+    #[serde(rename = "grpcRoutes")]
     grpc_routes: Vec<Item>,
 }
 
@@ -78,16 +71,12 @@ enum PortView {
     Full { port: u16 },
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
 struct EndpointView {
-    #[serde(default)]
     ports: BTreeMap<String, u16>,
-    #[serde(default)]
     service_account: Option<String>,
-    #[serde(default)]
     identity: Option<String>,
-    #[serde(default)]
     labels: BTreeMap<String, String>,
 }
 

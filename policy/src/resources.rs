@@ -18,24 +18,32 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::{borrow::Cow, collections::BTreeMap};
 
-/// `matchLabels` plus `matchExpressions` (`In`, `NotIn`, `Exists`, `DoesNotExist`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct LabelSelector {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub match_labels: Option<BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub match_expressions: Option<Vec<LabelSelectorRequirement>>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct LabelSelectorRequirement {
-    pub key: String,
-    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
-    pub operator: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub values: Option<Vec<String>>,
+/// Declares the resource types. Each derives what the sources and the CRDs need and names its
+/// fields in camelCase; every `Option` field reads as `None` when absent and is left out when
+/// written (`#[serde(default, skip_serializing_if = "Option::is_none")]`, added here once).
+macro_rules! resources {
+    (@fields [$($meta:tt)*] $name:ident [$($out:tt)*]) => {
+        #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+        $($meta)*
+        #[serde(rename_all = "camelCase")]
+        pub struct $name { $($out)* }
+    };
+    (@fields $meta:tt $name:ident [$($out:tt)*]
+        $(#[$attr:meta])* pub $field:ident : Option<$ty:ty> $(, $($rest:tt)*)?) => {
+        resources!(@fields $meta $name [
+            $($out)*
+            $(#[$attr])*
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub $field: Option<$ty>,
+        ] $($($rest)*)?);
+    };
+    (@fields $meta:tt $name:ident [$($out:tt)*]
+        $(#[$attr:meta])* pub $field:ident : $ty:ty $(, $($rest:tt)*)?) => {
+        resources!(@fields $meta $name [$($out)* $(#[$attr])* pub $field: $ty,] $($($rest)*)?);
+    };
+    ($($(#[$meta:meta])* pub struct $name:ident { $($fields:tt)* })*) => {
+        $(resources!(@fields [$(#[$meta])*] $name [] $($fields)*);)*
+    };
 }
 
 /// A port by number or by container-port name (Kubernetes' int-or-string).
@@ -56,378 +64,300 @@ impl JsonSchema for Port {
     }
 }
 
-// === policy.linkerd.io ===
+resources! {
+    /// `matchLabels` plus `matchExpressions` (`In`, `NotIn`, `Exists`, `DoesNotExist`).
+    #[derive(Default)]
+    pub struct LabelSelector {
+        pub match_labels: Option<BTreeMap<String, String>>,
+        pub match_expressions: Option<Vec<LabelSelectorRequirement>>,
+    }
 
-/// Selects a port on a set of pods, with its protocol.
-#[derive(CustomResource, Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[kube(
-    group = "policy.linkerd.io",
-    version = "v1beta3",
-    kind = "Server",
-    namespaced,
-    shortname = "srv"
-)]
-#[serde(rename_all = "camelCase")]
-pub struct ServerSpec {
-    pub pod_selector: LabelSelector,
-    pub port: Port,
-    /// `unknown` (detect; the default), `HTTP/1`, `HTTP/2`, `gRPC`, `opaque` or `TLS`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy_protocol: Option<String>,
-}
+    pub struct LabelSelectorRequirement {
+        pub key: String,
+        /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
+        pub operator: String,
+        pub values: Option<Vec<String>>,
+    }
 
-/// A reference to another object (`group`, `kind`, `name`, optional `namespace`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectRef {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    pub kind: String,
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-}
+    // === policy.linkerd.io ===
 
-/// Allows the clients that satisfy every required authentication to reach the target
-/// (a `Server`, an inbound `HTTPRoute`/`GRPCRoute`, or every Server of a `Namespace`).
-#[derive(CustomResource, Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[kube(
-    group = "policy.linkerd.io",
-    version = "v1alpha1",
-    kind = "AuthorizationPolicy",
-    namespaced,
-    shortname = "authzpolicy"
-)]
-#[serde(rename_all = "camelCase")]
-pub struct AuthorizationPolicySpec {
-    pub target_ref: ObjectRef,
-    /// `MeshTLSAuthentication`s, `NetworkAuthentication`s, or `ServiceAccount`s.
-    #[serde(default)]
-    pub required_authentication_refs: Vec<ObjectRef>,
-}
+    /// Selects a port on a set of pods, with its protocol.
+    #[derive(CustomResource)]
+    #[kube(
+        group = "policy.linkerd.io",
+        version = "v1beta3",
+        kind = "Server",
+        namespaced,
+        shortname = "srv"
+    )]
+    pub struct ServerSpec {
+        pub pod_selector: LabelSelector,
+        pub port: Port,
+        /// `unknown` (detect; the default), `HTTP/1`, `HTTP/2`, `gRPC`, `opaque` or `TLS`.
+        pub proxy_protocol: Option<String>,
+    }
 
-/// Mesh TLS clients by identity (`*` for any, `*.suffix`) or by ServiceAccount.
-#[derive(CustomResource, Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[kube(
-    group = "policy.linkerd.io",
-    version = "v1alpha1",
-    kind = "MeshTLSAuthentication",
-    namespaced,
-    shortname = "meshtlsauthn"
-)]
-#[serde(rename_all = "camelCase")]
-pub struct MeshTLSAuthenticationSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identities: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity_refs: Option<Vec<ObjectRef>>,
-}
+    /// A reference to another object (`group`, `kind`, `name`, optional `namespace`).
+    #[derive(Default)]
+    pub struct ObjectRef {
+        pub group: Option<String>,
+        pub kind: String,
+        pub name: String,
+        pub namespace: Option<String>,
+    }
 
-/// Clients by source network.
-#[derive(CustomResource, Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[kube(
-    group = "policy.linkerd.io",
-    version = "v1alpha1",
-    kind = "NetworkAuthentication",
-    namespaced,
-    shortname = "netauthn"
-)]
-#[serde(rename_all = "camelCase")]
-pub struct NetworkAuthenticationSpec {
-    pub networks: Vec<NetworkDef>,
-}
+    /// Allows the clients that satisfy every required authentication to reach the target
+    /// (a `Server`, an inbound `HTTPRoute`/`GRPCRoute`, or every Server of a `Namespace`).
+    #[derive(CustomResource)]
+    #[kube(
+        group = "policy.linkerd.io",
+        version = "v1alpha1",
+        kind = "AuthorizationPolicy",
+        namespaced,
+        shortname = "authzpolicy"
+    )]
+    pub struct AuthorizationPolicySpec {
+        pub target_ref: ObjectRef,
+        /// `MeshTLSAuthentication`s, `NetworkAuthentication`s, or `ServiceAccount`s.
+        #[serde(default)]
+        pub required_authentication_refs: Vec<ObjectRef>,
+    }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NetworkDef {
-    /// `10.0.0.0/8`, or a single address.
-    pub cidr: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub except: Option<Vec<String>>,
-}
+    /// Mesh TLS clients by identity (`*` for any, `*.suffix`) or by ServiceAccount.
+    #[derive(CustomResource)]
+    #[kube(
+        group = "policy.linkerd.io",
+        version = "v1alpha1",
+        kind = "MeshTLSAuthentication",
+        namespaced,
+        shortname = "meshtlsauthn"
+    )]
+    pub struct MeshTLSAuthenticationSpec {
+        pub identities: Option<Vec<String>>,
+        pub identity_refs: Option<Vec<ObjectRef>>,
+    }
 
-/// A local rate limit on one inbound `Server`: total, per client identity, and per-client
-/// overrides.
-#[derive(CustomResource, Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[kube(
-    group = "policy.linkerd.io",
-    version = "v1alpha1",
-    kind = "HTTPLocalRateLimitPolicy",
-    namespaced
-)]
-#[serde(rename_all = "camelCase")]
-pub struct HTTPLocalRateLimitPolicySpec {
-    pub target_ref: ObjectRef,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub total: Option<Limit>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<Limit>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub overrides: Option<Vec<RateLimitOverride>>,
-}
+    /// Clients by source network.
+    #[derive(CustomResource)]
+    #[kube(
+        group = "policy.linkerd.io",
+        version = "v1alpha1",
+        kind = "NetworkAuthentication",
+        namespaced,
+        shortname = "netauthn"
+    )]
+    pub struct NetworkAuthenticationSpec {
+        pub networks: Vec<NetworkDef>,
+    }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Limit {
-    pub requests_per_second: u32,
-}
+    pub struct NetworkDef {
+        /// `10.0.0.0/8`, or a single address.
+        pub cidr: String,
+        pub except: Option<Vec<String>>,
+    }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RateLimitOverride {
-    pub requests_per_second: u32,
-    /// ServiceAccounts.
-    pub client_refs: Vec<ObjectRef>,
-}
+    /// A local rate limit on one inbound `Server`: total, per client identity, and per-client
+    /// overrides.
+    #[derive(CustomResource)]
+    #[kube(
+        group = "policy.linkerd.io",
+        version = "v1alpha1",
+        kind = "HTTPLocalRateLimitPolicy",
+        namespaced
+    )]
+    pub struct HTTPLocalRateLimitPolicySpec {
+        pub target_ref: ObjectRef,
+        pub total: Option<Limit>,
+        pub identity: Option<Limit>,
+        pub overrides: Option<Vec<RateLimitOverride>>,
+    }
 
-// === gateway.networking.k8s.io ===
+    pub struct Limit {
+        pub requests_per_second: u32,
+    }
 
-/// A parent: a `Service` (outbound routing; `group` empty or `core`) or a
-/// `policy.linkerd.io` `Server` (inbound routes).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ParentRef {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    /// Only this service port (all ports when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-}
+    pub struct RateLimitOverride {
+        pub requests_per_second: u32,
+        /// ServiceAccounts.
+        pub client_refs: Vec<ObjectRef>,
+    }
 
-/// Routing for HTTP: matches, filters, weighted backends, timeouts.
-#[derive(CustomResource, Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[kube(
-    group = "gateway.networking.k8s.io",
-    version = "v1",
-    kind = "HTTPRoute",
-    namespaced
-)]
-#[serde(rename_all = "camelCase")]
-pub struct HTTPRouteSpec {
-    #[serde(default)]
-    pub parent_refs: Vec<ParentRef>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hostnames: Option<Vec<String>>,
-    #[serde(default)]
-    pub rules: Vec<HTTPRouteRule>,
-}
+    // === gateway.networking.k8s.io ===
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct HTTPRouteRule {
-    /// The rule's name (for people and status; routing ignores it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub matches: Option<Vec<HTTPRouteMatch>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filters: Option<Vec<HTTPRouteFilter>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend_refs: Option<Vec<BackendRef>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeouts: Option<HTTPRouteTimeouts>,
-}
+    /// A parent: a `Service` (outbound routing; `group` empty or `core`) or a
+    /// `policy.linkerd.io` `Server` (inbound routes).
+    #[derive(Default)]
+    pub struct ParentRef {
+        pub group: Option<String>,
+        pub kind: Option<String>,
+        pub name: String,
+        pub namespace: Option<String>,
+        /// Only this service port (all ports when absent).
+        pub port: Option<u16>,
+    }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct HTTPRouteMatch {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<PathMatch>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub headers: Option<Vec<ValueMatch>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub query_params: Option<Vec<ValueMatch>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
-}
+    /// Routing for HTTP: matches, filters, weighted backends, timeouts.
+    #[derive(CustomResource)]
+    #[kube(
+        group = "gateway.networking.k8s.io",
+        version = "v1",
+        kind = "HTTPRoute",
+        namespaced
+    )]
+    pub struct HTTPRouteSpec {
+        #[serde(default)]
+        pub parent_refs: Vec<ParentRef>,
+        pub hostnames: Option<Vec<String>>,
+        #[serde(default)]
+        pub rules: Vec<HTTPRouteRule>,
+    }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PathMatch {
-    /// `Exact`, `PathPrefix` (the default) or `RegularExpression`.
-    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-}
+    #[derive(Default)]
+    pub struct HTTPRouteRule {
+        /// The rule's name (for people and status; routing ignores it).
+        pub name: Option<String>,
+        pub matches: Option<Vec<HTTPRouteMatch>>,
+        pub filters: Option<Vec<HTTPRouteFilter>>,
+        pub backend_refs: Option<Vec<BackendRef>>,
+        pub timeouts: Option<HTTPRouteTimeouts>,
+    }
 
-/// A header or query-parameter match.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ValueMatch {
-    /// `Exact` (the default) or `RegularExpression`.
-    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    pub name: String,
-    pub value: String,
-}
+    #[derive(Default)]
+    pub struct HTTPRouteMatch {
+        pub path: Option<PathMatch>,
+        pub headers: Option<Vec<ValueMatch>>,
+        pub query_params: Option<Vec<ValueMatch>>,
+        pub method: Option<String>,
+    }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct HTTPRouteFilter {
-    /// `RequestHeaderModifier`, `ResponseHeaderModifier`, `RequestRedirect` or
-    /// `FailureInjector`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_header_modifier: Option<HeaderModifier>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response_header_modifier: Option<HeaderModifier>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_redirect: Option<RequestRedirect>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure_injector: Option<FailureInjector>,
-}
+    pub struct PathMatch {
+        /// `Exact`, `PathPrefix` (the default) or `RegularExpression`.
+        #[serde(rename = "type")]
+        pub kind: Option<String>,
+        pub value: Option<String>,
+    }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct HeaderModifier {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub set: Option<Vec<Header>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub add: Option<Vec<Header>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remove: Option<Vec<String>>,
-}
+    /// A header or query-parameter match.
+    pub struct ValueMatch {
+        /// `Exact` (the default) or `RegularExpression`.
+        #[serde(rename = "type")]
+        pub kind: Option<String>,
+        pub name: String,
+        pub value: String,
+    }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Header {
-    pub name: String,
-    pub value: String,
-}
+    #[derive(Default)]
+    pub struct HTTPRouteFilter {
+        /// `RequestHeaderModifier`, `ResponseHeaderModifier`, `RequestRedirect` or
+        /// `FailureInjector`.
+        #[serde(rename = "type")]
+        pub kind: String,
+        pub request_header_modifier: Option<HeaderModifier>,
+        pub response_header_modifier: Option<HeaderModifier>,
+        pub request_redirect: Option<RequestRedirect>,
+        pub failure_injector: Option<FailureInjector>,
+    }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RequestRedirect {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scheme: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<PathModifier>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status_code: Option<u16>,
-}
+    #[derive(Default)]
+    pub struct HeaderModifier {
+        pub set: Option<Vec<Header>>,
+        pub add: Option<Vec<Header>>,
+        pub remove: Option<Vec<String>>,
+    }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PathModifier {
-    /// `ReplaceFullPath` or `ReplacePrefixMatch`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replace_full_path: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replace_prefix_match: Option<String>,
-}
+    pub struct Header {
+        pub name: String,
+        pub value: String,
+    }
 
-/// Fails `percent` of the matching requests with `status` (HTTP) or `code` (gRPC).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct FailureInjector {
-    /// HTTP status (HTTPRoute; default 500).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
-    /// gRPC code (GRPCRoute; default 13, INTERNAL).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// Percentage of requests, 0–100 (default 100).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub percent: Option<u32>,
-}
+    #[derive(Default)]
+    pub struct RequestRedirect {
+        pub scheme: Option<String>,
+        pub hostname: Option<String>,
+        pub path: Option<PathModifier>,
+        pub port: Option<u16>,
+        pub status_code: Option<u16>,
+    }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BackendRef {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    /// `Service` (the default).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    /// Default: the parent's port.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-    /// Default 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weight: Option<u32>,
-    /// Filters for the requests sent to this backend only (a route's own filters apply
-    /// first).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filters: Option<Vec<HTTPRouteFilter>>,
-}
+    pub struct PathModifier {
+        /// `ReplaceFullPath` or `ReplacePrefixMatch`.
+        #[serde(rename = "type")]
+        pub kind: String,
+        pub replace_full_path: Option<String>,
+        pub replace_prefix_match: Option<String>,
+    }
 
-/// Gateway API durations (`10s`, `500ms`, `1m30s`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct HTTPRouteTimeouts {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend_request: Option<String>,
-}
+    /// Fails `percent` of the matching requests with `status` (HTTP) or `code` (gRPC).
+    #[derive(Default)]
+    pub struct FailureInjector {
+        /// HTTP status (HTTPRoute; default 500).
+        pub status: Option<u16>,
+        /// gRPC code (GRPCRoute; default 13, INTERNAL).
+        pub code: Option<u32>,
+        pub message: Option<String>,
+        /// Percentage of requests, 0–100 (default 100).
+        pub percent: Option<u32>,
+    }
 
-/// Routing for gRPC: service/method matches, header modifiers, failure injection, weighted
-/// backends (timeouts and retries from `timeout.linkerd.io/*` / `retry.linkerd.io/*`).
-#[derive(CustomResource, Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[kube(
-    group = "gateway.networking.k8s.io",
-    version = "v1",
-    kind = "GRPCRoute",
-    namespaced
-)]
-#[serde(rename_all = "camelCase")]
-pub struct GRPCRouteSpec {
-    #[serde(default)]
-    pub parent_refs: Vec<ParentRef>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hostnames: Option<Vec<String>>,
-    #[serde(default)]
-    pub rules: Vec<GRPCRouteRule>,
-}
+    pub struct BackendRef {
+        pub group: Option<String>,
+        /// `Service` (the default).
+        pub kind: Option<String>,
+        pub name: String,
+        pub namespace: Option<String>,
+        /// Default: the parent's port.
+        pub port: Option<u16>,
+        /// Default 1.
+        pub weight: Option<u32>,
+        /// Filters for the requests sent to this backend only (a route's own filters apply
+        /// first).
+        pub filters: Option<Vec<HTTPRouteFilter>>,
+    }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct GRPCRouteRule {
-    /// The rule's name (for people and status; routing ignores it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub matches: Option<Vec<GRPCRouteMatch>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filters: Option<Vec<HTTPRouteFilter>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend_refs: Option<Vec<BackendRef>>,
-}
+    /// Gateway API durations (`10s`, `500ms`, `1m30s`).
+    #[derive(Default)]
+    pub struct HTTPRouteTimeouts {
+        pub request: Option<String>,
+        pub backend_request: Option<String>,
+    }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct GRPCRouteMatch {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<GRPCMethodMatch>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub headers: Option<Vec<ValueMatch>>,
-}
+    /// Routing for gRPC: service/method matches, header modifiers, failure injection, weighted
+    /// backends (timeouts and retries from `timeout.linkerd.io/*` / `retry.linkerd.io/*`).
+    #[derive(CustomResource)]
+    #[kube(
+        group = "gateway.networking.k8s.io",
+        version = "v1",
+        kind = "GRPCRoute",
+        namespaced
+    )]
+    pub struct GRPCRouteSpec {
+        #[serde(default)]
+        pub parent_refs: Vec<ParentRef>,
+        pub hostnames: Option<Vec<String>>,
+        #[serde(default)]
+        pub rules: Vec<GRPCRouteRule>,
+    }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct GRPCMethodMatch {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
+    #[derive(Default)]
+    pub struct GRPCRouteRule {
+        /// The rule's name (for people and status; routing ignores it).
+        pub name: Option<String>,
+        pub matches: Option<Vec<GRPCRouteMatch>>,
+        pub filters: Option<Vec<HTTPRouteFilter>>,
+        pub backend_refs: Option<Vec<BackendRef>>,
+    }
+
+    #[derive(Default)]
+    pub struct GRPCRouteMatch {
+        pub method: Option<GRPCMethodMatch>,
+        pub headers: Option<Vec<ValueMatch>>,
+    }
+
+    #[derive(Default)]
+    pub struct GRPCMethodMatch {
+        pub service: Option<String>,
+        pub method: Option<String>,
+    }
 }
 
 /// Every CRD this service reads, for `mesh policy crds`: (file stem, YAML).

@@ -1,14 +1,10 @@
 use super::*;
-use crate::model::{Backend, Service, ServicePort, TargetPort};
+use crate::model::{Backend, Service, ServicePort};
 use tokio_stream::StreamExt;
 
 fn svc(ips: &[&str]) -> Service {
     Service {
-        ports: vec![ServicePort {
-            port: 80,
-            name: String::new(),
-            target: TargetPort::Number(80),
-        }],
+        ports: vec![ServicePort::same_target(80, "")],
         backends: ips
             .iter()
             .map(|ip| Arc::new(Backend::new(ip.parse().unwrap())))

@@ -20,14 +20,14 @@ use linkerd_destination::{
     metrics::Metrics,
     server,
 };
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use tokio::sync::watch;
 use tonic::{Streaming, transport::Channel};
 
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
 #[allow(unused_imports)]
-pub use linkerd_control::test_support::TempDir;
+pub use linkerd_control::test_support::{Running, TempDir};
 
 // === Kubernetes objects ===
 
@@ -140,13 +140,18 @@ pub fn with_conditions(
 
 /// A pod with service account `sa`; meshed by control plane `linkerd` if `meshed`;
 /// `ports` are named container ports.
+/// The label of a pod meshed by the control plane in namespace `ns`.
+pub fn control_plane_label(ns: &str) -> Option<BTreeMap<String, String>> {
+    Some(BTreeMap::from([(
+        "linkerd.io/control-plane-ns".to_string(),
+        ns.to_string(),
+    )]))
+}
+
 pub fn pod(ns: &str, name: &str, sa: &str, meshed: bool, ports: &[(&str, i32)]) -> Pod {
     let mut m = meta(ns, name);
     if meshed {
-        m.labels = Some(BTreeMap::from([(
-            "linkerd.io/control-plane-ns".to_string(),
-            "linkerd".to_string(),
-        )]));
+        m.labels = control_plane_label("linkerd");
     }
     Pod {
         metadata: m,
@@ -190,13 +195,19 @@ pub fn addrs(s: &Snapshot) -> Vec<String> {
 
 // === a running server ===
 
+/// A running destination service on loopback (its addresses through [`Running`]).
 pub struct Server {
-    pub addr: SocketAddr,
-    pub admin: SocketAddr,
     pub index: Arc<Index>,
     pub metrics: Arc<Metrics>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), linkerd_destination::Error>>>,
+    running: Running<linkerd_destination::Error>,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Running<linkerd_destination::Error>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.running
+    }
 }
 
 impl Server {
@@ -210,21 +221,10 @@ impl Server {
             grace: Duration::from_secs(2),
         };
         let bound = server::bind(config).await.unwrap();
-        let addr = bound.grpc_addr().unwrap();
-        let admin = bound.admin_addr().unwrap();
-        let index = bound.index().clone();
-        let metrics = bound.metrics().clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(bound.run(async move {
-            let _ = rx.await;
-        }));
         Self {
-            addr,
-            admin,
-            index,
-            metrics,
-            stop: Some(tx),
-            task: Some(task),
+            index: bound.index.clone(),
+            metrics: bound.metrics.clone(),
+            running: Running::spawn(bound),
         }
     }
 
@@ -238,17 +238,8 @@ impl Server {
     }
 
     /// Stops the server and waits for it (streams end, so this is prompt).
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), t)
-                .await
-                .expect("server did not stop")
-                .unwrap()
-                .unwrap();
-        }
+    pub async fn stop(self) {
+        self.running.stop(Duration::from_secs(10)).await.unwrap();
     }
 
     /// GET on the admin server: (status, body).

@@ -10,7 +10,6 @@ use linkerd_identity::{
     trust::{TrustFiles, TrustOptions, TrustPaths, generate_trust},
 };
 use std::{
-    net::SocketAddr,
     path::PathBuf,
     sync::Arc,
     time::{Duration, SystemTime},
@@ -88,29 +87,24 @@ impl Trust {
 
 /// A running server; stopped on drop.
 pub struct Running {
-    pub addr: SocketAddr,
-    pub admin: SocketAddr,
     pub metrics: Arc<Metrics>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), linkerd_identity::Error>>>,
+    running: linkerd_control::test_support::Running<linkerd_identity::Error>,
+}
+
+impl std::ops::Deref for Running {
+    type Target = linkerd_control::test_support::Running<linkerd_identity::Error>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.running
+    }
 }
 
 impl Running {
     pub async fn start(config: Config) -> Self {
         let bound = linkerd_identity::bind(config).await.unwrap();
-        let addr = bound.grpc_addr().unwrap();
-        let admin = bound.admin_addr().unwrap();
-        let metrics = bound.metrics().clone();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(bound.run(async move {
-            let _ = rx.await;
-        }));
         Self {
-            addr,
-            admin,
-            metrics,
-            stop: Some(tx),
-            task: Some(task),
+            metrics: bound.metrics().clone(),
+            running: linkerd_control::test_support::Running::spawn(bound),
         }
     }
 
@@ -133,21 +127,8 @@ impl Running {
         linkerd_control::test_support::admin_get(self.admin, path).await
     }
 
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
+    pub async fn stop(self) {
+        self.running.stop(Duration::from_secs(60)).await.unwrap();
     }
 }
 

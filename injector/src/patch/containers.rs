@@ -155,22 +155,18 @@ pub(super) fn proxy_env(s: &Settings, cfg: &InjectConfig) -> Vec<Value> {
     if let Some(g) = &s.shutdown_grace_period {
         set("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", g.clone());
     }
-    set(
-        "LINKERD2_PROXY_INBOUND_LISTEN_ADDR",
-        format!("0.0.0.0:{}", p.inbound),
-    );
-    set(
-        "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR",
-        format!("127.0.0.1:{}", p.outbound),
-    );
-    set(
-        "LINKERD2_PROXY_ADMIN_LISTEN_ADDR",
-        format!("0.0.0.0:{}", p.admin),
-    );
-    set(
-        "LINKERD2_PROXY_CONTROL_LISTEN_ADDR",
-        format!("0.0.0.0:{}", p.control),
-    );
+    for (name, ip, port) in [
+        ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "0.0.0.0", p.inbound),
+        (
+            "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR",
+            "127.0.0.1",
+            p.outbound,
+        ),
+        ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "0.0.0.0", p.admin),
+        ("LINKERD2_PROXY_CONTROL_LISTEN_ADDR", "0.0.0.0", p.control),
+    ] {
+        set(name, format!("{ip}:{port}"));
+    }
     if !s.inbound_ports.is_empty() {
         let ports: Vec<String> = s.inbound_ports.iter().map(u16::to_string).collect();
         set("LINKERD2_PROXY_INBOUND_PORTS", ports.join(","));
@@ -185,79 +181,85 @@ pub(super) fn proxy_env(s: &Settings, cfg: &InjectConfig) -> Vec<Value> {
         "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY",
         s.inbound_policy.clone(),
     );
-    set("LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT", "100ms".into());
-    set("LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT", "1000ms".into());
-    set(
-        "LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT",
-        "5s".into(),
-    );
-    set(
-        "LINKERD2_PROXY_INBOUND_DISCOVERY_IDLE_TIMEOUT",
-        "90s".into(),
-    );
-    set("LINKERD2_PROXY_CONTROL_STREAM_INITIAL_TIMEOUT", "3s".into());
-    set("LINKERD2_PROXY_CONTROL_STREAM_IDLE_TIMEOUT", "5m".into());
-    set("LINKERD2_PROXY_CONTROL_STREAM_LIFETIME", "1h".into());
-    set(
-        "LINKERD2_PROXY_DESTINATION_SVC_ADDR",
-        cfg.destination_svc_addr.clone(),
-    );
-    set(
-        "LINKERD2_PROXY_DESTINATION_SVC_NAME",
-        cfg.destination_svc_name.clone(),
-    );
-    set(
-        "LINKERD2_PROXY_DESTINATION_PROFILE_SUFFIXES",
-        format!("svc.{}.", cfg.cluster_domain),
-    );
-    set(
-        "LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS",
-        cfg.cluster_networks.clone(),
-    );
-    set(
-        "LINKERD2_PROXY_DESTINATION_CONTEXT",
-        r#"{"ns":"$(_pod_ns)","nodeName":"$(_pod_nodeName)","pod":"$(_pod_name)"}"#.into(),
-    );
-    set(
-        "LINKERD2_PROXY_POLICY_SVC_ADDR",
-        cfg.policy_svc_addr.clone(),
-    );
-    set(
-        "LINKERD2_PROXY_POLICY_SVC_NAME",
-        cfg.policy_svc_name.clone(),
-    );
-    set(
-        "LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS",
-        cfg.cluster_networks.clone(),
-    );
-    set(
-        "LINKERD2_PROXY_POLICY_WORKLOAD",
-        r#"{"ns":"$(_pod_ns)","pod":"$(_pod_name)"}"#.into(),
-    );
-    set("LINKERD2_PROXY_IDENTITY_DIR", END_ENTITY_DIR.into());
-    set(
-        "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS",
-        cfg.trust_anchors_pem.clone(),
-    );
-    set(
-        "LINKERD2_PROXY_IDENTITY_TOKEN_FILE",
-        format!("{TOKEN_DIR}/{TOKEN_FILE}"),
-    );
-    set(
-        "LINKERD2_PROXY_IDENTITY_SVC_ADDR",
-        cfg.identity_svc_addr.clone(),
-    );
-    set(
-        "LINKERD2_PROXY_IDENTITY_SVC_NAME",
-        cfg.identity_svc_name.clone(),
-    );
-    set(
-        "LINKERD2_PROXY_IDENTITY_LOCAL_NAME",
-        format!(
-            "$(_pod_sa).$(_pod_ns).serviceaccount.identity.{}.{}",
-            cfg.control_plane_ns, cfg.trust_domain
+    // The same for every pod, but for the injector's configuration.
+    let fixed = [
+        ("LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT", "100ms".into()),
+        ("LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT", "1000ms".into()),
+        (
+            "LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT",
+            "5s".into(),
         ),
-    );
+        (
+            "LINKERD2_PROXY_INBOUND_DISCOVERY_IDLE_TIMEOUT",
+            "90s".into(),
+        ),
+        ("LINKERD2_PROXY_CONTROL_STREAM_INITIAL_TIMEOUT", "3s".into()),
+        ("LINKERD2_PROXY_CONTROL_STREAM_IDLE_TIMEOUT", "5m".into()),
+        ("LINKERD2_PROXY_CONTROL_STREAM_LIFETIME", "1h".into()),
+        (
+            "LINKERD2_PROXY_DESTINATION_SVC_ADDR",
+            cfg.destination_svc_addr.clone(),
+        ),
+        (
+            "LINKERD2_PROXY_DESTINATION_SVC_NAME",
+            cfg.destination_svc_name.clone(),
+        ),
+        (
+            "LINKERD2_PROXY_DESTINATION_PROFILE_SUFFIXES",
+            format!("svc.{}.", cfg.cluster_domain),
+        ),
+        (
+            "LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS",
+            cfg.cluster_networks.clone(),
+        ),
+        (
+            "LINKERD2_PROXY_DESTINATION_CONTEXT",
+            r#"{"ns":"$(_pod_ns)","nodeName":"$(_pod_nodeName)","pod":"$(_pod_name)"}"#.into(),
+        ),
+        (
+            "LINKERD2_PROXY_POLICY_SVC_ADDR",
+            cfg.policy_svc_addr.clone(),
+        ),
+        (
+            "LINKERD2_PROXY_POLICY_SVC_NAME",
+            cfg.policy_svc_name.clone(),
+        ),
+        (
+            "LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS",
+            cfg.cluster_networks.clone(),
+        ),
+        (
+            "LINKERD2_PROXY_POLICY_WORKLOAD",
+            r#"{"ns":"$(_pod_ns)","pod":"$(_pod_name)"}"#.into(),
+        ),
+        ("LINKERD2_PROXY_IDENTITY_DIR", END_ENTITY_DIR.into()),
+        (
+            "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS",
+            cfg.trust_anchors_pem.clone(),
+        ),
+        (
+            "LINKERD2_PROXY_IDENTITY_TOKEN_FILE",
+            format!("{TOKEN_DIR}/{TOKEN_FILE}"),
+        ),
+        (
+            "LINKERD2_PROXY_IDENTITY_SVC_ADDR",
+            cfg.identity_svc_addr.clone(),
+        ),
+        (
+            "LINKERD2_PROXY_IDENTITY_SVC_NAME",
+            cfg.identity_svc_name.clone(),
+        ),
+        (
+            "LINKERD2_PROXY_IDENTITY_LOCAL_NAME",
+            format!(
+                "$(_pod_sa).$(_pod_ns).serviceaccount.identity.{}.{}",
+                cfg.control_plane_ns, cfg.trust_domain
+            ),
+        ),
+    ];
+    for (name, value) in fixed {
+        set(name, value);
+    }
     if s.mode == Mode::Ingress {
         set("LINKERD2_PROXY_INGRESS_MODE", "true".into());
     }

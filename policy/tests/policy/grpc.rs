@@ -25,10 +25,25 @@ fn authority(a: &str) -> TrafficSpec {
     }
 }
 
-#[tokio::test]
-async fn watch_port_answers_at_once_and_follows_changes() {
+/// A server on a manual source, holding [`state`].
+async fn serving_state() -> Server {
     let server = Server::start(Source::Manual, ClusterConfig::default()).await;
     server.index.reset(state());
+    server
+}
+
+/// The stream's next message, within [`TIMEOUT`].
+async fn message<T>(s: &mut tonic::Streaming<T>) -> T {
+    tokio::time::timeout(TIMEOUT, s.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn watch_port_answers_at_once_and_follows_changes() {
+    let server = serving_state().await;
     let mut client = server.inbound().await;
 
     let t = Instant::now();
@@ -37,11 +52,7 @@ async fn watch_port_answers_at_once_and_follows_changes() {
         .await
         .unwrap()
         .into_inner();
-    let first = tokio::time::timeout(TIMEOUT, s.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let first = message(&mut s).await;
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     assert_eq!(first.labels["name"], "all-unauthenticated");
 
@@ -51,11 +62,7 @@ async fn watch_port_answers_at_once_and_follows_changes() {
             labels(&[("config.linkerd.io/default-inbound-policy", "deny")]),
         );
     });
-    let next = tokio::time::timeout(TIMEOUT, s.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let next = message(&mut s).await;
     assert_eq!(next.labels["name"], "deny");
     assert!(next.authorizations.is_empty());
 
@@ -102,30 +109,21 @@ async fn watch_port_answers_at_once_and_follows_changes() {
 
 #[tokio::test]
 async fn outbound_watch_by_authority_and_address() {
-    let server = Server::start(Source::Manual, ClusterConfig::default()).await;
-    server.index.reset(state());
+    let server = serving_state().await;
     let mut client = server.outbound().await;
     let mut s = client
         .watch(authority("web.emojivoto.svc.cluster.local:8080"))
         .await
         .unwrap()
         .into_inner();
-    let first = tokio::time::timeout(TIMEOUT, s.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let first = message(&mut s).await;
     assert!(format!("{first:?}").contains("Default(\"default\")"));
 
     server.index.update(|st| {
         st.services.get_mut(&key("web")).unwrap().annotations =
             labels(&[("balancer.linkerd.io/failure-accrual", "consecutive")]);
     });
-    let next = tokio::time::timeout(TIMEOUT, s.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let next = message(&mut s).await;
     assert!(format!("{next:?}").contains("ConsecutiveFailures"));
 
     let by_ip = TrafficSpec {
@@ -170,8 +168,7 @@ async fn outbound_watch_by_authority_and_address() {
 
 #[tokio::test]
 async fn many_watchers_share_one_entry() {
-    let server = Server::start(Source::Manual, ClusterConfig::default()).await;
-    server.index.reset(state());
+    let server = serving_state().await;
     let mut client = server.inbound().await;
     let mut streams = Vec::new();
     for _ in 0..50 {
@@ -192,11 +189,7 @@ async fn many_watchers_share_one_entry() {
         );
     });
     for s in &mut streams {
-        let m = tokio::time::timeout(TIMEOUT, s.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let m = message(s).await;
         assert_eq!(m.labels["name"], "deny");
     }
     server.stop().await;

@@ -199,7 +199,7 @@ async fn reloads_and_keeps_the_last_good_state() {
         server.index.inbound(&key("web-0"), 8080).unwrap().labels["name"],
         "web-http"
     );
-    assert!(server.metrics.reload_errors() >= 1);
+    assert!(server.metrics.source().reload_errors() >= 1);
 
     let mut rx = server.index.watch_inbound(&key("vote-0"), 8080).unwrap();
     rx.borrow_and_update();

@@ -12,7 +12,6 @@ use linkerd_policy::{
     server,
 };
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
-use tokio::sync::watch;
 use tonic::transport::Channel;
 
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -108,16 +107,21 @@ pub fn obj_ref(group: &str, kind: &str, name: &str) -> ObjectRef {
 }
 
 #[allow(unused_imports)]
-pub use linkerd_control::test_support::TempDir;
+pub use linkerd_control::test_support::{Running, TempDir};
 
-/// A running policy service on loopback.
+/// A running policy service on loopback (its addresses through [`Running`]).
 pub struct Server {
-    pub addr: SocketAddr,
-    pub admin: SocketAddr,
     pub index: Arc<Index>,
     pub metrics: Arc<Metrics>,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    running: Running<linkerd_policy::Error>,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Running<linkerd_policy::Error>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.running
+    }
 }
 
 impl Server {
@@ -131,26 +135,12 @@ impl Server {
         })
         .await
         .unwrap();
-        let addr = bound.grpc_addr().unwrap();
-        let admin = bound.admin_addr().unwrap();
-        let index = bound.index().clone();
-        let metrics = bound.metrics().clone();
-        let (stop, mut rx) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            bound
-                .run(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
-                .unwrap();
-        });
+        let (index, metrics) = (bound.index.clone(), bound.metrics.clone());
+        let running = Running::spawn(bound);
         Self {
-            addr,
-            admin,
             index,
             metrics,
-            stop,
-            task,
+            running,
         }
     }
 
@@ -171,11 +161,7 @@ impl Server {
     }
 
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        tokio::time::timeout(TIMEOUT, self.task)
-            .await
-            .unwrap()
-            .unwrap();
+        self.running.stop(TIMEOUT).await.unwrap();
     }
 }
 
