@@ -8,9 +8,7 @@ use crate::resources::{
 use ipnet::IpNet;
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt,
     net::IpAddr,
-    str::FromStr,
     sync::Arc,
     time::Duration,
 };
@@ -85,18 +83,7 @@ pub struct State {
     pub grpc_routes: BTreeMap<Key, Res<GRPCRouteSpec>>,
 }
 
-/// The cluster default inbound policy (`--default-policy`, or a pod's/namespace's
-/// `config.linkerd.io/default-inbound-policy`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DefaultPolicy {
-    AllUnauthenticated,
-    AllAuthenticated,
-    ClusterUnauthenticated,
-    ClusterAuthenticated,
-    /// Allows everyone, as `all-unauthenticated` (Linkerd's proxy logs what it would deny).
-    Audit,
-    Deny,
-}
+pub use proto::policy::DefaultPolicy;
 
 /// Cluster-wide settings the index needs.
 #[derive(Clone, Debug)]
@@ -113,48 +100,6 @@ pub struct ClusterConfig {
     /// Identities are `<sa>.<ns>.serviceaccount.identity.<control_plane_ns>.<trust_domain>`.
     pub control_plane_ns: String,
     pub trust_domain: String,
-}
-
-// === impl DefaultPolicy ===
-
-impl DefaultPolicy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::AllUnauthenticated => "all-unauthenticated",
-            Self::AllAuthenticated => "all-authenticated",
-            Self::ClusterUnauthenticated => "cluster-unauthenticated",
-            Self::ClusterAuthenticated => "cluster-authenticated",
-            Self::Audit => "audit",
-            Self::Deny => "deny",
-        }
-    }
-}
-
-impl FromStr for DefaultPolicy {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "all-unauthenticated" => Self::AllUnauthenticated,
-            "all-authenticated" => Self::AllAuthenticated,
-            "cluster-unauthenticated" => Self::ClusterUnauthenticated,
-            "cluster-authenticated" => Self::ClusterAuthenticated,
-            "audit" => Self::Audit,
-            "deny" => Self::Deny,
-            _ => {
-                return Err(format!(
-                    "{s:?} is not a default policy (all-unauthenticated, all-authenticated, \
-                     cluster-unauthenticated, cluster-authenticated, audit, deny)"
-                ));
-            }
-        })
-    }
-}
-
-impl fmt::Display for DefaultPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 // === impl ClusterConfig ===
@@ -198,16 +143,10 @@ pub fn all_networks() -> Vec<IpNet> {
 
 /// Linkerd's default `clusterNetworks`.
 pub fn default_cluster_networks() -> Vec<IpNet> {
-    [
-        "10.0.0.0/8",
-        "100.64.0.0/10",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-        "fd00::/8",
-    ]
-    .iter()
-    .filter_map(|n| n.parse().ok())
-    .collect()
+    proto::policy::DEFAULT_CLUSTER_NETWORKS
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect()
 }
 
 /// A CIDR or a single address (`10.0.0.1` is `10.0.0.1/32`).

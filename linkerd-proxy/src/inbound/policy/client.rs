@@ -43,16 +43,10 @@ pub struct PolicyServiceConfig {
 
 /// The cluster networks Linkerd assumes when none are configured.
 pub fn default_cluster_networks() -> Vec<Net> {
-    [
-        "10.0.0.0/8",
-        "100.64.0.0/10",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-        "fd00::/8",
-    ]
-    .iter()
-    .filter_map(|n| n.parse().ok())
-    .collect()
+    proto::policy::DEFAULT_CLUSTER_NETWORKS
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect()
 }
 
 impl Default for InboundPolicyConfig {

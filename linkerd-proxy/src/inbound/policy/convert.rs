@@ -46,7 +46,7 @@ impl ServerPolicy {
         let authz = |networks: Vec<NetMatch>, authn| {
             vec![Authorization {
                 kind: "default".into(),
-                name: policy.name().into(),
+                name: policy.as_str().into(),
                 networks,
                 authn,
             }]
@@ -69,7 +69,7 @@ impl ServerPolicy {
         };
         ServerPolicy::build(
             "default".into(),
-            policy.name().into(),
+            policy.as_str().into(),
             ServerProtocol::Detect,
             authorizations,
             vec![route],

@@ -8,58 +8,13 @@ use crate::http::matching::{
 use crate::metrics::Tls;
 use std::{
     net::IpAddr,
-    str::FromStr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
 };
 
-/// The cluster default policies (`LINKERD2_PROXY_INBOUND_DEFAULT_POLICY`, Linkerd's
-/// `config.linkerd.io/default-inbound-policy`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DefaultPolicy {
-    AllUnauthenticated,
-    AllAuthenticated,
-    ClusterUnauthenticated,
-    ClusterAuthenticated,
-    Deny,
-    /// Allows everything (Linkerd records what would have been denied; we allow and count).
-    Audit,
-}
-
-impl FromStr for DefaultPolicy {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s.trim() {
-            "all-unauthenticated" => Self::AllUnauthenticated,
-            "all-authenticated" => Self::AllAuthenticated,
-            "cluster-unauthenticated" => Self::ClusterUnauthenticated,
-            "cluster-authenticated" => Self::ClusterAuthenticated,
-            "deny" => Self::Deny,
-            "audit" => Self::Audit,
-            _ => {
-                return Err("expected all-unauthenticated, all-authenticated, \
-                            cluster-unauthenticated, cluster-authenticated, deny or audit"
-                    .into());
-            }
-        })
-    }
-}
-
-impl DefaultPolicy {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::AllUnauthenticated => "all-unauthenticated",
-            Self::AllAuthenticated => "all-authenticated",
-            Self::ClusterUnauthenticated => "cluster-unauthenticated",
-            Self::ClusterAuthenticated => "cluster-authenticated",
-            Self::Deny => "deny",
-            Self::Audit => "audit",
-        }
-    }
-}
+pub use proto::policy::DefaultPolicy;
 
 pub use crate::transport::Net;
 
