@@ -57,9 +57,5 @@ pub async fn stat(args: StatArgs) -> anyhow::Result<ExitCode> {
         }
         out::print(&table::render(&workloads, namespace))?;
     }
-    Ok(if reachable {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(crate::out::status(reachable))
 }
