@@ -345,15 +345,7 @@ async fn run_entry(
     if let Some((r, _)) = round_of {
         fields.push(("round", json!(r)));
     }
-    fields.extend([
-        ("rps", json!(round(m.rps, 1))),
-        ("p50_us", json!(m.p50)),
-        ("p99_us", json!(m.p99)),
-        ("p999_us", json!(m.p999)),
-        ("max_us", json!(m.max)),
-        ("requests", json!(m.requests)),
-        ("errors", json!(m.errors)),
-    ]);
+    fields.extend(m.figures());
     let vs_mesh = match entry.via {
         Via::MeshPolicy(_) => baselines.mesh.as_ref(),
         _ => None,
