@@ -82,7 +82,7 @@ pub enum State {
 }
 
 /// One workload (one sidecar) over the window.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Workload {
     pub name: String,
     /// The fully-qualified service it serves (`null` with `--admin`).

@@ -36,8 +36,7 @@ pub async fn stat(args: StatArgs) -> anyhow::Result<ExitCode> {
                 state: Some(State::Unreachable),
                 error: Some(e.clone()),
                 ..p.info.clone()
-            }
-            .without_metrics(),
+            },
         });
     }
     let reachable = workloads
