@@ -4,6 +4,9 @@
 //! `Get` streams [`UPDATES`] updates, the i-th an `Add` with one address of weight `i` and the
 //! requested path as a metric label, then ends with status OK. `GetProfile` fails with
 //! `NOT_FOUND` and the message `x`.
+//!
+//! Every fake Destination service of these tests ([`FakeDestination`], `mesh::ClientIdEcho`,
+//! `discovery::Discovery`'s) says what it answers through [`Answers`]; [`Fake`] serves it.
 
 use crate::watched::Streamed;
 use linkerd2_proxy_api::destination::{

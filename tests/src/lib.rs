@@ -15,7 +15,6 @@
 //! - [`registry`]: our real policy service, in-process, serving a registry file.
 //! - [`mesh`]: mTLS support: a CA made at test time, the identity service in-process, meshed
 //!   proxies, raw TLS clients and a fake meshed peer, steady traffic.
-//!
 //! - [`accept_each`] and [`serve_http`]: what the test servers share, the accept loop and HTTP
 //!   on one connection.
 //!
