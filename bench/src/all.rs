@@ -24,29 +24,61 @@ use crate::{
     tools,
 };
 
-#[derive(Clone, Debug)]
+/// `bench all`'s options, from its command line.
+#[derive(Clone, Debug, clap::Args)]
 pub struct AllOpts {
+    /// Seconds per scenario.
+    #[arg(long = "duration", value_name = "DURATION", default_value_t = 10.0)]
+    pub duration_secs: f64,
+    // `duration_secs`, checked to be positive (by `main`).
+    #[arg(skip)]
     pub duration: Duration,
+    /// The proxy binary [default: linkerd-proxy next to this binary].
+    #[arg(long)]
     pub proxy_bin: Option<PathBuf>,
+    /// The mesh binary, for the identity service and `certify` [default: mesh next to this
+    /// binary].
+    #[arg(long)]
     pub mesh_bin: Option<PathBuf>,
+    /// LINKERD2_PROXY_CORES for every proxy.
+    #[arg(long, default_value_t = 1)]
     pub proxy_cores: usize,
+    /// Runtime worker threads of the upstream server.
+    #[arg(long, default_value_t = 1)]
     pub server_threads: usize,
+    /// Response body size in bytes.
+    #[arg(long, default_value_t = 64)]
     pub body_size: usize,
-    /// Closed loop: connections for wrk and h2load.
+    /// Connections for the saturation runs (wrk -c, h2load -c).
+    #[arg(long, default_value_t = 10)]
     pub connections: usize,
-    /// Closed loop: concurrent streams per HTTP/2 connection (h2load `-m`).
+    /// Concurrent streams per connection for the HTTP/2 saturation run (h2load -m).
+    #[arg(long, default_value_t = 10)]
     pub h2_streams: usize,
-    /// Open loop: connections of the rate-limited generator.
+    /// Connections of the open-loop generator.
+    #[arg(long, default_value_t = 16)]
     pub load_connections: usize,
+    /// Request rates for the open-loop runs.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
     pub rates: Vec<u64>,
-    /// Certify requests in flight (`mesh identity bench --concurrency`).
+    /// Certify requests in flight for `certify` (`mesh identity bench --concurrency`).
+    #[arg(long, default_value_t = 4)]
     pub certify_concurrency: usize,
-    /// Run only scenarios whose name starts with one of these.
+    /// Only scenarios whose name starts with one of these, e.g. `http1_rate,certify`. A
+    /// `_proxy` or `_mesh` scenario always brings its `_direct` baseline along.
+    #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
-    /// Rounds of each scenario's paths (direct, proxy, mesh, policy cases, then again); with
-    /// more than one, every row carries its `round` and a `median` row follows each path.
+    /// Run each scenario's paths this many times in turn (direct, proxy, mesh, the policy
+    /// cases, then again) and add a `median` row per path.
+    // With more than one, every row also carries its `round`.
+    #[arg(long, default_value_t = 1)]
     pub repeats: usize,
+    /// Where to write the proxy's stderr [default: a temporary file]. The mesh's logs
+    /// (`identity.log`, `mesh-client-proxy.log`, `mesh-server-proxy.log`) go next to it.
+    #[arg(long)]
     pub proxy_log: Option<PathBuf>,
+    /// Append the pid of every child process to this file (for cleanup by `bench/run`).
+    #[arg(long)]
     pub pid_file: Option<PathBuf>,
 }
 
@@ -345,15 +377,7 @@ async fn run_entry(
     if let Some((r, _)) = round_of {
         fields.push(("round", json!(r)));
     }
-    fields.extend([
-        ("rps", json!(round(m.rps, 1))),
-        ("p50_us", json!(m.p50)),
-        ("p99_us", json!(m.p99)),
-        ("p999_us", json!(m.p999)),
-        ("max_us", json!(m.max)),
-        ("requests", json!(m.requests)),
-        ("errors", json!(m.errors)),
-    ]);
+    fields.extend(m.figures());
     let vs_mesh = match entry.via {
         Via::MeshPolicy(_) => baselines.mesh.as_ref(),
         _ => None,

@@ -25,7 +25,7 @@ mod server;
 mod stats;
 mod tools;
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -46,57 +46,7 @@ struct Cli {
 enum Cmd {
     /// Run every scenario, direct, through the proxy and through the mesh, and the Certify
     /// benchmark; one JSON object per line.
-    All {
-        /// Seconds per scenario.
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
-        /// The proxy binary [default: linkerd-proxy next to this binary].
-        #[arg(long)]
-        proxy_bin: Option<PathBuf>,
-        /// The mesh binary, for the identity service and `certify` [default: mesh next to this
-        /// binary].
-        #[arg(long)]
-        mesh_bin: Option<PathBuf>,
-        /// LINKERD2_PROXY_CORES for every proxy.
-        #[arg(long, default_value_t = 1)]
-        proxy_cores: usize,
-        /// Runtime worker threads of the upstream server.
-        #[arg(long, default_value_t = 1)]
-        server_threads: usize,
-        /// Response body size in bytes.
-        #[arg(long, default_value_t = 64)]
-        body_size: usize,
-        /// Connections for the saturation runs (wrk -c, h2load -c).
-        #[arg(long, default_value_t = 10)]
-        connections: usize,
-        /// Concurrent streams per connection for the HTTP/2 saturation run (h2load -m).
-        #[arg(long, default_value_t = 10)]
-        h2_streams: usize,
-        /// Connections of the open-loop generator.
-        #[arg(long, default_value_t = 16)]
-        load_connections: usize,
-        /// Request rates for the open-loop runs.
-        #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
-        rates: Vec<u64>,
-        /// Certify requests in flight for `certify` (`mesh identity bench --concurrency`).
-        #[arg(long, default_value_t = 4)]
-        certify_concurrency: usize,
-        /// Only scenarios whose name starts with one of these, e.g. `http1_rate,certify`. A
-        /// `_proxy` or `_mesh` scenario always brings its `_direct` baseline along.
-        #[arg(long, value_delimiter = ',')]
-        only: Vec<String>,
-        /// Run each scenario's paths this many times in turn (direct, proxy, mesh, the policy
-        /// cases, then again) and add a `median` row per path.
-        #[arg(long, default_value_t = 1)]
-        repeats: usize,
-        /// Where to write the proxy's stderr [default: a temporary file]. The mesh's logs
-        /// (`identity.log`, `mesh-client-proxy.log`, `mesh-server-proxy.log`) go next to it.
-        #[arg(long)]
-        proxy_log: Option<PathBuf>,
-        /// Append the pid of every child process to this file (for cleanup by `bench/run`).
-        #[arg(long)]
-        pid_file: Option<PathBuf>,
-    },
+    All(all::AllOpts),
     /// The upstream server: 200 with a fixed body; HTTP/1.1 and HTTP/2 prior knowledge.
     Server {
         #[arg(long)]
@@ -159,40 +109,8 @@ fn current_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::All {
-            duration,
-            proxy_bin,
-            mesh_bin,
-            proxy_cores,
-            server_threads,
-            body_size,
-            connections,
-            h2_streams,
-            load_connections,
-            rates,
-            certify_concurrency,
-            only,
-            repeats,
-            proxy_log,
-            pid_file,
-        } => {
-            let opts = all::AllOpts {
-                duration: seconds(duration, "duration")?,
-                proxy_bin,
-                mesh_bin,
-                proxy_cores,
-                server_threads,
-                body_size,
-                connections,
-                h2_streams,
-                load_connections,
-                rates,
-                certify_concurrency,
-                only,
-                repeats,
-                proxy_log,
-                pid_file,
-            };
+        Cmd::All(mut opts) => {
+            opts.duration = seconds(opts.duration_secs, "duration")?;
             current_thread_runtime()?.block_on(all::run(opts))
         }
         Cmd::Server {

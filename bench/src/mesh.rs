@@ -96,7 +96,6 @@ pub async fn start(o: &Ctx<'_>, ports: &[u16]) -> anyhow::Result<Mesh> {
     let lo = |p: &u16| SocketAddr::from(([127, 0, 0, 1], *p));
     let dir = o.scratch.join("identity");
     init_trust(o.mesh_bin, &dir).await?;
-    let key = dir.join("token.key");
 
     let identity_log = o.log_dir.join("identity.log");
     let log_file = std::fs::File::create(&identity_log)
@@ -104,25 +103,13 @@ pub async fn start(o: &Ctx<'_>, ports: &[u16]) -> anyhow::Result<Mesh> {
     let identity_admin = lo(id_admin);
     let mut identity = Guarded::spawn(
         "identity service",
-        Command::new(o.mesh_bin)
-            .args(["identity", "serve"])
-            .arg("--addr")
-            .arg(lo(id_addr).to_string())
-            .arg("--admin-addr")
-            .arg(identity_admin.to_string())
-            .arg("--trust-anchors")
-            .arg(dir.join("ca.crt"))
-            .arg("--issuer-cert")
-            .arg(dir.join("issuer.crt"))
-            .arg("--issuer-key")
-            .arg(dir.join("issuer.key"))
-            .arg("--token-key")
-            .arg(&key)
-            .arg("--log-level")
-            .arg("warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file),
+        identity_serve(
+            &mut Command::new(o.mesh_bin),
+            &dir,
+            lo(id_addr),
+            identity_admin,
+        )
+        .stderr(log_file),
         o.launch.pid_file,
     )?;
     crate::client::wait_until("the identity service to be ready", &mut identity, || {
@@ -204,6 +191,32 @@ pub async fn init_trust(mesh_bin: &Path, dir: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// `cmd` (the mesh binary) as the identity service with the trust material [`init_trust`] wrote
+/// in `dir`: `identity serve` on `addr`, its admin server on `admin`, logging warnings, with
+/// no standard input or output.
+pub fn identity_serve<'c>(
+    cmd: &'c mut Command,
+    dir: &Path,
+    addr: SocketAddr,
+    admin: SocketAddr,
+) -> &'c mut Command {
+    cmd.args(["identity", "serve", "--addr"])
+        .arg(addr.to_string())
+        .arg("--admin-addr")
+        .arg(admin.to_string())
+        .arg("--trust-anchors")
+        .arg(dir.join("ca.crt"))
+        .arg("--issuer-cert")
+        .arg(dir.join("issuer.crt"))
+        .arg("--issuer-key")
+        .arg(dir.join("issuer.key"))
+        .arg("--token-key")
+        .arg(dir.join("token.key"))
+        .args(["--log-level", "warn"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
 }
 
 /// The environment that has a proxy certified as `id` with the token `<dir>/<token>.token`.

@@ -477,22 +477,8 @@ async fn start_identity(
     let log = b.log_dir.join("prod-identity.log");
     let log_file = std::fs::File::create(&log)?;
     let mut cmd = netns::exec_in(pod_ns, b.mesh);
-    cmd.args(["identity", "serve", "--addr"])
-        .arg(SocketAddr::from((Ipv4Addr::UNSPECIFIED, APP_PORT)).to_string())
-        .arg("--admin-addr")
-        .arg(IDENTITY_ADMIN.to_string())
-        .arg("--trust-anchors")
-        .arg(dir.join("ca.crt"))
-        .arg("--issuer-cert")
-        .arg(dir.join("issuer.crt"))
-        .arg("--issuer-key")
-        .arg(dir.join("issuer.key"))
-        .arg("--token-key")
-        .arg(dir.join("token.key"))
-        .args(["--log-level", "warn"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log_file);
+    let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, APP_PORT));
+    mesh::identity_serve(&mut cmd, dir, any, IDENTITY_ADMIN).stderr(log_file);
     let mut id = Guarded::spawn("identity service", &mut cmd, b.pid_file)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let admin = IDENTITY_ADMIN.to_string();

@@ -9,6 +9,7 @@ use crate::{
     counters::Counters,
     pair::Pair,
     path::{ProxyUse, Via},
+    tools::Saturation,
 };
 
 /// One scenario's load-generator result.
@@ -22,6 +23,36 @@ pub struct Measured {
     pub requests: u64,
     pub errors: u64,
     pub extra: Vec<(&'static str, Value)>,
+}
+
+impl Measured {
+    /// What a closed-loop run (`wrk`, `h2load`) measured, with `extra` fields for its row.
+    pub fn saturation(s: &Saturation, extra: Vec<(&'static str, Value)>) -> Self {
+        Self {
+            rps: s.rps,
+            p50: s.latency.p50,
+            p99: s.latency.p99,
+            p999: s.latency.p999,
+            max: s.latency.max,
+            requests: s.requests,
+            errors: s.errors,
+            extra,
+        }
+    }
+
+    /// The figures every row reports, in order: `rps` (to a tenth), the latency percentiles
+    /// and maximum (µs), `requests` and `errors`.
+    pub fn figures(&self) -> [(&'static str, Value); 7] {
+        [
+            ("rps", json!(round(self.rps, 1))),
+            ("p50_us", json!(self.p50)),
+            ("p99_us", json!(self.p99)),
+            ("p999_us", json!(self.p999)),
+            ("max_us", json!(self.max)),
+            ("requests", json!(self.requests)),
+            ("errors", json!(self.errors)),
+        ]
+    }
 }
 
 /// An ordered JSON object: `serde_json::Map` would sort the keys, and `scenario` reads best

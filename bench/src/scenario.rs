@@ -179,20 +179,14 @@ pub async fn measure(
                     opts.connections * opts.h2_streams,
                 ),
             };
-            Ok(Measured {
-                rps: s.rps,
-                p50: s.latency.p50,
-                p99: s.latency.p99,
-                p999: s.latency.p999,
-                max: s.latency.max,
-                requests: s.requests,
-                errors: s.errors,
-                extra: vec![
+            Ok(Measured::saturation(
+                &s,
+                vec![
                     ("load", json!(tool)),
                     ("connections", json!(opts.connections)),
                     ("concurrency", json!(conc)),
                 ],
-            })
+            ))
         }
         Load::Rate(rate) => {
             let r = load::run(&LoadOpts {
@@ -231,15 +225,24 @@ pub async fn measure(
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
 
-    fn names(only: &[&str]) -> Vec<String> {
+    /// The scenario names `table` selects at 1,000 and 5,000 req/s for `only`: `names` lists a
+    /// row's (the prod table's tests use it too).
+    pub fn selected_names<T>(
+        table: impl Fn(&[u64], &[String]) -> Vec<T>,
+        only: &[&str],
+        names: impl Fn(&T) -> Vec<String>,
+    ) -> Vec<String> {
         let only: Vec<String> = only.iter().map(|s| s.to_string()).collect();
-        table(&[1000, 5000], &only)
-            .iter()
-            .flat_map(|g| g.entries.iter().map(|e| e.name.clone()))
-            .collect()
+        table(&[1000, 5000], &only).iter().flat_map(names).collect()
+    }
+
+    fn names(only: &[&str]) -> Vec<String> {
+        selected_names(table, only, |g| {
+            g.entries.iter().map(|e| e.name.clone()).collect()
+        })
     }
 
     #[test]

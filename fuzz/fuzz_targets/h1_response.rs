@@ -73,105 +73,104 @@ where
     }
 }
 
+/// What the exchanges share: the pool, the connections' stats, the server's address, and the
+/// fuzz input (what a reconnected server writes).
+struct Client<'a> {
+    pool: Arc<Pool>,
+    stats: Arc<TcpStats>,
+    addr: SocketAddr,
+    response: &'a [u8],
+}
+
+impl Client<'_> {
+    /// A connection whose server writes `bytes`, then ends as `close`.
+    fn connect(&self, bytes: &[u8], close: Close) -> Conn {
+        connect(bytes, close, &self.stats, self.addr)
+    }
+
+    /// Sends `req` on `conn` (`reused`: as a pooled connection) and reads the response; a
+    /// reconnection's server writes the input, then ends as `then`. Panics with `hung` if the
+    /// exchange does not end; returns how many times `reconnect` was called.
+    async fn exchange<B>(
+        &self,
+        conn: Conn,
+        reused: bool,
+        req: Request<B>,
+        then: Close,
+        hung: &str,
+    ) -> u32
+    where
+        B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let reconnected = Cell::new(0u32);
+        let exchange = async {
+            let rsp = h1::send(&self.pool, conn, reused, req, || {
+                reconnected.set(reconnected.get() + 1);
+                std::future::ready(Ok::<_, h1::Error>(self.connect(self.response, then)))
+            })
+            .await;
+            read_response(rsp).await;
+        };
+        tokio::time::timeout(HANG, exchange).await.expect(hung);
+        reconnected.get()
+    }
+}
+
 fuzz_target!(|response: &[u8]| {
-    let addr = SocketAddr::from(([10, 0, 0, 1], 8080));
     common::runtime().block_on(async {
-        let pool = Arc::new(Pool::new(4));
-        let stats = Arc::new(TcpStats::default());
+        let client = Client {
+            pool: Arc::new(Pool::new(4)),
+            stats: Arc::new(TcpStats::default()),
+            addr: SocketAddr::from(([10, 0, 0, 1], 8080)),
+            response,
+        };
 
         // A GET on a new connection: `reconnect` must not be called.
-        let reconnected = Cell::new(0u32);
         let get = Request::get("/index.html?q=1")
             .header("host", "web.emojivoto.svc.cluster.local")
             .header("accept", "*/*")
             .body(Empty::<Bytes>::new())
             .expect("a valid request");
-        let conn = connect(response, Close::Half, &stats, addr);
-        let exchange = async {
-            let rsp = h1::send(&pool, conn, false, get, || {
-                reconnected.set(reconnected.get() + 1);
-                std::future::ready(Ok::<_, h1::Error>(connect(
-                    response,
-                    Close::Half,
-                    &stats,
-                    addr,
-                )))
-            })
+        let conn = client.connect(response, Close::Half);
+        let reconnected = client
+            .exchange(conn, false, get, Close::Half, "the GET hung")
             .await;
-            read_response(rsp).await;
-        };
-        tokio::time::timeout(HANG, exchange)
-            .await
-            .expect("the GET hung");
         assert_eq!(
-            reconnected.get(),
-            0,
+            reconnected, 0,
             "reconnected a connection that was not reused"
         );
 
         // A GET on a "pooled" connection the server had closed: sent again, once, on the
         // connection `reconnect` gives, whose server answers with the input.
-        let reconnected = Cell::new(0u32);
         let get = Request::get("/api/list")
             .header("host", "web.emojivoto.svc.cluster.local")
             .body(Empty::<Bytes>::new())
             .expect("a valid request");
-        let conn = connect(b"", Close::Full, &stats, addr);
-        let exchange = async {
-            let rsp = h1::send(&pool, conn, true, get, || {
-                reconnected.set(reconnected.get() + 1);
-                std::future::ready(Ok::<_, h1::Error>(connect(
-                    response,
-                    Close::Half,
-                    &stats,
-                    addr,
-                )))
-            })
+        let conn = client.connect(b"", Close::Full);
+        let reconnected = client
+            .exchange(conn, true, get, Close::Half, "the retried GET hung")
             .await;
-            read_response(rsp).await;
-        };
-        tokio::time::timeout(HANG, exchange)
-            .await
-            .expect("the retried GET hung");
-        assert_eq!(
-            reconnected.get(),
-            1,
-            "a stale pooled connection is retried once"
-        );
+        assert_eq!(reconnected, 1, "a stale pooled connection is retried once");
 
         // A POST with a body, on a new connection the server drops after its bytes.
-        let reconnected = Cell::new(0u32);
         let post = Request::post("/api/vote")
             .header("host", "web.emojivoto.svc.cluster.local")
             .header("content-type", "application/x-www-form-urlencoded")
             .body(Full::new(Bytes::from_static(b"choice=:doughnut:")))
             .expect("a valid request");
-        let conn = connect(response, Close::Full, &stats, addr);
-        let exchange = async {
-            let rsp = h1::send(&pool, conn, false, post, || {
-                reconnected.set(reconnected.get() + 1);
-                std::future::ready(Ok::<_, h1::Error>(connect(
-                    response,
-                    Close::Full,
-                    &stats,
-                    addr,
-                )))
-            })
+        let conn = client.connect(response, Close::Full);
+        let reconnected = client
+            .exchange(conn, false, post, Close::Full, "the POST hung")
             .await;
-            read_response(rsp).await;
-        };
-        tokio::time::timeout(HANG, exchange)
-            .await
-            .expect("the POST hung");
         assert_eq!(
-            reconnected.get(),
-            0,
+            reconnected, 0,
             "reconnected a connection that was not reused"
         );
 
         // Whatever went back to the pool can be checked out (or is found closed) without
         // trouble.
-        while let Some(conn) = pool.checkout(&(addr, None)) {
+        while let Some(conn) = client.pool.checkout(&(client.addr, None)) {
             drop(conn);
         }
     });

@@ -58,6 +58,31 @@ pub struct State {
     pub trace_collector: Option<String>,
 }
 
+#[cfg(test)]
+impl State {
+    /// For tests: a demo mesh `name` started by `pid`, its directory `dir`, with `workloads`;
+    /// its control plane's admin servers on `127.0.0.9`.
+    pub fn for_tests(name: &str, pid: u32, dir: PathBuf, workloads: Vec<StateWorkload>) -> Self {
+        let admin = |port: u16| SocketAddr::from(([127, 0, 0, 9], port));
+        Self {
+            name: name.into(),
+            pid,
+            started: 0,
+            file: "built-in demo".into(),
+            dir,
+            keep_logs: false,
+            namespace: "demo".into(),
+            identity_admin: admin(9990),
+            destination_admin: admin(9996),
+            policy_admin: admin(9997),
+            trust_anchor_file: "/nonexistent".into(),
+            workloads,
+            dashboard: None,
+            trace_collector: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StateWorkload {
     pub name: String,
@@ -477,22 +502,7 @@ mod tests {
     #[test]
     fn stale_state_is_removed_and_live_state_is_found() {
         let dir = temp("stale");
-        let state = |name: &str| State {
-            name: name.into(),
-            pid: std::process::id(),
-            started: 0,
-            file: "built-in demo".into(),
-            dir: dir.join(name),
-            keep_logs: false,
-            namespace: "demo".into(),
-            identity_admin: "127.0.0.9:9990".parse().unwrap(),
-            destination_admin: "127.0.0.9:9996".parse().unwrap(),
-            policy_admin: "127.0.0.9:9997".parse().unwrap(),
-            trust_anchor_file: "/nonexistent".into(),
-            workloads: vec![],
-            dashboard: None,
-            trace_collector: None,
-        };
+        let state = |name: &str| State::for_tests(name, std::process::id(), dir.join(name), vec![]);
         let (_, _live) = claim_name(&dir, "live", false).unwrap();
         write_state(&paths(&dir, "live").state, &state("live")).unwrap();
         // A mesh that was killed: its state file, and a lock nobody holds.

@@ -9,6 +9,15 @@
 
 use std::io;
 
+/// A command's exit status: success if `ok`, else failure.
+pub fn status(ok: bool) -> std::process::ExitCode {
+    if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
 /// Writes `text` to stdout in one go and flushes it.
 pub use linkerd_control::print;
 

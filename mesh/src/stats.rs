@@ -2,7 +2,7 @@
 //! and the rolling window `mesh up` keeps so that rates do not flicker.
 
 use crate::metrics::{Scrape, Snapshot, TcpSnapshot, histogram_quantile};
-use crate::schema::{Route, Sidecar, State, Tcp, TcpTraffic, Traffic, Workload};
+use crate::schema::{Route, Sidecar, Tcp, TcpTraffic, Traffic, Workload};
 use std::{
     collections::VecDeque,
     time::{Duration, Instant},
@@ -76,40 +76,9 @@ fn tcp(before: Option<&TcpSnapshot>, after: Option<&TcpSnapshot>, secs: f64) -> 
     }
 }
 
-/// What is known of a workload besides its metrics.
-#[derive(Clone, Debug, Default)]
-pub struct Info {
-    pub name: String,
-    pub service: Option<String>,
-    pub identity: Option<String>,
-    pub ingress: bool,
-    pub state: Option<State>,
-    pub restarts: u32,
-    pub error: Option<String>,
-    pub pss_bytes: Option<u64>,
-}
-
-impl Info {
-    /// A workload whose numbers could not be computed (unreachable, failed), with no traffic.
-    pub fn without_metrics(self) -> Workload {
-        Workload {
-            name: self.name,
-            service: self.service,
-            identity: self.identity,
-            ingress: self.ingress,
-            state: self.state,
-            restarts: self.restarts,
-            error: self.error,
-            inbound: Traffic::default(),
-            outbound: Vec::new(),
-            tcp: TcpTraffic::default(),
-            sidecar: Sidecar {
-                rss_bytes: None,
-                pss_bytes: self.pss_bytes,
-            },
-        }
-    }
-}
+/// What is known of a workload besides its metrics: a [`Workload`] with no traffic and no
+/// sidecar RSS (but its PSS, where `mesh up` read it). [`workload`] adds the numbers.
+pub type Info = Workload;
 
 /// A workload between two scrapes of its sidecar, `secs` apart.
 pub fn workload(info: Info, before: &Scrape, after: &Scrape, secs: f64) -> Workload {
@@ -146,20 +115,14 @@ pub fn workload(info: Info, before: &Scrape, after: &Scrape, secs: f64) -> Workl
         outbound: tcp(before.tcp.get("outbound"), after.tcp.get("outbound"), secs),
     };
     Workload {
-        name: info.name,
-        service: info.service,
-        identity: info.identity,
-        ingress: info.ingress,
-        state: info.state,
-        restarts: info.restarts,
-        error: info.error,
         inbound,
         outbound,
         tcp,
         sidecar: Sidecar {
             rss_bytes: after.rss_bytes.map(count),
-            pss_bytes: info.pss_bytes,
+            pss_bytes: info.sidecar.pss_bytes,
         },
+        ..info
     }
 }
 

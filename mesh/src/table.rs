@@ -1,7 +1,7 @@
 //! The tables `mesh stat` and `mesh up` print: HTTP per workload and route, then TCP and the
 //! sidecar per workload, each line at most 79 columns so an 80-column terminal never wraps.
 
-use crate::schema::{State, Tcp, Workload};
+use crate::schema::{State, Tcp, Traffic, Workload};
 use std::fmt::Write as _;
 
 /// The widest line.
@@ -42,12 +42,10 @@ fn http_table(out: &mut String, workloads: &[Workload], namespace: Option<&str>)
             line(out, &format!("{name:<11} {text}"));
             continue;
         }
-        let t = &w.inbound;
-        line(
-            out,
-            &format!(
-                "{name:<11} {:<17} {:>6} {:>7} {:>6} {:>6} {:>4} {:>4} {:>4} {:>5}",
-                "inbound",
+        // RPS to 5XX: the same columns inbound and on each route.
+        let figures = |t: &Traffic| {
+            format!(
+                "{:>6} {:>7} {:>6} {:>6} {:>4} {:>4} {:>4}",
                 rate(t.rps),
                 pct1(t.success_rate),
                 ms(t.p50_ms),
@@ -55,25 +53,22 @@ fn http_table(out: &mut String, workloads: &[Workload], namespace: Option<&str>)
                 pct0(t.mtls_rate),
                 num(t.denied),
                 num(t.failed),
-                "-",
-            ),
+            )
+        };
+        let inbound = figures(&w.inbound);
+        line(
+            out,
+            &format!("{name:<11} {:<17} {inbound} {:>5}", "inbound", "-"),
         );
         for r in &w.outbound {
-            let t = &r.traffic;
             let route = format!("-> {}", short_authority(&r.authority, namespace));
             line(
                 out,
                 &format!(
-                    "{:<11} {:<17} {:>6} {:>7} {:>6} {:>6} {:>4} {:>4} {:>4} {:>5}",
+                    "{:<11} {:<17} {} {:>5}",
                     "",
                     fit(&route, 17),
-                    rate(t.rps),
-                    pct1(t.success_rate),
-                    ms(t.p50_ms),
-                    ms(t.p99_ms),
-                    pct0(t.mtls_rate),
-                    num(t.denied),
-                    num(t.failed),
+                    figures(&r.traffic),
                     num(r.retries),
                 ),
             );

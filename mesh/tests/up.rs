@@ -11,10 +11,90 @@ mod support;
 
 use std::{
     io::{BufRead, BufReader},
-    process::Stdio,
+    path::Path,
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 use support::*;
+
+/// `mesh up <args> --proxy-bin builtin -f <file>`.
+fn up(rt: &Runtime, args: &[&str], file: &Path) -> Command {
+    let mut c = rt.mesh();
+    c.arg("up")
+        .args(args)
+        .args(["--proxy-bin", "builtin", "-f"])
+        .arg(file);
+    c
+}
+
+/// [`up`] with `--seconds <seconds> --json`, started with its output piped.
+fn spawn_up(rt: &Runtime, seconds: &str, file: &Path) -> Child {
+    up(rt, &["--seconds", seconds, "--json"], file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mesh up")
+}
+
+/// `mesh down <args>`, which must succeed; then the summary `mesh up` printed as it ended.
+fn down(rt: &Runtime, args: &[&str], up: Child) -> serde_json::Value {
+    let down = rt.mesh().arg("down").args(args).output().unwrap();
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    json(&up.wait_with_output().unwrap())
+}
+
+/// Runs `cmd`, which must fail; its standard error.
+fn fails(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Waits until `workload` of mesh `mesh` is `ready` (or not); panics with `what` after `within`.
+fn wait_until_ready(
+    rt: &Runtime,
+    (mesh, workload): (&str, &str),
+    ready: bool,
+    within: Duration,
+    what: &str,
+) {
+    let deadline = Instant::now() + within;
+    while !rt
+        .workload_state(mesh, workload)
+        .is_some_and(|w| w["ready"] == ready)
+    {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A mesh file for namespace `shop`: `workloads` (entries made by [`demo_app`] and the like),
+/// then `rest` (more sections).
+fn shop(workloads: &[String], rest: &str) -> String {
+    format!("namespace: shop\nworkloads:\n{}{rest}", workloads.concat())
+}
+
+/// A workload entry running the demo app `name` on `port`; `ingress`: called from outside
+/// the mesh; `calls`: the path of the `api` service it calls (through its sidecar) for every
+/// request it serves.
+fn demo_app(name: &str, port: u16, ingress: bool, calls: Option<&str>) -> String {
+    let ingress = if ingress { "    ingress: true\n" } else { "" };
+    let call = calls.map_or(String::new(), |path| {
+        format!(r#" --via "$MESH_PROXY" --call "http://$MESH_SVC_API{path}""#)
+    });
+    format!(
+        "  - name: {name}\n    port: {port}\n{ingress}    command: '\"$MESH\" demo-app --name {name} --listen \"$MESH_IP:$PORT\"{call}'\n"
+    )
+}
+
+/// The `load` section: `rps` requests a second to `web`.
+fn load(rps: u32) -> String {
+    format!("load:\n  service: web\n  rps: {rps}\n")
+}
 
 #[test]
 fn mesh_up_demo_serves_traffic_through_every_sidecar() {
@@ -250,13 +330,8 @@ fn two_meshes_run_side_by_side_and_one_stops_alone() {
         .collect();
     assert_eq!(names, ["demo", "demo-2"], "{list}");
     // Without --mesh, the viewing commands refuse to guess.
-    let out = rt
-        .mesh()
-        .args(["stat", "--window", "0.1"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("choose one with --mesh"));
+    let stderr = fails(rt.mesh().args(["stat", "--window", "0.1"]));
+    assert!(stderr.contains("choose one with --mesh"));
     for name in ["demo", "demo-2"] {
         let stat = json(
             &rt.mesh()
@@ -272,14 +347,7 @@ fn two_meshes_run_side_by_side_and_one_stops_alone() {
         assert_eq!(front["inbound"]["success_rate"], 1.0, "{name}: {stat}");
     }
     // Stop the first one; the second keeps serving, all requests succeeding.
-    let down = rt.mesh().args(["down", "demo"]).output().unwrap();
-    assert!(
-        down.status.success(),
-        "{}",
-        String::from_utf8_lossy(&down.stderr)
-    );
-    let a = a.wait_with_output().unwrap();
-    let summary_a = json(&a);
+    let summary_a = down(&rt, &["demo"], a);
     assert_eq!(summary_a["mesh"], "demo");
     assert_eq!(summary_a["ok"], true, "{summary_a}");
     let after = json(
@@ -297,14 +365,7 @@ fn two_meshes_run_side_by_side_and_one_stops_alone() {
         "{after}"
     );
     assert_eq!(front["inbound"]["success_rate"], 1.0, "{after}");
-    let down = rt.mesh().args(["down"]).output().unwrap();
-    assert!(
-        down.status.success(),
-        "{}",
-        String::from_utf8_lossy(&down.stderr)
-    );
-    let b = b.wait_with_output().unwrap();
-    let summary_b = json(&b);
+    let summary_b = down(&rt, &[], b);
     assert_eq!(summary_b["mesh"], "demo-2");
     assert_eq!(summary_b["ok"], true, "{summary_b}");
     assert_eq!(summary_b["load"]["failed"], 0, "{summary_b}");
@@ -329,10 +390,7 @@ workloads:
 "#,
     );
     for signal in ["KILL", "HUP"] {
-        let mut child = rt
-            .mesh()
-            .args(["up", "--json", "--proxy-bin", "builtin", "-f"])
-            .arg(&file)
+        let mut child = up(&rt, &["--json"], &file)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -385,27 +443,16 @@ fn a_dead_or_unhealthy_replica_leaves_discovery_and_comes_back() {
     };
     let file = rt.write(
         "replicas.yaml",
-        &format!(
-            r#"namespace: shop
-workloads:
-  - name: web
-    port: 8000
-    ingress: true
-    command: '"$MESH" demo-app --name web --listen "$MESH_IP:$PORT" --via "$MESH_PROXY" --call "http://$MESH_SVC_API/"'
-{}{}"#,
-            replica("api-a"),
-            replica("api-b")
+        &shop(
+            &[
+                demo_app("web", 8000, true, Some("/")),
+                replica("api-a"),
+                replica("api-b"),
+            ],
+            "",
         ),
     );
-    let child = rt
-        .mesh()
-        .args(["up", "--seconds", "120", "--json", "--proxy-bin", "builtin"])
-        .arg("-f")
-        .arg(&file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_up(&rt, "120", &file);
     let state = rt.wait_for_state("replicas", Duration::from_secs(60));
     let dir = std::path::PathBuf::from(state["dir"].as_str().unwrap());
     let front = format!("{}:4143", rt.ip("replicas", "web"));
@@ -480,27 +527,25 @@ workloads:
         let (status, _, body) = answer();
         assert_eq!(status, 200, "after api-a left discovery: {body}");
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !rt
-        .workload_state("replicas", "api-a")
-        .is_some_and(|w| w["ready"] == true)
-    {
-        assert!(Instant::now() < deadline, "api-a never came back");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_ready(
+        &rt,
+        ("replicas", "api-a"),
+        true,
+        Duration::from_secs(30),
+        "api-a never came back",
+    );
     both_answer("after api-a's restart");
 
     // Unhealthy: its health check fails (no `ok` file to serve), out of discovery; healthy
     // again, back.
     std::fs::remove_file(dir.join("work/api-b/ok")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !rt
-        .workload_state("replicas", "api-b")
-        .is_some_and(|w| w["ready"] == false)
-    {
-        assert!(Instant::now() < deadline, "api-b never left discovery");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_ready(
+        &rt,
+        ("replicas", "api-b"),
+        false,
+        Duration::from_secs(10),
+        "api-b never left discovery",
+    );
     std::thread::sleep(Duration::from_secs(1));
     for _ in 0..40 {
         let (status, who, body) = answer();
@@ -512,22 +557,19 @@ workloads:
         );
     }
     std::fs::write(dir.join("work/api-b/ok"), "").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !rt
-        .workload_state("replicas", "api-b")
-        .is_some_and(|w| w["ready"] == true)
-    {
-        assert!(Instant::now() < deadline, "api-b never came back");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_ready(
+        &rt,
+        ("replicas", "api-b"),
+        true,
+        Duration::from_secs(10),
+        "api-b never came back",
+    );
     both_answer("once api-b is healthy again");
 
     // `mesh check` names a workload out of discovery; here all are back.
     let check = json(&rt.mesh().args(["check", "--json"]).output().unwrap());
     assert_eq!(check["ok"], true, "{check}");
-    let down = rt.mesh().args(["down"]).output().unwrap();
-    assert!(down.status.success());
-    let summary = json(&child.wait_with_output().unwrap());
+    let summary = down(&rt, &[], child);
     assert_eq!(workload(&summary, "api-a")["restarts"], 1, "{summary}");
     assert_eq!(workload(&summary, "api-b")["restarts"], 0, "{summary}");
 }
@@ -584,15 +626,7 @@ fn a_tcp_service_is_reached_over_mtls_through_a_local_port() {
     }
     let rt = Runtime::new("redis");
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/redis.yaml");
-    let child = rt
-        .mesh()
-        .args(["up", "--seconds", "6", "--json", "--proxy-bin", "builtin"])
-        .arg("-f")
-        .arg(&example)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_up(&rt, "6", &example);
     rt.wait_for_state("redis", Duration::from_secs(60));
     let (web, redis) = (rt.ip("redis", "web"), rt.ip("redis", "redis"));
     let (status, body) = http_get(
@@ -645,30 +679,22 @@ fn a_tcp_service_is_reached_over_mtls_through_a_local_port() {
 #[test]
 fn a_broken_workload_is_reported_and_the_rest_keep_running() {
     let rt = Runtime::new("broken");
-    let file = rt.write(
-        "broken.yaml",
-        r#"namespace: shop
-workloads:
-  - name: web
-    port: 8000
-    ingress: true
-    command: '"$MESH" demo-app --name web --listen "$MESH_IP:$PORT" --via "$MESH_PROXY" --call "http://$MESH_SVC_API/items"'
-  - name: api
-    port: 8001
-    command: '"$MESH" demo-app --name api --listen "$MESH_IP:$PORT"'
-  - name: broken
+    let broken = r#"  - name: broken
     port: 8002
     command: 'echo "broken: cannot read /etc/broken.conf" >&2; exit 3'
-load:
-  service: web
-  rps: 30
-"#,
+"#;
+    let file = rt.write(
+        "broken.yaml",
+        &shop(
+            &[
+                demo_app("web", 8000, true, Some("/items")),
+                demo_app("api", 8001, false, None),
+                broken.to_string(),
+            ],
+            &load(30),
+        ),
     );
-    let out = rt
-        .mesh()
-        .args(["up", "--seconds", "3", "--json", "--proxy-bin", "builtin"])
-        .arg("-f")
-        .arg(&file)
+    let out = up(&rt, &["--seconds", "3", "--json"], &file)
         .output()
         .expect("run mesh up");
     let summary = json(&out);
@@ -705,25 +731,7 @@ load:
 #[test]
 fn policy_in_the_mesh_file_admits_some_callers_and_refuses_others() {
     let rt = Runtime::new("policy");
-    let file = rt.write(
-        "policy.yaml",
-        r#"namespace: shop
-workloads:
-  - name: web
-    port: 8000
-    ingress: true
-    command: '"$MESH" demo-app --name web --listen "$MESH_IP:$PORT" --via "$MESH_PROXY" --call "http://$MESH_SVC_API/items"'
-  - name: intruder
-    port: 8001
-    ingress: true
-    command: '"$MESH" demo-app --name intruder --listen "$MESH_IP:$PORT" --via "$MESH_PROXY" --call "http://$MESH_SVC_API/items"'
-  - name: api
-    port: 8002
-    command: '"$MESH" demo-app --name api --listen "$MESH_IP:$PORT"'
-load:
-  service: web
-  rps: 20
-policy:
+    let policy = r#"policy:
   servers:
     - {name: api, namespace: shop, spec: {podSelector: {matchLabels: {app: api}}, port: 8002}}
   meshTLSAuthentications:
@@ -734,17 +742,19 @@ policy:
       spec:
         targetRef: {group: policy.linkerd.io, kind: Server, name: api}
         requiredAuthenticationRefs: [{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: web}]
-"#,
+"#;
+    let file = rt.write(
+        "policy.yaml",
+        &shop(
+            &[
+                demo_app("web", 8000, true, Some("/items")),
+                demo_app("intruder", 8001, true, Some("/items")),
+                demo_app("api", 8002, false, None),
+            ],
+            &(load(20) + policy),
+        ),
     );
-    let child = rt
-        .mesh()
-        .args(["up", "--seconds", "4", "--json", "--proxy-bin", "builtin"])
-        .arg("-f")
-        .arg(&file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run mesh up");
+    let child = spawn_up(&rt, "4", &file);
     rt.wait_for_state("policy", Duration::from_secs(60));
     let (web, intruder) = (rt.ip("policy", "web"), rt.ip("policy", "intruder"));
     // The intruder's sidecar (mTLS, but not an identity the policy names) is refused: a 403
@@ -813,9 +823,7 @@ fn an_invalid_file_is_refused_before_anything_starts() {
         "invalid.yaml",
         "workloads:\n  - {name: Web, port: 80, command: x}\n",
     );
-    let out = rt.mesh().args(["up", "-f"]).arg(&file).output().unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = fails(rt.mesh().args(["up", "-f"]).arg(&file));
     assert!(stderr.contains("not a valid mesh file"), "{stderr}");
     assert!(stderr.contains("\"Web\" is not a DNS label"), "{stderr}");
 }
@@ -823,9 +831,7 @@ fn an_invalid_file_is_refused_before_anything_starts() {
 #[test]
 fn the_viewing_commands_say_how_to_find_a_mesh() {
     let rt = Runtime::new("viewing");
-    let out = rt.mesh().args(["stat"]).output().unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = fails(rt.mesh().args(["stat"]));
     assert!(stderr.contains("start one with `mesh up`"), "{stderr}");
     let out = rt.mesh().args(["stat", "--mesh", "nope"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("no mesh named \"nope\""));
@@ -854,14 +860,11 @@ fn a_port_in_use_is_reported_before_anything_starts() {
     let rt = Runtime::new("port");
     // Hold the front door's sidecar admin port.
     let _held = std::net::TcpListener::bind("127.0.78.10:4191").expect("bind");
-    let out = rt
-        .mesh()
-        .args(["up", "--seconds", "1", "--json", "--proxy-bin", "builtin"])
-        .args(["--base-ip", "127.0.78.10"])
-        .output()
-        .expect("run mesh up");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = fails(
+        rt.mesh()
+            .args(["up", "--seconds", "1", "--json", "--proxy-bin", "builtin"])
+            .args(["--base-ip", "127.0.78.10"]),
+    );
     assert!(
         stderr.contains("127.0.78.10:4191 (the sidecar admin of frontend) is in use"),
         "{stderr}"

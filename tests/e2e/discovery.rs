@@ -73,6 +73,18 @@ impl Load {
         self.ok.load(Ordering::SeqCst)
     }
 
+    /// Stops the workers, which must not have failed a request; returns the successes.
+    async fn stop_without_failures(self) -> usize {
+        let (ok, failed) = self.stop().await;
+        assert!(
+            failed.is_empty(),
+            "{} failed: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        ok
+    }
+
     /// Stops the workers; returns (successes, failures).
     async fn stop(self) -> (usize, Vec<String>) {
         self.stop.store(true, Ordering::SeqCst);
@@ -84,6 +96,26 @@ impl Load {
     }
 }
 
+/// Endpoints answering after `delays`, a discovery service serving those at `serving` (indexes)
+/// for [`NAME`], a proxy using it, and a load of 4 connections through the proxy.
+async fn balanced(
+    delays: &[Duration],
+    serving: &[usize],
+) -> (Vec<Endpoint>, Discovery, TestProxy, Load) {
+    let mut eps = Vec::new();
+    for delay in delays {
+        eps.push(Endpoint::start(*delay).await);
+    }
+    let d = Discovery::start();
+    d.set(
+        NAME,
+        &serving.iter().map(|i| eps[*i].addr).collect::<Vec<_>>(),
+    );
+    let p = proxy(&d).await;
+    let load = Load::start(&p, 4).await;
+    (eps, d, p, load)
+}
+
 /// Waits until `ep` has served `more` requests beyond what it had.
 async fn serves(ep: &Endpoint, more: usize) {
     let target = ep.hits() + more;
@@ -93,15 +125,7 @@ async fn serves(ep: &Endpoint, more: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_added_and_removed_under_load_lose_no_request() {
     run(async {
-        let eps = [
-            Endpoint::start(Duration::ZERO).await,
-            Endpoint::start(Duration::ZERO).await,
-            Endpoint::start(Duration::ZERO).await,
-        ];
-        let d = Discovery::start();
-        d.set(NAME, &[eps[0].addr]);
-        let p = proxy(&d).await;
-        let load = Load::start(&p, 4).await;
+        let (eps, d, _p, load) = balanced(&[Duration::ZERO; 3], &[0]).await;
         serves(&eps[0], 50).await;
         assert_eq!(eps[1].hits() + eps[2].hits(), 0);
 
@@ -126,13 +150,7 @@ async fn endpoints_added_and_removed_under_load_lose_no_request() {
         d.set(NAME, &[eps[0].addr]);
         serves(&eps[0], 100).await;
 
-        let (ok, failed) = load.stop().await;
-        assert!(
-            failed.is_empty(),
-            "{} failed: {:?}",
-            failed.len(),
-            &failed[..failed.len().min(5)]
-        );
+        let ok = load.stop_without_failures().await;
         assert!(ok > 400, "only {ok} requests");
         assert_eq!(
             d.watchers(),
@@ -146,18 +164,10 @@ async fn endpoints_added_and_removed_under_load_lose_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ten_times_slower_endpoint_gets_under_ten_percent_of_requests() {
     run(async {
-        let eps = [
-            Endpoint::start(Duration::from_millis(2)).await,
-            Endpoint::start(Duration::from_millis(2)).await,
-            Endpoint::start(Duration::from_millis(20)).await,
-        ];
-        let d = Discovery::start();
-        d.set(NAME, &eps.iter().map(|e| e.addr).collect::<Vec<_>>());
-        let p = proxy(&d).await;
-        let load = Load::start(&p, 4).await;
+        let ms = Duration::from_millis;
+        let (eps, _d, p, load) = balanced(&[ms(2), ms(2), ms(20)], &[0, 1, 2]).await;
         assert_eventually!(load.ok() >= 1500, "only {} requests", load.ok());
-        let (ok, failed) = load.stop().await;
-        assert!(failed.is_empty(), "{failed:?}");
+        let ok = load.stop_without_failures().await;
         let hits: Vec<usize> = eps.iter().map(|e| e.hits()).collect();
         let slow = hits[2] as f64 / ok as f64;
         eprintln!("hits {hits:?} of {ok}: slow share {:.1}%", slow * 100.0);
@@ -186,14 +196,7 @@ async fn a_ten_times_slower_endpoint_gets_under_ten_percent_of_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_goes_on_when_the_destination_service_dies() {
     run(async {
-        let eps = [
-            Endpoint::start(Duration::ZERO).await,
-            Endpoint::start(Duration::ZERO).await,
-        ];
-        let mut d = Discovery::start();
-        d.set(NAME, &[eps[0].addr, eps[1].addr]);
-        let p = proxy(&d).await;
-        let load = Load::start(&p, 4).await;
+        let (eps, mut d, _p, load) = balanced(&[Duration::ZERO; 2], &[0, 1]).await;
         serves(&eps[0], 20).await;
         serves(&eps[1], 20).await;
         d.kill();
@@ -201,13 +204,7 @@ async fn traffic_goes_on_when_the_destination_service_dies() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         serves(&eps[0], 100).await;
         serves(&eps[1], 100).await;
-        let (ok, failed) = load.stop().await;
-        assert!(
-            failed.is_empty(),
-            "{} failed: {:?}",
-            failed.len(),
-            &failed[..failed.len().min(5)]
-        );
+        let ok = load.stop_without_failures().await;
         assert!(ok > 200);
     })
     .await

@@ -17,8 +17,8 @@ use linkerd_tests::{
     assert_eventually,
     client::{self, Reply},
     mesh::{
-        self, CERT_EXPIRY, CERT_REFRESH, Ca, IdentityService, TlsPeer, Traffic, gauge, identity,
-        leaf_policy, meshed_endpoint,
+        self, CERT_EXPIRY, CERT_REFRESH, Ca, IdentityService, Leaf, TlsPeer, Traffic, gauge,
+        identity, leaf_policy, meshed_endpoint,
     },
     metrics::Metrics,
     proxy::TestProxy,
@@ -27,10 +27,12 @@ use linkerd_tests::{
     tcp::TcpServer,
     within,
 };
-use linkerd2_proxy_api::destination::{destination_client::DestinationClient, update};
+use linkerd2_proxy_api::destination::update;
+use rustls::ClientConfig;
 use std::{
     collections::BTreeSet,
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 use tonic::Code;
@@ -75,6 +77,35 @@ fn assert_proxy_error(what: &str, rsp: &Reply, status: u16) {
     );
 }
 
+/// The identity service, B (identity `b`) in front of an app, and A (identity `a`), which
+/// knows B's inbound listener by a name.
+struct Meshed {
+    svc: IdentityService,
+    a: String,
+    b: String,
+    proxy_a: TestProxy,
+    proxy_b: TestProxy,
+}
+
+impl Meshed {
+    /// A is `identity(names.0)`, B is `identity(names.1)` in front of `app`; A knows B as
+    /// `name`, where it expects the identity `expect` (B's own if `None`).
+    async fn start(names: (&str, &str), name: &str, app: SocketAddr, expect: Option<&str>) -> Self {
+        let svc = IdentityService::start(default_policy()).await;
+        let (a, b) = (identity(names.0), identity(names.1));
+        let proxy_b = server_proxy(&svc, &b, app).await;
+        let endpoints = meshed_endpoint(name, proxy_b.inbound, expect.unwrap_or(&b));
+        let proxy_a = client_proxy(&svc, &a, &endpoints, &[]).await;
+        Self {
+            svc,
+            a,
+            b,
+            proxy_a,
+            proxy_b,
+        }
+    }
+}
+
 /// The samples named `name` with `labels`, over mTLS (`tls="true"`) whose peer label
 /// (`client_id` inbound, `server_id` outbound) is `peer`.
 fn tls_sum(m: &Metrics, name: &str, labels: &[(&str, &str)], peer: (&str, &str)) -> f64 {
@@ -84,11 +115,36 @@ fn tls_sum(m: &Metrics, name: &str, labels: &[(&str, &str)], peer: (&str, &str))
     m.sum(name, &all)
 }
 
-/// Whether any sample of `name` with `labels` is plaintext (`tls="no_identity"`).
-fn has_plaintext(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> bool {
+/// Asserts that [`tls_sum`] is `want`.
+fn assert_tls_sum(m: &Metrics, name: &str, labels: &[(&str, &str)], peer: (&str, &str), want: f64) {
+    assert_eq!(tls_sum(m, name, labels, peer), want, "{}", m.text);
+}
+
+/// Waits until `proxy`'s [`tls_sum`] is `want`; then its metrics.
+async fn settled(
+    proxy: &TestProxy,
+    name: &str,
+    labels: &[(&str, &str)],
+    peer: (&str, &str),
+    want: f64,
+) -> Metrics {
+    assert_eventually!({
+        let m = proxy.metrics().await;
+        tls_sum(&m, name, labels, peer) == want
+    });
+    proxy.metrics().await
+}
+
+/// Asserts that no sample of `name` with `labels` is plaintext (`tls="no_identity"`).
+fn assert_no_plaintext(m: &Metrics, name: &str, labels: &[(&str, &str)]) {
     let mut all = labels.to_vec();
     all.push(("tls", "no_identity"));
-    m.has(name, &all)
+    assert!(!m.has(name, &all), "{}", m.text);
+}
+
+/// Asserts whether `m` has a sample of `name` with `labels`.
+fn assert_has(m: &Metrics, name: &str, labels: &[(&str, &str)], want: bool) {
+    assert_eq!(m.has(name, labels), want, "{}", m.text);
 }
 
 // === 1. Traffic over mTLS ===
@@ -96,12 +152,14 @@ fn has_plaintext(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_and_http2_over_mtls() {
     run(async {
-        let svc = IdentityService::start(default_policy()).await;
-        let (a, b) = (identity("client"), identity("server"));
         let app = TestServer::start().await;
-        let proxy_b = server_proxy(&svc, &b, app.addr()).await;
-        let endpoints = meshed_endpoint(WEB, proxy_b.inbound, &b);
-        let proxy_a = client_proxy(&svc, &a, &endpoints, &[]).await;
+        let Meshed {
+            svc: _svc,
+            a,
+            b,
+            proxy_a,
+            proxy_b,
+        } = Meshed::start(("client", "server"), WEB, app.addr(), None).await;
 
         // HTTP/1.1, with an identity header forged by the client: only B may set it.
         let mut h1 = client::http1(proxy_a.outbound).await;
@@ -162,26 +220,12 @@ async fn http1_and_http2_over_mtls() {
         // carried all of them (HTTP/1 is multiplexed into HTTP/2 between proxies).
         let client_id = ("client_id", a.as_str());
         let inbound = [("direction", "inbound")];
-        assert_eventually!({
-            let m = proxy_b.metrics().await;
-            tls_sum(&m, "response_total", &inbound, client_id) == 3.0
-        });
-        let m = proxy_b.metrics().await;
-        assert_eq!(
-            tls_sum(&m, "request_total", &inbound, client_id),
-            3.0,
-            "{}",
-            m.text
-        );
+        let m = settled(&proxy_b, "response_total", &inbound, client_id, 3.0).await;
+        assert_tls_sum(&m, "request_total", &inbound, client_id, 3.0);
         let src = [("direction", "inbound"), ("peer", "src")];
-        assert_eq!(
-            tls_sum(&m, "tcp_open_total", &src, client_id),
-            1.0,
-            "{}",
-            m.text
-        );
-        assert!(!has_plaintext(&m, "tcp_open_total", &src), "{}", m.text);
-        assert!(!has_plaintext(&m, "request_total", &inbound), "{}", m.text);
+        assert_tls_sum(&m, "tcp_open_total", &src, client_id, 1.0);
+        assert_no_plaintext(&m, "tcp_open_total", &src);
+        assert_no_plaintext(&m, "request_total", &inbound);
 
         // A: the requests and the upstream connection went to B's identity.
         let server_id = ("server_id", b.as_str());
@@ -191,40 +235,22 @@ async fn http1_and_http2_over_mtls() {
             ("authority", WEB),
             ("target_addr", target.as_str()),
         ];
-        assert_eventually!({
-            let m = proxy_a.metrics().await;
-            tls_sum(&m, "response_total", &outbound, server_id) == 3.0
-        });
-        let m = proxy_a.metrics().await;
-        assert_eq!(
-            tls_sum(
-                &m,
-                "response_total",
-                &[("direction", "outbound"), ("classification", "success")],
-                server_id
-            ),
-            3.0,
-            "{}",
-            m.text
-        );
+        let m = settled(&proxy_a, "response_total", &outbound, server_id, 3.0).await;
+        let success = [("direction", "outbound"), ("classification", "success")];
+        assert_tls_sum(&m, "response_total", &success, server_id, 3.0);
         let dst = [
             ("direction", "outbound"),
             ("peer", "dst"),
             ("target_addr", target.as_str()),
         ];
-        assert_eq!(
-            tls_sum(&m, "tcp_open_total", &dst, server_id),
-            1.0,
-            "{}",
-            m.text
-        );
+        assert_tls_sum(&m, "tcp_open_total", &dst, server_id, 1.0);
         // A read the 300 KB body from B over that connection.
         assert!(
             tls_sum(&m, "tcp_read_bytes_total", &dst, server_id) > 300_000.0,
             "{}",
             m.text
         );
-        assert!(!has_plaintext(&m, "tcp_open_total", &dst), "{}", m.text);
+        assert_no_plaintext(&m, "tcp_open_total", &dst);
 
         // Both hold a certificate that expires in the future.
         for (name, p) in [("A", &proxy_a), ("B", &proxy_b)] {
@@ -241,21 +267,15 @@ async fn http1_and_http2_over_mtls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_over_mtls() {
     run(async {
-        let svc = IdentityService::start(default_policy()).await;
-        let (a, b) = (identity("grpc-client"), identity("grpc-server"));
         let (server, _task) = mesh::serve_client_id_echo().await;
-        let proxy_b = server_proxy(&svc, &b, server).await;
-        let endpoints = meshed_endpoint(GRPC, proxy_b.inbound, &b);
-        let proxy_a = client_proxy(&svc, &a, &endpoints, &[]).await;
-
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", proxy_a.outbound))
-                .unwrap()
-                .origin(format!("http://{GRPC}").parse().unwrap())
-                .connect()
-                .await
-                .unwrap();
-        let mut grpc = DestinationClient::new(channel);
+        let Meshed {
+            svc: _svc,
+            a,
+            b,
+            proxy_a,
+            proxy_b,
+        } = Meshed::start(("grpc-client", "grpc-server"), GRPC, server, None).await;
+        let mut grpc = linkerd_tests::grpc::client_via(proxy_a.outbound, GRPC).await;
 
         // A streamed response, ending with trailers: the app saw A's identity.
         let mut stream = grpc
@@ -282,38 +302,19 @@ async fn grpc_over_mtls() {
         assert_eq!(err.message(), format!("client_id={a}"));
         assert!(err.metadata().get(L5D_PROXY_ERROR).is_none(), "{err:?}");
 
+        // One response of each status (the error's and the stream's).
         let client_id = ("client_id", a.as_str());
         assert_eventually!({
             let m = proxy_b.metrics().await;
-            tls_sum(
-                &m,
-                "response_total",
-                &[("direction", "inbound"), ("grpc_status", "5")],
-                client_id,
-            ) == 1.0
-                && tls_sum(
-                    &m,
-                    "response_total",
-                    &[("direction", "inbound"), ("grpc_status", "0")],
-                    client_id,
-                ) == 1.0
+            ["5", "0"].into_iter().all(|status| {
+                let labels = [("direction", "inbound"), ("grpc_status", status)];
+                tls_sum(&m, "response_total", &labels, client_id) == 1.0
+            })
         });
         let server_id = ("server_id", b.as_str());
-        assert_eventually!({
-            let m = proxy_a.metrics().await;
-            tls_sum(
-                &m,
-                "response_total",
-                &[("direction", "outbound"), ("authority", GRPC)],
-                server_id,
-            ) == 2.0
-        });
-        let m = proxy_a.metrics().await;
-        assert!(
-            !has_plaintext(&m, "tcp_open_total", &[("peer", "dst")]),
-            "{}",
-            m.text
-        );
+        let outbound = [("direction", "outbound"), ("authority", GRPC)];
+        let m = settled(&proxy_a, "response_total", &outbound, server_id, 2.0).await;
+        assert_no_plaintext(&m, "tcp_open_total", &[("peer", "dst")]);
     })
     .await
 }
@@ -321,12 +322,14 @@ async fn grpc_over_mtls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opaque_tcp_over_mtls() {
     run(async {
-        let svc = IdentityService::start(default_policy()).await;
-        let (a, b) = (identity("tcp-client"), identity("tcp-server"));
         let echo = TcpServer::echo().await;
-        let proxy_b = server_proxy(&svc, &b, echo.addr()).await;
-        let endpoints = meshed_endpoint(ECHO, proxy_b.inbound, &b);
-        let proxy_a = client_proxy(&svc, &a, &endpoints, &[]).await;
+        let Meshed {
+            svc: _svc,
+            a,
+            b,
+            proxy_a,
+            proxy_b,
+        } = Meshed::start(("tcp-client", "tcp-server"), ECHO, echo.addr(), None).await;
         let local = proxy_a.local("tcp");
 
         // 256 KiB, half-closed by the client: the echo ends when the app closes.
@@ -352,34 +355,17 @@ async fn opaque_tcp_over_mtls() {
         drop(s);
         assert_eq!(echo.connections(), 2);
 
+        // B: both connections came in over mTLS from A and were closed.
         let client_id = ("client_id", a.as_str());
         let src = [("direction", "inbound"), ("peer", "src")];
-        assert_eventually!({
-            let m = proxy_b.metrics().await;
-            tls_sum(&m, "tcp_close_total", &src, client_id) == 2.0
-        });
-        let m = proxy_b.metrics().await;
-        assert_eq!(
-            tls_sum(&m, "tcp_open_total", &src, client_id),
-            2.0,
-            "{}",
-            m.text
-        );
+        let m = settled(&proxy_b, "tcp_close_total", &src, client_id, 2.0).await;
+        assert_tls_sum(&m, "tcp_open_total", &src, client_id, 2.0);
         // B read the 256 KiB from A (plus TLS overhead).
-        assert!(
-            tls_sum(&m, "tcp_read_bytes_total", &src, client_id) > data.len() as f64,
-            "{}",
-            m.text
-        );
-        assert!(!has_plaintext(&m, "tcp_open_total", &src), "{}", m.text);
-        assert!(
-            m.has(
-                "protocol_detect_total",
-                &[("direction", "inbound"), ("protocol", "opaque")]
-            ),
-            "{}",
-            m.text
-        );
+        let read = tls_sum(&m, "tcp_read_bytes_total", &src, client_id);
+        assert!(read > data.len() as f64, "{}", m.text);
+        assert_no_plaintext(&m, "tcp_open_total", &src);
+        let opaque = [("direction", "inbound"), ("protocol", "opaque")];
+        assert_has(&m, "protocol_detect_total", &opaque, true);
 
         let target = proxy_b.inbound.to_string();
         let dst = [
@@ -388,18 +374,9 @@ async fn opaque_tcp_over_mtls() {
             ("target_addr", target.as_str()),
         ];
         let server_id = ("server_id", b.as_str());
-        assert_eventually!({
-            let m = proxy_a.metrics().await;
-            tls_sum(&m, "tcp_close_total", &dst, server_id) == 2.0
-        });
-        let m = proxy_a.metrics().await;
-        assert_eq!(
-            tls_sum(&m, "tcp_open_total", &dst, server_id),
-            2.0,
-            "{}",
-            m.text
-        );
-        assert!(!has_plaintext(&m, "tcp_open_total", &dst), "{}", m.text);
+        let m = settled(&proxy_a, "tcp_close_total", &dst, server_id, 2.0).await;
+        assert_tls_sum(&m, "tcp_open_total", &dst, server_id, 2.0);
+        assert_no_plaintext(&m, "tcp_open_total", &dst);
     })
     .await
 }
@@ -413,13 +390,14 @@ async fn opaque_tcp_over_mtls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_refuses_a_peer_with_another_identity() {
     run(async {
-        let svc = IdentityService::start(default_policy()).await;
-        let (a, b) = (identity("client"), identity("server"));
         let expected = identity("someone-else");
         let app = TestServer::start().await;
-        let proxy_b = server_proxy(&svc, &b, app.addr()).await;
-        let endpoints = meshed_endpoint(WEB, proxy_b.inbound, &expected);
-        let proxy_a = client_proxy(&svc, &a, &endpoints, &[]).await;
+        let Meshed {
+            svc: _svc,
+            proxy_a,
+            proxy_b,
+            ..
+        } = Meshed::start(("client", "server"), WEB, app.addr(), Some(&expected)).await;
 
         let rsp = client::get(proxy_a.outbound, &format!("http://{WEB}/echo?secret=1")).await;
         assert_proxy_error("HTTP/1.1 to the wrong identity", &rsp, 502);
@@ -450,74 +428,82 @@ async fn outbound_refuses_a_peer_with_another_identity() {
         );
         // B saw TLS for a name that is not its own and did not terminate it.
         let m = proxy_b.metrics().await;
-        assert!(
-            m.has(
-                "tcp_open_total",
-                &[("direction", "inbound"), ("no_tls_reason", "passthru")]
-            ),
-            "{}",
-            m.text
-        );
-        assert!(
-            !m.has(
-                "tcp_open_total",
-                &[("direction", "inbound"), ("tls", "true")]
-            ),
-            "{}",
-            m.text
-        );
+        let passthru = [("direction", "inbound"), ("no_tls_reason", "passthru")];
+        assert_has(&m, "tcp_open_total", &passthru, true);
+        let terminated = [("direction", "inbound"), ("tls", "true")];
+        assert_has(&m, "tcp_open_total", &terminated, false);
     })
     .await
 }
 
-/// B with an app, and a CA-signed client certificate for `client` that it accepts: the
-/// positive control for the refusals below.
-async fn inbound_setup() -> (IdentityService, TestServer, TestProxy, String) {
-    let svc = IdentityService::start(default_policy()).await;
-    let b = identity("server");
-    let app = TestServer::start().await;
-    let proxy_b = server_proxy(&svc, &b, app.addr()).await;
-
-    let good = svc.ca.valid_leaf(&identity("raw-client"));
-    let config = mesh::client_config(svc.ca.anchor_pem(), Some(&good));
-    let rsp = mesh::tls_request(proxy_b.inbound, &b, config, client::get_request("/echo"))
-        .await
-        .expect("a client certificate from the mesh CA is accepted");
-    assert_eq!(rsp.status, 200, "{}", rsp.text());
-    let seen = app.requests();
-    assert_eq!(seen.len(), 1);
-    assert_eq!(
-        seen[0].headers.get("l5d-client-id").map(|v| v.as_bytes()),
-        Some(identity("raw-client").as_bytes())
-    );
-    (svc, app, proxy_b, b)
+/// B (identity `server`) with an app, for raw TLS clients.
+struct Inbound {
+    svc: IdentityService,
+    app: TestServer,
+    proxy_b: TestProxy,
+    b: String,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inbound_refuses_a_client_certificate_from_another_anchor() {
-    run(async {
-        let (svc, app, proxy_b, b) = inbound_setup().await;
-        let connections = app.connections();
+impl Inbound {
+    /// Starts B, and checks that a CA-signed client certificate for `raw-client` is accepted:
+    /// the positive control for the refusals below.
+    async fn start() -> Self {
+        let svc = IdentityService::start(default_policy()).await;
+        let b = identity("server");
+        let app = TestServer::start().await;
+        let proxy_b = server_proxy(&svc, &b, app.addr()).await;
+        let inbound = Self {
+            svc,
+            app,
+            proxy_b,
+            b,
+        };
 
-        // Two foreign CAs. One is named exactly like ours (every Linkerd cluster's anchor is
-        // `root.linkerd.cluster.local`), so B finds a path by name and the signature check
-        // fails (`decrypt_error`); the other has another trust domain, so no path to our
-        // anchor exists at all (`unknown_ca`).
-        for (other, alert) in [
-            (Ca::generate(), "DecryptError"),
-            (Ca::generate_for("other.example"), "UnknownCA"),
-        ] {
-            let foreign = other.valid_leaf(&identity("raw-client"));
-            // The client trusts the mesh anchor (B's certificate checks out); B must not
-            // trust the client's.
-            let config = mesh::client_config(svc.ca.anchor_pem(), Some(&foreign));
-            let refusal = mesh::refused(proxy_b.inbound, &b, config.clone()).await;
-            assert!(refusal.contains(alert), "expected {alert}: {refusal}");
-            let rsp =
-                mesh::tls_request(proxy_b.inbound, &b, config, client::get_request("/echo")).await;
+        let good = inbound.svc.ca.valid_leaf(&identity("raw-client"));
+        let rsp = inbound
+            .request(inbound.client(Some(&good)), client::get_request("/echo"))
+            .await
+            .expect("a client certificate from the mesh CA is accepted");
+        assert_eq!(rsp.status, 200, "{}", rsp.text());
+        let seen = inbound.app.requests();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            seen[0].headers.get("l5d-client-id").map(|v| v.as_bytes()),
+            Some(identity("raw-client").as_bytes())
+        );
+        inbound
+    }
+
+    /// A client that trusts the mesh anchor (B's certificate checks out), presenting `leaf`.
+    fn client(&self, leaf: Option<&Leaf>) -> Arc<ClientConfig> {
+        mesh::client_config(self.svc.ca.anchor_pem(), leaf)
+    }
+
+    /// One request to B over a new TLS connection made with `config`.
+    async fn request(
+        &self,
+        config: Arc<ClientConfig>,
+        req: http::Request<client::TestBody>,
+    ) -> Result<Reply, String> {
+        mesh::tls_request(self.proxy_b.inbound, &self.b, config, req).await
+    }
+
+    /// B refuses a client presenting `leaf` in the handshake, with `alert`; and a request made
+    /// with such a client fails, if `request`.
+    async fn assert_refused(&self, leaf: &Leaf, alert: &str, request: bool) {
+        let config = self.client(Some(leaf));
+        let refusal = mesh::refused(self.proxy_b.inbound, &self.b, config.clone()).await;
+        assert!(refusal.contains(alert), "expected {alert}: {refusal}");
+        if request {
+            let rsp = self.request(config, client::get_request("/echo")).await;
             assert!(rsp.is_err(), "{rsp:?}");
         }
+    }
 
+    /// Only the control request reached the app, and no connection beyond the first
+    /// `connections`.
+    fn assert_only_the_control(&self, connections: usize) {
+        let app = &self.app;
         assert_eq!(
             app.request_count(),
             1,
@@ -529,6 +515,28 @@ async fn inbound_refuses_a_client_certificate_from_another_anchor() {
             connections,
             "no new connection to the app"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_refuses_a_client_certificate_from_another_anchor() {
+    run(async {
+        let inbound = Inbound::start().await;
+        let connections = inbound.app.connections();
+
+        // Two foreign CAs. One is named exactly like ours (every Linkerd cluster's anchor is
+        // `root.linkerd.cluster.local`), so B finds a path by name and the signature check
+        // fails (`decrypt_error`); the other has another trust domain, so no path to our
+        // anchor exists at all (`unknown_ca`). B must not trust the client's certificate.
+        for (other, alert) in [
+            (Ca::generate(), "DecryptError"),
+            (Ca::generate_for("other.example"), "UnknownCA"),
+        ] {
+            let foreign = other.valid_leaf(&identity("raw-client"));
+            inbound.assert_refused(&foreign, alert, true).await;
+        }
+
+        inbound.assert_only_the_control(connections);
     })
     .await
 }
@@ -536,44 +544,25 @@ async fn inbound_refuses_a_client_certificate_from_another_anchor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_refuses_an_expired_client_certificate() {
     run(async {
-        let (svc, app, proxy_b, b) = inbound_setup().await;
-        let connections = app.connections();
+        let inbound = Inbound::start().await;
+        let connections = inbound.app.connections();
+        let ca = &inbound.svc.ca;
 
         // Signed by the mesh's own issuer, for a valid name, but expired an hour ago.
         let now = SystemTime::now();
-        let expired = svc.ca.leaf(
-            &identity("raw-client"),
-            now - Duration::from_secs(7200),
-            now - Duration::from_secs(3600),
-        );
-        let config = mesh::client_config(svc.ca.anchor_pem(), Some(&expired));
-        let refusal = mesh::refused(proxy_b.inbound, &b, config.clone()).await;
-        assert!(refusal.contains("CertificateExpired"), "{refusal}");
-        let rsp =
-            mesh::tls_request(proxy_b.inbound, &b, config, client::get_request("/echo")).await;
-        assert!(rsp.is_err(), "{rsp:?}");
+        let hour = Duration::from_secs(3600);
+        let expired = ca.leaf(&identity("raw-client"), now - 2 * hour, now - hour);
+        inbound
+            .assert_refused(&expired, "CertificateExpired", true)
+            .await;
 
         // Not yet valid is refused the same way.
-        let future = svc.ca.leaf(
-            &identity("raw-client"),
-            now + Duration::from_secs(3600),
-            now + Duration::from_secs(7200),
-        );
-        let config = mesh::client_config(svc.ca.anchor_pem(), Some(&future));
-        let refusal = mesh::refused(proxy_b.inbound, &b, config).await;
-        assert!(refusal.contains("CertificateExpired"), "{refusal}");
+        let future = ca.leaf(&identity("raw-client"), now + hour, now + 2 * hour);
+        inbound
+            .assert_refused(&future, "CertificateExpired", false)
+            .await;
 
-        assert_eq!(
-            app.request_count(),
-            1,
-            "only the control request: {:?}",
-            app.requests()
-        );
-        assert_eq!(
-            app.connections(),
-            connections,
-            "no new connection to the app"
-        );
+        inbound.assert_only_the_control(connections);
     })
     .await
 }
@@ -588,19 +577,19 @@ async fn inbound_refuses_an_expired_client_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_serves_a_client_without_a_certificate_without_an_identity() {
     run(async {
-        let (svc, app, proxy_b, b) = inbound_setup().await;
+        let inbound = Inbound::start().await;
 
-        let config = mesh::client_config(svc.ca.anchor_pem(), None);
         let mut req = client::get_request("/echo");
         req.headers_mut().insert(
             "l5d-client-id",
             http::HeaderValue::from_str(&identity("forged")).unwrap(),
         );
-        let rsp = mesh::tls_request(proxy_b.inbound, &b, config, req)
+        let rsp = inbound
+            .request(inbound.client(None), req)
             .await
             .expect("served without a client identity");
         assert_eq!(rsp.status, 200, "{}", rsp.text());
-        let seen = app.requests();
+        let seen = inbound.app.requests();
         assert_eq!(seen.len(), 2);
         assert!(
             seen[1].headers.get("l5d-client-id").is_none(),
@@ -608,7 +597,7 @@ async fn inbound_serves_a_client_without_a_certificate_without_an_identity() {
             seen[1].headers
         );
 
-        let m = proxy_b.metrics().await;
+        let m = inbound.proxy_b.metrics().await;
         let anonymous: Vec<_> = m
             .find(
                 "tcp_open_total",

@@ -26,6 +26,7 @@ use linkerd_tests::{
     proxy::TestProxy,
     run,
 };
+use linkerd2_proxy_api::outbound::{OutboundPolicy, http_route};
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -119,7 +120,7 @@ impl Drop for App {
 /// `*.svc.cluster.local` names are in discovery's scope.
 async fn routed(
     ids: Option<&IdentityService>,
-    policy: linkerd2_proxy_api::outbound::OutboundPolicy,
+    policy: OutboundPolicy,
     endpoints: &str,
 ) -> (OutboundPolicyServer, Discovery, TestProxy) {
     let policies = OutboundPolicyServer::start().await;
@@ -137,6 +138,11 @@ async fn routed(
         None => TestProxy::start(&env).await,
     };
     (policies, discovery, client)
+}
+
+/// The policy for [`WEB`]: one route, `web`, with `rules`; no failure accrual.
+fn web_routes(rules: Vec<http_route::Rule>) -> OutboundPolicy {
+    http_policy(WEB, vec![route("web", rules)], None)
 }
 
 /// `app` behind its own proxy, certified as `sa`: the endpoint entry naming it meshed.
@@ -225,11 +231,7 @@ async fn a_weighted_split_lands_within_a_few_percent_of_90_10_and_updates_apply_
         let eps = format!("{ep1};{ep2};{ep_parent}");
         let (policies, _discovery, client) = routed(
             Some(&ids),
-            http_policy(
-                WEB,
-                vec![route("web", vec![split(&[(WEB_V1, 90), (WEB_V2, 10)])])],
-                None,
-            ),
+            web_routes(vec![split(&[(WEB_V1, 90), (WEB_V2, 10)])]),
             &eps,
         )
         .await;
@@ -253,10 +255,7 @@ async fn a_weighted_split_lands_within_a_few_percent_of_90_10_and_updates_apply_
         );
 
         // All traffic to v2 now: the next requests on the same connections follow.
-        policies.set(
-            WEB,
-            http_policy(WEB, vec![route("web", vec![split(&[(WEB_V2, 1)])])], None),
-        );
+        policies.set(WEB, web_routes(vec![split(&[(WEB_V2, 1)])]));
         let mut conn = client::http1(client.outbound).await;
         assert_eventually!({
             let rsp = client::send1(&mut conn, client::get_request(URL)).await;
@@ -278,21 +277,14 @@ async fn matches_route_requests_by_header_and_path_and_unmatched_get_404() {
         let eps = format!("{WEB_V1}={};{WEB_V2}={}", v1.addr, v2.addr);
         let (_policies, _discovery, client) = routed(
             None,
-            http_policy(
-                WEB,
-                vec![route(
-                    "web",
-                    vec![
-                        path_prefix(split(&[(WEB_V1, 1)]), "/api"),
-                        header(
-                            path_prefix(split(&[(WEB_V2, 1)]), "/api"),
-                            "x-canary",
-                            "yes",
-                        ),
-                    ],
-                )],
-                None,
-            ),
+            web_routes(vec![
+                path_prefix(split(&[(WEB_V1, 1)]), "/api"),
+                header(
+                    path_prefix(split(&[(WEB_V2, 1)]), "/api"),
+                    "x-canary",
+                    "yes",
+                ),
+            ]),
             &eps,
         )
         .await;
@@ -331,11 +323,7 @@ async fn retries_hide_a_backend_that_fails_a_fifth_of_requests() {
         let (_p, ep) = meshed(&ids, WEB, "web", &flaky).await;
         let (_policies, _discovery, client) = routed(
             Some(&ids),
-            http_policy(
-                WEB,
-                vec![route("web", vec![with_retries(split(&[(WEB, 1)]), 2)])],
-                None,
-            ),
+            web_routes(vec![with_retries(split(&[(WEB, 1)]), 2)]),
             &ep,
         )
         .await;
@@ -393,11 +381,7 @@ async fn the_retry_budget_stops_retries_multiplying_load_on_a_failing_backend() 
         let app = App::start("down", broken).await;
         let (_policies, _discovery, client) = routed(
             None,
-            http_policy(
-                WEB,
-                vec![route("web", vec![with_retries(split(&[(WEB, 1)]), 3)])],
-                None,
-            ),
+            web_routes(vec![with_retries(split(&[(WEB, 1)]), 3)]),
             &format!("{WEB}={}", app.addr),
         )
         .await;
@@ -482,14 +466,10 @@ async fn a_slow_backend_hits_the_route_timeout_with_a_504() {
         .await;
         let (_policies, _discovery, client) = routed(
             None,
-            http_policy(
-                WEB,
-                vec![route(
-                    "web",
-                    vec![with_timeout(split(&[(WEB, 1)]), Duration::from_millis(200))],
-                )],
-                None,
-            ),
+            web_routes(vec![with_timeout(
+                split(&[(WEB, 1)]),
+                Duration::from_millis(200),
+            )]),
             &format!("{WEB}={}", slow.addr),
         )
         .await;
@@ -526,14 +506,7 @@ async fn fault_injection_fails_the_configured_share_without_reaching_the_backend
         let app = App::start("app", Behaviour::default()).await;
         let (_policies, _discovery, client) = routed(
             None,
-            http_policy(
-                WEB,
-                vec![route(
-                    "web",
-                    vec![with_fault(split(&[(WEB, 1)]), 503, 1, 4)],
-                )],
-                None,
-            ),
+            web_routes(vec![with_fault(split(&[(WEB, 1)]), 503, 1, 4)]),
             &format!("{WEB}={}", app.addr),
         )
         .await;

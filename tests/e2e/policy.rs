@@ -20,6 +20,7 @@ use linkerd_tests::{
     server::TestServer,
     tcp::TcpServer,
 };
+use linkerd2_proxy_api::inbound::Server;
 use std::time::Duration;
 
 const WEB: &str = "web.test:80";
@@ -54,29 +55,72 @@ fn policy() -> linkerd_identity::ca::LeafPolicy {
     leaf_policy(Duration::from_secs(3600), Duration::from_secs(20))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_authorized_identities_reach_the_app() {
-    run(async {
+/// The identity service; an app behind the proxy of `api`, whose inbound follows a policy
+/// service for the app's port; and two callers, `web` and `batch`, whose proxies know it as
+/// [`WEB`].
+struct Api {
+    svc: IdentityService,
+    web: String,
+    batch: String,
+    app: TestServer,
+    port: u16,
+    policies: PolicyServer,
+    proxy_api: TestProxy,
+    proxy_web: TestProxy,
+    proxy_batch: TestProxy,
+    /// `/echo` at [`WEB`].
+    url: String,
+}
+
+impl Api {
+    /// `first` makes the policy for the app's port that `api`'s proxy starts with, given the
+    /// identities of `web` and `batch`.
+    async fn start(first: impl FnOnce(&str, &str) -> Server) -> Self {
         let svc = IdentityService::start(policy()).await;
         let (web, batch, api) = (identity("web"), identity("batch"), identity("api"));
         let app = TestServer::start().await;
         let port = app.addr().port();
         let policies = PolicyServer::start(WORKLOAD).await;
-        policies.set(
-            port,
-            server(
-                "api-http",
-                false,
-                vec![mtls_identities("web-only", &[&web])],
-            ),
-        );
+        policies.set(port, first(&web, &batch));
         let proxy_api = policed(&svc, &api, app.addr(), &policies).await;
         let endpoints = meshed_endpoint(WEB, proxy_api.inbound, &api);
         let proxy_web = svc.proxy(&web, &[(ENV_STATIC_ENDPOINTS, &endpoints)]).await;
         let proxy_batch = svc
             .proxy(&batch, &[(ENV_STATIC_ENDPOINTS, &endpoints)])
             .await;
-        let url = format!("http://{WEB}/echo");
+        Self {
+            svc,
+            web,
+            batch,
+            app,
+            port,
+            policies,
+            proxy_api,
+            proxy_web,
+            proxy_batch,
+            url: format!("http://{WEB}/echo"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_authorized_identities_reach_the_app() {
+    run(async {
+        let Api {
+            svc: _svc,
+            web,
+            batch,
+            app: _app,
+            port,
+            policies,
+            proxy_api,
+            proxy_web,
+            proxy_batch,
+            url,
+        } = Api::start(|web, _| {
+            server("api-http", false, vec![mtls_identities("web-only", &[web])])
+        })
+        .await;
 
         // The policy arrives shortly after start; until then the default (allow) applies.
         let mut batch_conn = client::http1(proxy_batch.outbound).await;
@@ -263,22 +307,24 @@ async fn the_local_default_decides_without_a_policy_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_default_policy_is_a_startup_error() {
     run(async {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_test-proxy"))
-            .env(ENV_INBOUND_DEFAULT_POLICY, "allow-everyone")
-            .output()
-            .await
-            .expect("run the proxy");
-        assert_eq!(out.status.code(), Some(64));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(ENV_INBOUND_DEFAULT_POLICY), "{stderr}");
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_test-proxy"))
-            .env(ENV_POLICY_SVC_ADDR, "127.0.0.1:8090")
-            .output()
-            .await
-            .expect("run the proxy");
-        assert_eq!(out.status.code(), Some(64));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(ENV_POLICY_WORKLOAD), "{stderr}");
+        // An unknown default; a policy service without the workload to ask it about.
+        for (var, value, named) in [
+            (
+                ENV_INBOUND_DEFAULT_POLICY,
+                "allow-everyone",
+                ENV_INBOUND_DEFAULT_POLICY,
+            ),
+            (ENV_POLICY_SVC_ADDR, "127.0.0.1:8090", ENV_POLICY_WORKLOAD),
+        ] {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_test-proxy"))
+                .env(var, value)
+                .output()
+                .await
+                .expect("run the proxy");
+            assert_eq!(out.status.code(), Some(64));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains(named), "{stderr}");
+        }
     })
     .await;
 }
@@ -309,27 +355,24 @@ async fn readiness_waits_for_the_first_policy_and_the_default_serves_meanwhile()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_rate_limit_answers_429_beyond_each_identitys_budget() {
     run(async {
-        let svc = IdentityService::start(policy()).await;
-        let (web, batch, api) = (identity("web"), identity("batch"), identity("api"));
-        let app = TestServer::start().await;
-        let port = app.addr().port();
-        let policies = PolicyServer::start(WORKLOAD).await;
         // 40 requests per second in total, 15 per client identity.
-        policies.set(
-            port,
+        let Api {
+            svc: _svc,
+            app,
+            policies: _policies,
+            proxy_api,
+            proxy_web,
+            proxy_batch,
+            url,
+            ..
+        } = Api::start(|_, _| {
             with_rate_limit(
                 server("api-http", false, vec![unauthenticated("anyone")]),
                 40,
                 Some(15),
-            ),
-        );
-        let proxy_api = policed(&svc, &api, app.addr(), &policies).await;
-        let endpoints = meshed_endpoint(WEB, proxy_api.inbound, &api);
-        let proxy_web = svc.proxy(&web, &[(ENV_STATIC_ENDPOINTS, &endpoints)]).await;
-        let proxy_batch = svc
-            .proxy(&batch, &[(ENV_STATIC_ENDPOINTS, &endpoints)])
-            .await;
-        let url = format!("http://{WEB}/echo");
+            )
+        })
+        .await;
 
         // A burst of 30 from one identity: its 15 pass (plus what refills meanwhile).
         let mut conn = client::http1(proxy_web.outbound).await;

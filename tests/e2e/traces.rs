@@ -20,7 +20,6 @@ use linkerd_tests::{
     run,
     server::TestServer,
 };
-use linkerd2_proxy_api::destination::destination_client::DestinationClient;
 use serde_json::Value;
 use std::{
     net::SocketAddr,
@@ -312,13 +311,7 @@ async fn grpc_calls_are_traced() {
         };
         let (server, _task) = mesh::serve_client_id_echo().await;
         let p = pair(server, GRPC, rx.addr, "0").await;
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", p.a.outbound))
-            .unwrap()
-            .origin(format!("http://{GRPC}").parse().unwrap())
-            .connect()
-            .await
-            .unwrap();
-        let mut grpc = DestinationClient::new(channel);
+        let mut grpc = linkerd_tests::grpc::client_via(p.a.outbound, GRPC).await;
         let trace = "22222222222222222222222222222222";
         let mut req = tonic::Request::new(linkerd_tests::grpc::get_destination("web:80"));
         req.metadata_mut().insert(

@@ -7,12 +7,12 @@
 //! streams the difference (`add` / `remove`) to every watcher, as the real service does. An
 //! unknown name gets `NOT_FOUND`.
 
-use crate::watched::{Streamed, Watched, publish};
+use crate::{
+    grpc::Answers,
+    watched::{Streamed, Watched, publish},
+};
 use linkerd2_proxy_api::destination::{
-    AddrSet, DestinationProfile, GetDestination, NoEndpoints, Update, WeightedAddr,
-    WeightedAddrSet,
-    destination_server::{Destination, DestinationServer},
-    update,
+    AddrSet, GetDestination, NoEndpoints, Update, WeightedAddr, WeightedAddrSet, update,
 };
 use std::{
     collections::BTreeSet,
@@ -25,10 +25,7 @@ use std::{
     time::Duration,
 };
 use tokio::net::TcpListener;
-use tonic::{
-    Request, Response, Status, codegen::tokio_stream::wrappers::ReceiverStream,
-    transport::server::TcpIncoming,
-};
+use tonic::{Request, Status, codegen::tokio_stream::wrappers::ReceiverStream};
 
 type Names = Watched<String, BTreeSet<SocketAddr>>;
 
@@ -68,15 +65,8 @@ fn add(addrs: impl Iterator<Item = SocketAddr>) -> Update {
     }
 }
 
-#[tonic::async_trait]
-impl Destination for Svc {
-    type GetStream = Streamed<Update>;
-    type GetProfileStream = Streamed<DestinationProfile>;
-
-    async fn get(
-        &self,
-        request: Request<GetDestination>,
-    ) -> Result<Response<Self::GetStream>, Status> {
+impl Answers for Svc {
+    fn get(&self, request: Request<GetDestination>) -> Result<Streamed<Update>, Status> {
         let path = request.into_inner().path;
         let mut rx = self
             .names
@@ -120,16 +110,11 @@ impl Destination for Svc {
             }
             watchers.fetch_sub(1, Ordering::SeqCst);
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+        Ok(Box::pin(ReceiverStream::new(out)))
     }
 
-    async fn get_profile(
-        &self,
-        _: Request<GetDestination>,
-    ) -> Result<Response<Self::GetProfileStream>, Status> {
-        Err(Status::unimplemented(
-            "profiles are not served by this test server",
-        ))
+    fn get_profile(&self, _: Request<GetDestination>) -> Status {
+        Status::unimplemented("profiles are not served by this test server")
     }
 }
 
@@ -163,9 +148,7 @@ impl Discovery {
                 addr_tx
                     .send(listener.local_addr().expect("addr"))
                     .expect("send addr");
-                let server = tonic::transport::Server::builder()
-                    .add_service(DestinationServer::new(svc))
-                    .serve_with_incoming(TcpIncoming::from(listener));
+                let server = crate::grpc::serve_on(svc, listener);
                 tokio::select! {
                     _ = server => {}
                     _ = stopped => {}

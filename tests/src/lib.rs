@@ -15,6 +15,8 @@
 //! - [`registry`]: our real policy service, in-process, serving a registry file.
 //! - [`mesh`]: mTLS support: a CA made at test time, the identity service in-process, meshed
 //!   proxies, raw TLS clients and a fake meshed peer, steady traffic.
+//! - [`accept_each`] and [`serve_http`]: what the test servers share, the accept loop and HTTP
+//!   on one connection.
 //!
 //! Every listener binds `127.0.0.1:0`, so tests can run in parallel.
 
@@ -32,7 +34,17 @@ pub mod server;
 pub mod tcp;
 pub mod watched;
 
-use std::{future::Future, time::Duration};
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
 
 /// The longest any one test may run: a hang fails the test instead of blocking CI.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -51,6 +63,49 @@ pub async fn within<F: Future>(limit: Duration, what: &str, fut: F) -> F::Output
         Ok(v) => v,
         Err(_) => panic!("{what} did not complete within {limit:?}"),
     }
+}
+
+/// Binds `127.0.0.1:0` for a test server (`what`) and accepts connections there until the
+/// returned task is aborted, handing each to `accepted` (which spawns what serves it). A failed
+/// accept (usually EMFILE) backs off instead of spinning.
+pub async fn accept_each<F>(what: &str, mut accepted: F) -> (SocketAddr, JoinHandle<()>)
+where
+    F: FnMut(TcpStream) + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind the {what}: {e}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("the {what}'s address: {e}"));
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            accepted(stream);
+        }
+    });
+    (addr, task)
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (prior knowledge), upgrades included, on `io` until it closes:
+/// `handle` answers each request.
+pub async fn serve_http<I, F, Fut>(io: I, handle: F)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<client::TestBody>> + Send + 'static,
+{
+    let handle = Arc::new(handle);
+    let svc = service_fn(move |req| {
+        let handle = handle.clone();
+        async move { Ok::<_, Infallible>(handle(req).await) }
+    });
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await;
 }
 
 /// `len` bytes of a pattern whose period (251) divides no power of two, so that lost, repeated

@@ -140,44 +140,42 @@ fn resource(kind: &str, name: &str) -> Option<Metadata> {
 /// An authorization (an AuthorizationPolicy named `name`) for mTLS clients with exactly these
 /// identities, from anywhere.
 pub fn mtls_identities(name: &str, identities: &[&str]) -> Authz {
-    Authz {
-        networks: all_networks(),
-        authentication: Some(Authn {
-            permit: Some(Permit::MeshTls(PermitMeshTls {
-                clients: Some(permit_mesh_tls::Clients::Identities(
-                    permit_mesh_tls::PermitClientIdentities {
-                        identities: identities
-                            .iter()
-                            .map(|i| Identity {
-                                name: i.to_string(),
-                            })
-                            .collect(),
-                        suffixes: vec![],
-                    },
-                )),
-            })),
-        }),
-        labels: Default::default(),
-        metadata: resource("AuthorizationPolicy", name),
-    }
+    let identities = identities
+        .iter()
+        .map(|i| Identity {
+            name: i.to_string(),
+        })
+        .collect();
+    mtls_clients(
+        name,
+        permit_mesh_tls::PermitClientIdentities {
+            identities,
+            suffixes: vec![],
+        },
+    )
 }
 
 /// An authorization (an AuthorizationPolicy named `name`) for any mTLS client with a verified
 /// identity, from anywhere: what the policy controller sends for `all-authenticated` (no
 /// identities, one empty suffix).
 pub fn mtls_any(name: &str) -> Authz {
+    mtls_clients(
+        name,
+        permit_mesh_tls::PermitClientIdentities {
+            identities: vec![],
+            suffixes: vec![linkerd2_proxy_api::inbound::IdentitySuffix { parts: vec![] }],
+        },
+    )
+}
+
+/// An authorization (an AuthorizationPolicy named `name`) for the mTLS `clients`, from
+/// anywhere.
+fn mtls_clients(name: &str, clients: permit_mesh_tls::PermitClientIdentities) -> Authz {
     Authz {
         networks: all_networks(),
         authentication: Some(Authn {
             permit: Some(Permit::MeshTls(PermitMeshTls {
-                clients: Some(permit_mesh_tls::Clients::Identities(
-                    permit_mesh_tls::PermitClientIdentities {
-                        identities: vec![],
-                        suffixes: vec![linkerd2_proxy_api::inbound::IdentitySuffix {
-                            parts: vec![],
-                        }],
-                    },
-                )),
+                clients: Some(permit_mesh_tls::Clients::Identities(clients)),
             })),
         }),
         labels: Default::default(),

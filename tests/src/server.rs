@@ -24,16 +24,9 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
 };
 use http_body_util::BodyExt;
-use hyper::{
-    body::{Frame, Incoming},
-    service::service_fn,
-};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
 use std::{
-    convert::Infallible,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -43,7 +36,6 @@ use std::{
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
     sync::Notify,
     task::JoinHandle,
 };
@@ -92,33 +84,16 @@ impl TestServer {
     }
 
     async fn start_with(state: State) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the test server");
-        let addr = listener.local_addr().expect("test server address");
         let state = Arc::new(state);
         let s = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    // Usually EMFILE: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                };
-                let conn = s.connections.fetch_add(1, Ordering::SeqCst);
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let s = s.clone();
-                        async move { Ok::<_, Infallible>(handle(s, conn, req).await) }
-                    });
-                    let builder = auto::Builder::new(TokioExecutor::new());
-                    let _ = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        let (addr, task) = crate::accept_each("test server", move |stream| {
+            let conn = s.connections.fetch_add(1, Ordering::SeqCst);
+            let s = s.clone();
+            tokio::spawn(crate::serve_http(stream, move |req| {
+                handle(s.clone(), conn, req)
+            }));
+        })
+        .await;
         Self { addr, state, task }
     }
 

@@ -9,7 +9,7 @@ use std::{
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     task::JoinHandle,
 };
 
@@ -36,23 +36,13 @@ impl TcpServer {
     }
 
     async fn start(banner: Option<&'static [u8]>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind a TCP test server");
-        let addr = listener.local_addr().expect("TCP test server address");
         let connections = Arc::new(AtomicUsize::new(0));
         let count = connections.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    // Usually EMFILE: back off instead of spinning.
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    continue;
-                };
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(stream, banner));
-            }
-        });
+        let (addr, task) = crate::accept_each("TCP test server", move |stream| {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(stream, banner));
+        })
+        .await;
         Self {
             addr,
             connections,

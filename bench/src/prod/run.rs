@@ -19,7 +19,7 @@ use crate::{
     counters::{self, Counters},
     netns,
     procfs::{self, Sched},
-    report::{emit, loadavg, median, round},
+    report::{Measured, emit, loadavg, median, round},
     scenario::{Load, selected},
     tools,
 };
@@ -237,10 +237,11 @@ async fn scenario(
     let load_cpu0 = procfs::self_and_children_cpu_seconds()?;
     let machine0 = procfs::machine_busy_seconds()?;
     let started = Instant::now();
-    let m = generate(opts, b, &client_ns, &url, load).await;
+    let generated = generate(opts, b, &client_ns, &url, load).await;
     let wall = started.elapsed().as_secs_f64();
     cluster.check_running()?;
-    let m = m?;
+    let g = generated?;
+    let m = &g.measured;
     let machine = procfs::machine_busy_seconds()? - machine0;
     let load_cpu = procfs::self_and_children_cpu_seconds()? - load_cpu0;
     let accounted_cpu = accounted
@@ -309,21 +310,14 @@ async fn scenario(
         ]),
     };
     let sidecar_cpu = (path != PPath::Direct).then(|| cpu_sum * 1e6 / reqs);
-    let mut row: Vec<(&str, Value)> = vec![
-        ("scenario", json!(name)),
-        ("round", json!(round_no)),
-        ("rps", json!(round(m.rps, 1))),
-        ("p50_us", json!(m.p50)),
-        ("p99_us", json!(m.p99)),
-        ("p999_us", json!(m.p999)),
-        ("max_us", json!(m.max)),
-        ("requests", json!(m.requests)),
-        ("errors", json!(m.errors)),
+    let mut row: Vec<(&str, Value)> = vec![("scenario", json!(name)), ("round", json!(round_no))];
+    row.extend(m.figures());
+    row.extend([
         ("direct_p99_us", json!(direct.map(|d| d.1))),
         ("added_p50_us", json!(added.map(|a| a[0]))),
         ("added_p99_us", json!(added.map(|a| a[1]))),
         ("added_p999_us", json!(added.map(|a| a[2]))),
-        ("dispatch_lag_p99_us", json!(m.lag_p99)),
+        ("dispatch_lag_p99_us", json!(g.lag_p99)),
         (
             "sidecar_cpu_us_per_req",
             json!(sidecar_cpu.map(|c| round(c, 2))),
@@ -335,14 +329,14 @@ async fn scenario(
         ("processes", Value::Object(parts)),
         ("as_meant", json!(meant)),
         ("path", json!(path.describe())),
-        ("load", json!(m.tool)),
+        ("load", json!(g.tool)),
         ("loadgen_cpu_s", json!(round(load_cpu, 2))),
         ("other_cpu_s", json!(round(other, 2))),
         ("disturbed", json!(disturbed)),
         ("wall_s", json!(round(wall, 2))),
         ("loadavg_1m", json!(loadavg())),
-    ];
-    if let Some(e) = &m.first_error {
+    ]);
+    if let Some(e) = &g.first_error {
         row.push(("first_error", json!(e)));
     }
     emit(&row)?;
@@ -352,7 +346,7 @@ async fn scenario(
         p999: m.p999 as f64,
         added,
         direct_p99: direct.map(|d| d.1),
-        lag_p99: m.lag_p99,
+        lag_p99: g.lag_p99,
         cpu_us_per_req: sidecar_cpu,
         wakeups_per_req: (path != PPath::Direct).then(|| wakeups_sum / reqs),
         rps: m.rps,
@@ -383,13 +377,8 @@ fn as_meant(path: PPath, role: &str, c: &Counters, o: &mut serde_json::Map<Strin
 /// What the load generator measured.
 struct Generated {
     tool: &'static str,
-    rps: f64,
-    p50: u64,
-    p99: u64,
-    p999: u64,
-    max: u64,
-    requests: u64,
-    errors: u64,
+    /// Its figures (no extra fields).
+    measured: Measured,
     lag_p99: Option<u64>,
     first_error: Option<String>,
 }
@@ -416,13 +405,7 @@ async fn generate(
             .await?;
             Ok(Generated {
                 tool: "wrk -t1",
-                rps: s.rps,
-                p50: s.latency.p50,
-                p99: s.latency.p99,
-                p999: s.latency.p999,
-                max: s.latency.max,
-                requests: s.requests,
-                errors: s.errors,
+                measured: Measured::saturation(&s, vec![]),
                 lag_p99: None,
                 first_error: None,
             })
@@ -440,13 +423,16 @@ async fn generate(
             let n = |k: &str| v.get(k).and_then(Value::as_u64);
             Ok(Generated {
                 tool: "bench load (open loop)",
-                rps: v.get("rps").and_then(Value::as_f64).unwrap_or(0.0),
-                p50: n("p50_us").unwrap_or(0),
-                p99: n("p99_us").unwrap_or(0),
-                p999: n("p999_us").unwrap_or(0),
-                max: n("max_us").unwrap_or(0),
-                requests: n("ok").unwrap_or(0),
-                errors: n("errors").unwrap_or(0) + n("timeouts").unwrap_or(0),
+                measured: Measured {
+                    rps: v.get("rps").and_then(Value::as_f64).unwrap_or(0.0),
+                    p50: n("p50_us").unwrap_or(0),
+                    p99: n("p99_us").unwrap_or(0),
+                    p999: n("p999_us").unwrap_or(0),
+                    max: n("max_us").unwrap_or(0),
+                    requests: n("ok").unwrap_or(0),
+                    errors: n("errors").unwrap_or(0) + n("timeouts").unwrap_or(0),
+                    extra: vec![],
+                },
                 lag_p99: n("dispatch_lag_p99_us"),
                 first_error: v
                     .get("first_error")
@@ -507,11 +493,9 @@ mod tests {
     use super::*;
 
     fn names(only: &[&str]) -> Vec<String> {
-        let only: Vec<String> = only.iter().map(|s| s.to_string()).collect();
-        table(&[1000, 5000], &only)
-            .iter()
-            .flat_map(|(l, ps)| ps.iter().map(|p| name(*l, *p)))
-            .collect()
+        let row =
+            |(l, ps): &(Load, Vec<PPath>)| ps.iter().map(|p| name(*l, *p)).collect::<Vec<_>>();
+        crate::scenario::tests::selected_names(table, only, row)
     }
 
     #[test]

@@ -410,11 +410,7 @@ impl Up<'_> {
                 }
             )?;
         }
-        Ok(Ok(if summary.ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        }))
+        Ok(Ok(crate::out::status(summary.ok)))
     }
 
     /// Tells discovery which workloads are ready.

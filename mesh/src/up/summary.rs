@@ -27,12 +27,16 @@ pub fn info(r: &Running) -> Info {
         state: Some(state),
         restarts: r.restarts,
         error,
-        pss_bytes: r
-            .sidecar
-            .as_ref()
-            .and_then(|p| p.id())
-            .and_then(pss_kb)
-            .map(|kb| kb * 1024),
+        sidecar: schema::Sidecar {
+            rss_bytes: None,
+            pss_bytes: r
+                .sidecar
+                .as_ref()
+                .and_then(|p| p.id())
+                .and_then(pss_kb)
+                .map(|kb| kb * 1024),
+        },
+        ..Info::default()
     }
 }
 
@@ -48,7 +52,7 @@ pub fn workloads(
         .map(|(i, r)| {
             let info = info(r);
             if r.is_failed() {
-                return info.without_metrics();
+                return info;
             }
             match spans(i) {
                 Some((before, after, secs)) => stats::workload(info, &before, &after, secs),
@@ -59,8 +63,7 @@ pub fn workloads(
                         r.workload.admin()
                     )),
                     ..info
-                }
-                .without_metrics(),
+                },
             }
         })
         .collect()
@@ -219,7 +222,6 @@ mod tests {
             error: Some("the app of api exited (exit status: 3): boom".into()),
             ..Info::default()
         }
-        .without_metrics()
     }
 
     #[test]

@@ -255,11 +255,7 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             }
         )?;
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(crate::out::status(ok))
 }
 
 #[cfg(test)]

@@ -117,42 +117,27 @@ mod tests {
     #[test]
     fn the_graph_points_callers_at_the_workloads_of_a_service() {
         let proxies = [proxy("frontend"), proxy("backend-v1")];
-        let state = State {
-            name: "demo".into(),
-            pid: 1,
-            started: 0,
-            file: "built-in demo".into(),
-            dir: "/tmp".into(),
-            keep_logs: false,
-            namespace: "demo".into(),
-            identity_admin: "127.0.0.9:9990".parse().unwrap(),
-            destination_admin: "127.0.0.9:9996".parse().unwrap(),
-            policy_admin: "127.0.0.9:9997".parse().unwrap(),
-            trust_anchor_file: "/nonexistent".into(),
-            workloads: vec![
-                StateWorkload {
-                    name: "frontend".into(),
-                    service: "frontend.demo.svc.cluster.local".into(),
-                    identity: "f".into(),
-                    admin: "127.0.0.10:4191".parse().unwrap(),
-                    app: "127.0.0.10:8080".parse().unwrap(),
-                    ingress: true,
-                    ready: true,
-                },
-                StateWorkload {
-                    name: "backend-v1".into(),
-                    service: "backend.demo.svc.cluster.local".into(),
-                    identity: "backend-v1.demo.serviceaccount.identity.linkerd.cluster.local"
-                        .into(),
-                    admin: "127.0.0.11:4191".parse().unwrap(),
-                    app: "127.0.0.11:8080".parse().unwrap(),
-                    ingress: false,
-                    ready: true,
-                },
-            ],
-            dashboard: None,
-            trace_collector: None,
-        };
+        let workloads = vec![
+            StateWorkload {
+                name: "frontend".into(),
+                service: "frontend.demo.svc.cluster.local".into(),
+                identity: "f".into(),
+                admin: "127.0.0.10:4191".parse().unwrap(),
+                app: "127.0.0.10:8080".parse().unwrap(),
+                ingress: true,
+                ready: true,
+            },
+            StateWorkload {
+                name: "backend-v1".into(),
+                service: "backend.demo.svc.cluster.local".into(),
+                identity: "backend-v1.demo.serviceaccount.identity.linkerd.cluster.local".into(),
+                admin: "127.0.0.11:4191".parse().unwrap(),
+                app: "127.0.0.11:8080".parse().unwrap(),
+                ingress: false,
+                ready: true,
+            },
+        ];
+        let state = State::for_tests("demo", 1, "/tmp".into(), workloads);
         let edges = edges_of(&proxies[..1], &[Ok(Scrape::parse(CLIENT))]);
         let text = dot(&proxies, Some(&state), &edges);
         assert!(

@@ -36,8 +36,7 @@ pub async fn stat(args: StatArgs) -> anyhow::Result<ExitCode> {
                 state: Some(State::Unreachable),
                 error: Some(e.clone()),
                 ..p.info.clone()
-            }
-            .without_metrics(),
+            },
         });
     }
     let reachable = workloads
@@ -57,9 +56,5 @@ pub async fn stat(args: StatArgs) -> anyhow::Result<ExitCode> {
         }
         out::print(&table::render(&workloads, namespace))?;
     }
-    Ok(if reachable {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(crate::out::status(reachable))
 }

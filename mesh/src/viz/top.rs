@@ -274,11 +274,7 @@ pub async fn top(args: TopArgs) -> anyhow::Result<ExitCode> {
             crate::out::errln!("mesh top: {e}");
         }
     }
-    Ok(if errors.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(crate::out::status(errors.is_empty()))
 }
 
 #[cfg(test)]

@@ -4,15 +4,10 @@ use super::{Leaf, error_chain, lock, provider, roots};
 use crate::client::{Reply, TestBody};
 use http::{HeaderMap, Request, Response, Version};
 use http_body_util::BodyExt;
-use hyper::{body::Incoming, service::service_fn};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
+use hyper_util::rt::TokioIo;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, server::WebPkiClientVerifier};
 use rustls_pki_types::{CertificateDer, ServerName};
 use std::{
-    convert::Infallible,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -20,11 +15,7 @@ use std::{
     },
     time::Duration,
 };
-use tokio::{
-    io::AsyncReadExt,
-    net::{TcpListener, TcpStream},
-    task::JoinHandle,
-};
+use tokio::{io::AsyncReadExt, net::TcpStream, task::JoinHandle};
 
 /// A TLS 1.3 client trusting `anchor_pem`, presenting `cert` if given.
 pub fn client_config(anchor_pem: &str, cert: Option<&Leaf>) -> Arc<ClientConfig> {
@@ -169,44 +160,30 @@ impl TlsPeer {
             .with_single_cert(cert.chain, cert.key)
             .expect("a server certificate");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the TLS peer");
-        let addr = listener.local_addr().expect("TLS peer address");
         let state = Arc::new(PeerState::default());
         let s = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                };
-                let (acceptor, s) = (acceptor.clone(), s.clone());
-                tokio::spawn(async move {
-                    let tls = match acceptor.accept(stream).await {
-                        Ok(tls) => tls,
-                        Err(_) => {
-                            s.failed_handshakes.fetch_add(1, Ordering::SeqCst);
-                            return;
-                        }
-                    };
-                    if let Some(certs) = tls.get_ref().1.peer_certificates() {
-                        lock(&s.client_certs).push(certs.to_vec());
+        let (addr, task) = crate::accept_each("TLS peer", move |stream| {
+            let (acceptor, s) = (acceptor.clone(), s.clone());
+            tokio::spawn(async move {
+                let tls = match acceptor.accept(stream).await {
+                    Ok(tls) => tls,
+                    Err(_) => {
+                        s.failed_handshakes.fetch_add(1, Ordering::SeqCst);
+                        return;
                     }
-                    s.handshakes.fetch_add(1, Ordering::SeqCst);
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let s = s.clone();
-                        async move {
-                            lock(&s.requests).push((req.version(), req.headers().clone()));
-                            Ok::<_, Infallible>(Response::new(crate::client::full("peer\n")))
-                        }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
-        });
+                };
+                if let Some(certs) = tls.get_ref().1.peer_certificates() {
+                    lock(&s.client_certs).push(certs.to_vec());
+                }
+                s.handshakes.fetch_add(1, Ordering::SeqCst);
+                crate::serve_http(tls, move |req| {
+                    lock(&s.requests).push((req.version(), req.headers().clone()));
+                    std::future::ready(Response::new(crate::client::full("peer\n")))
+                })
+                .await;
+            });
+        })
+        .await;
         Self { addr, state, task }
     }
 

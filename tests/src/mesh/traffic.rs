@@ -2,27 +2,21 @@
 //! identity, opaque TCP, and a steady traffic generator.
 
 use super::error_chain;
-use crate::client::TestBody;
+use crate::{client::TestBody, grpc::Answers, watched::Streamed};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use linkerd2_proxy_api::destination::{
-    DestinationProfile, GetDestination, Update, WeightedAddr, WeightedAddrSet,
-    destination_server::{Destination, DestinationServer},
-    update,
+    GetDestination, Update, WeightedAddr, WeightedAddrSet, update,
 };
-use std::{net::SocketAddr, pin::Pin, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     sync::watch,
     task::JoinHandle,
 };
-use tonic::{
-    Status,
-    codegen::tokio_stream::{self, Stream},
-    transport::server::TcpIncoming,
-};
+use tonic::{Status, codegen::tokio_stream};
 
 // === gRPC: a service that reports the caller's identity ===
 
@@ -32,8 +26,6 @@ use tonic::{
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ClientIdEcho;
 
-type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
 fn client_id_of<T>(req: &tonic::Request<T>) -> String {
     req.metadata()
         .get("l5d-client-id")
@@ -42,15 +34,8 @@ fn client_id_of<T>(req: &tonic::Request<T>) -> String {
         .to_string()
 }
 
-#[tonic::async_trait]
-impl Destination for ClientIdEcho {
-    type GetStream = Streamed<Update>;
-    type GetProfileStream = Streamed<DestinationProfile>;
-
-    async fn get(
-        &self,
-        request: tonic::Request<GetDestination>,
-    ) -> Result<tonic::Response<Self::GetStream>, Status> {
+impl Answers for ClientIdEcho {
+    fn get(&self, request: tonic::Request<GetDestination>) -> Result<Streamed<Update>, Status> {
         let id = client_id_of(&request);
         let update = Update {
             update: Some(update::Update::Add(WeightedAddrSet {
@@ -61,35 +46,17 @@ impl Destination for ClientIdEcho {
                 metric_labels: [("client_id".to_string(), id)].into(),
             })),
         };
-        Ok(tonic::Response::new(Box::pin(tokio_stream::iter(vec![
-            Ok(update),
-        ]))))
+        Ok(Box::pin(tokio_stream::iter(vec![Ok(update)])))
     }
 
-    async fn get_profile(
-        &self,
-        request: tonic::Request<GetDestination>,
-    ) -> Result<tonic::Response<Self::GetProfileStream>, Status> {
-        Err(Status::not_found(format!(
-            "client_id={}",
-            client_id_of(&request)
-        )))
+    fn get_profile(&self, request: tonic::Request<GetDestination>) -> Status {
+        Status::not_found(format!("client_id={}", client_id_of(&request)))
     }
 }
 
 /// Serves [`ClientIdEcho`] on an ephemeral loopback port.
 pub async fn serve_client_id_echo() -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the gRPC server");
-    let addr = listener.local_addr().expect("gRPC server address");
-    let task = tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(DestinationServer::new(ClientIdEcho))
-            .serve_with_incoming(TcpIncoming::from(listener))
-            .await;
-    });
-    (addr, task)
+    crate::grpc::serve_answers(ClientIdEcho).await
 }
 
 // === opaque TCP ===
@@ -191,6 +158,35 @@ async fn connect1(addr: SocketAddr) -> Result<Sender1, String> {
     Ok(sender)
 }
 
+/// Ticks every `every` until told to stop.
+struct Ticks {
+    tick: tokio::time::Interval,
+    stop: watch::Receiver<bool>,
+    next: u64,
+}
+
+impl Ticks {
+    fn new(every: Duration, stop: watch::Receiver<bool>) -> Self {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            tick,
+            stop,
+            next: 0,
+        }
+    }
+
+    /// Waits for the next tick: its number (from 0), or `None` once told to stop.
+    async fn next(&mut self) -> Option<u64> {
+        self.tick.tick().await;
+        if *self.stop.borrow() {
+            return None;
+        }
+        self.next += 1;
+        Some(self.next - 1)
+    }
+}
+
 async fn http_loop(
     outbound: SocketAddr,
     uri: String,
@@ -199,13 +195,8 @@ async fn http_loop(
 ) -> Tally {
     let mut tally = Tally::default();
     let mut sender: Option<Sender1> = None;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for i in 0u64.. {
-        tick.tick().await;
-        if *stop.borrow() {
-            break;
-        }
+    let mut ticks = Ticks::new(every, stop);
+    while let Some(i) = ticks.next().await {
         let result = async {
             let s = match sender.as_mut() {
                 Some(s) if !s.is_closed() => s,
@@ -253,13 +244,8 @@ async fn http_loop(
 async fn tcp_loop(addr: SocketAddr, every: Duration, stop: watch::Receiver<bool>) -> Tally {
     let mut tally = Tally::default();
     let data = opaque_payload(2048);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for i in 0u64.. {
-        tick.tick().await;
-        if *stop.borrow() {
-            break;
-        }
+    let mut ticks = Ticks::new(every, stop);
+    while let Some(i) = ticks.next().await {
         match tcp_echo(addr, &data).await {
             Ok(echoed) if echoed == data => tally.ok += 1,
             Ok(echoed) => tally.fail(format!(
