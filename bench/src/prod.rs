@@ -10,7 +10,8 @@
 //!   ├ c-relay   load ─OUTPUT─► sidecar :4140 (opaque TCP) ──────────► s-plain
 //!   ├ c-hop     load ─OUTPUT─► sidecar :4140 (HTTP) ────────────────► s-plain
 //!   ├ c-relay2  load ─OUTPUT─► sidecar (opaque) ─► PREROUTING ─► s-relay2 sidecar :4143 (opaque) ─► app
-//!   └ c-mesh    load ─OUTPUT─► sidecar (HTTP) ═mTLS, HTTP/2═► PREROUTING ─► s-mesh sidecar :4143 ─► app
+//!   ├ c-mesh    load ─OUTPUT─► sidecar (HTTP) ═mTLS, HTTP/2═► PREROUTING ─► s-mesh sidecar :4143 ─► app
+//!   └ c-mtls_h1 load ─OUTPUT─► sidecar (HTTP) ═mTLS, HTTP/1.1═► PREROUTING ─► s-mtls-h1 sidecar :4143 ─► app
 //! ```
 //!
 //! The load generator (`bench load`, or `wrk` at saturation) asks for
@@ -23,6 +24,8 @@
 //!
 //! `relay` and `relay2` are floors: the same pods and rules with sidecars that only copy bytes
 //! (protocol detection off for port 8080), one for the one-hop path, two for the mesh.
+//! `mtls_h1` is the mesh with `MESH_PROXY_OUTBOUND_UPGRADE_HTTP1=false` on the client sidecar:
+//! HTTP/1.1 over pooled mTLS connections between the sidecars instead of one HTTP/2 connection.
 
 mod run;
 
@@ -68,15 +71,18 @@ pub enum PPath {
     Relay2,
     /// Both sidecars, mTLS and HTTP/2 between them.
     Mesh,
+    /// `Mesh` with HTTP/1.1 between the sidecars (`MESH_PROXY_OUTBOUND_UPGRADE_HTTP1=false`).
+    MtlsH1,
 }
 
 impl PPath {
-    pub const ALL: [PPath; 5] = [
+    pub const ALL: [PPath; 6] = [
         PPath::Direct,
         PPath::Relay,
         PPath::Hop,
         PPath::Relay2,
         PPath::Mesh,
+        PPath::MtlsH1,
     ];
 
     /// The path's part of a scenario name: `prod_rate1000_hop`.
@@ -87,6 +93,7 @@ impl PPath {
             PPath::Hop => "hop",
             PPath::Relay2 => "relay2",
             PPath::Mesh => "mesh",
+            PPath::MtlsH1 => "mtls_h1",
         }
     }
 
@@ -101,6 +108,9 @@ impl PPath {
             PPath::Mesh => {
                 "client pod -> its sidecar (outbound) == mTLS, HTTP/2 ==> server pod's sidecar (inbound) -> app"
             }
+            PPath::MtlsH1 => {
+                "client pod -> its sidecar (outbound) == mTLS, HTTP/1.1 ==> server pod's sidecar (inbound) -> app"
+            }
         }
     }
 
@@ -110,6 +120,7 @@ impl PPath {
             PPath::Direct | PPath::Relay | PPath::Hop => "s-plain",
             PPath::Relay2 => "s-relay2",
             PPath::Mesh => "s-mesh",
+            PPath::MtlsH1 => "s-mtls-h1",
         }
     }
 }
@@ -209,7 +220,7 @@ impl Cluster {
         let id_dir = b.scratch.join("identity");
         let mut anchors = String::new();
         let mut identity_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, APP_PORT));
-        if paths.contains(&PPath::Mesh) {
+        if paths.contains(&PPath::Mesh) || paths.contains(&PPath::MtlsH1) {
             // The identity service's own pod, with its sidecar, as Linkerd deploys it: the
             // sidecar is certified over loopback, and terminates the other proxies' TLS.
             let pod = c.node.pod("identity").await?;
@@ -254,13 +265,16 @@ impl Cluster {
                         APP_PORT.to_string(),
                     )]),
                 ),
-                PPath::Mesh => {
+                PPath::Mesh | PPath::MtlsH1 => {
                     let mut ce = identity_env("client", CLIENT_ID);
                     let name = format!("{}:{APP_PORT}", srv.ip);
                     ce.push((
                         config::ENV_STATIC_ENDPOINTS,
                         format!("{name}={name}#{SERVER_ID}"),
                     ));
+                    if *path == PPath::MtlsH1 {
+                        ce.push((config::ENV_OUTBOUND_UPGRADE_HTTP1, "false".into()));
+                    }
                     (Some(ce), Some(identity_env("server", SERVER_ID)))
                 }
             };
@@ -399,6 +413,7 @@ pub fn roles(p: PPath) -> [&'static str; 2] {
         PPath::Hop => ["hop-client", ""],
         PPath::Relay2 => ["relay2-client", "relay2-server"],
         PPath::Mesh => ["mesh-client", "mesh-server"],
+        PPath::MtlsH1 => ["mtls-h1-client", "mtls-h1-server"],
     }
 }
 

@@ -188,6 +188,7 @@ pub async fn start(config: Config, log: LogLevel) -> io::Result<Running> {
         shared: Arc::new(outbound::http::Shared {
             balancers,
             response_timeout: config.outbound.response_timeout,
+            upgrade_http1: config.outbound.upgrade_http1,
             creds: creds.clone(),
             policies: outbound_policies,
             discovery: config.destination.clone(),

@@ -50,6 +50,7 @@ pub const ENV_IDENTITY_MAX_REFRESH: &str = "LINKERD2_PROXY_IDENTITY_MAX_REFRESH"
 pub const ENV_OUTBOUND_OPAQUE_PORTS: &str = "MESH_PROXY_OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION";
 pub const ENV_INBOUND_FORWARD_ADDR: &str = "MESH_PROXY_INBOUND_FORWARD_ADDR";
 pub const ENV_OUTBOUND_RESPONSE_TIMEOUT: &str = "MESH_PROXY_OUTBOUND_RESPONSE_TIMEOUT";
+pub const ENV_OUTBOUND_UPGRADE_HTTP1: &str = "MESH_PROXY_OUTBOUND_UPGRADE_HTTP1";
 pub const ENV_LOCAL_LISTENERS: &str = "MESH_PROXY_LOCAL_LISTENERS";
 pub const ENV_STATIC_ENDPOINTS: &str = "MESH_PROXY_STATIC_ENDPOINTS";
 pub const ENV_DESTINATION_SVC_ADDR: &str = "LINKERD2_PROXY_DESTINATION_SVC_ADDR";
@@ -205,6 +206,7 @@ impl Config {
             connect_timeout: parse(s, ENV_OUTBOUND_CONNECT_TIMEOUT, parse_duration)?
                 .unwrap_or(Duration::from_secs(1)),
             response_timeout: parse(s, ENV_OUTBOUND_RESPONSE_TIMEOUT, parse_duration)?,
+            upgrade_http1: parse(s, ENV_OUTBOUND_UPGRADE_HTTP1, parse_bool)?.unwrap_or(true),
             opaque_ports: parse(s, ENV_OUTBOUND_OPAQUE_PORTS, parse_ports)?
                 .unwrap_or_else(|| DEFAULT_OPAQUE_PORTS.to_vec()),
             local_listeners: parse(s, ENV_LOCAL_LISTENERS, parse_local_listeners)?

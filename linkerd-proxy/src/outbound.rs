@@ -43,6 +43,10 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Bound on the time from sending a request to receiving response headers; none by default.
     pub response_timeout: Option<Duration>,
+    /// HTTP/1 requests to a meshed endpoint travel as HTTP/2 (`l5d-orig-proto`) over one
+    /// multiplexed mTLS connection, as Linkerd's proxies do; `false` keeps them HTTP/1.1 over
+    /// pooled mTLS connections (less work per request, one connection per concurrent request).
+    pub upgrade_http1: bool,
     pub opaque_ports: Vec<u16>,
     /// Extra listeners that forward every connection to a logical service as opaque TCP.
     pub local_listeners: Vec<LocalListener>,

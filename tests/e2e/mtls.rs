@@ -9,7 +9,8 @@
 use linkerd_proxy::{
     config::{
         ENV_IDENTITY_MAX_REFRESH, ENV_IDENTITY_MIN_REFRESH, ENV_INBOUND_FORWARD_ADDR,
-        ENV_LOCAL_LISTENERS, ENV_OUTBOUND_CONNECT_TIMEOUT, ENV_STATIC_ENDPOINTS,
+        ENV_LOCAL_LISTENERS, ENV_OUTBOUND_CONNECT_TIMEOUT, ENV_OUTBOUND_UPGRADE_HTTP1,
+        ENV_STATIC_ENDPOINTS,
     },
     http::L5D_PROXY_ERROR,
 };
@@ -667,6 +668,70 @@ async fn outbound_refuses_a_server_certificate_it_cannot_verify() {
         assert_eq!(
             requests[0].1.get("l5d-orig-proto").map(|v| v.as_bytes()),
             Some(&b"HTTP/1.1"[..])
+        );
+    })
+    .await
+}
+
+/// With `MESH_PROXY_OUTBOUND_UPGRADE_HTTP1=false`, A sends HTTP/1 requests to a meshed
+/// endpoint as HTTP/1.1 over mTLS (no `l5d-orig-proto`), reusing the pooled connection: on the
+/// wire (a raw TLS peer with B's certificate sees HTTP/1.1 and one handshake for two requests)
+/// and through a real B, which still verifies A and hands the app A's identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_stays_http1_over_mtls_when_the_upgrade_is_off() {
+    run(async {
+        let svc = IdentityService::start(default_policy()).await;
+        let (a, b) = (identity("client"), identity("server"));
+        let app = TestServer::start().await;
+        let proxy_b = server_proxy(&svc, &b, app.addr()).await;
+        let peer = TlsPeer::start(svc.ca.valid_leaf(&b), svc.ca.roots()).await;
+        let endpoints = [
+            meshed_endpoint(WEB, proxy_b.inbound, &b),
+            meshed_endpoint("peer.test:80", peer.addr(), &b),
+        ]
+        .join(";");
+        let off = [(ENV_OUTBOUND_UPGRADE_HTTP1, "false")];
+        let proxy_a = client_proxy(&svc, &a, &endpoints, &off).await;
+
+        let mut h1 = client::http1(proxy_a.outbound).await;
+        for _ in 0..2 {
+            let req = client::get_request("http://peer.test/echo");
+            let rsp = client::send1(&mut h1, req).await;
+            assert_eq!(rsp.status, 200, "{rsp:?}");
+        }
+        assert_eq!(
+            peer.handshakes(),
+            1,
+            "the second request reused the connection"
+        );
+        let seen = peer.requests();
+        assert_eq!(seen.len(), 2);
+        for (version, headers) in &seen {
+            assert_eq!(*version, http::Version::HTTP_11);
+            assert!(headers.get("l5d-orig-proto").is_none(), "{headers:?}");
+        }
+
+        let rsp = client::get(proxy_a.outbound, &format!("http://{WEB}/echo")).await;
+        assert_eq!(rsp.status, 200, "{rsp:?}");
+        assert_eq!(rsp.header("x-req-version"), Some("HTTP/1.1"));
+        let seen = app.requests();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        let ids: Vec<_> = seen[0].headers.get_all("l5d-client-id").iter().collect();
+        assert_eq!(ids, [a.as_str()], "{:?}", seen[0].headers);
+        let m = settled(
+            &proxy_b,
+            "request_total",
+            &[("direction", "inbound")],
+            ("client_id", &a),
+            1.0,
+        )
+        .await;
+        assert_tls_sum(
+            &m,
+            "tcp_open_total",
+            &[("direction", "inbound"), ("peer", "src")],
+            ("client_id", &a),
+            1.0,
         );
     })
     .await

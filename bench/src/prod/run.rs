@@ -362,11 +362,11 @@ fn as_meant(path: PPath, role: &str, c: &Counters, o: &mut serde_json::Map<Strin
     match path {
         PPath::Relay | PPath::Relay2 => http == 0,
         PPath::Hop => http > 0,
-        PPath::Mesh if role.ends_with("server") => {
+        PPath::Mesh | PPath::MtlsH1 if role.ends_with("server") => {
             o.insert("mtls_fraction".into(), json!(c.mtls_fraction()));
             c.mtls_fraction() == Some(1.0)
         }
-        PPath::Mesh => {
+        PPath::Mesh | PPath::MtlsH1 => {
             o.insert("mtls_server_ids".into(), json!(c.outbound_server_ids));
             c.outbound_server_ids.values().sum::<u64>() > 0
         }

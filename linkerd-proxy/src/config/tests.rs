@@ -140,3 +140,14 @@ fn identity_settings() {
     let err = Config::from_strings(&env).unwrap_err();
     assert_eq!(err.name, ENV_IDENTITY_SVC_ADDR);
 }
+
+#[test]
+fn http1_to_meshed_endpoints_is_upgraded_unless_configured_off() {
+    let c = Config::from_strings(&HashMap::<String, String>::new()).unwrap();
+    assert!(c.outbound.upgrade_http1, "Linkerd's behaviour by default");
+    let c = Config::from_strings(&[(ENV_OUTBOUND_UPGRADE_HTTP1, "false")]).unwrap();
+    assert!(!c.outbound.upgrade_http1);
+    let err = Config::from_strings(&[(ENV_OUTBOUND_UPGRADE_HTTP1, "h2")]).unwrap_err();
+    assert_eq!(err.name, ENV_OUTBOUND_UPGRADE_HTTP1, "{err}");
+    assert!(err.to_string().contains("expected true or false"), "{err}");
+}

@@ -58,6 +58,8 @@ pub struct Shared {
     /// Balancers of logical destinations (static names and service discovery).
     pub balancers: Arc<Balancers>,
     pub response_timeout: Option<Duration>,
+    /// HTTP/1 to a meshed endpoint goes as HTTP/2 (see `outbound::Config::upgrade_http1`).
+    pub upgrade_http1: bool,
     /// The proxy's TLS credentials, when it has an identity.
     pub creds: Option<CredsRx>,
     /// Routing policies (disabled without a policy service).
@@ -173,7 +175,11 @@ impl Http {
         req.headers_mut().remove(&L5D_ORIG_PROTO);
         // Between meshed proxies, HTTP/1 travels as HTTP/2 so that one mTLS connection
         // multiplexes every request; the receiving proxy restores HTTP/1 for its application.
-        let to_h2 = target.endpoint().identity.is_some() && !downstream_h2 && !upgrade;
+        // (Unless configured off: then HTTP/1.1 over pooled mTLS connections.)
+        let to_h2 = self.shared.upgrade_http1
+            && target.endpoint().identity.is_some()
+            && !downstream_h2
+            && !upgrade;
         let proto = if to_h2 {
             let v = if req.version() == Version::HTTP_10 {
                 "HTTP/1.0"
