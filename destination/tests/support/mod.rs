@@ -138,8 +138,6 @@ pub fn with_conditions(
     e
 }
 
-/// A pod with service account `sa`; meshed by control plane `linkerd` if `meshed`;
-/// `ports` are named container ports.
 /// The label of a pod meshed by the control plane in namespace `ns`.
 pub fn control_plane_label(ns: &str) -> Option<BTreeMap<String, String>> {
     Some(BTreeMap::from([(
@@ -148,6 +146,8 @@ pub fn control_plane_label(ns: &str) -> Option<BTreeMap<String, String>> {
     )]))
 }
 
+/// A pod with service account `sa`; meshed by control plane `linkerd` if `meshed`;
+/// `ports` are named container ports.
 pub fn pod(ns: &str, name: &str, sa: &str, meshed: bool, ports: &[(&str, i32)]) -> Pod {
     let mut m = meta(ns, name);
     if meshed {

@@ -124,9 +124,11 @@ async fn generate(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut conn: Option<(SocketAddr, Sender)> = None;
     loop {
+        // The stop first: once asked to stop, no tick (however late) sends another request.
         tokio::select! {
-            _ = tick.tick() => {}
+            biased;
             _ = stopped.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
         }
         sent.fetch_add(1, Ordering::Relaxed);
         let target = *front.borrow();
