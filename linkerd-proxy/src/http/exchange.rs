@@ -345,7 +345,7 @@ impl Core {
 
 /// Whether a request asks to take over its connection: `CONNECT` (over HTTP/2 too, RFC 9113
 /// section 8.5: tunnelled as an HTTP/1.1 `CONNECT` upstream), or an HTTP/1 `Upgrade`.
-pub(crate) fn wants_upgrade<B>(req: &Request<B>) -> bool {
+fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.method() == Method::CONNECT
         || (req.version() <= Version::HTTP_11 && super::headers::wants_upgrade(req.headers()))
 }
