@@ -73,6 +73,26 @@ pub struct AllOpts {
     // With more than one, every row also carries its `round`.
     #[arg(long, default_value_t = 1)]
     pub repeats: usize,
+    /// Production-path rate rows only: after a noisy round run another (every path
+    /// of it), up to this many extra rounds, and take the medians over the quiet rounds. A round is noisy when
+    /// any of its rows is `disturbed`, the load generator's timer woke later than
+    /// `--max-lag-us` at p99, or the CPUs stalled longer than `--max-stall-ms`. The noisy
+    /// rounds' rows stay in the output, followed by a line that says why.
+    #[arg(long, default_value_t = 0)]
+    pub rerun_noisy: usize,
+    /// The dispatch lag (p99, µs) above which a production-path round counts as noisy.
+    #[arg(long, default_value_t = 200)]
+    pub max_lag_us: u64,
+    /// Production-path rows: run a stall probe per CPU beside every row (`vcpu_stalls`; see
+    /// `bench stalls`). It wakes each CPU 1,000 times a second, which keeps idle vCPUs from
+    /// halting and so changes the latencies it is there to explain: off unless asked for.
+    #[arg(long)]
+    pub stall_probe: bool,
+    /// The time the CPUs stalled during a production-path row (`vcpu_stalls`: a probe per CPU
+    /// at real-time priority woke more than 200 µs late, lateness added up over the CPUs, ms)
+    /// above which its round counts as noisy.
+    #[arg(long, default_value_t = 100.0)]
+    pub max_stall_ms: f64,
     /// Where to write the proxy's stderr [default: a temporary file]. The mesh's logs
     /// (`identity.log`, `mesh-client-proxy.log`, `mesh-server-proxy.log`) go next to it.
     #[arg(long)]

@@ -22,6 +22,7 @@ mod proxy;
 mod report;
 mod scenario;
 mod server;
+mod stalls;
 mod stats;
 mod tools;
 
@@ -66,6 +67,14 @@ enum Cmd {
         /// POST instead of GET.
         #[arg(long)]
         post: bool,
+    },
+    /// How late a thread that sleeps 1 ms at a time wakes up on this CPU; prints one JSON
+    /// object. Meant to run pinned at real-time priority (`chrt -f 1 taskset -c N`), as
+    /// `bench all` runs it beside every production-path row.
+    Stalls {
+        /// Seconds.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
     },
     /// Open-loop load at a fixed rate; prints one JSON object.
     Load {
@@ -130,6 +139,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("{path}: {status}");
             }
             print!("{}", String::from_utf8_lossy(&body));
+            Ok(())
+        }
+        Cmd::Stalls { duration } => {
+            let d = seconds(duration, "duration")?;
+            let s = stalls::probe(d, stalls::PERIOD, stalls::THRESHOLD);
+            println!("{}", s.to_json());
             Ok(())
         }
         Cmd::Load {

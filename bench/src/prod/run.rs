@@ -21,16 +21,20 @@ use crate::{
     procfs::{self, Sched},
     report::{Measured, emit, loadavg, median, round},
     scenario::{Load, selected},
-    tools,
+    stalls, tools,
 };
 
 /// The scenario's name: `prod_saturation_direct`, `prod_rate1000_hop`.
 pub fn name(load: Load, path: PPath) -> String {
-    let load = match load {
+    format!("prod_{}_{}", load_part(load), path.part())
+}
+
+/// The load's part of a scenario name: `saturation`, `rate1000`.
+fn load_part(load: Load) -> String {
+    match load {
         Load::Saturation => "saturation".to_string(),
         Load::Rate(r) => format!("rate{r}"),
-    };
-    format!("prod_{load}_{}", path.part())
+    }
 }
 
 /// The load shapes and their paths `--only` selects (nothing when `--only` is empty); a
@@ -125,6 +129,10 @@ struct Round {
     rps: f64,
     errors: u64,
     disturbed: bool,
+    /// What the stall probes counted on every CPU during the row, added up.
+    stalled_ms: Option<f64>,
+    /// Set once the round is over: some row of it was disturbed or lagged.
+    noisy: bool,
 }
 
 async fn rounds(
@@ -135,32 +143,82 @@ async fn rounds(
 ) -> anyhow::Result<()> {
     let repeats = opts.repeats.max(1);
     for (load, paths) in table {
+        // Only the rate rows are judged quiet or noisy: saturation has no timer to lag.
+        let reruns = match load {
+            Load::Rate(_) => opts.rerun_noisy,
+            Load::Saturation => 0,
+        };
         let mut all: BTreeMap<String, Vec<Round>> = BTreeMap::new();
-        for r in 1..=repeats {
+        let (mut r, mut quiet) = (0, 0);
+        while quiet < repeats && r < repeats + reruns {
+            r += 1;
             let mut direct: Option<(u64, u64, u64)> = None;
+            let mut this: Vec<(String, Round)> = Vec::new();
             for path in paths {
                 let name = name(*load, *path);
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 eprintln!(
-                    "bench: {name} ({:.0}s, round {r}/{repeats}) ...",
+                    "bench: {name} ({:.0}s, round {r}) ...",
                     opts.duration.as_secs_f64().ceil()
                 );
                 let round = scenario(opts, b, cluster, &name, *load, *path, r, &mut direct)
                     .await
                     .with_context(|| format!("scenario {name}"))?;
+                this.push((name, round));
+            }
+            let why = noise(this.iter().map(|(_, x)| x), opts);
+            let noisy = matches!(load, Load::Rate(_)) && !why.is_empty();
+            if noisy {
+                eprintln!("bench: round {r} was noisy ({}) ...", why.join(", "));
+                emit(&[
+                    ("scenario", json!(format!("prod_{}", load_part(*load)))),
+                    ("round", json!(r)),
+                    ("noisy", json!(true)),
+                    ("why", json!(why)),
+                ])?;
+            } else {
+                quiet += 1;
+            }
+            for (name, mut round) in this {
+                round.noisy = noisy;
                 all.entry(name).or_default().push(round);
             }
         }
-        if repeats > 1 {
+        if r > 1 {
             for path in paths {
                 let name = name(*load, *path);
                 if let Some(rs) = all.get(&name) {
-                    emit(&median_row(&name, rs))?;
+                    emit(&median_row(&name, rs, reruns > 0))?;
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Why a round's rows cannot be trusted: other work took CPU during a row (`disturbed`), the
+/// load generator's timer woke later than `--max-lag-us` at p99, or the CPUs stalled for
+/// longer than `--max-stall-ms` during a row. Empty for a quiet round.
+fn noise<'a>(rows: impl Iterator<Item = &'a Round>, opts: &AllOpts) -> Vec<String> {
+    let (mut disturbed, mut lag, mut stalled) = (0, 0, 0);
+    for x in rows {
+        disturbed += usize::from(x.disturbed);
+        lag += usize::from(x.lag_p99.is_some_and(|l| l > opts.max_lag_us));
+        stalled += usize::from(x.stalled_ms.is_some_and(|s| s > opts.max_stall_ms));
+    }
+    let mut why = Vec::new();
+    if disturbed > 0 {
+        why.push(format!("{disturbed} rows disturbed"));
+    }
+    if lag > 0 {
+        let max = opts.max_lag_us;
+        why.push(format!("{lag} rows with dispatch lag p99 over {max} us"));
+    }
+    if stalled > 0 {
+        let max = opts.max_stall_ms;
+        why.push(format!("{stalled} rows with CPUs stalled over {max} ms"));
+    }
+    why
 }
 
 /// What one sidecar (or app) did over a scenario.
@@ -237,8 +295,16 @@ async fn scenario(
     let load_cpu0 = procfs::self_and_children_cpu_seconds()?;
     let machine0 = procfs::machine_busy_seconds()?;
     let started = Instant::now();
+    let probes = opts
+        .stall_probe
+        .then(|| stalls::Running::start(b.bench, opts.duration, b.pid_file))
+        .flatten();
     let generated = generate(opts, b, &client_ns, &url, load).await;
     let wall = started.elapsed().as_secs_f64();
+    let stalled = match probes {
+        Some(p) => Some(p.finish().await?),
+        None => None,
+    };
     cluster.check_running()?;
     let g = generated?;
     let m = &g.measured;
@@ -319,6 +385,18 @@ async fn scenario(
         ("added_p999_us", json!(added.map(|a| a[2]))),
         ("dispatch_lag_p99_us", json!(g.lag_p99)),
         (
+            "vcpu_stalls",
+            json!(stalled.as_ref().map(|s| s.0.to_json())),
+        ),
+        (
+            "vcpu_stalls_per_cpu",
+            json!(
+                stalled
+                    .as_ref()
+                    .map(|s| s.1.iter().map(|c| c.to_json()).collect::<Vec<_>>())
+            ),
+        ),
+        (
             "sidecar_cpu_us_per_req",
             json!(sidecar_cpu.map(|c| round(c, 2))),
         ),
@@ -352,6 +430,8 @@ async fn scenario(
         rps: m.rps,
         errors: m.errors,
         disturbed,
+        stalled_ms: stalled.map(|s| s.0.stalled.as_secs_f64() * 1e3),
+        noisy: false,
     })
 }
 
@@ -444,8 +524,16 @@ async fn generate(
 }
 
 /// A path's `median` row over its rounds, with every round's p99, direct p99 and dispatch lag
-/// so the spread between rounds is visible.
-fn median_row(name: &str, rs: &[Round]) -> Vec<(&'static str, Value)> {
+/// so the spread between rounds is visible. With `quiet_only` (noisy rounds were rerun), the
+/// medians are over the quiet rounds, or over every round when none was quiet (`median_of`
+/// says which).
+fn median_row(name: &str, all: &[Round], quiet_only: bool) -> Vec<(&'static str, Value)> {
+    let quiet: Vec<Round> = all.iter().filter(|r| !r.noisy).cloned().collect();
+    let (rs, median_of) = if quiet_only && !quiet.is_empty() {
+        (&quiet[..], "quiet rounds")
+    } else {
+        (all, "all rounds")
+    };
     let med = |f: &dyn Fn(&Round) -> Option<f64>, places| {
         json!(median(rs.iter().filter_map(f).collect()).map(|x| round(x, places)))
     };
@@ -459,6 +547,8 @@ fn median_row(name: &str, rs: &[Round]) -> Vec<(&'static str, Value)> {
     vec![
         ("scenario", json!(name)),
         ("round", json!("median")),
+        ("median_of", json!(median_of)),
+        ("noisy_rounds", json!(all.len() - quiet.len())),
         ("rounds", json!(rs.len())),
         ("rps", med(&|r| Some(r.rps), 1)),
         ("p50_us", med(&|r| Some(r.p50), 0)),
@@ -479,6 +569,7 @@ fn median_row(name: &str, rs: &[Round]) -> Vec<(&'static str, Value)> {
             "dispatch_lag_p99_us_all",
             list(&|r| r.lag_p99.map(|d| d as f64)),
         ),
+        ("vcpu_stalled_ms_all", list(&|r| r.stalled_ms)),
         ("errors", json!(rs.iter().map(|r| r.errors).sum::<u64>())),
         (
             "disturbed_rounds",
@@ -515,5 +606,70 @@ mod tests {
                 "prod_rate1000_relay2"
             ]
         );
+    }
+
+    fn round(p99: f64, lag: u64, disturbed: bool) -> Round {
+        Round {
+            p99,
+            added: Some([0.0, p99 - 300.0, 0.0]),
+            lag_p99: Some(lag),
+            disturbed,
+            ..Round::default()
+        }
+    }
+
+    #[test]
+    fn a_round_is_noisy_when_a_row_is_disturbed_lagged_or_stalled() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            all: AllOpts,
+        }
+        let opts = Cli::parse_from(["bench", "--max-lag-us", "200", "--max-stall-ms", "30"]).all;
+        let quiet = [round(400.0, 150, false), round(500.0, 200, false)];
+        assert!(noise(quiet.iter(), &opts).is_empty());
+        let lagged = [round(400.0, 150, false), round(500.0, 201, false)];
+        assert_eq!(
+            noise(lagged.iter(), &opts),
+            ["1 rows with dispatch lag p99 over 200 us"]
+        );
+        let disturbed = [round(400.0, 150, true), round(500.0, 150, true)];
+        assert_eq!(noise(disturbed.iter(), &opts), ["2 rows disturbed"]);
+        let mut stalled = round(400.0, 150, false);
+        stalled.stalled_ms = Some(30.5);
+        let mut almost = round(400.0, 150, false);
+        almost.stalled_ms = Some(30.0);
+        assert_eq!(
+            noise([stalled, almost].iter(), &opts),
+            ["1 rows with CPUs stalled over 30 ms"]
+        );
+    }
+
+    #[test]
+    fn medians_leave_out_noisy_rounds_when_they_were_rerun() {
+        let mut noisy = round(5000.0, 900, false);
+        noisy.noisy = true;
+        let rs = [round(400.0, 150, false), noisy, round(600.0, 150, false)];
+        let get = |row: &[(&str, Value)], k: &str| {
+            row.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        let rerun = median_row("x", &rs, true);
+        assert_eq!(get(&rerun, "p99_us"), json!(500.0));
+        assert_eq!(get(&rerun, "added_p99_us"), json!(200.0));
+        assert_eq!(get(&rerun, "rounds"), json!(2));
+        assert_eq!(get(&rerun, "noisy_rounds"), json!(1));
+        assert_eq!(get(&rerun, "median_of"), json!("quiet rounds"));
+        // Without reruns every round counts, as before.
+        let all = median_row("x", &rs, false);
+        assert_eq!(get(&all, "p99_us"), json!(600.0));
+        assert_eq!(get(&all, "median_of"), json!("all rounds"));
+        // No quiet round at all: the medians of every round, said so.
+        let none = median_row("x", &rs[1..2], true);
+        assert_eq!(get(&none, "p99_us"), json!(5000.0));
+        assert_eq!(get(&none, "median_of"), json!("all rounds"));
     }
 }
