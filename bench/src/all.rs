@@ -73,9 +73,9 @@ pub struct AllOpts {
     // With more than one, every row also carries its `round`.
     #[arg(long, default_value_t = 1)]
     pub repeats: usize,
-    /// Production-path rate rows only: after a noisy round run another (every path
-    /// of it), up to this many extra rounds, and take the medians over the quiet rounds. A round is noisy when
-    /// any of its rows is `disturbed`, the load generator's timer woke later than
+    /// Production-path rate rows only: after a noisy round run another (every path of it),
+    /// up to this many extra rounds, and take the medians over the quiet rounds. A round is
+    /// noisy when any of its rows is `disturbed`, the load generator's timer woke later than
     /// `--max-lag-us` at p99, or the CPUs stalled longer than `--max-stall-ms`. The noisy
     /// rounds' rows stay in the output, followed by a line that says why.
     #[arg(long, default_value_t = 0)]

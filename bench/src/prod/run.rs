@@ -131,7 +131,7 @@ struct Round {
     disturbed: bool,
     /// What the stall probes counted on every CPU during the row, added up.
     stalled_ms: Option<f64>,
-    /// Set once the round is over: some row of it was disturbed or lagged.
+    /// Set once the round is over: some row of it was disturbed, lagged or stalled.
     noisy: bool,
 }
 
@@ -144,10 +144,8 @@ async fn rounds(
     let repeats = opts.repeats.max(1);
     for (load, paths) in table {
         // Only the rate rows are judged quiet or noisy: saturation has no timer to lag.
-        let reruns = match load {
-            Load::Rate(_) => opts.rerun_noisy,
-            Load::Saturation => 0,
-        };
+        let judged = matches!(load, Load::Rate(_));
+        let reruns = if judged { opts.rerun_noisy } else { 0 };
         let mut all: BTreeMap<String, Vec<Round>> = BTreeMap::new();
         let (mut r, mut quiet) = (0, 0);
         while quiet < repeats && r < repeats + reruns {
@@ -167,7 +165,7 @@ async fn rounds(
                 this.push((name, round));
             }
             let why = noise(this.iter().map(|(_, x)| x), opts);
-            let noisy = matches!(load, Load::Rate(_)) && !why.is_empty();
+            let noisy = judged && !why.is_empty();
             if noisy {
                 eprintln!("bench: round {r} was noisy ({}) ...", why.join(", "));
                 emit(&[
