@@ -132,36 +132,45 @@ fn dashboard_api_shows_the_demo_s_graph_and_traces() {
 
     // Traces: one with spans from at least three workloads (the sidecars' spans, joined
     // across workloads by the demo app carrying the context), the load generator's as root.
-    let (id, services) = eventually(Duration::from_secs(20), "a trace across workloads", || {
+    // Each sidecar exports its spans in its own batches, so a trace fills in over a moment:
+    // wait for one that holds the frontend's server span too.
+    let trace = eventually(Duration::from_secs(20), "a trace across workloads", || {
         let t = get_json(&addr, "/api/traces?limit=200");
-        t["traces"]
+        let ids: Vec<String> = t["traces"]
             .as_array()
             .unwrap()
             .iter()
             // The load generator's traces (the sidecars also start some of their own, for
             // requests without a context: `--trace-sample`).
             .filter(|t| t["root_service"] == "load")
-            .find_map(|t| {
-                let s: Vec<String> = t["services"]
-                    .as_array()?
-                    .iter()
-                    .filter_map(|s| s.as_str().map(str::to_string))
-                    .filter(|s| s != "load")
-                    .collect();
-                (s.len() >= 3).then(|| (t["trace_id"].as_str().unwrap().to_string(), s))
+            .filter(|t| {
+                let s = t["services"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+                s.iter().filter(|s| *s != "load").count() >= 3 && s.iter().any(|s| s == "frontend")
             })
-            .ok_or(format!("no trace with spans from three workloads: {t}"))
+            .filter_map(|t| t["trace_id"].as_str().map(str::to_string))
+            .collect();
+        ids.iter()
+            .map(|id| get_json(&addr, &format!("/api/traces/{id}")))
+            .find(|trace| {
+                trace["spans"].as_array().is_some_and(|spans| {
+                    spans
+                        .iter()
+                        .any(|s| s["service"] == "frontend" && s["kind"] == "server")
+                })
+            })
+            .ok_or(format!(
+                "no trace with spans from three workloads and the frontend's server span: {t}"
+            ))
     });
-    let trace = get_json(&addr, &format!("/api/traces/{id}"));
     let spans = trace["spans"].as_array().unwrap();
     assert_eq!(trace["root_service"], "load", "{trace}");
-    for s in services.iter() {
+    for s in trace["services"].as_array().unwrap() {
         assert!(spans.iter().any(|sp| sp["service"] == *s), "{s}: {trace}");
     }
     let server = spans
         .iter()
         .find(|s| s["service"] == "frontend" && s["kind"] == "server")
-        .unwrap_or_else(|| panic!("no server span of frontend: {trace}"));
+        .unwrap();
     assert_eq!(server["attributes"]["direction"], "inbound", "{trace}");
     assert!(server["parent_span_id"].is_string(), "{trace}");
     let (status, _) = get(&addr, "/api/traces/00000000000000000000000000000001");
