@@ -46,6 +46,8 @@ pub struct LoadOpts {
     pub proxy: Option<SocketAddr>,
     /// A request not answered this long after its due time counts as a timeout.
     pub timeout: Duration,
+    /// Write every answered request's due time and latency here (`--latencies`).
+    pub latencies: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -64,6 +66,58 @@ pub struct LoadReport {
     pub latency: Option<Summary>,
     /// How late the dispatcher thread woke for each due time (a floor on measured latency).
     pub dispatch_lag: Option<Summary>,
+    /// The runs of late requests in the measurement (see [`Stops`]).
+    pub stops: Stops,
+}
+
+/// Requests answered at least [`STOP_LATE`] after their due time come in runs: everything on
+/// the path stopped for a while (on a shared VM, mostly a vCPU that did not run), the requests
+/// due meanwhile queued, and all of them were answered when it ran again (their latencies fall
+/// by the interval between requests, one after the other). A stop is a run of such late
+/// requests, one after the other in due order. At 1,000 requests/s a stop of *T* ms delays
+/// about *T* requests, so a handful of stops of a few milliseconds decide a 10 s row's p99.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stops {
+    /// Runs of late requests.
+    pub count: u64,
+    /// Runs whose latest request was at least 5 ms late.
+    pub over_5ms: u64,
+    /// Late requests, over every run.
+    pub requests: u64,
+    /// The latest request's latency, in µs (0 without any stop).
+    pub longest_us: u32,
+}
+
+/// A request this late (from its due time to the end of its response) counts as stopped.
+pub const STOP_LATE: Duration = Duration::from_millis(1);
+
+impl Stops {
+    /// The stops among `latencies` (µs), given in due order.
+    pub fn find(latencies: impl IntoIterator<Item = u32>) -> Stops {
+        let late = micros_u32(STOP_LATE);
+        let over_5ms = micros_u32(Duration::from_millis(5));
+        let mut s = Stops::default();
+        // The latest latency of the run under way.
+        let mut run: Option<u32> = None;
+        for lat in latencies {
+            if lat < late {
+                s.close(run.take(), over_5ms);
+                continue;
+            }
+            s.requests += 1;
+            s.longest_us = s.longest_us.max(lat);
+            run = Some(run.map_or(lat, |w| w.max(lat)));
+        }
+        s.close(run, over_5ms);
+        s
+    }
+
+    fn close(&mut self, run: Option<u32>, over_5ms: u32) {
+        if let Some(worst) = run {
+            self.count += 1;
+            self.over_5ms += u64::from(worst >= over_5ms);
+        }
+    }
 }
 
 /// Where to send requests, parsed from an `http://host:port/path` URL.
@@ -194,6 +248,8 @@ async fn h2_once(
 #[derive(Debug, Default)]
 struct Tally {
     latencies: Vec<u32>,
+    /// The due time of each of `latencies`, in the same order.
+    dues: Vec<Instant>,
     errors: u64,
     timeouts: u64,
     first_error: Option<String>,
@@ -205,7 +261,10 @@ impl Tally {
         let now = Instant::now();
         self.last_done = Some(self.last_done.map_or(now, |l| l.max(now)));
         match outcome {
-            Ok(Ok(s)) if s.is_success() => self.latencies.push(micros_u32(now - due)),
+            Ok(Ok(s)) if s.is_success() => {
+                self.latencies.push(micros_u32(now - due));
+                self.dues.push(due);
+            }
             Ok(Ok(s)) => self.error(format!("status {s}")),
             Ok(Err(e)) => self.error(format!("{e:#}")),
             Err(()) => self.timeouts += 1,
@@ -219,6 +278,7 @@ impl Tally {
 
     fn merge(&mut self, mut other: Tally) {
         self.latencies.append(&mut other.latencies);
+        self.dues.append(&mut other.dues);
         self.errors += other.errors;
         self.timeouts += other.timeouts;
         if self.first_error.is_none() {
@@ -368,6 +428,17 @@ pub async fn run(opts: &LoadOpts) -> anyhow::Result<LoadReport> {
         .join()
         .map_err(|_| anyhow::anyhow!("the dispatcher thread panicked"))?;
 
+    let mut rows: Vec<(Duration, u32)> = tally
+        .dues
+        .iter()
+        .map(|d| d.saturating_duration_since(start))
+        .zip(tally.latencies.iter().copied())
+        .collect();
+    rows.sort_unstable();
+    if let Some(path) = &opts.latencies {
+        write_latencies(path, &rows).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let stops = Stops::find(rows.iter().map(|&(_, lat)| lat));
     let ok = tally.latencies.len() as u64;
     let elapsed = tally
         .last_done
@@ -382,12 +453,68 @@ pub async fn run(opts: &LoadOpts) -> anyhow::Result<LoadReport> {
         rps: ok as f64 / elapsed.as_secs_f64(),
         latency: Summary::from_samples(&mut tally.latencies),
         dispatch_lag: Summary::from_samples(&mut lags),
+        stops,
     })
+}
+
+/// One line per answered request, in due order: when it was due (ms after the first due
+/// time) and its latency (µs), tab-separated; to see when in a run the slow requests came.
+fn write_latencies(path: &std::path::Path, rows: &[(Duration, u32)]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "due_ms\tlatency_us")?;
+    for (due, lat) in rows {
+        writeln!(out, "{:.3}\t{lat}", due.as_secs_f64() * 1e3)?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 fn warm(r: anyhow::Result<StatusCode>) -> anyhow::Result<()> {
     match r.context("warm-up request")? {
         s if s.is_success() => Ok(()),
         s => bail!("warm-up request: status {s}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_late_requests_are_one_stop() {
+        // On time, then a 6 ms stop (released at once: 6, 5, 4, 3, 2, 1 ms late), on time
+        // again, then two short stops with a request on time between them.
+        let mut lats = vec![300, 280];
+        lats.extend((0..6).map(|i| 6_000 - 1_000 * i));
+        lats.extend([400, 1_500, 999, 1_000, 1_200]);
+        assert_eq!(
+            Stops::find(lats),
+            Stops {
+                count: 3,
+                over_5ms: 1,
+                requests: 9,
+                longest_us: 6_000,
+            }
+        );
+    }
+
+    #[test]
+    fn no_late_request_no_stop() {
+        assert_eq!(Stops::find(vec![999; 100]), Stops::default());
+        assert_eq!(Stops::find(Vec::new()), Stops::default());
+    }
+
+    #[test]
+    fn a_stop_at_the_end_is_counted() {
+        assert_eq!(
+            Stops::find([200, 5_000, 4_000]),
+            Stops {
+                count: 1,
+                over_5ms: 1,
+                requests: 2,
+                longest_us: 5_000,
+            }
+        );
     }
 }

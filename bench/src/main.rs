@@ -96,6 +96,10 @@ enum Cmd {
         /// URL's authority in `:authority`. The URL's host is not resolved.
         #[arg(long)]
         proxy: Option<SocketAddr>,
+        /// Write each answered request's due time (ms from the start) and latency (µs) to
+        /// this file, one tab-separated line each: when in the run the slow ones came.
+        #[arg(long)]
+        latencies: Option<std::path::PathBuf>,
         /// Seconds after its due time at which a request counts as timed out.
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
@@ -154,6 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             connections,
             http2,
             proxy,
+            latencies,
             timeout,
         } => {
             let opts = load::LoadOpts {
@@ -164,6 +169,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 http2,
                 proxy,
                 timeout: seconds(timeout, "timeout")?,
+                latencies,
             };
             let r = current_thread_runtime()?.block_on(load::run(&opts))?;
             let lat = r.latency.unwrap_or_default();
@@ -185,6 +191,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "timeouts": r.timeouts,
                     "first_error": r.first_error,
                     "dispatch_lag_p99_us": r.dispatch_lag.map(|l| l.p99),
+                    "stops": r.stops.count,
+                    "stops_over_5ms": r.stops.over_5ms,
+                    "stopped_requests": r.stops.requests,
+                    "longest_stop_us": r.stops.longest_us,
                 })
             );
             Ok(())

@@ -197,6 +197,7 @@ pub async fn measure(
                 http2: entry.proto == Proto::Http2,
                 proxy,
                 timeout: Duration::from_secs(10),
+                latencies: None,
             })
             .await?;
             let lat = r.latency.unwrap_or_default();
@@ -206,6 +207,8 @@ pub async fn measure(
                 ("target_rps", json!(rate)),
                 ("timeouts", json!(r.timeouts)),
                 ("dispatch_lag_p99_us", json!(r.dispatch_lag.map(|l| l.p99))),
+                ("stops", json!(r.stops.count)),
+                ("stopped_requests", json!(r.stops.requests)),
             ];
             if let Some(e) = r.first_error {
                 extra.push(("first_error", json!(e)));

@@ -17,6 +17,7 @@ use super::{ADMIN, Bins, Cluster, PPath, fetch};
 use crate::{
     all::AllOpts,
     counters::{self, Counters},
+    load::Stops,
     netns,
     procfs::{self, Sched},
     report::{Measured, emit, loadavg, median, round},
@@ -124,6 +125,8 @@ struct Round {
     added: Option<[f64; 3]>,
     direct_p99: Option<u64>,
     lag_p99: Option<u64>,
+    /// The load generator's stops (`bench load`): runs of requests at least 1 ms late.
+    stops: Option<Stops>,
     cpu_us_per_req: Option<f64>,
     wakeups_per_req: Option<f64>,
     rps: f64,
@@ -297,7 +300,11 @@ async fn scenario(
         .stall_probe
         .then(|| stalls::Running::start(b.bench, opts.duration, b.pid_file))
         .flatten();
-    let generated = generate(opts, b, &client_ns, &url, load).await;
+    // `BENCH_PROD_LATENCIES=DIR`: each rate row's requests, one line each, in
+    // DIR/<scenario>-<round>.tsv (when in the row the slow ones came).
+    let latencies = std::env::var_os("BENCH_PROD_LATENCIES")
+        .map(|d| std::path::PathBuf::from(d).join(format!("{name}-{round_no}.tsv")));
+    let generated = generate(opts, b, &client_ns, &url, load, latencies.as_deref()).await;
     let wall = started.elapsed().as_secs_f64();
     let stalled = match probes {
         Some(p) => Some(p.finish().await?),
@@ -382,6 +389,10 @@ async fn scenario(
         ("added_p99_us", json!(added.map(|a| a[1]))),
         ("added_p999_us", json!(added.map(|a| a[2]))),
         ("dispatch_lag_p99_us", json!(g.lag_p99)),
+        ("stops", json!(g.stops.map(|s| s.count))),
+        ("stops_over_5ms", json!(g.stops.map(|s| s.over_5ms))),
+        ("stopped_requests", json!(g.stops.map(|s| s.requests))),
+        ("longest_stop_us", json!(g.stops.map(|s| s.longest_us))),
         (
             "vcpu_stalls",
             json!(stalled.as_ref().map(|s| s.0.to_json())),
@@ -423,6 +434,7 @@ async fn scenario(
         added,
         direct_p99: direct.map(|d| d.1),
         lag_p99: g.lag_p99,
+        stops: g.stops,
         cpu_us_per_req: sidecar_cpu,
         wakeups_per_req: (path != PPath::Direct).then(|| wakeups_sum / reqs),
         rps: m.rps,
@@ -458,6 +470,7 @@ struct Generated {
     /// Its figures (no extra fields).
     measured: Measured,
     lag_p99: Option<u64>,
+    stops: Option<Stops>,
     first_error: Option<String>,
 }
 
@@ -468,6 +481,7 @@ async fn generate(
     netns: &str,
     url: &str,
     load: Load,
+    latencies: Option<&std::path::Path>,
 ) -> anyhow::Result<Generated> {
     match load {
         Load::Saturation => {
@@ -485,6 +499,7 @@ async fn generate(
                 tool: "wrk -t1",
                 measured: Measured::saturation(&s, vec![]),
                 lag_p99: None,
+                stops: None,
                 first_error: None,
             })
         }
@@ -494,6 +509,9 @@ async fn generate(
                 .args(["--rate", &rate.to_string()])
                 .args(["--duration", &opts.duration.as_secs_f64().to_string()])
                 .args(["--connections", &opts.load_connections.to_string()]);
+            if let Some(path) = latencies {
+                cmd.arg("--latencies").arg(path);
+            }
             let limit = opts.duration + Duration::from_secs(30);
             let out = tools::run_tool("bench load", &mut cmd, limit, b.pid_file).await?;
             let v: Value = serde_json::from_str(out.trim())
@@ -512,6 +530,14 @@ async fn generate(
                     extra: vec![],
                 },
                 lag_p99: n("dispatch_lag_p99_us"),
+                stops: Some(Stops {
+                    count: n("stops").unwrap_or(0),
+                    over_5ms: n("stops_over_5ms").unwrap_or(0),
+                    requests: n("stopped_requests").unwrap_or(0),
+                    longest_us: n("longest_stop_us")
+                        .and_then(|u| u32::try_from(u).ok())
+                        .unwrap_or(0),
+                }),
                 first_error: v
                     .get("first_error")
                     .and_then(Value::as_str)
@@ -568,6 +594,18 @@ fn median_row(name: &str, all: &[Round], quiet_only: bool) -> Vec<(&'static str,
             list(&|r| r.lag_p99.map(|d| d as f64)),
         ),
         ("vcpu_stalled_ms_all", list(&|r| r.stalled_ms)),
+        (
+            "stopped_requests",
+            med(&|r| r.stops.map(|s| s.requests as f64), 0),
+        ),
+        (
+            "stopped_requests_all",
+            list(&|r| r.stops.map(|s| s.requests as f64)),
+        ),
+        (
+            "stops_over_5ms_all",
+            list(&|r| r.stops.map(|s| s.over_5ms as f64)),
+        ),
         ("errors", json!(rs.iter().map(|r| r.errors).sum::<u64>())),
         (
             "disturbed_rounds",
