@@ -112,6 +112,29 @@ impl Stops {
         s
     }
 
+    /// The stops as a report's fields (`stops`, `stops_over_5ms`, `stopped_requests`,
+    /// `longest_stop_us`), null when there are none to report (no open-loop load).
+    pub fn fields(stops: Option<Stops>) -> [(&'static str, serde_json::Value); 4] {
+        use serde_json::json;
+        [
+            ("stops", json!(stops.map(|s| s.count))),
+            ("stops_over_5ms", json!(stops.map(|s| s.over_5ms))),
+            ("stopped_requests", json!(stops.map(|s| s.requests))),
+            ("longest_stop_us", json!(stops.map(|s| s.longest_us))),
+        ]
+    }
+
+    /// The stops from a report that has [`Stops::fields`] (`bench load`'s output).
+    pub fn from_fields(v: &serde_json::Value) -> Option<Stops> {
+        let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64);
+        Some(Stops {
+            count: n("stops")?,
+            over_5ms: n("stops_over_5ms")?,
+            requests: n("stopped_requests")?,
+            longest_us: u32::try_from(n("longest_stop_us")?).ok()?,
+        })
+    }
+
     fn close(&mut self, run: Option<u32>, over_5ms: u32) {
         if let Some(worst) = run {
             self.count += 1;
@@ -503,6 +526,19 @@ mod tests {
     fn no_late_request_no_stop() {
         assert_eq!(Stops::find(vec![999; 100]), Stops::default());
         assert_eq!(Stops::find(Vec::new()), Stops::default());
+    }
+
+    #[test]
+    fn stops_read_back_from_their_fields() {
+        let s = Stops::find([200, 5_000, 4_000, 300, 1_000]);
+        let v = serde_json::Value::Object(
+            Stops::fields(Some(s))
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        );
+        assert_eq!(Stops::from_fields(&v), Some(s));
+        assert_eq!(Stops::from_fields(&serde_json::json!({"stops": 1})), None);
     }
 
     #[test]

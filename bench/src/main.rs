@@ -173,9 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let r = current_thread_runtime()?.block_on(load::run(&opts))?;
             let lat = r.latency.unwrap_or_default();
-            println!(
-                "{}",
-                json!({
+            let mut out = json!({
                     "url": opts.url,
                     "http2": opts.http2,
                     "proxy": opts.proxy.map(|p| p.to_string()),
@@ -191,12 +189,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "timeouts": r.timeouts,
                     "first_error": r.first_error,
                     "dispatch_lag_p99_us": r.dispatch_lag.map(|l| l.p99),
-                    "stops": r.stops.count,
-                    "stops_over_5ms": r.stops.over_5ms,
-                    "stopped_requests": r.stops.requests,
-                    "longest_stop_us": r.stops.longest_us,
-                })
-            );
+            });
+            if let Some(o) = out.as_object_mut() {
+                o.extend(
+                    load::Stops::fields(Some(r.stops))
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v)),
+                );
+            }
+            println!("{out}");
             Ok(())
         }
     }

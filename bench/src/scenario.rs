@@ -207,9 +207,8 @@ pub async fn measure(
                 ("target_rps", json!(rate)),
                 ("timeouts", json!(r.timeouts)),
                 ("dispatch_lag_p99_us", json!(r.dispatch_lag.map(|l| l.p99))),
-                ("stops", json!(r.stops.count)),
-                ("stopped_requests", json!(r.stops.requests)),
             ];
+            extra.extend(load::Stops::fields(Some(r.stops)));
             if let Some(e) = r.first_error {
                 extra.push(("first_error", json!(e)));
             }

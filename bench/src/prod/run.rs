@@ -389,10 +389,9 @@ async fn scenario(
         ("added_p99_us", json!(added.map(|a| a[1]))),
         ("added_p999_us", json!(added.map(|a| a[2]))),
         ("dispatch_lag_p99_us", json!(g.lag_p99)),
-        ("stops", json!(g.stops.map(|s| s.count))),
-        ("stops_over_5ms", json!(g.stops.map(|s| s.over_5ms))),
-        ("stopped_requests", json!(g.stops.map(|s| s.requests))),
-        ("longest_stop_us", json!(g.stops.map(|s| s.longest_us))),
+    ]);
+    row.extend(Stops::fields(g.stops));
+    row.extend([
         (
             "vcpu_stalls",
             json!(stalled.as_ref().map(|s| s.0.to_json())),
@@ -530,14 +529,7 @@ async fn generate(
                     extra: vec![],
                 },
                 lag_p99: n("dispatch_lag_p99_us"),
-                stops: Some(Stops {
-                    count: n("stops").unwrap_or(0),
-                    over_5ms: n("stops_over_5ms").unwrap_or(0),
-                    requests: n("stopped_requests").unwrap_or(0),
-                    longest_us: n("longest_stop_us")
-                        .and_then(|u| u32::try_from(u).ok())
-                        .unwrap_or(0),
-                }),
+                stops: Stops::from_fields(&v),
                 first_error: v
                     .get("first_error")
                     .and_then(Value::as_str)
