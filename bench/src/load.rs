@@ -270,9 +270,8 @@ async fn h2_once(
 /// What happened to the requests one worker handled.
 #[derive(Debug, Default)]
 struct Tally {
-    latencies: Vec<u32>,
-    /// The due time of each of `latencies`, in the same order.
-    dues: Vec<Instant>,
+    /// Each 2xx response's due time and latency (µs).
+    answered: Vec<(Instant, u32)>,
     errors: u64,
     timeouts: u64,
     first_error: Option<String>,
@@ -285,8 +284,7 @@ impl Tally {
         self.last_done = Some(self.last_done.map_or(now, |l| l.max(now)));
         match outcome {
             Ok(Ok(s)) if s.is_success() => {
-                self.latencies.push(micros_u32(now - due));
-                self.dues.push(due);
+                self.answered.push((due, micros_u32(now - due)));
             }
             Ok(Ok(s)) => self.error(format!("status {s}")),
             Ok(Err(e)) => self.error(format!("{e:#}")),
@@ -300,8 +298,7 @@ impl Tally {
     }
 
     fn merge(&mut self, mut other: Tally) {
-        self.latencies.append(&mut other.latencies);
-        self.dues.append(&mut other.dues);
+        self.answered.append(&mut other.answered);
         self.errors += other.errors;
         self.timeouts += other.timeouts;
         if self.first_error.is_none() {
@@ -452,17 +449,17 @@ pub async fn run(opts: &LoadOpts) -> anyhow::Result<LoadReport> {
         .map_err(|_| anyhow::anyhow!("the dispatcher thread panicked"))?;
 
     let mut rows: Vec<(Duration, u32)> = tally
-        .dues
+        .answered
         .iter()
-        .map(|d| d.saturating_duration_since(start))
-        .zip(tally.latencies.iter().copied())
+        .map(|&(due, lat)| (due.saturating_duration_since(start), lat))
         .collect();
     rows.sort_unstable();
     if let Some(path) = &opts.latencies {
         write_latencies(path, &rows).with_context(|| format!("writing {}", path.display()))?;
     }
     let stops = Stops::find(rows.iter().map(|&(_, lat)| lat));
-    let ok = tally.latencies.len() as u64;
+    let mut latencies: Vec<u32> = rows.iter().map(|&(_, lat)| lat).collect();
+    let ok = latencies.len() as u64;
     let elapsed = tally
         .last_done
         .map_or(opts.duration, |l| l.saturating_duration_since(start))
@@ -474,7 +471,7 @@ pub async fn run(opts: &LoadOpts) -> anyhow::Result<LoadReport> {
         timeouts: tally.timeouts,
         first_error: tally.first_error,
         rps: ok as f64 / elapsed.as_secs_f64(),
-        latency: Summary::from_samples(&mut tally.latencies),
+        latency: Summary::from_samples(&mut latencies),
         dispatch_lag: Summary::from_samples(&mut lags),
         stops,
     })

@@ -174,21 +174,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let r = current_thread_runtime()?.block_on(load::run(&opts))?;
             let lat = r.latency.unwrap_or_default();
             let mut out = json!({
-                    "url": opts.url,
-                    "http2": opts.http2,
-                    "proxy": opts.proxy.map(|p| p.to_string()),
-                    "target_rps": opts.rate,
-                    "rps": (r.rps * 10.0).round() / 10.0,
-                    "p50_us": lat.p50,
-                    "p99_us": lat.p99,
-                    "p999_us": lat.p999,
-                    "max_us": lat.max,
-                    "scheduled": r.scheduled,
-                    "ok": r.ok,
-                    "errors": r.errors,
-                    "timeouts": r.timeouts,
-                    "first_error": r.first_error,
-                    "dispatch_lag_p99_us": r.dispatch_lag.map(|l| l.p99),
+                "url": opts.url,
+                "http2": opts.http2,
+                "proxy": opts.proxy.map(|p| p.to_string()),
+                "target_rps": opts.rate,
+                "rps": (r.rps * 10.0).round() / 10.0,
+                "p50_us": lat.p50,
+                "p99_us": lat.p99,
+                "p999_us": lat.p999,
+                "max_us": lat.max,
+                "scheduled": r.scheduled,
+                "ok": r.ok,
+                "errors": r.errors,
+                "timeouts": r.timeouts,
+                "first_error": r.first_error,
+                "dispatch_lag_p99_us": r.dispatch_lag.map(|l| l.p99),
             });
             if let Some(o) = out.as_object_mut() {
                 o.extend(
