@@ -435,6 +435,18 @@ async fn slow_heads_are_cut_off_and_connections_are_bounded() {
         )
         .await;
         let mut good = client::http1(proxy.inbound).await;
+        // A first head that comes in pieces, each well within the timeout, is served.
+        let pause = Duration::from_millis(300);
+        let rsp = paced(
+            proxy.inbound,
+            &[
+                (Duration::ZERO, &b"GET /echo HT"[..]),
+                (pause, b"TP/1.1\r\nHost: a\r"),
+                (pause, b"\n\r\n"),
+            ],
+        )
+        .await;
+        assert!(rsp.starts_with("HTTP/1.1 200"), "{rsp}");
 
         let mut slow = Vec::new();
         for _ in 0..250 {
@@ -485,6 +497,15 @@ async fn slow_heads_are_cut_off_and_connections_are_bounded() {
             "{}",
             m.text
         );
+        assert_eq!(
+            m.sum(
+                "proxy_http_header_read_timeouts_total",
+                &[("direction", "inbound")]
+            ),
+            250.0,
+            "every slow head is cut off by the timeout, and counted: {}",
+            m.text
+        );
     })
     .await;
 }
@@ -518,6 +539,13 @@ async fn malformed_http1_is_the_clients_error() {
             seen.iter().all(|m| m == http::Method::POST),
             "{seen:?}"
         );
+        // A head larger than the proxy buffers (64 KiB) is refused and never reaches the app.
+        let mut big = b"GET /big HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 70 * 1024));
+        big.extend_from_slice(b"\r\n\r\n");
+        let rsp = client::raw_http(proxy.inbound, &big).await;
+        assert!(rsp.starts_with("HTTP/1.1 431"), "an oversized head: {rsp}");
+        assert!(app.requests().iter().all(|s| s.uri.path() != "/big"));
         // HTTP/1.0 needs no Host.
         let rsp = client::raw_http(proxy.inbound, b"GET /echo HTTP/1.0\r\n\r\n").await;
         assert!(rsp.starts_with("HTTP/1.0 200") || rsp.starts_with("HTTP/1.1 200"), "{rsp}");

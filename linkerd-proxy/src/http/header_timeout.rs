@@ -13,8 +13,18 @@
 //! (from hyper handing the service a complete head to the end of its response) is not timed,
 //! bytes read while none is in progress belong to the next head, and a connection that was
 //! upgraded (`101`, `CONNECT`) is never timed.
+//!
+//! A connection's first head is awaited before hyper's connection exists ([`first_head`]):
+//! hyper allocates an 8 KiB write buffer when it builds a connection and reserves an 8 KiB read
+//! buffer at its first read, so a connection that trickles its first head (slowloris) would
+//! hold ~21 KiB of the proxy's memory; waiting in the detection buffer instead, it holds ~6.
 
 use super::inflight::ConnRequests;
+use crate::{
+    drain::Drain,
+    io::{BoxIo, PrefixedIo},
+};
+use bytes::BytesMut;
 use std::{
     io,
     pin::Pin,
@@ -26,9 +36,81 @@ use std::{
     time::Duration,
 };
 use tokio::{
-    io::{AsyncRead, ReadBuf},
+    io::{AsyncRead, AsyncReadExt, ReadBuf},
     time::{Instant, Sleep},
 };
+
+/// What came of waiting for a connection's first request head.
+pub(crate) enum FirstHead {
+    /// The head is complete (or the client closed, failed, or sent more than `max` bytes
+    /// without ending it: hyper answers those as it would have): everything read is replayed
+    /// ahead of the rest.
+    Ready(PrefixedIo<BoxIo>),
+    /// The head did not complete within the header-read timeout (counted); the connection is
+    /// to be closed.
+    TimedOut,
+    /// The proxy began draining before the head was complete: nothing was started.
+    Drained,
+}
+
+/// Reads until `io`'s first request head is complete, buffering at most `max` bytes, for at
+/// most `timeout`. A head that detection already read whole costs one scan of those bytes
+/// and no read, timer or allocation.
+pub(crate) async fn first_head(
+    io: PrefixedIo<BoxIo>,
+    timeout: Duration,
+    max: usize,
+    expired: &AtomicU64,
+    drain: &Drain,
+) -> FirstHead {
+    if head_ends(io.prefix(), 0) {
+        return FirstHead::Ready(io);
+    }
+    let (prefix, mut inner) = io.into_parts();
+    // Detection's buffer, kept (not copied) when nothing else holds it.
+    let mut buf = prefix
+        .try_into_mut()
+        .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+    let read = async {
+        let mut scanned = 0;
+        while buf.len() < max {
+            if buf.capacity() == buf.len() {
+                buf.reserve(buf.len().clamp(512, max - buf.len()));
+            }
+            match inner.read_buf(&mut buf).await {
+                // hyper sees the end (or the failure) for itself, after the bytes.
+                Ok(0) | Err(_) => return,
+                Ok(_) if head_ends(&buf, scanned) => return,
+                // A line ending may straddle two reads.
+                Ok(_) => scanned = buf.len().saturating_sub(2),
+            }
+        }
+    };
+    let done = tokio::select! {
+        biased;
+        done = tokio::time::timeout(timeout, read) => done.is_ok(),
+        _ = drain.signaled() => return FirstHead::Drained,
+    };
+    if !done {
+        expired.fetch_add(1, Ordering::Relaxed);
+        return FirstHead::TimedOut;
+    }
+    FirstHead::Ready(PrefixedIo::new(buf.freeze(), inner))
+}
+
+/// Whether `buf` holds the empty line that ends a request head, looking from `from` on. Bare
+/// LF line endings count too (hyper's parser accepts them): a false "complete" only hands the
+/// connection to hyper sooner, a false "incomplete" would wait out the timeout.
+fn head_ends(buf: &[u8], from: usize) -> bool {
+    let rest = buf.get(from..).unwrap_or_default();
+    rest.iter().enumerate().any(|(i, &b)| {
+        b == b'\n'
+            && matches!(
+                (rest.get(i + 1), rest.get(i + 2)),
+                (Some(b'\n'), _) | (Some(b'\r'), Some(b'\n'))
+            )
+    })
+}
 
 /// An HTTP/1 server connection's I/O, failing a read with `TimedOut` once the head being read
 /// has waited longer than the timeout.
@@ -205,5 +287,150 @@ mod tests {
         assert_eq!(io.read(&mut buf).await.unwrap(), 3);
         let idle = tokio::time::timeout(T * 3, io.read(&mut buf)).await;
         assert!(idle.is_err());
+    }
+
+    /// A connection whose first `prefix` bytes detection already read and whose client then
+    /// writes into the returned half.
+    fn conn(prefix: &[u8]) -> (tokio::io::DuplexStream, PrefixedIo<BoxIo>) {
+        let (client, server) = tokio::io::duplex(1 << 17);
+        let io: BoxIo = Box::new(server);
+        (client, PrefixedIo::new(bytes::Bytes::copy_from_slice(prefix), io))
+    }
+
+    async fn replayed(io: PrefixedIo<BoxIo>, n: usize) -> Vec<u8> {
+        let mut io = io;
+        let mut out = vec![0u8; n];
+        io.read_exact(&mut out).await.unwrap();
+        out
+    }
+
+    #[test]
+    fn a_head_ends_at_an_empty_line_however_its_lines_end() {
+        for head in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"GET / HTTP/1.1\r\nHost: a\n\r\nbody",
+            b"GET / HTTP/1.0\r\n\r\n",
+        ] {
+            assert!(head_ends(head, 0), "{head:?}");
+        }
+        for partial in [
+            &b""[..],
+            b"GET / HTTP/1.1\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r",
+            b"GET / HTTP/1.1\r\nHost: a\r\n",
+        ] {
+            assert!(!head_ends(partial, 0), "{partial:?}");
+        }
+        // Looking on from where the last read ended still sees an ending that straddles it.
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for from in 0..head.len() - 2 {
+            assert!(head_ends(head, from), "from {from}");
+        }
+        assert!(!head_ends(head, head.len()));
+        assert!(!head_ends(head, head.len() + 5), "past the end is not a panic");
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_first_head_that_arrives_in_pieces_is_handed_on_whole() {
+        let (_ctl, drain) = crate::drain::channel();
+        let expired = AtomicU64::new(0);
+        let (mut client, io) = conn(b"GET /a HT");
+        let wait = tokio::spawn(async move {
+            let drain = drain;
+            let expired = expired;
+            match first_head(io, T, 64 * 1024, &expired, &drain).await {
+                FirstHead::Ready(io) => Ok((io, Instant::now())),
+                FirstHead::TimedOut => Err("timed out"),
+                FirstHead::Drained => Err("drained"),
+            }
+        });
+        let start = Instant::now();
+        for part in [&b"TP/1.1\r\nHost: a\r"[..], b"\n\r", b"\nbody"] {
+            tokio::time::sleep(T / 4).await;
+            client.write_all(part).await.unwrap();
+        }
+        let (io, at) = wait.await.unwrap().unwrap();
+        assert_eq!(at - start, T * 3 / 4, "handed on when the empty line arrived");
+        let all = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nbody";
+        assert_eq!(io.prefix(), all, "everything read is replayed, in order");
+        client.write_all(b" more").await.unwrap();
+        assert_eq!(replayed(io, all.len() + 5).await, b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nbody more");
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_head_detection_read_whole_is_handed_on_at_once() {
+        let (_ctl, drain) = crate::drain::channel();
+        let expired = AtomicU64::new(0);
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let (_client, io) = conn(head);
+        let start = Instant::now();
+        let FirstHead::Ready(io) = first_head(io, T, 1024, &expired, &drain).await else {
+            panic!("not ready");
+        };
+        assert_eq!(Instant::now(), start);
+        assert_eq!(io.prefix(), head);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_first_head_that_trickles_is_cut_off_and_counted() {
+        let (_ctl, drain) = crate::drain::channel();
+        let expired = AtomicU64::new(0);
+        let (mut client, io) = conn(b"GET / HTTP/1.1\r\n");
+        let trickle = tokio::spawn(async move {
+            for _ in 0..20 {
+                tokio::time::sleep(T / 5).await;
+                if client.write_all(b"x").await.is_err() {
+                    break;
+                }
+            }
+        });
+        let start = Instant::now();
+        assert!(matches!(
+            first_head(io, T, 64 * 1024, &expired, &drain).await,
+            FirstHead::TimedOut
+        ));
+        assert_eq!(Instant::now() - start, T, "bytes now and then do not move the deadline");
+        assert_eq!(expired.load(Ordering::Relaxed), 1);
+        trickle.abort();
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_drain_ends_the_wait_for_a_first_head() {
+        let (ctl, drain) = crate::drain::channel();
+        let expired = AtomicU64::new(0);
+        let (_client, io) = conn(b"GET");
+        let wait = tokio::spawn(async move {
+            let drain = drain;
+            matches!(
+                first_head(io, T, 1024, &expired, &drain).await,
+                FirstHead::Drained
+            )
+        });
+        tokio::time::sleep(T / 2).await;
+        let drained = tokio::spawn(ctl.drain(T));
+        assert!(wait.await.unwrap(), "the wait ends with the drain, not the timeout");
+        assert!(drained.await.unwrap());
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn what_hyper_answers_itself_is_handed_on() {
+        let (_ctl, drain) = crate::drain::channel();
+        let expired = AtomicU64::new(0);
+        // More than the bound without an empty line: hyper answers 431.
+        let (mut client, io) = conn(b"GET / HTTP/1.1\r\nX: ");
+        client.write_all(&[b'a'; 5000]).await.unwrap();
+        let FirstHead::Ready(io) = first_head(io, T, 4096, &expired, &drain).await else {
+            panic!("an oversized head is hyper's to refuse");
+        };
+        assert!(io.prefix().len() >= 4096);
+        // The client closes halfway through a head: hyper sees the bytes, then the end.
+        let (client, io) = conn(b"GET / HTTP/1.1\r\nHo");
+        drop(client);
+        let FirstHead::Ready(io) = first_head(io, T, 4096, &expired, &drain).await else {
+            panic!("a closed connection is hyper's to end");
+        };
+        assert_eq!(io.prefix(), b"GET / HTTP/1.1\r\nHo");
+        assert_eq!(expired.load(Ordering::Relaxed), 0);
     }
 }

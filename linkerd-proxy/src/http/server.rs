@@ -5,7 +5,7 @@
 use super::{
     ProxyBody,
     exchange::Core,
-    header_timeout::HeaderTimeout,
+    header_timeout::{FirstHead, HeaderTimeout, first_head},
     inflight::{ConnRequests, Held},
 };
 use crate::{
@@ -101,6 +101,15 @@ pub(crate) async fn serve<H: Handle>(io: PrefixedIo<BoxIo>, proto: detect::Proto
             until_drained!(conn, drain)
         }
         _ => {
+            let fw = &core.fw;
+            let limit = fw.header_read_timeout;
+            let io = match first_head(io, limit, MAX_H1_BUF, &fw.header_timeouts, &drain).await {
+                FirstHead::Ready(io) => io,
+                FirstHead::TimedOut => {
+                    return debug!("closing a connection whose first request head timed out");
+                }
+                FirstHead::Drained => return,
+            };
             let io = HeaderTimeout::new(
                 io,
                 requests.clone(),
