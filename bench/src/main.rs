@@ -3,7 +3,8 @@
 //! request's due time), plus the identity service's Certify throughput. See `bench/README.md`.
 //!
 //! Subcommands: `all` runs everything; `server` is the upstream; `load` is the open-loop
-//! generator on its own.
+//! generator on its own; `otlp-sink` receives the proxies' spans when tracing's cost is
+//! measured.
 
 mod all;
 mod certify;
@@ -13,6 +14,7 @@ mod destination;
 mod load;
 mod mesh;
 mod netns;
+mod otlp_sink;
 mod pair;
 mod path;
 mod policy;
@@ -75,6 +77,13 @@ enum Cmd {
         /// Seconds.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
+    },
+    /// An OTLP/gRPC trace receiver that only counts what it decodes (what sampling costs the
+    /// proxies, without a collector's cost on the same CPUs); prints its counts and CPU time
+    /// as one JSON object on SIGTERM or SIGINT.
+    OtlpSink {
+        #[arg(long)]
+        addr: SocketAddr,
     },
     /// Open-loop load at a fixed rate; prints one JSON object.
     Load {
@@ -145,6 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", String::from_utf8_lossy(&body));
             Ok(())
         }
+        Cmd::OtlpSink { addr } => current_thread_runtime()?.block_on(otlp_sink::run(addr)),
         Cmd::Stalls { duration } => {
             let d = seconds(duration, "duration")?;
             let s = stalls::probe(d, stalls::PERIOD, stalls::THRESHOLD);
