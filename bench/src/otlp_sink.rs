@@ -47,7 +47,9 @@ impl TraceService for Sink {
             .sum();
         self.0.exports.fetch_add(1, Relaxed);
         self.0.spans.fetch_add(spans as u64, Relaxed);
-        self.0.bytes.fetch_add(request.encoded_len() as u64, Relaxed);
+        self.0
+            .bytes
+            .fetch_add(request.encoded_len() as u64, Relaxed);
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))

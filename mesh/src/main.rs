@@ -104,7 +104,19 @@ enum Command {
     /// Runs one app of `mesh up` so that nothing it starts outlives it (used by `mesh up`).
     #[command(hide = true)]
     Supervise(up::supervise::Args),
+    /// Runs several control-plane services in one process (used by `mesh up`), each given as
+    /// its own command line and separated by `---`: `mesh control-plane identity serve ...
+    /// --- destination serve ... --- policy serve ...`. One process maps the binary's code
+    /// once, not once per service.
+    #[command(hide = true)]
+    ControlPlane {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
+
+/// What separates the services' command lines in `mesh control-plane`.
+pub const SERVICE_SEPARATOR: &str = "---";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -129,7 +141,34 @@ fn main() -> ExitCode {
         Command::Injector(args) => run(async { Ok(linkerd_injector::args::run(args).await?) }),
         Command::Inject(args) => report(linkerd_injector::args::inject(args).map_err(Into::into)),
         Command::Install(args) => report(install::run(args)),
+        Command::ControlPlane { args } => match control_plane(args) {
+            Ok(services) => run(up::control::serve_together(services)),
+            Err(e) => failed(e),
+        },
     }
+}
+
+/// `mesh control-plane`'s command lines, parsed as `mesh` would parse each alone: only the
+/// identity, destination and policy commands.
+fn control_plane(args: Vec<String>) -> anyhow::Result<Vec<(String, up::control::Service)>> {
+    let mut services: Vec<(String, up::control::Service)> = Vec::new();
+    for line in args.split(|a| a == SERVICE_SEPARATOR) {
+        let name = line.first().cloned().unwrap_or_default();
+        let cli = Cli::try_parse_from(std::iter::once("mesh".to_string()).chain(line.to_vec()))
+            .map_err(|e| anyhow::anyhow!("control-plane: `{}`: {e}", line.join(" ")))?;
+        let service: up::control::Service = match cli.command {
+            Command::Identity(a) => Box::pin(async { Ok(linkerd_identity::args::run(a).await?) }),
+            Command::Destination(a) => {
+                Box::pin(async { Ok(linkerd_destination::args::run(a).await?) })
+            }
+            Command::Policy(a) => Box::pin(async { Ok(linkerd_policy::args::run(a).await?) }),
+            _ => anyhow::bail!(
+                "control-plane runs identity, destination and policy commands, not `{name}`"
+            ),
+        };
+        services.push((name, service));
+    }
+    Ok(services)
 }
 
 /// For commands that need no runtime.
@@ -179,6 +218,64 @@ mod tests {
             "{v}"
         );
         assert!(v.starts_with(env!("CARGO_PKG_VERSION")), "{v}");
+    }
+
+    fn lines(args: &str) -> Vec<String> {
+        args.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn control_plane_takes_only_control_plane_services() {
+        let names = |r: anyhow::Result<Vec<(String, up::control::Service)>>| {
+            r.map(|s| s.into_iter().map(|(n, _)| n).collect::<Vec<_>>())
+        };
+        let ok = control_plane(lines(
+            "identity serve --trust-anchors a --issuer-cert b --issuer-key c --token-key d \
+             --- destination serve --registry r --- policy serve --registry r",
+        ));
+        assert_eq!(names(ok).unwrap(), ["identity", "destination", "policy"]);
+        for (bad, why) in [
+            ("", "nothing to run"),
+            ("up --seconds 1", "not a control-plane service"),
+            (
+                "identity serve --no-such-flag x",
+                "a flag the service does not take",
+            ),
+            ("policy serve --registry r --- proxy", "the proxy"),
+            ("policy serve --registry r ---", "an empty command line"),
+        ] {
+            let e = names(control_plane(lines(bad))).expect_err(why);
+            assert!(e.to_string().contains("control-plane"), "{why}: {e}");
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_control_plane_ends_with_its_first_failing_service() {
+        let pending: up::control::Service = Box::pin(std::future::pending());
+        let failing: up::control::Service =
+            Box::pin(async { Err(anyhow::anyhow!("cannot bind 127.0.0.9:8090")) });
+        let e = up::control::serve_together(vec![
+            ("identity".into(), pending),
+            ("policy".into(), failing),
+        ])
+        .await
+        .expect_err("a failed service ends the process");
+        assert!(
+            format!("{e:#}").contains("the policy service failed: cannot bind"),
+            "{e:#}"
+        );
+        let unsuccessful: up::control::Service = Box::pin(async { Ok(ExitCode::FAILURE) });
+        assert!(
+            up::control::serve_together(vec![("destination".into(), unsuccessful)])
+                .await
+                .is_err()
+        );
+        let done: up::control::Service = Box::pin(async { Ok(ExitCode::SUCCESS) });
+        assert!(
+            up::control::serve_together(vec![("identity".into(), done)])
+                .await
+                .is_ok()
+        );
     }
 
     #[test]

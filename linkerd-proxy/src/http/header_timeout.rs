@@ -294,7 +294,10 @@ mod tests {
     fn conn(prefix: &[u8]) -> (tokio::io::DuplexStream, PrefixedIo<BoxIo>) {
         let (client, server) = tokio::io::duplex(1 << 17);
         let io: BoxIo = Box::new(server);
-        (client, PrefixedIo::new(bytes::Bytes::copy_from_slice(prefix), io))
+        (
+            client,
+            PrefixedIo::new(bytes::Bytes::copy_from_slice(prefix), io),
+        )
     }
 
     async fn replayed(io: PrefixedIo<BoxIo>, n: usize) -> Vec<u8> {
@@ -328,7 +331,10 @@ mod tests {
             assert!(head_ends(head, from), "from {from}");
         }
         assert!(!head_ends(head, head.len()));
-        assert!(!head_ends(head, head.len() + 5), "past the end is not a panic");
+        assert!(
+            !head_ends(head, head.len() + 5),
+            "past the end is not a panic"
+        );
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -351,11 +357,18 @@ mod tests {
             client.write_all(part).await.unwrap();
         }
         let (io, at) = wait.await.unwrap().unwrap();
-        assert_eq!(at - start, T * 3 / 4, "handed on when the empty line arrived");
+        assert_eq!(
+            at - start,
+            T * 3 / 4,
+            "handed on when the empty line arrived"
+        );
         let all = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nbody";
         assert_eq!(io.prefix(), all, "everything read is replayed, in order");
         client.write_all(b" more").await.unwrap();
-        assert_eq!(replayed(io, all.len() + 5).await, b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nbody more");
+        assert_eq!(
+            replayed(io, all.len() + 5).await,
+            b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nbody more"
+        );
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -390,7 +403,11 @@ mod tests {
             first_head(io, T, 64 * 1024, &expired, &drain).await,
             FirstHead::TimedOut
         ));
-        assert_eq!(Instant::now() - start, T, "bytes now and then do not move the deadline");
+        assert_eq!(
+            Instant::now() - start,
+            T,
+            "bytes now and then do not move the deadline"
+        );
         assert_eq!(expired.load(Ordering::Relaxed), 1);
         trickle.abort();
     }
@@ -409,7 +426,10 @@ mod tests {
         });
         tokio::time::sleep(T / 2).await;
         let drained = tokio::spawn(ctl.drain(T));
-        assert!(wait.await.unwrap(), "the wait ends with the drain, not the timeout");
+        assert!(
+            wait.await.unwrap(),
+            "the wait ends with the drain, not the timeout"
+        );
         assert!(drained.await.unwrap());
     }
 

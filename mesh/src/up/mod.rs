@@ -22,7 +22,7 @@
 //! the sidecars and stop the control plane; if `mesh up` is killed, the kernel kills the rest.
 
 mod config;
-mod control;
+pub mod control;
 mod launch;
 mod load;
 mod observe;

@@ -99,14 +99,19 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 Ok((200, _)) => Ok(format!("ready at {addr}")),
                 Ok((status, body)) => Err((
                     format!("{addr}/ready answered {status}: {}", body.trim()),
-                    format!("see {}/{name}.err.log", logs.display()),
+                    format!(
+                        "see {}/{}.err.log",
+                        logs.display(),
+                        crate::up::control::LOG_NAME
+                    ),
                 )),
                 Err(e) => Err((
                     format!("cannot reach {addr}: {}", chain(&e)),
                     format!(
-                        "is `mesh up` (pid {}) still running? see {}/{name}.err.log",
+                        "is `mesh up` (pid {}) still running? see {}/{}.err.log",
                         state.pid,
-                        logs.display()
+                        logs.display(),
+                        crate::up::control::LOG_NAME
                     ),
                 )),
             };
