@@ -24,7 +24,7 @@ use crate::{
     drain::Drain,
     io::{BoxIo, PrefixedIo},
 };
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use std::{
     io,
     pin::Pin,
@@ -75,9 +75,11 @@ pub(crate) async fn first_head(
         let mut scanned = 0;
         while buf.len() < max {
             if buf.capacity() == buf.len() {
-                buf.reserve(buf.len().clamp(512, max - buf.len()));
+                // Doubling, from 512 bytes, never past `max`.
+                buf.reserve(buf.len().max(512).min(max - buf.len()));
             }
-            match inner.read_buf(&mut buf).await {
+            let room = max - buf.len();
+            match inner.read_buf(&mut (&mut buf).limit(room)).await {
                 // hyper sees the end (or the failure) for itself, after the bytes.
                 Ok(0) | Err(_) => return,
                 Ok(_) if head_ends(&buf, scanned) => return,
@@ -444,6 +446,13 @@ mod tests {
             panic!("an oversized head is hyper's to refuse");
         };
         assert!(io.prefix().len() >= 4096);
+        // A full buffer with less than its own size left to the bound grows only to the bound.
+        let (mut client, io) = conn(&[b'a'; 800]);
+        client.write_all(&[b'a'; 500]).await.unwrap();
+        let FirstHead::Ready(io) = first_head(io, T, 1000, &expired, &drain).await else {
+            panic!("an oversized head is hyper's to refuse");
+        };
+        assert_eq!(io.prefix().len(), 1000);
         // The client closes halfway through a head: hyper sees the bytes, then the end.
         let (client, io) = conn(b"GET / HTTP/1.1\r\nHo");
         drop(client);
