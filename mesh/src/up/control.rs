@@ -73,7 +73,12 @@ pub struct ControlPlane {
 }
 
 /// The control plane's log files (`<name>.log` and `<name>.err.log` in the logs directory).
-pub const LOG_NAME: &str = "control-plane";
+const LOG_NAME: &str = "control-plane";
+
+/// The control plane's stderr log (its services' log lines and why it exited) in `logs`.
+pub fn err_log(logs: &Path) -> PathBuf {
+    logs.join(format!("{LOG_NAME}.err.log"))
+}
 
 /// A service of `mesh control-plane`, ready to run.
 pub type Service = Pin<Box<dyn Future<Output = anyhow::Result<ExitCode>> + Send>>;
@@ -198,7 +203,7 @@ impl ControlPlane {
         match self.child.try_wait() {
             Ok(Some(status)) => Some(format!(
                 "the control plane exited ({status}): {}",
-                tail(&logs.join(format!("{LOG_NAME}.err.log")))
+                tail(&err_log(logs))
             )),
             _ => None,
         }
@@ -224,7 +229,7 @@ impl ControlPlane {
                     bail!(
                         "the {name} service was not ready within {} s: {}",
                         timeout.as_secs(),
-                        tail(&logs.join(format!("{LOG_NAME}.err.log")))
+                        tail(&err_log(logs))
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -89,7 +89,7 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let now = now_unix();
     let mut results = Vec::new();
     if let Some(state) = &state {
-        let logs = state.dir.join("logs");
+        let err_log = crate::up::control::err_log(&state.dir.join("logs"));
         for (name, addr) in [
             ("identity", state.identity_admin),
             ("destination", state.destination_admin),
@@ -99,19 +99,14 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 Ok((200, _)) => Ok(format!("ready at {addr}")),
                 Ok((status, body)) => Err((
                     format!("{addr}/ready answered {status}: {}", body.trim()),
-                    format!(
-                        "see {}/{}.err.log",
-                        logs.display(),
-                        crate::up::control::LOG_NAME
-                    ),
+                    format!("see {}", err_log.display()),
                 )),
                 Err(e) => Err((
                     format!("cannot reach {addr}: {}", chain(&e)),
                     format!(
-                        "is `mesh up` (pid {}) still running? see {}/{}.err.log",
+                        "is `mesh up` (pid {}) still running? see {}",
                         state.pid,
-                        logs.display(),
-                        crate::up::control::LOG_NAME
+                        err_log.display()
                     ),
                 )),
             };
